@@ -1,0 +1,66 @@
+"""The run directory: the files that stages hand each other.
+
+```
+RUN/config.toml  normalizer.json  stats.jsonl
+RUN/checkpoints/step_0001000/{model,ema,optimizer.pt,state.json}   RUN/checkpoints/latest
+RUN/samples/*.h5  RUN/eval/metrics.json  RUN/report/index.html
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from radardiff.errors import RunDirError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    config = property(lambda self: self.root / "config.toml")
+    normalizer = property(lambda self: self.root / "normalizer.json")
+    stats = property(lambda self: self.root / "stats.jsonl")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    latest_file = property(lambda self: self.root / "checkpoints" / "latest")
+    samples = property(lambda self: self.root / "samples")
+    eval = property(lambda self: self.root / "eval")
+    metrics = property(lambda self: self.root / "eval" / "metrics.json")
+    report = property(lambda self: self.root / "report")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+
+    @staticmethod
+    def checkpoint_name(step: int) -> str:
+        return f"step_{step:07d}"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / self.checkpoint_name(step)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint, or None when the run has none yet."""
+        if not self.latest_file.is_file():
+            return None
+        name = self.latest_file.read_text(encoding="utf-8").strip()
+        path = self.checkpoints / name
+        if not name or not (path / "state.json").is_file():
+            raise RunDirError(f"{self.latest_file}: points to '{name}', which is not a complete checkpoint")
+        return path
+
+    def require(self) -> None:
+        """Refuse a directory that is not a run (no config.toml)."""
+        if not self.root.is_dir():
+            raise RunDirError(f"{self.root}: run directory not found")
+        if not self.config.is_file():
+            raise RunDirError(f"{self.root}: not a run directory (no config.toml)")
+
+    def require_checkpoint(self) -> Path:
+        self.require()
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            raise RunDirError(f"{self.root}: run has no complete checkpoint (train it first)")
+        return ckpt

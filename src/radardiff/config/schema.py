@@ -1,0 +1,151 @@
+"""Typed configuration, one section per stage.
+
+Every mode is a ``Literal`` so that a typo is refused when the config is loaded, not hours into a
+run. Sections are frozen: a resolved config is a value, written once into the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DataKind = Literal["sar_backscatter", "insar_unwrapped", "insar_wrapped", "insar_noise", "generic"]
+Normalization = Literal[
+    "minmax_pm1", "minmax_01", "standardize", "global_minmax", "global_standardize", "none"
+]
+Schedule = Literal["linear", "cosine"]
+Prediction = Literal["eps", "v", "x0"]
+Variance = Literal["fixed_small", "fixed_large", "learned_range"]
+LossType = Literal["mse", "rescaled_mse", "kl", "rescaled_kl"]
+TimestepSampler = Literal["uniform", "loss_second_moment"]
+MixedPrecision = Literal["no", "bf16", "fp16"]
+LrSchedule = Literal["constant", "cosine", "linear"]
+MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """Where the training data live and how they are normalised for the network."""
+
+    train: str = Field("", description="dataset file (HDF5) of the training split")
+    val: str | None = Field(None, description="dataset file of the validation split")
+    normalization: Normalization = "minmax_pm1"
+    to_db: bool = Field(False, description="convert linear sigma0 to dB before normalising")
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Section):
+    """The denoising network (diffusers ``UNet2DModel``)."""
+
+    image_size: int = Field(32, ge=8)
+    in_channels: int = Field(1, ge=1)
+    base_channels: int = Field(64, ge=8)
+    channel_mult: tuple[int, ...] | None = Field(
+        None, description="per-level channel multipliers; None picks the reference defaults by size"
+    )
+    layers_per_block: int = Field(2, ge=1)
+    attention_resolutions: tuple[int, ...] = Field(
+        (16,), description="feature-map sizes (pixels) whose blocks get self-attention"
+    )
+    attention_head_dim: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm_num_groups: int = Field(32, ge=1)
+    scale_shift_norm: bool = True
+    num_classes: int = Field(0, ge=0, description="0: unconditional")
+    class_dropout: float = Field(0.1, ge=0.0, le=1.0, description="label dropout for CFG")
+    range_conditioning: bool = False
+    superres_low_size: int = Field(0, ge=0, description="0: not a super-resolution model")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        mult = self.channel_mult
+        if mult is not None and (len(mult) == 0 or min(mult) < 1):
+            raise ValueError("channel_mult must be a non-empty list of positive integers")
+        levels = len(mult) if mult is not None else None
+        if levels is not None and self.image_size % 2 ** (levels - 1):
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2**{levels - 1} "
+                f"for {levels} levels"
+            )
+        return self
+
+
+class DiffusionConfig(_Section):
+    """The forward process and the training objective."""
+
+    timesteps: int = Field(1000, ge=10, le=4000)
+    schedule: Schedule = "linear"
+    prediction: Prediction = "eps"
+    variance: Variance = "fixed_small"
+    loss: LossType = "mse"
+    vlb_weight: float = Field(0.001, ge=0.0, description="lambda of L_hybrid = L_simple + lambda L_vlb")
+    timestep_sampler: TimestepSampler = "uniform"
+    min_snr_gamma: float | None = Field(None, gt=0.0)
+
+
+class TrainConfig(_Section):
+    """The training loop."""
+
+    steps: int = Field(10_000, ge=1)
+    batch_size: int = Field(32, ge=1, description="per process")
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: LrSchedule = "constant"
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: MixedPrecision = "no"
+    ema_halflife_kimg: tuple[float, ...] = Field(
+        (0.5,), description="EMA half-lives in thousands of images seen; the first one samples"
+    )
+    ema_warmup_ratio: float = Field(0.05, ge=0.0, description="half-life <= ratio * images seen")
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1)
+    val_every: int = Field(1000, ge=1)
+    val_samples: int = Field(256, ge=1)
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.ema_halflife_kimg or min(self.ema_halflife_kimg) <= 0:
+            raise ValueError("ema_halflife_kimg must hold at least one positive half-life")
+        return self
+
+
+class SampleConfig(_Section):
+    """Defaults for ``radardiff sample`` (each can be overridden on the command line)."""
+
+    sampler: str = "dpmsolver++"
+    steps: int = Field(25, ge=1)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1)
+    guidance: float = Field(1.0, ge=0.0)
+    seed: int = 0
+
+
+class EvalConfig(_Section):
+    """Defaults for ``radardiff evaluate``."""
+
+    metrics: tuple[MetricName, ...] = ("semivariogram", "psd", "histogram", "ranges")
+    max_lag: int | None = Field(None, ge=1, description="largest semivariogram lag in pixels")
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples for confidence bands")
+
+
+class RunConfig(_Section):
+    """Everything a run needs, as written to ``config.toml`` in the run directory."""
+
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvalConfig = EvalConfig()

@@ -1,0 +1,297 @@
+"""The dataset file: one HDF5 file per split, in physical units.
+
+Layout (see DESIGN.md):
+
+- ``images``: float32 (N, C, H, W), physical units, NaN where there is no data;
+- ``labels`` (optional): int64 (N,), class names in the attribute ``class_names`` (JSON list);
+- optional per-sample extras of leading size N (``seeds``, ``coherence``, ``unwrapped`` ...);
+- attributes ``kind``, ``units``, ``pixel_spacing_m`` (optional), ``source``,
+  ``radardiff_version``.
+
+Files are written to a temporary name beside the target and renamed when complete, so an
+interrupted writer never leaves a half-written dataset. Readers are lazy: chunked reads only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from radardiff._version import __version__
+from radardiff.errors import DataError
+
+KINDS = ("sar_backscatter", "insar_unwrapped", "insar_wrapped", "insar_noise", "generic")
+_CHUNK_BYTES = 1 << 18
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset file holds, read from its metadata only."""
+
+    path: Path
+    n: int
+    channels: int
+    height: int
+    width: int
+    kind: str
+    units: str
+    class_names: list[str] | None
+    has_labels: bool
+    pixel_spacing_m: float | None
+    source: str
+    extras: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    per_sample = int(np.prod(shape[1:])) * itemsize
+    rows = max(1, min(shape[0] or 1, _CHUNK_BYTES // max(per_sample, 1)))
+    return (rows, *shape[1:])
+
+
+class DatasetWriter:
+    """Append samples to a new dataset file; the file appears only on :meth:`close`.
+
+    Use as a context manager: an exception inside the block deletes the temporary file and leaves
+    any existing file at ``path`` untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shape: tuple[int, int, int],
+        *,
+        kind: str,
+        units: str,
+        class_names: list[str] | None = None,
+        with_labels: bool | None = None,
+        pixel_spacing_m: float | None = None,
+        source: str = "",
+        extras: dict[str, tuple[tuple[int, ...], str]] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise DataError(f"{path}: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        self._h5 = h5py.File(self._tmp, "w")
+        c, h, w = shape
+        self._images = self._h5.create_dataset(
+            "images", shape=(0, c, h, w), maxshape=(None, c, h, w), dtype="float32",
+            chunks=_chunks((1, c, h, w), 4),
+        )
+        with_labels = bool(class_names) if with_labels is None else with_labels
+        self._labels = (
+            self._h5.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,))
+            if with_labels
+            else None
+        )
+        self._extras = {}
+        for name, (tail, dtype) in (extras or {}).items():
+            self._extras[name] = self._h5.create_dataset(
+                name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                chunks=_chunks((1, *tail), np.dtype(dtype).itemsize),
+            )
+        a = self._h5.attrs
+        a["kind"], a["units"], a["source"] = kind, units, source
+        a["radardiff_version"] = __version__
+        if class_names is not None:
+            a["class_names"] = json.dumps(list(class_names))
+        if pixel_spacing_m is not None:
+            a["pixel_spacing_m"] = float(pixel_spacing_m)
+        for key, value in (attrs or {}).items():
+            a[key] = value if not isinstance(value, dict | list) else json.dumps(value)
+        self.n = 0
+
+    def append(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        **extras: np.ndarray,
+    ) -> None:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != self._images.shape[1:]:
+            raise DataError(
+                f"{self.path}: images of shape {images.shape[1:]} do not fit the file's "
+                f"{self._images.shape[1:]}"
+            )
+        k = images.shape[0]
+        if (labels is None) != (self._labels is None):
+            raise DataError(f"{self.path}: labels must be given for every batch or for none")
+        if set(extras) != set(self._extras):
+            raise DataError(f"{self.path}: extras {sorted(extras)} != {sorted(self._extras)}")
+        self._grow_write(self._images, images)
+        if labels is not None:
+            self._grow_write(self._labels, np.asarray(labels, dtype=np.int64).reshape(k))
+        for name, value in extras.items():
+            self._grow_write(self._extras[name], np.asarray(value))
+        self.n += k
+
+    def _grow_write(self, dset: h5py.Dataset, value: np.ndarray) -> None:
+        start = dset.shape[0]
+        dset.resize(start + value.shape[0], axis=0)
+        dset[start:] = value
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        self._h5.attrs["n"] = self.n
+        self._h5.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._h5.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_dataset(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    kind: str,
+    units: str,
+    class_names: list[str] | None = None,
+    pixel_spacing_m: float | None = None,
+    source: str = "",
+    extras: dict[str, np.ndarray] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write a whole in-memory dataset atomically."""
+    images = np.asarray(images, dtype=np.float32)
+    extras = extras or {}
+    spec = {k: (v.shape[1:], v.dtype.str) for k, v in extras.items()}
+    with DatasetWriter(
+        path, images.shape[1:], kind=kind, units=units, class_names=class_names,
+        with_labels=labels is not None, pixel_spacing_m=pixel_spacing_m, source=source,
+        extras=spec, attrs=attrs,
+    ) as writer:
+        writer.append(images, labels, **extras)
+    return Path(path)
+
+
+class DatasetFile:
+    """Lazy reader of a dataset file. Opens the HDF5 file on first use (fork-safe)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._h5: h5py.File | None = None
+        self.info = self._read_info()
+
+    def _open(self) -> h5py.File:
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r")
+        return self._h5
+
+    def _read_info(self) -> DatasetInfo:
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: dataset file not found")
+        try:
+            with h5py.File(self.path, "r") as h5:
+                keys = list(h5.keys())
+                if "images" not in h5:
+                    raise DataError(
+                        f"{self.path}: no 'images' dataset; keys present: {', '.join(keys) or 'none'}"
+                    )
+                img = h5["images"]
+                if img.ndim != 4:
+                    raise DataError(f"{self.path}: 'images' has shape {img.shape}, expected (N, C, H, W)")
+                n = img.shape[0]
+                has_labels = "labels" in h5
+                if has_labels and h5["labels"].shape != (n,):
+                    raise DataError(f"{self.path}: 'labels' has shape {h5['labels'].shape}, expected ({n},)")
+                a = dict(h5.attrs)
+                names = json.loads(a["class_names"]) if "class_names" in a else None
+                extras = [k for k in keys if k not in ("images", "labels")]
+                return DatasetInfo(
+                    path=self.path, n=n, channels=img.shape[1], height=img.shape[2],
+                    width=img.shape[3], kind=str(a.get("kind", "generic")),
+                    units=str(a.get("units", "")), class_names=names, has_labels=has_labels,
+                    pixel_spacing_m=float(a["pixel_spacing_m"]) if "pixel_spacing_m" in a else None,
+                    source=str(a.get("source", "")), extras=extras,
+                )
+        except DataError:
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            raise DataError(f"{self.path}: not a readable HDF5 dataset file ({err})") from None
+
+    def __len__(self) -> int:
+        return self.info.n
+
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._open().attrs)
+
+    def _take(self, name: str, indices: np.ndarray | slice) -> np.ndarray:
+        dset = self._open()[name]
+        if isinstance(indices, slice):
+            return dset[indices]
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.empty((0, *dset.shape[1:]), dset.dtype)
+        order = np.argsort(idx, kind="stable")
+        uniq, inverse = np.unique(idx[order], return_inverse=True)
+        try:
+            block = dset[uniq]
+        except (OSError, ValueError) as err:
+            raise DataError(f"{self.path}: cannot read '{name}' ({err})") from None
+        out = np.empty((idx.size, *dset.shape[1:]), dset.dtype)
+        out[order] = block[inverse]
+        return out
+
+    def images(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
+        return self._take("images", indices).astype(np.float32, copy=False)
+
+    def labels(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray | None:
+        return self._take("labels", indices) if self.info.has_labels else None
+
+    def extra(self, name: str, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
+        if name not in self.info.extras:
+            raise DataError(
+                f"{self.path}: no '{name}' dataset; keys present: "
+                f"{', '.join(['images', *self.info.extras])}"
+            )
+        return self._take(name, indices)
+
+    def iter_blocks(self, block: int = 1024) -> Iterator[tuple[slice, np.ndarray]]:
+        """Stream the images in contiguous blocks (memory bounded by ``block``)."""
+        for start in range(0, self.info.n, block):
+            sl = slice(start, min(start + block, self.info.n))
+            yield sl, self.images(sl)
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_h5"] = None  # h5py handles do not cross process boundaries
+        return state
+
+    def __enter__(self) -> DatasetFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

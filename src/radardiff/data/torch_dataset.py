@@ -1,0 +1,83 @@
+"""The torch Dataset over a dataset file: image, mask, label and per-sample statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.normalize import Normalizer, valid_sample_indices
+
+
+class RadarDataset(Dataset):
+    """Normalised samples of a dataset file, read lazily in batches.
+
+    Only samples that hold data are served (all-NaN samples are skipped, see
+    :meth:`Normalizer.fit`). ``__getitems__`` reads a whole batch with one sorted HDF5 read.
+    """
+
+    def __init__(self, data: DatasetFile, normalizer: Normalizer, indices: np.ndarray | None = None):
+        self.data = data
+        self.normalizer = normalizer
+        self.indices = valid_sample_indices(data) if indices is None else np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitems__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        idx = self.indices[np.asarray(items, dtype=np.int64)]
+        batch = self.normalizer.transform(self.data.images(idx))
+        labels = self.data.labels(idx)
+        return {
+            "image": torch.from_numpy(batch.images),
+            "mask": torch.from_numpy(batch.mask),
+            "label": torch.from_numpy(labels if labels is not None else np.full(idx.size, -1)),
+            "stats": torch.from_numpy(batch.stats.astype(np.float32)),
+            "index": torch.from_numpy(idx),
+        }
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([item]).items()}
+
+
+def identity_collate(batch):
+    """``__getitems__`` already returns a collated batch."""
+    return batch
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches of a seeded shuffle, addressed by global step, so a resumed run sees the same data.
+
+    The stream is the concatenation of permutations of ``range(n)``, permutation ``e`` drawn from
+    ``seed`` and ``e``. Process ``rank`` of ``world`` takes every ``world``-th batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world: int = 1, steps: int | None = None):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world, self.steps = start_step, rank, world, steps
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def batch_for(self, step: int) -> list[int]:
+        global_batch = step * self.world + self.rank
+        start = global_batch * self.batch_size
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), self.n)
+            perm = self._perm(epoch)
+            out.extend(perm[offset : offset + self.batch_size - len(out)].tolist())
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while self.steps is None or step < self.steps:
+            yield self.batch_for(step)
+            step += 1
+
+    def __len__(self) -> int:
+        return (self.steps or 0) - self.start_step

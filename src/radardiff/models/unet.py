@@ -1,0 +1,65 @@
+"""Denoising networks built from config: diffusers ``UNet2DModel``."""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+
+from radardiff.config.schema import ModelConfig
+
+# The reference code's channel multipliers by image size.
+DEFAULT_CHANNEL_MULT = {
+    32: (1, 2, 2, 2),
+    64: (1, 2, 3, 4),
+    128: (1, 1, 2, 3, 4),
+    256: (1, 1, 2, 2, 4, 4),
+}
+
+
+def channel_mult(cfg: ModelConfig) -> tuple[int, ...]:
+    if cfg.channel_mult is not None:
+        return tuple(cfg.channel_mult)
+    if cfg.image_size in DEFAULT_CHANNEL_MULT:
+        return DEFAULT_CHANNEL_MULT[cfg.image_size]
+    raise ValueError(f"model.channel_mult must be given for image_size {cfg.image_size}")
+
+
+def model_in_channels(cfg: ModelConfig, data_channels: int) -> int:
+    """Input channels: the data, plus the upsampled low-resolution image for super-resolution."""
+    return data_channels * (2 if cfg.superres_low_size else 1)
+
+
+def build_unet(cfg: ModelConfig, data_channels: int, learned_variance: bool) -> UNet2DModel:
+    """A ``UNet2DModel`` for ``data_channels`` channels in network space.
+
+    The output has twice the channels when the variance is learned (the second half is the
+    interpolation coefficient v of Nichol and Dhariwal 2021). Class conditioning reserves the
+    extra class index ``num_classes`` for the null label of classifier-free guidance.
+    """
+    mult = channel_mult(cfg)
+    channels = tuple(cfg.base_channels * m for m in mult)
+    down, up = [], []
+    res = cfg.image_size
+    for _ in mult:
+        down.append("AttnDownBlock2D" if res in cfg.attention_resolutions else "DownBlock2D")
+        res //= 2
+    for level in reversed(range(len(mult))):
+        r = cfg.image_size // 2**level
+        up.append("AttnUpBlock2D" if r in cfg.attention_resolutions else "UpBlock2D")
+    out_channels = data_channels * (2 if learned_variance else 1)
+    kwargs = {}
+    if cfg.num_classes:
+        kwargs = {"class_embed_type": None, "num_class_embeds": cfg.num_classes + 1}
+    return UNet2DModel(
+        sample_size=cfg.image_size,
+        in_channels=model_in_channels(cfg, data_channels),
+        out_channels=out_channels,
+        block_out_channels=channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=min(cfg.norm_num_groups, cfg.base_channels),
+        dropout=cfg.dropout,
+        resnet_time_scale_shift="scale_shift" if cfg.scale_shift_norm else "default",
+        **kwargs,
+    )

@@ -1,0 +1,105 @@
+"""Atomic checkpoints in the run directory.
+
+A checkpoint is written under a temporary name and renamed when complete; ``latest`` moves last.
+Weights are diffusers model directories (safetensors); optimizer state is a plain tensor state
+dict read back with ``weights_only=True``; everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+
+from radardiff.config import RunDir, atomic_write_text
+from radardiff.errors import RunDirError
+
+
+def ema_dirname(i: int, halflife_kimg: float) -> str:
+    return "ema" if i == 0 else f"ema_{halflife_kimg:g}kimg"
+
+
+@dataclass
+class CheckpointState:
+    step: int
+    images_seen: int
+    timestep_sampler: dict[str, Any]
+    best_val: float | None = None
+    best_step: int | None = None
+    val_loss: float | None = None
+
+
+def save_checkpoint(
+    run: RunDir,
+    state: CheckpointState,
+    model: UNet2DModel,
+    emas: list[torch.nn.Module],
+    halflives_kimg: tuple[float, ...],
+    optimizer: torch.optim.Optimizer,
+    keep_last: int,
+) -> Path:
+    final = run.checkpoint(state.step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    for i, (ema, hl) in enumerate(zip(emas, halflives_kimg, strict=True)):
+        ema.save_pretrained(tmp / ema_dirname(i, hl), safe_serialization=True)
+    torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    atomic_write_text(run.latest_file, final.name + "\n")
+    if state.best_step == state.step:
+        atomic_write_text(run.checkpoints / "best", final.name + "\n")
+    _prune(run, keep_last)
+    return final
+
+
+def _prune(run: RunDir, keep_last: int) -> None:
+    names = sorted(p.name for p in run.checkpoints.glob("step_*") if p.is_dir())
+    protect = set()
+    best = run.checkpoints / "best"
+    if best.is_file():
+        protect.add(best.read_text(encoding="utf-8").strip())
+    for name in names[:-keep_last]:
+        if name not in protect:
+            shutil.rmtree(run.checkpoints / name, ignore_errors=True)
+
+
+def read_state(ckpt: Path) -> CheckpointState:
+    try:
+        return CheckpointState(**json.loads((ckpt / "state.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        raise RunDirError(f"{ckpt / 'state.json'}: unreadable checkpoint state ({err})") from None
+
+
+def load_weights(target: torch.nn.Module, model_dir: Path) -> None:
+    """Copy weights from a diffusers model directory into ``target`` (shapes must match)."""
+    try:
+        loaded = UNet2DModel.from_pretrained(model_dir)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise RunDirError(f"{model_dir}: cannot load model weights ({err})") from None
+    missing = target.load_state_dict(loaded.state_dict(), strict=True)
+    del missing
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path) -> None:
+    try:
+        blob = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise RunDirError(f"{ckpt / 'optimizer.pt'}: unreadable optimizer state ({err})") from None
+    optimizer.load_state_dict(blob["optimizer"])
+
+
+def load_model(model_dir: Path) -> UNet2DModel:
+    try:
+        return UNet2DModel.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{model_dir}: cannot load model ({err})") from None

@@ -1,0 +1,46 @@
+"""Exponential moving averages of the weights, defined by half-lives in images seen.
+
+After ``n`` more images the old weights count for ``0.5 ** (n / halflife)``: the decay per step is
+``beta = 0.5 ** (batch_images / halflife_images)``, independent of batch size and process count
+(Karras et al. 2022, appendix). With warm-up the half-life is at most ``ratio * images_seen``, so
+the average forgets the random initialisation quickly early in training.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, halflives_kimg: tuple[float, ...], warmup_ratio: float):
+        self.halflives = [h * 1000.0 for h in halflives_kimg]
+        self.warmup_ratio = warmup_ratio
+        self.models = [self._frozen_copy(model) for _ in self.halflives]
+
+    @staticmethod
+    def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+        ema = copy.deepcopy(model).float().eval()
+        ema.requires_grad_(False)
+        return ema
+
+    def beta(self, halflife: float, images_seen: float, batch_images: int) -> float:
+        if self.warmup_ratio > 0:
+            halflife = min(halflife, self.warmup_ratio * images_seen)
+        return 0.5 ** (batch_images / max(halflife, 1e-8))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, images_seen: float, batch_images: int) -> None:
+        src = list(model.parameters())
+        for halflife, ema in zip(self.halflives, self.models, strict=True):
+            beta = self.beta(halflife, images_seen, batch_images)
+            dst = list(ema.parameters())
+            torch._foreach_lerp_(dst, [p.detach().float() for p in src], 1.0 - beta)
+            for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+                b_ema.copy_(b)
+
+    @property
+    def primary(self) -> torch.nn.Module:
+        """The EMA used for validation and sampling (the first half-life)."""
+        return self.models[0]

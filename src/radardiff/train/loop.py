@@ -1,0 +1,339 @@
+"""The training loop (through accelerate): one process or many, CPU or GPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from radardiff.config import RunConfig, RunDir, load_config, save_config
+from radardiff.config.io import config_to_dict
+from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.normalize import Normalizer, valid_sample_indices
+from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
+from radardiff.diffusion import GaussianDiffusion, make_timestep_sampler
+from radardiff.errors import ConfigError, RadarDiffError, RunDirError
+from radardiff.models import build_unet
+from radardiff.train.checkpoint import (
+    CheckpointState,
+    ema_dirname,
+    load_optimizer,
+    load_weights,
+    read_state,
+    save_checkpoint,
+)
+from radardiff.train.ema import EMA
+
+
+class TrainingDiverged(RadarDiffError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    last_checkpoint: Path | None
+    final_loss: float
+
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def step_seed(seed: int, micro_step: int, rank: int) -> int:
+    """A 63-bit seed for one micro-batch of one process: all randomness of the step derives from it."""
+    return int(np.random.SeedSequence([seed, micro_step, rank]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def lr_at(cfg, step: int) -> float:
+    tc = cfg.train
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    frac = (step - tc.warmup_steps) / max(tc.steps - tc.warmup_steps, 1)
+    if tc.lr_schedule == "cosine":
+        return tc.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    if tc.lr_schedule == "linear":
+        return tc.lr * max(1.0 - frac, 0.0)
+    return tc.lr
+
+
+def _architecture(cfg: RunConfig) -> dict:
+    return {"model": config_to_dict(cfg.model), "diffusion": config_to_dict(cfg.diffusion)}
+
+
+def _check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> None:
+    info = data.info
+    if info.height != cfg.model.image_size or info.width != cfg.model.image_size:
+        raise ConfigError(
+            f"{data.path}: images are {info.height}x{info.width} but model.image_size is "
+            f"{cfg.model.image_size}"
+        )
+    if norm_channels != cfg.model.in_channels:
+        raise ConfigError(
+            f"{data.path}: data give {norm_channels} channel(s) to the network but "
+            f"model.in_channels is {cfg.model.in_channels}"
+        )
+    if cfg.model.num_classes and not info.has_labels:
+        raise ConfigError(f"{data.path}: model.num_classes is set but the file has no labels")
+
+
+def train_step(
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    ts_sampler,
+    batch: dict[str, torch.Tensor],
+    cfg: RunConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass and the loss: returns (scalar loss, per-sample loss, timesteps)."""
+    x0 = batch["image"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    t, w = ts_sampler.sample(x0.shape[0], gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    t, w, noise = t.to(device), w.to(device), noise.to(device)
+    x_t = diffusion.q_sample(x0, t, noise)
+    kwargs = {}
+    if cfg.model.num_classes:
+        labels = batch["label"].to(device)
+        drop = torch.rand(labels.shape, generator=gen).to(device) < cfg.model.class_dropout
+        kwargs["class_labels"] = torch.where(drop, cfg.model.num_classes, labels)
+    if cfg.train.channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    out = model(x_t, t, **kwargs).sample
+    terms = diffusion.training_losses(out, x0, x_t, t, noise, mask)
+    return (terms.loss * w).mean(), terms.loss.detach(), t
+
+
+class Trainer:
+    """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
+
+    def __init__(self, cfg: RunConfig, out: str | Path, resume: bool = False):
+        self.cfg, self.run_dir, self.resume = cfg, RunDir(out), resume
+        tc = cfg.train
+        self.acc = Accelerator(
+            mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum
+        )
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.data = DatasetFile(cfg.data.train)
+        self._prepare_run_dir()
+        self.normalizer = self._normalizer()
+        _check_data_fits(cfg, self.data, self.normalizer.model_channels)
+        self.diffusion = GaussianDiffusion(cfg.diffusion).to(self.acc.device)
+        torch.manual_seed(tc.seed)
+        model = build_unet(cfg.model, self.normalizer.channels * (2 if self.normalizer.phase else 1),
+                           self.diffusion.learned_variance)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.ema = EMA(model, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.ts_sampler = make_timestep_sampler(cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps)
+        self.state = CheckpointState(step=0, images_seen=0, timestep_sampler={})
+        if resume and self.run_dir.latest_checkpoint() is not None:
+            self._load(model, opt)
+        self.model, self.opt = self.acc.prepare(model, opt)
+        if tc.compile:
+            self.model = torch.compile(self.model)
+        self.ema_models = [m.to(self.acc.device) for m in self.ema.models]
+        self.dataset = RadarDataset(self.data, self.normalizer, self.normalizer.valid_indices)
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        run = self.run_dir
+        if self.resume:
+            run.require()
+            saved = load_config(run.config)
+            if _architecture(saved) != _architecture(self.cfg):
+                raise RunDirError(
+                    f"{run.config}: cannot resume: the model or diffusion settings differ from the "
+                    "run's (start a new run directory instead)"
+                )
+        elif run.checkpoints.exists() and any(run.checkpoints.glob("step_*")):
+            raise RunDirError(f"{run.root}: already holds checkpoints; pass --resume or choose a new --out")
+        if self.acc.is_main_process:
+            run.root.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, run.config)
+        self.acc.wait_for_everyone()
+
+    def _normalizer(self) -> Normalizer:
+        run = self.run_dir
+        if self.resume and run.normalizer.is_file():
+            norm = Normalizer.load(run.normalizer)
+            norm.valid_indices = valid_sample_indices(self.data)
+            if norm.channels != self.data.info.channels:
+                raise RunDirError(
+                    f"{self.data.path}: has {self.data.info.channels} channel(s) but the run was "
+                    f"trained on {norm.channels}"
+                )
+            return norm
+        norm = Normalizer.fit(self.data, self.cfg.data.normalization, self.cfg.data.to_db)
+        if self.acc.is_main_process:
+            norm.save(run.normalizer)
+        return norm
+
+    def _load(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        ckpt = self.run_dir.latest_checkpoint()
+        state = read_state(ckpt)
+        try:
+            load_weights(model, ckpt / "model")
+            for i, (ema, hl) in enumerate(zip(self.ema.models, self.cfg.train.ema_halflife_kimg, strict=True)):
+                load_weights(ema, ckpt / ema_dirname(i, hl))
+        except RuntimeError as err:
+            raise RunDirError(f"{ckpt}: weights do not fit the configured model ({err})") from None
+        load_optimizer(opt, ckpt)
+        self.ts_sampler.load_state_dict(state.timestep_sampler)
+        self.state = state
+        if self.acc.is_main_process:
+            _truncate_stats(self.run_dir.stats, state.step)
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def run(self, on_progress: ProgressFn | None = None) -> TrainResult:
+        cfg, tc, acc = self.cfg, self.cfg.train, self.acc
+        accum = tc.grad_accum
+        sampler = StepBatchSampler(
+            len(self.dataset), tc.batch_size, tc.seed, start_step=self.state.step * accum,
+            rank=acc.process_index, world=acc.num_processes, steps=tc.steps * accum,
+        )
+        loader = DataLoader(
+            self.dataset, batch_sampler=sampler, collate_fn=identity_collate,
+            num_workers=cfg.data.num_workers, persistent_workers=False,
+        )
+        batches = iter(loader)
+        log = _LogWindow()
+        last_loss, last_ckpt = float("nan"), None
+        self.model.train()
+        t0 = time.perf_counter()
+        for step in range(self.state.step, tc.steps):
+            lr = lr_at(cfg, step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            for k in range(accum):
+                micro = step * accum + k
+                batch = next(batches)
+                seed = step_seed(tc.seed, micro, acc.process_index)
+                torch.manual_seed(seed)  # dropout draws from the global generator
+                gen = torch.Generator().manual_seed(seed)
+                with acc.accumulate(self.model):
+                    loss, per_sample, t = train_step(
+                        self.model, self.diffusion, self.ts_sampler, batch, cfg, gen, acc.device
+                    )
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"step {step}: loss is {loss.item()}; training stopped, the last good "
+                            f"checkpoint is {self.run_dir.latest_checkpoint() or 'none (no checkpoint yet)'}"
+                        )
+                    acc.backward(loss)
+                    grad_norm = None
+                    if acc.sync_gradients:
+                        grad_norm = (
+                            acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                            if tc.grad_clip > 0
+                            else None
+                        )
+                    self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                all_t = acc.gather(t).cpu().numpy()
+                all_loss = acc.gather(per_sample.float()).cpu().numpy()
+                self.ts_sampler.update(all_t, all_loss)
+                log.add(all_t, all_loss, cfg.diffusion.timesteps)
+            batch_images = tc.batch_size * accum * acc.num_processes
+            self.state.images_seen += batch_images
+            self.state.step = step + 1
+            self.ema.update(acc.unwrap_model(self.model), self.state.images_seen, batch_images)
+            self.state.timestep_sampler = self.ts_sampler.state_dict()
+            last_loss = float(all_loss.mean())
+            if grad_norm is not None:
+                log.grad_norm = float(grad_norm)
+            done = self.state.step
+            if done % tc.log_every == 0 or done == tc.steps:
+                elapsed = time.perf_counter() - t0
+                row = log.flush(done, lr, self.state.images_seen, elapsed)
+                t0 = time.perf_counter()
+                self._write_stats(row)
+            if self.cfg.data.val and (done % tc.val_every == 0 or done == tc.steps):
+                self._validate()
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                last_ckpt = self._checkpoint()
+            if on_progress is not None:
+                on_progress(done, tc.steps, {"loss": last_loss})
+        acc.wait_for_everyone()
+        return TrainResult(self.run_dir.root, self.state.step, last_ckpt, last_loss)
+
+    def _write_stats(self, row: dict) -> None:
+        if self.acc.is_main_process:
+            with self.run_dir.stats.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def _validate(self) -> None:
+        from radardiff.train.validate import validation_loss
+
+        val = DatasetFile(self.cfg.data.val)
+        loss = validation_loss(
+            self.ema.primary, self.diffusion, self.normalizer, val, self.cfg, self.acc.device
+        )
+        self.state.val_loss = loss
+        if self.state.best_val is None or loss < self.state.best_val:
+            self.state.best_val, self.state.best_step = loss, self.state.step
+        self._write_stats({"step": self.state.step, "val_loss": loss})
+
+    def _checkpoint(self) -> Path | None:
+        path = None
+        if self.acc.is_main_process:
+            path = save_checkpoint(
+                self.run_dir, self.state, self.acc.unwrap_model(self.model), self.ema.models,
+                self.cfg.train.ema_halflife_kimg, self.opt, self.cfg.train.keep_last,
+            )
+        self.acc.wait_for_everyone()
+        return path or self.run_dir.checkpoint(self.state.step)
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()
+            and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+class _LogWindow:
+    """Accumulates per-sample losses between two log lines, split by timestep quartile."""
+
+    def __init__(self) -> None:
+        self.t: list[np.ndarray] = []
+        self.loss: list[np.ndarray] = []
+        self.grad_norm: float | None = None
+        self.T = 1
+
+    def add(self, t: np.ndarray, loss: np.ndarray, T: int) -> None:
+        self.t.append(t)
+        self.loss.append(loss)
+        self.T = T
+
+    def flush(self, step: int, lr: float, images_seen: int, elapsed: float) -> dict:
+        t, loss = np.concatenate(self.t), np.concatenate(self.loss)
+        q = np.minimum(t * 4 // self.T, 3)
+        row = {"step": step, "loss": float(loss.mean()), "lr": lr, "images_seen": images_seen,
+               "img_per_s": float(t.size / max(elapsed, 1e-9))}
+        for i in range(4):
+            sel = loss[q == i]
+            row[f"loss_q{i}"] = float(sel.mean()) if sel.size else None
+        if self.grad_norm is not None:
+            row["grad_norm"] = self.grad_norm
+        self.t, self.loss = [], []
+        return row
+
+
+def train(cfg: RunConfig, out: str | Path, resume: bool = False,
+          on_progress: ProgressFn | None = None) -> TrainResult:
+    """Train (or resume) a run into ``out``."""
+    return Trainer(cfg, out, resume).run(on_progress)
