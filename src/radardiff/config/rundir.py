@@ -1,7 +1,7 @@
 """The run directory: the files that stages hand each other.
 
 ```
-RUN/config.toml  normalizer.json  stats.jsonl
+RUN/config.toml  normalizer.json  data_info.json  stats.jsonl
 RUN/checkpoints/step_0001000/{model,ema,optimizer.pt,state.json}   RUN/checkpoints/latest
 RUN/samples/*.h5  RUN/eval/metrics.json  RUN/report/index.html
 ```
@@ -25,6 +25,7 @@ class RunDir:
 
     config = property(lambda self: self.root / "config.toml")
     normalizer = property(lambda self: self.root / "normalizer.json")
+    data_info = property(lambda self: self.root / "data_info.json")
     stats = property(lambda self: self.root / "stats.jsonl")
     checkpoints = property(lambda self: self.root / "checkpoints")
     latest_file = property(lambda self: self.root / "checkpoints" / "latest")

@@ -137,6 +137,8 @@ class EvalConfig(_Section):
     metrics: tuple[MetricName, ...] = ("semivariogram", "psd", "histogram", "ranges")
     max_lag: int | None = Field(None, ge=1, description="largest semivariogram lag in pixels")
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples for confidence bands")
+    max_samples: int = Field(2000, ge=2, description="samples used per set (seeded subset)")
+    seed: int = 0
 
 
 class RunConfig(_Section):

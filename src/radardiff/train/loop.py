@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from radardiff.config import RunConfig, RunDir, load_config, save_config
+from radardiff.config import RunConfig, RunDir, atomic_write_text, load_config, save_config
 from radardiff.config.io import config_to_dict
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.normalize import Normalizer, valid_sample_indices
@@ -63,6 +63,15 @@ def lr_at(cfg, step: int) -> float:
     if tc.lr_schedule == "linear":
         return tc.lr * max(1.0 - frac, 0.0)
     return tc.lr
+
+
+def data_info_dict(info) -> dict:
+    """What sampling needs to know of the training data (kind, units, classes, shape)."""
+    return {
+        "kind": info.kind, "units": info.units, "class_names": info.class_names,
+        "pixel_spacing_m": info.pixel_spacing_m, "shape": list(info.shape),
+        "source": str(info.path),
+    }
 
 
 def _architecture(cfg: RunConfig) -> dict:
@@ -162,6 +171,7 @@ class Trainer:
         if self.acc.is_main_process:
             run.root.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, run.config)
+            atomic_write_text(run.data_info, json.dumps(data_info_dict(self.data.info)))
         self.acc.wait_for_everyone()
 
     def _normalizer(self) -> Normalizer:

@@ -1,0 +1,71 @@
+"""Shared CLI helpers: logging set-up, progress bars, list options."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import click
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("radardiff: %(message)s"))
+    root = logging.getLogger("radardiff")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
+    """A tqdm bar on stderr with rate and ETA (silent on ranks other than 0)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True,
+        disable=not (enabled and is_main_process()), file=sys.stderr,
+    )
+
+
+def bar_callback(bar) -> Callable[..., None]:
+    """Adapt a tqdm bar to the library's ``on_progress(done, total, ...)`` callbacks."""
+
+    def update(done: int, total: int, info: dict | None = None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        if info:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
+
+    return update
+
+
+def parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{value}'", param_hint=option) from None
+
+
+def parse_kv(items: tuple[str, ...], option: str) -> dict:
+    """``k=v`` pairs with TOML-typed values (``solver_order=3``, ``use_karras_sigmas=true``)."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got '{item}'", param_hint=option)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()
+    return out

@@ -1,0 +1,88 @@
+"""The ``radardiff`` command: one thin sub-command per verb, one-line errors."""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+import click
+
+from radardiff._version import __version__
+from radardiff.cli._common import setup_logging
+from radardiff.errors import RadarDiffError
+
+EPILOG = """\b
+Examples:
+  radardiff demo                                   # the whole pipeline on synthetic data
+  radardiff data synth insar_noise --n 2000 --out data/train.h5
+  radardiff train configs/insar_noise_32.toml --out runs/noise --set data.train=data/train.h5
+  radardiff sample runs/noise --n 64 --out runs/noise/samples/s.h5 --sampler ddim --steps 50
+  radardiff evaluate --real data/val.h5 --fake runs/noise/samples/s.h5 --out runs/noise/eval
+  radardiff report runs/noise
+"""
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="radardiff")
+@click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+def cli(verbose: int, quiet: bool, debug: bool) -> None:
+    """radardiff: diffusion models for radar satellite imagery (SAR, InSAR)."""
+    setup_logging(-1 if quiet else verbose)
+
+
+def _register() -> None:
+    from radardiff.cli.data import data
+    from radardiff.cli.demo import demo
+    from radardiff.cli.evaluate import evaluate
+    from radardiff.cli.report import report
+    from radardiff.cli.sample import sample
+    from radardiff.cli.train import train
+
+    for cmd in (data, train, sample, evaluate, report, demo):
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"radardiff: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors exit 2, input and run errors exit 1, each as one line."""
+    from radardiff._malloc import tune_malloc
+
+    tune_malloc()
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="radardiff", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        _fail(f"{where}{exc.format_message()} (see --help)", 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except RadarDiffError as exc:
+        if debug:
+            raise
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except OSError as exc:
+        if debug:
+            raise
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        _fail(f"{name}{what}", 1)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)

@@ -1,0 +1,529 @@
+"""Evaluate a generated dataset file against a real one and write ``metrics.json``.
+
+:func:`evaluate_files` reads both dataset files (images in physical units, NaN = no data) in
+bounded blocks, checks that they are comparable, computes the metrics named in
+``EvalConfig.metrics`` and writes ``metrics.json`` and ``arrays.npz`` into the output folder.
+
+Sampling
+--------
+At most ``max_samples`` images per set are used (``EvalConfig.max_samples`` when the config has
+it, else 2000), chosen uniformly without replacement with ``numpy.random.default_rng(seed)``;
+``n`` and ``n_used`` in the JSON say how many the file holds and how many were used. Pixel
+values for the histogram and its Wasserstein distance are a uniform random subset of at most
+2,000,000 finite pixels per set and channel.
+
+``metrics.json`` schema (``"schema": "radardiff.metrics/1"``)
+-------------------------------------------------------------
+Every key below is always present; a value is ``null`` when it was not computed (metric not
+requested, not applicable, or undefined such as a ratio with no valid lag). Non-finite
+numbers are written as ``null``.
+
+.. code-block:: text
+
+    {
+      "schema": "radardiff.metrics/1",
+      "radardiff_version": str,
+      "real": {"path": str, "n": int, "n_used": int, "kind": str, "units": str,
+               "shape": [C, H, W], "pixel_spacing_m": float | null},
+      "fake": {same keys},
+      "settings": {"max_samples": int, "seed": int, "bootstrap": int, "max_lag": int | null,
+                   "curve_channel": 0, "histogram_max_pixels": int, "metrics": [str, ...]},
+      "scalars": {
+        "semivariogram_rel_error": mean over lags of |g_fake - g_real| / g_real (unitless),
+        "psd_log_rmse":    RMSE of log10 mean PSDs over frequency bins (decades),
+        "histogram_w1":    Wasserstein-1 between pixel values (physical units),
+        "range_w1":        Wasserstein-1 between per-sample ranges max - min (physical units),
+        "std_w1":          Wasserstein-1 between per-sample standard deviations (physical units),
+        "enl_real", "enl_fake":   median over images of the median 8x8-window ENL (linear
+                                  intensity; SAR only, metric "speckle"),
+        "cv_real", "cv_fake":     mean over images of the coefficient of variation (SAR only),
+        "residue_density_real", "residue_density_fake": mean residues per 2x2 loop
+                                  (wrapped / unwrapped phase only, metric "phase"),
+        "fid", "kid_mean", "kid_std", "precision", "recall": feature-based metrics, only when
+                                  features are passed to evaluate_files
+      },
+      "semivariogram": {
+        "lags_px": [L floats], "lags_m": [L floats] | null (null when no pixel spacing),
+        "ci": str (what the band is, e.g. "95% percentile bootstrap over samples (200 resamples)"),
+        "real": {"mean": [L], "low": [L], "high": [L]},   isotropic, squared physical units
+        "fake": {"mean": [L], "low": [L], "high": [L]},
+        "directional": {"x": {"real": [L], "fake": [L]}, "y": {"real": [L], "fake": [L]}}
+                                  mean over samples along x (columns) and y (rows)
+      } | null,
+      "psd": {"freq_cycles_per_px": [K], "real": {"mean","low","high"}, "fake": {...}} | null,
+      "histogram": {"bin_edges": [B+1], "real": [B], "fake": [B], "units": str} | null
+                                  (densities on shared edges),
+      "ranges": {"real_range": [n_used], "fake_range": [n_used], "real_std": [n_used],
+                 "fake_std": [n_used]} | null   (per-sample values, physical units)
+    }
+
+Curves in the JSON are those of channel 0 (``settings.curve_channel``); scalars are averaged
+over channels. ``arrays.npz`` holds every channel: per-sample curves ``sv_{set}_gamma``,
+``sv_{set}_gamma_x``, ``sv_{set}_gamma_y`` (n_used, C, L), ``sv_lags_px``, ``psd_{set}``
+(n_used, C, K), ``psd_freq``, ``range_{set}``, ``std_{set}`` (n_used, C), ``hist_edges``,
+``hist_{set}`` (C, B), ``enl_{set}``, ``cv_{set}``, ``residue_density_{set}`` and
+``phase_grad_{mean_abs,std}_{x,y}_{set}`` (n_used, C), for set in {real, fake}, when computed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radardiff._version import __version__
+from radardiff.config import EvalConfig
+from radardiff.config.io import atomic_write_text
+from radardiff.data import DatasetFile
+from radardiff.errors import ConfigError, DataError
+from radardiff.evaluate.bands import Band, mean_band
+from radardiff.evaluate.distributions import histograms, sample_spread, w1
+from radardiff.evaluate.features import fid, kid, precision_recall
+from radardiff.evaluate.radar_stats import phase_stats, speckle_stats, to_linear_intensity, wrap
+from radardiff.evaluate.semivariogram import semivariogram, semivariogram_rel_error
+from radardiff.evaluate.spectra import psd_log_rmse, radial_frequencies, radial_psd
+
+SCHEMA = "radardiff.metrics/1"
+DEFAULT_MAX_SAMPLES = 2000
+HISTOGRAM_MAX_PIXELS = 2_000_000
+SCALAR_KEYS = (
+    "semivariogram_rel_error",
+    "psd_log_rmse",
+    "histogram_w1",
+    "range_w1",
+    "std_w1",
+    "enl_real",
+    "enl_fake",
+    "cv_real",
+    "cv_fake",
+    "residue_density_real",
+    "residue_density_fake",
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+)
+# Fewest samples per set for which each statistic (and its band or distribution) is defined.
+MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1}
+# Budget for one block of images; the padded complex FFTs take ~16x the float32 image bytes.
+_BLOCK_BYTES = 32 << 20
+
+
+@dataclass
+class _SetStats:
+    """Per-sample statistics of one set, accumulated block by block."""
+
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, key: str, value: np.ndarray) -> None:
+        self.parts.setdefault(key, []).append(np.asarray(value))
+
+    def get(self, key: str) -> np.ndarray:
+        return np.concatenate(self.parts[key], axis=0)
+
+
+def _check_comparable(real: DatasetFile, fake: DatasetFile) -> float | None:
+    r, f = real.info, fake.info
+    where = f"{r.path} vs {f.path}"
+    if r.shape != f.shape:
+        raise DataError(f"{where}: image shapes differ, (C, H, W) {r.shape} vs {f.shape}")
+    if r.kind != f.kind:
+        raise DataError(f"{where}: kinds differ, '{r.kind}' vs '{f.kind}'")
+    if r.units != f.units:
+        raise DataError(f"{where}: units differ, '{r.units}' vs '{f.units}'")
+    if (
+        r.pixel_spacing_m is not None
+        and f.pixel_spacing_m is not None
+        and not math.isclose(r.pixel_spacing_m, f.pixel_spacing_m, rel_tol=1e-6)
+    ):
+        raise DataError(
+            f"{where}: pixel spacings differ, {r.pixel_spacing_m} m vs {f.pixel_spacing_m} m"
+        )
+    return r.pixel_spacing_m if r.pixel_spacing_m is not None else f.pixel_spacing_m
+
+
+def _check_metrics(metrics: tuple[str, ...], ds: DatasetFile, n_used: int) -> None:
+    kind = ds.info.kind
+    for name in metrics:
+        if n_used < MIN_SAMPLES[name]:
+            raise DataError(
+                f"{ds.path}: metric '{name}' needs at least {MIN_SAMPLES[name]} samples, "
+                f"got {n_used} (the file holds {ds.info.n})"
+            )
+        if name == "speckle" and kind != "sar_backscatter":
+            raise DataError(f"{ds.path}: metric 'speckle' needs kind sar_backscatter, got '{kind}'")
+        if name == "phase" and kind not in ("insar_wrapped", "insar_unwrapped"):
+            raise DataError(
+                f"{ds.path}: metric 'phase' needs kind insar_wrapped or insar_unwrapped, "
+                f"got '{kind}'"
+            )
+
+
+def _per_channel(fn, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Apply ``fn`` (B, H, W) -> dataclass of (B, ...) arrays to each channel; stack on axis 1."""
+    outs = [fn(x[:, c]) for c in range(x.shape[1])]
+    keys = [k for k, v in vars(outs[0]).items() if isinstance(v, np.ndarray) and v.ndim >= 1]
+    return {k: np.stack([getattr(o, k) for o in outs], axis=1) for k in keys}
+
+
+def _pixel_subset(x: np.ndarray, per_image: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to ``per_image`` random finite pixels of each image, pooled per channel."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    out = []
+    for ch in range(c):
+        vals = []
+        for i in range(b):
+            v = flat[i, ch][np.isfinite(flat[i, ch])]
+            if v.size > per_image:
+                v = rng.choice(v, per_image, replace=False)
+            vals.append(v)
+        out.append(np.concatenate(vals))
+    return out
+
+
+def _collect(
+    ds: DatasetFile,
+    indices: np.ndarray,
+    metrics: tuple[str, ...],
+    max_lag: int | None,
+    rng: np.random.Generator,
+) -> _SetStats:
+    info = ds.info
+    c, h, w = info.shape
+    stats = _SetStats()
+    block = max(1, _BLOCK_BYTES // (16 * c * h * w * 4))
+    per_image = max(1, HISTOGRAM_MAX_PIXELS // max(1, len(indices)))
+    pixels: list[list[np.ndarray]] = [[] for _ in range(c)]
+    for start in range(0, len(indices), block):
+        x = ds.images(indices[start : start + block]).astype(np.float64)
+        if "semivariogram" in metrics:
+            sv = _per_channel(lambda z: semivariogram(z, max_lag=max_lag), x)
+            for key in ("gamma", "gamma_x", "gamma_y"):
+                stats.add(f"sv_{key}", sv[key])
+        if "psd" in metrics:
+            stats.add("psd", _per_channel(radial_psd, x)["psd"])
+        if "ranges" in metrics:
+            spread = _per_channel(sample_spread, x)
+            stats.add("range", spread["range"])
+            stats.add("std", spread["std"])
+        if "histogram" in metrics:
+            for ch, v in enumerate(_pixel_subset(x, per_image, rng)):
+                pixels[ch].append(v)
+        if "speckle" in metrics:
+            sp = _per_channel(speckle_stats, to_linear_intensity(x, info.units))
+            stats.add("enl", sp["enl"])
+            stats.add("cv", sp["cv"])
+        if "phase" in metrics:
+            ph = _per_channel(phase_stats, wrap(x))
+            for key, value in ph.items():
+                stats.add(key, value)
+    if "histogram" in metrics:
+        stats.parts["pixels"] = [np.concatenate(p) for p in pixels]
+    return stats
+
+
+def _nan_stat(fn, a: np.ndarray) -> float | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        v = float(fn(a))
+    return v if math.isfinite(v) else None
+
+
+def _json_clean(obj: Any) -> Any:
+    """Lists instead of arrays, None instead of NaN/inf (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_clean(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _band_json(band: Band) -> dict[str, Any]:
+    return {"mean": band.mean, "low": band.low, "high": band.high}
+
+
+def _mean_over_channels(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _set_info(ds: DatasetFile, n_used: int) -> dict[str, Any]:
+    i = ds.info
+    return {
+        "path": str(i.path),
+        "n": i.n,
+        "n_used": n_used,
+        "kind": i.kind,
+        "units": i.units,
+        "shape": list(i.shape),
+        "pixel_spacing_m": i.pixel_spacing_m,
+    }
+
+
+def _choose(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(rng.choice(n, cap, replace=False))
+
+
+def empty_metrics() -> dict[str, Any]:
+    """A metrics dictionary with every schema key present and nothing computed."""
+    blank_set = dict.fromkeys(("path", "n", "n_used", "kind", "units", "shape", "pixel_spacing_m"))
+    return {
+        "schema": SCHEMA,
+        "radardiff_version": __version__,
+        "real": dict(blank_set),
+        "fake": dict(blank_set),
+        "settings": dict.fromkeys(
+            (
+                "max_samples",
+                "seed",
+                "bootstrap",
+                "max_lag",
+                "curve_channel",
+                "histogram_max_pixels",
+                "metrics",
+            )
+        ),
+        "scalars": dict.fromkeys(SCALAR_KEYS),
+        "semivariogram": None,
+        "psd": None,
+        "histogram": None,
+        "ranges": None,
+    }
+
+
+def _semivariogram_section(r, f, spacing, boot, rng, arrays, scalars):
+    lags = np.arange(1, r.get("sv_gamma").shape[2] + 1, dtype=np.float64)
+    arrays["sv_lags_px"] = lags
+    for name, s in (("real", r), ("fake", f)):
+        for key in ("gamma", "gamma_x", "gamma_y"):
+            arrays[f"sv_{name}_{key}"] = s.get(f"sv_{key}")
+    c = arrays["sv_real_gamma"].shape[1]
+    errors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for ch in range(c):
+            means = [np.nanmean(arrays[f"sv_{n}_gamma"][:, ch], axis=0) for n in ("real", "fake")]
+            errors.append(semivariogram_rel_error(*means))
+    scalars["semivariogram_rel_error"] = _mean_over_channels(errors)
+    bands = {
+        n: mean_band(arrays[f"sv_{n}_gamma"][:, 0], n_boot=boot, rng=rng) for n in ("real", "fake")
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        directional = {
+            axis: {
+                n: np.nanmean(arrays[f"sv_{n}_gamma_{axis}"][:, 0], axis=0)
+                for n in ("real", "fake")
+            }
+            for axis in ("x", "y")
+        }
+    return {
+        "lags_px": lags,
+        "lags_m": None if spacing is None else lags * spacing,
+        "ci": bands["real"].method,
+        "real": _band_json(bands["real"]),
+        "fake": _band_json(bands["fake"]),
+        "directional": directional,
+    }
+
+
+def _psd_section(r, f, freq, boot, rng, arrays, scalars):
+    arrays["psd_freq"] = freq
+    arrays["psd_real"], arrays["psd_fake"] = r.get("psd"), f.get("psd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        dists = [
+            psd_log_rmse(
+                np.nanmean(arrays["psd_real"][:, ch], 0), np.nanmean(arrays["psd_fake"][:, ch], 0)
+            )
+            for ch in range(arrays["psd_real"].shape[1])
+        ]
+    scalars["psd_log_rmse"] = _mean_over_channels(dists)
+    return {
+        "freq_cycles_per_px": freq,
+        "real": _band_json(mean_band(arrays["psd_real"][:, 0], n_boot=boot, rng=rng)),
+        "fake": _band_json(mean_band(arrays["psd_fake"][:, 0], n_boot=boot, rng=rng)),
+    }
+
+
+def _histogram_section(r, f, units, arrays, scalars):
+    pr, pf = r.parts["pixels"], f.parts["pixels"]
+    scalars["histogram_w1"] = _mean_over_channels([w1(a, b) for a, b in zip(pr, pf, strict=True)])
+    hists = [histograms(a, b) for a, b in zip(pr, pf, strict=True)]
+    arrays["hist_edges"] = np.stack([h.bin_edges for h in hists])
+    arrays["hist_real"] = np.stack([h.real for h in hists])
+    arrays["hist_fake"] = np.stack([h.fake for h in hists])
+    return {
+        "bin_edges": hists[0].bin_edges,
+        "real": hists[0].real,
+        "fake": hists[0].fake,
+        "units": units,
+    }
+
+
+def _ranges_section(r, f, arrays, scalars):
+    for key in ("range", "std"):
+        arrays[f"{key}_real"], arrays[f"{key}_fake"] = r.get(key), f.get(key)
+        c = arrays[f"{key}_real"].shape[1]
+        scalars[f"{key}_w1"] = _mean_over_channels(
+            [w1(arrays[f"{key}_real"][:, ch], arrays[f"{key}_fake"][:, ch]) for ch in range(c)]
+        )
+    return {
+        "real_range": arrays["range_real"][:, 0],
+        "fake_range": arrays["range_fake"][:, 0],
+        "real_std": arrays["std_real"][:, 0],
+        "fake_std": arrays["std_fake"][:, 0],
+    }
+
+
+def _feature_scalars(real_features, fake_features, k: int, rng, scalars) -> None:
+    scalars["fid"] = fid(real_features, fake_features)
+    result = kid(real_features, fake_features, rng=rng)
+    scalars["kid_mean"], scalars["kid_std"] = result.mean, result.std
+    pr = precision_recall(real_features, fake_features, k=k)
+    scalars["precision"], scalars["recall"] = pr.precision, pr.recall
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_files(
+    real: str | os.PathLike,
+    fake: str | os.PathLike,
+    cfg: EvalConfig,
+    out_dir: str | os.PathLike,
+    *,
+    max_samples: int | None = None,
+    seed: int | None = None,
+    real_features: np.ndarray | None = None,
+    fake_features: np.ndarray | None = None,
+    k: int = 3,
+) -> dict[str, Any]:
+    """Compare a generated dataset file with a real one; write metrics.json and arrays.npz.
+
+    Parameters
+    ----------
+    real, fake : path
+        Dataset files (HDF5, images in physical units, NaN = no data).
+    cfg : EvalConfig
+        ``metrics`` (subset of semivariogram, psd, histogram, ranges, speckle, phase),
+        ``max_lag`` (semivariogram, pixels), ``bootstrap`` (resamples for bands; 0 = standard
+        error), and ``max_samples`` when the config defines it.
+    out_dir : path
+        Folder for ``metrics.json`` and ``arrays.npz`` (created; both written atomically).
+    max_samples : int, optional
+        Cap on images used per set (overrides the config; default 2000).
+    seed : int, optional
+        Seed (default ``cfg.seed``) of the generator behind sample choice, pixel subsets and bootstrap draws.
+    real_features, fake_features : ndarray (N, D), optional
+        Features of the two sets from one extractor; when both are given, FID, KID and improved
+        precision/recall (with ``k`` neighbours) fill their scalars.
+
+    Returns
+    -------
+    dict
+        The metrics dictionary exactly as written to ``metrics.json`` (schema above).
+
+    Raises
+    ------
+    ConfigError
+        ``max_lag`` not below the image side.
+    DataError
+        Unreadable files, sets that are not comparable (shape, kind, units, pixel spacing),
+        too few samples for a requested statistic, or a metric that does not apply to the kind.
+    """
+    out = Path(out_dir)
+    rset, fset = DatasetFile(real), DatasetFile(fake)
+    try:
+        spacing = _check_comparable(rset, fset)
+        cap = max_samples or cfg.max_samples
+        metrics = tuple(dict.fromkeys(cfg.metrics))
+        side = min(rset.info.shape[1:])
+        if "semivariogram" in metrics and cfg.max_lag is not None and cfg.max_lag >= side:
+            raise ConfigError(
+                f"evaluate.max_lag={cfg.max_lag}: must be below the image side ({side} px) of "
+                f"{rset.path}"
+            )
+        seed = cfg.seed if seed is None else seed
+        rng = np.random.default_rng(seed)
+        idx = {name: _choose(len(ds), cap, rng) for name, ds in (("real", rset), ("fake", fset))}
+        _check_metrics(metrics, rset, len(idx["real"]))
+        _check_metrics(metrics, fset, len(idx["fake"]))
+        r = _collect(rset, idx["real"], metrics, cfg.max_lag, rng)
+        f = _collect(fset, idx["fake"], metrics, cfg.max_lag, rng)
+        result = empty_metrics()
+        result["real"] = _set_info(rset, len(idx["real"]))
+        result["fake"] = _set_info(fset, len(idx["fake"]))
+        result["settings"] = {
+            "max_samples": cap,
+            "seed": seed,
+            "bootstrap": cfg.bootstrap,
+            "max_lag": cfg.max_lag,
+            "curve_channel": 0,
+            "histogram_max_pixels": HISTOGRAM_MAX_PIXELS,
+            "metrics": list(metrics),
+        }
+        scalars, arrays = result["scalars"], {}
+        if "semivariogram" in metrics:
+            result["semivariogram"] = _semivariogram_section(
+                r, f, spacing, cfg.bootstrap, rng, arrays, scalars
+            )
+        if "psd" in metrics:
+            freq = radial_frequencies(*rset.info.shape[1:])
+            result["psd"] = _psd_section(r, f, freq, cfg.bootstrap, rng, arrays, scalars)
+        if "histogram" in metrics:
+            result["histogram"] = _histogram_section(r, f, rset.info.units, arrays, scalars)
+        if "ranges" in metrics:
+            result["ranges"] = _ranges_section(r, f, arrays, scalars)
+        if "speckle" in metrics:
+            for name, s in (("real", r), ("fake", f)):
+                arrays[f"enl_{name}"], arrays[f"cv_{name}"] = s.get("enl"), s.get("cv")
+                scalars[f"enl_{name}"] = _nan_stat(np.nanmedian, arrays[f"enl_{name}"])
+                scalars[f"cv_{name}"] = _nan_stat(np.nanmean, arrays[f"cv_{name}"])
+        if "phase" in metrics:
+            for name, s in (("real", r), ("fake", f)):
+                for key in s.parts:
+                    if key.startswith(("grad_", "residue_density")):
+                        short = key.replace("grad_", "phase_grad_")
+                        arrays[f"{short}_{name}"] = s.get(key)
+                scalars[f"residue_density_{name}"] = _nan_stat(
+                    np.nanmean, arrays[f"residue_density_{name}"]
+                )
+        if real_features is not None and fake_features is not None:
+            _feature_scalars(real_features, fake_features, k, rng, scalars)
+    finally:
+        rset.close()
+        fset.close()
+    result = _json_clean(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    _write_npz(out / "arrays.npz", arrays)
+    return result

@@ -1,0 +1,115 @@
+"""Figures of the report, each returned as PNG bytes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REAL, FAKE = "#1f77b4", "#d62728"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def image_grid(images: np.ndarray, title: str, units: str, lo: float, hi: float, ncols: int = 8) -> bytes:
+    """First channel of up to 64 images on a shared colour scale (physical units)."""
+    x = images[:64, 0]
+    n = x.shape[0]
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.3 * nrows + 0.4), squeeze=False)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < n:
+            im = ax.imshow(np.ma.masked_invalid(x[k]), cmap="RdBu_r", vmin=lo, vmax=hi)
+    fig.suptitle(title)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label=units)
+    return _png(fig)
+
+
+def loss_curves(rows: list[dict]) -> bytes:
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if train:
+        steps = [r["step"] for r in train]
+        ax.plot(steps, [r["loss"] for r in train], color="k", label="train loss")
+        for q, alpha in zip(range(4), (0.9, 0.7, 0.5, 0.3), strict=True):
+            vals = [r.get(f"loss_q{q}") for r in train]
+            if any(v is not None for v in vals):
+                ax.plot(steps, [np.nan if v is None else v for v in vals], lw=0.8, alpha=alpha,
+                        label=f"t quartile {q + 1}")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color=FAKE, label="val (EMA)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def band_plot(x, real: dict, fake: dict, xlabel: str, ylabel: str, title: str,
+              logx: bool = False, logy: bool = False) -> bytes:
+    """Mean curves of the real and generated sets with their bands (as given in metrics.json)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for d, color, label in ((real, REAL, "real"), (fake, FAKE, "generated")):
+        ax.plot(x, d["mean"], color=color, label=label)
+        if d.get("low") is not None and d.get("high") is not None:
+            ax.fill_between(x, d["low"], d["high"], color=color, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.legend()
+    return _png(fig)
+
+
+def histogram_plot(edges, real, fake, units: str, title: str = "pixel values") -> bytes:
+    edges = np.asarray(edges)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.step(centres, real, where="mid", color=REAL, label="real")
+    ax.step(centres, fake, where="mid", color=FAKE, label="generated")
+    ax.set_xlabel(units or "value")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)
+
+
+def distribution_plot(real, fake, xlabel: str, title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.histogram_bin_edges(np.concatenate([np.asarray(real), np.asarray(fake)]), bins=30)
+    ax.hist(real, bins=bins, density=True, alpha=0.5, color=REAL, label="real")
+    ax.hist(fake, bins=bins, density=True, alpha=0.5, color=FAKE, label="generated")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)
+
+
+def study_plot(rows: list[dict], metric: str) -> bytes:
+    """Metric against sampling steps, one line per sampler (the sampler study)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name in sorted({r["sampler"] for r in rows}):
+        sel = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["steps"])
+        ax.plot([r["steps"] for r in sel], [r[metric] for r in sel], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    return _png(fig)

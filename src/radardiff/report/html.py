@@ -1,0 +1,145 @@
+"""The HTML report of a run: one self-contained file (figures embedded as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from radardiff.config import RunDir, atomic_write_text, load_config
+from radardiff.data.dataset_file import DatasetFile
+from radardiff.errors import RunDirError
+from radardiff.report import figures
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.row{display:flex;flex-wrap:wrap;gap:1em}.row figure{margin:0}img{max-width:100%}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.note{color:#777;font-size:.9em}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else None
+
+
+def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
+    sets = [(name, d) for name, d in (("real", real), ("generated", fake)) if d is not None]
+    if not sets:
+        return '<p class="note">No data to show.</p>'
+    loaded = {name: (d.images(slice(0, min(len(d), 2000))), d.labels(slice(0, min(len(d), 2000))), d.info)
+              for name, d in sets}
+    pooled = np.concatenate([x[:, 0][np.isfinite(x[:, 0])] for x, _, _ in loaded.values()])
+    lo, hi = np.percentile(pooled, [2, 98]) if pooled.size else (0.0, 1.0)
+    if loaded and all(lab is not None for _, lab, _ in loaded.values()):
+        names = next(iter(loaded.values()))[2].class_names or []
+        parts = []
+        for c in np.unique(np.concatenate([lab for _, lab, _ in loaded.values()])):
+            cname = names[c] if c < len(names) else str(c)
+            row = [
+                _img(figures.image_grid(x[lab == c][:16], f"{name}: {cname}", info.units, lo, hi, 4),
+                     f"{name} {cname}")
+                for name, (x, lab, info) in loaded.items() if (lab == c).any()
+            ]
+            parts.append(f'<h3>{html.escape(cname)}</h3><div class="row">{"".join(row)}</div>')
+        return "".join(parts)
+    row = [_img(figures.image_grid(x, name, info.units, lo, hi), name) for name, (x, _, info) in loaded.items()]
+    return f'<div class="row">{"".join(row)}</div>'
+
+
+def _metrics_sections(m: dict) -> str:
+    units = m.get("real", {}).get("units", "")
+    out = []
+    sv = m.get("semivariogram")
+    if sv:
+        lags = sv.get("lags_m") or sv["lags_px"]
+        xl = "lag (m)" if sv.get("lags_m") else "lag (pixels)"
+        out.append(_img(figures.band_plot(lags, sv["real"], sv["fake"], xl, f"semivariance ({units}²)",
+                                          f"semivariogram ({sv.get('ci', '')})"), "semivariogram"))
+    psd = m.get("psd")
+    if psd:
+        out.append(_img(figures.band_plot(psd["freq_cycles_per_px"], psd["real"], psd["fake"],
+                                          "frequency (cycles/pixel)", "power", "radially averaged PSD",
+                                          logx=True, logy=True), "psd"))
+    hist = m.get("histogram")
+    if hist:
+        out.append(_img(figures.histogram_plot(hist["bin_edges"], hist["real"], hist["fake"],
+                                               hist.get("units", units)), "histogram"))
+    rng = m.get("ranges")
+    if rng:
+        out.append(_img(figures.distribution_plot(rng["real_range"], rng["fake_range"],
+                                                  f"per-sample range ({units})", "range distribution"),
+                        "ranges"))
+        out.append(_img(figures.distribution_plot(rng["real_std"], rng["fake_std"],
+                                                  f"per-sample std ({units})", "std distribution"),
+                        "stds"))
+    return f'<div class="row">{"".join(out)}</div>' if out else '<p class="note">No radar statistics.</p>'
+
+
+def _metrics_table(m: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>"
+        for k, v in m.get("scalars", {}).items() if isinstance(v, int | float)
+    )
+    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>" if rows else ""
+
+
+def _study(run: RunDir) -> str:
+    path = run.root / "study" / "samplers.json"
+    if not path.is_file():
+        return '<p class="note">No sampler study yet (radardiff study samplers RUN_DIR).</p>'
+    rows = json.loads(path.read_text(encoding="utf-8")).get("rows", [])
+    metric = "semivariogram_rel_error"
+    if not rows or metric not in rows[0]:
+        return '<p class="note">The sampler study holds no rows.</p>'
+    return _img(figures.study_plot(rows, metric), "sampler study")
+
+
+def write_report(run_dir: str | Path, real: str | None = None, samples: str | None = None) -> Path:
+    """Build ``RUN/report/index.html`` from the files of the run directory."""
+    run = RunDir(run_dir)
+    run.require()
+    cfg = load_config(run.config)
+    metrics = json.loads(run.metrics.read_text(encoding="utf-8")) if run.metrics.is_file() else None
+    fake_path = Path(samples) if samples else _newest(run.samples, "*.h5")
+    real_path = real or (metrics or {}).get("real", {}).get("path") or cfg.data.val or cfg.data.train
+    real_set = DatasetFile(real_path) if real_path and Path(real_path).is_file() else None
+    fake_set = DatasetFile(fake_path) if fake_path and fake_path.is_file() else None
+    if fake_path and fake_set is None:
+        raise RunDirError(f"{fake_path}: samples file not found")
+    ckpt = run.latest_checkpoint()
+    parts = [
+        f"<h1>radardiff report: {html.escape(cfg.name)}</h1>",
+        f'<p class="sub">{html.escape(str(run.root.resolve()))} · checkpoint '
+        f'{html.escape(ckpt.name if ckpt else "none")}</p>',
+        "<h2>Real and generated scenes</h2>", _grids(real_set, fake_set),
+        "<h2>Training</h2>",
+        _img(figures.loss_curves(rows), "loss") if (rows := _read_jsonl(run.stats)) else
+        '<p class="note">No training statistics.</p>',
+        "<h2>Radar statistics</h2>",
+        _metrics_sections(metrics) if metrics else '<p class="note">Not evaluated yet (radardiff evaluate).</p>',
+        "<h2>Metrics</h2>", _metrics_table(metrics) if metrics else "",
+        "<h2>Sampler study</h2>", _study(run),
+        "<h2>Configuration</h2>", f"<pre>{html.escape(run.config.read_text(encoding='utf-8'))}</pre>",
+    ]
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>radardiff: '
+            f"{html.escape(cfg.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    out = run.report / "index.html"
+    atomic_write_text(out, page)
+    return out

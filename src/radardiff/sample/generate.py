@@ -1,0 +1,246 @@
+"""Per-seed generation from a trained run, resumable, in physical units.
+
+Sample ``i`` of a request depends only on ``(seed, i)``: its initial noise, the noise of stochastic
+samplers, its class (when drawn) and the per-sample statistics used to return it to physical units
+all come from generators seeded with ``(seed, i)``. Batch size and process count change nothing.
+
+Finished batches are written as parts beside the output (``OUT.parts/``, each renamed into place
+when complete); a run started again with the same arguments reuses them, and the parts are merged
+into the output dataset file at the end, so an interrupted run ends with exactly N samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from radardiff.diffusion import initial_noise, make_sampler, run_sampler
+from radardiff.errors import ConfigError, RadarDiffError
+from radardiff.sample.run import LoadedRun
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    n: int
+    sampler: str = "dpmsolver++"
+    steps: int = 25
+    seed: int = 0
+    batch_size: int = 64
+    classes: tuple[int, ...] | None = None
+    guidance: float = 1.0
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    mixed_precision: str = "no"
+
+    def signature(self) -> str:
+        """Identifies the request; parts of another request are never reused."""
+        d = asdict(self)
+        d.pop("batch_size")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SampleResult:
+    path: Path
+    n: int
+    seconds: float
+    reused: int
+
+
+def _validate(run: LoadedRun, opts: SampleOptions) -> None:
+    if opts.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {opts.n}")
+    if opts.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    k = run.num_classes
+    if opts.classes is not None:
+        if not k:
+            raise ConfigError("--class given but the model is unconditional")
+        bad = [c for c in opts.classes if not 0 <= c < k]
+        if bad:
+            raise ConfigError(f"--class {bad[0]} is out of range: the model has classes 0..{k - 1}")
+    if opts.guidance != 1.0 and not k:
+        raise ConfigError("--guidance needs a class-conditional model; this one is unconditional")
+    if opts.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"--precision must be no, bf16 or fp16, got '{opts.mixed_precision}'")
+
+
+def sample_classes(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> np.ndarray | None:
+    """Class of each sample: the requested ones in turn, or drawn uniformly from (seed, i)."""
+    if not run.num_classes:
+        return None
+    if opts.classes:
+        return np.asarray([opts.classes[i % len(opts.classes)] for i in idx], dtype=np.int64)
+    return np.asarray(
+        [np.random.default_rng([opts.seed, int(i), 7]).integers(run.num_classes) for i in idx],
+        dtype=np.int64,
+    )
+
+
+def make_model_fn(run: LoadedRun, labels: torch.Tensor | None, guidance: float, autocast):
+    """The network as the sampler sees it, with classifier-free guidance on the mean channels."""
+    model, c = run.model, run.data_channels
+    null = run.num_classes
+
+    @torch.no_grad()
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        with autocast:
+            if labels is None:
+                return model(x, tt).sample.float()
+            if guidance == 1.0:
+                return model(x, tt, class_labels=labels).sample.float()
+            both = model(
+                torch.cat([x, x]), torch.cat([tt, tt]),
+                class_labels=torch.cat([labels, torch.full_like(labels, null)]),
+            ).sample.float()
+        cond, uncond = both.chunk(2)
+        mean = uncond[:, :c] + guidance * (cond[:, :c] - uncond[:, :c])
+        return torch.cat([mean, cond[:, c:]], dim=1)
+
+    return fn
+
+
+def generate_batch(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Samples ``idx`` of the request, in physical units, with their labels, seeds and statistics."""
+    device = next(run.model.parameters()).device
+    cfg = run.cfg
+    prepared = make_sampler(opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options)
+    gens = [torch.Generator().manual_seed(int(np.random.SeedSequence([opts.seed, int(i)])
+                                              .generate_state(1)[0])) for i in idx]
+    size = cfg.model.image_size
+    x = initial_noise(gens, (run.data_channels, size, size)).to(device)
+    labels = sample_classes(run, opts, idx)
+    lab_t = None if labels is None else torch.from_numpy(labels).to(device)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if opts.mixed_precision == "bf16" else torch.float16)
+        if opts.mixed_precision != "no"
+        else nullcontext()
+    )
+    fn = make_model_fn(run, lab_t, opts.guidance, autocast)
+    y = run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance).float().cpu().numpy()
+    stats = np.concatenate([
+        run.normalizer.draw_stats(1, np.random.default_rng([opts.seed, int(i), 11]),
+                                  None if labels is None else labels[k : k + 1])
+        for k, i in enumerate(idx)
+    ])
+    images = run.normalizer.inverse(y, stats)
+    out = {"images": images, "seeds": np.asarray(idx, np.int64), "stats": stats.astype(np.float32)}
+    if labels is not None:
+        out["labels"] = labels
+    return out
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _distributed_state():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState()
+    return None
+
+
+def generate(
+    run: LoadedRun,
+    opts: SampleOptions,
+    out: str | Path,
+    on_progress: ProgressFn | None = None,
+    rank: int | None = None,
+    world: int | None = None,
+    merge: bool = True,
+) -> SampleResult:
+    """Generate ``opts.n`` samples into the dataset file ``out`` (resumable, see module doc).
+
+    Under torchrun / accelerate launch each process takes every ``world``-th batch and process 0
+    merges all parts once every process is done. ``rank`` / ``world`` may be given explicitly.
+    """
+    _validate(run, opts)
+    make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)  # fail early
+    state = _distributed_state() if rank is None else None
+    if rank is None:
+        rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    world = world or 1
+    out = Path(out)
+    parts = PartStore(out, opts)
+    t0 = time.perf_counter()
+    starts = range(0, opts.n, opts.batch_size)
+    mine = [np.arange(s, min(s + opts.batch_size, opts.n)) for k, s in enumerate(starts) if k % world == rank]
+    total = sum(b.size for b in mine)
+    done = reused = 0
+    for idx in mine:
+        if parts.has(idx):
+            reused += idx.size
+        else:
+            parts.write(idx, generate_batch(run, opts, idx))
+        done += idx.size
+        if on_progress is not None:
+            on_progress(done, total)
+    if state is not None:
+        state.wait_for_everyone()
+    if rank == 0 and merge:
+        merge_parts(run, opts, parts, out)
+    if state is not None:
+        state.wait_for_everyone()
+    return SampleResult(path=out, n=opts.n, seconds=time.perf_counter() - t0, reused=reused)
+
+
+class PartStore:
+    """Completed batches of one request, as ``.npz`` files renamed into place when whole."""
+
+    def __init__(self, out: Path, opts: SampleOptions) -> None:
+        self.dir = out.with_name(out.name + ".parts")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sig = self.dir / "request.json"
+        signature = opts.signature()
+        if sig.is_file() and json.loads(sig.read_text()).get("signature") != signature:
+            shutil.rmtree(self.dir)  # parts of a different request: start over
+            self.dir.mkdir(parents=True)
+        if not sig.is_file():
+            sig.write_text(json.dumps({"signature": signature}), encoding="utf-8")
+
+    def _path(self, idx: np.ndarray) -> Path:
+        return self.dir / f"part_{int(idx[0]):09d}_{int(idx[-1]):09d}.npz"
+
+    def has(self, idx: np.ndarray) -> bool:
+        return self._path(idx).is_file()
+
+    def write(self, idx: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        final = self._path(idx)
+        tmp = final.with_name(final.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, final)
+
+    def load_all(self, n: int) -> dict[str, np.ndarray]:
+        """All samples 0..n-1 in order; parts of another batch size are used where they fit."""
+        chunks: dict[int, dict[str, np.ndarray]] = {}
+        for p in sorted(self.dir.glob("part_*[0-9].npz")):
+            with np.load(p) as z:
+                arr = {k: z[k] for k in z.files}
+            for k, i in enumerate(arr["seeds"]):
+                chunks.setdefault(int(i), {key: v[k] for key, v in arr.items()})
+        missing = [i for i in range(n) if i not in chunks]
+        if missing:
+            raise RadarDiffError(f"{self.dir}: {len(missing)} samples missing (first: {missing[0]})")
+        return {key: np.stack([chunks[i][key] for i in range(n)]) for key in chunks[0]}
+
+
+def merge_parts(run: LoadedRun, opts: SampleOptions, parts: PartStore, out: Path) -> Path:
+    """Write the dataset file from the parts, then remove them."""
+    from radardiff.sample.writers import write_samples
+
+    arrays = parts.load_all(opts.n)
+    write_samples(run, opts, arrays, out)
+    shutil.rmtree(parts.dir, ignore_errors=True)
+    return out

@@ -1,0 +1,107 @@
+"""Writers of generated samples: dataset file (HDF5), reference-layout NPZ, PNG grid, GeoTIFF."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from radardiff.data.dataset_file import write_dataset
+from radardiff.errors import ConfigError
+
+FORMATS = ("h5", "npz", "png", "tif")
+
+
+def output_format(path: Path, fmt: str | None = None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+        return fmt
+    ext = path.suffix.lower().lstrip(".")
+    aliases = {"hdf5": "h5", "tiff": "tif"}
+    ext = aliases.get(ext, ext)
+    if ext not in FORMATS:
+        raise ConfigError(f"{path}: unknown output extension; use .h5, .npz, .png or .tif (a folder)")
+    return ext
+
+
+def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
+    """Write samples in the dataset file format (always) and as ``opts``' extra format."""
+    info = run.data_info
+    fmt = output_format(out)
+    images = arrays["images"]
+    labels = arrays.get("labels")
+    extras = {"seeds": arrays["seeds"], "norm_stats": arrays["stats"]}
+    attrs = {
+        "sampler": opts.sampler, "steps": opts.steps, "seed": opts.seed,
+        "guidance": opts.guidance, "checkpoint": str(run.checkpoint),
+    }
+    if fmt == "h5":
+        return write_dataset(
+            out, images, labels, kind=info["kind"], units=info["units"],
+            class_names=info.get("class_names") if labels is not None else None,
+            pixel_spacing_m=info.get("pixel_spacing_m"),
+            source=f"radardiff sample {run.run.root}", extras=extras, attrs=attrs,
+        )
+    if fmt == "npz":
+        return write_npz(out, images, labels)
+    if fmt == "png":
+        return write_png_grid(out, images)
+    return write_geotiffs(out, images, info.get("pixel_spacing_m"))
+
+
+def write_npz(out: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
+    """The reference code's layout: ``arr_0`` (N, H, W, C) float32, ``arr_1`` labels if any."""
+    arr = np.transpose(images, (0, 2, 3, 1))
+    tmp = out.with_name(out.stem + ".tmp.npz")
+    if labels is None:
+        np.savez(tmp, arr)
+    else:
+        np.savez(tmp, arr, labels)
+    os.replace(tmp, out)
+    return out
+
+
+def grid_image(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
+    """First channel of each image, each scaled by the 2-98 % percentiles of the whole set, tiled."""
+    x = images[:, 0]
+    finite = x[np.isfinite(x)]
+    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    scaled = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
+    scaled = np.where(np.isfinite(scaled), scaled, 0.0)
+    n, h, w = scaled.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1))
+    for k in range(n):
+        r, c = divmod(k, ncols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = scaled[k]
+    return (grid * 255).round().astype(np.uint8)
+
+
+def write_png_grid(out: Path, images: np.ndarray) -> Path:
+    from PIL import Image
+
+    tmp = out.with_name(out.stem + ".tmp.png")
+    Image.fromarray(grid_image(images)).save(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def write_geotiffs(out: Path, images: np.ndarray, pixel_spacing_m: float | None) -> Path:
+    """One float32 GeoTIFF per sample in the folder ``out`` (named like ``OUT.tif/``)."""
+    import tifffile
+
+    folder = out.with_suffix("") if out.suffix else out
+    folder.mkdir(parents=True, exist_ok=True)
+    extratags = []
+    if pixel_spacing_m:
+        # ModelPixelScaleTag: the pixel size, so GIS tools show the right scale
+        extratags.append((33550, "d", 3, (pixel_spacing_m, pixel_spacing_m, 0.0), False))
+    for k, img in enumerate(images):
+        path = folder / f"sample_{k:06d}.tif"
+        tmp = path.with_suffix(".tmp")
+        tifffile.imwrite(tmp, img.astype(np.float32), extratags=extratags, photometric="minisblack")
+        os.replace(tmp, path)
+    return folder

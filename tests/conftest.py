@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny datasets and a tiny trained run, made on the fly (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from radardiff.config import RunConfig, validate_config
+from radardiff.config.io import config_to_dict
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REALDATA = REPO.parent / "shared" / "realdata"
+
+
+def tiny_run_config(train: str, val: str | None = None, **sections) -> RunConfig:
+    """A model small enough to train a few steps in about a second."""
+    base = {
+        "name": "test",
+        "data": {"train": train, **({"val": val} if val else {})},
+        "model": {"image_size": 16, "in_channels": 1, "base_channels": 8, "channel_mult": [1, 2],
+                  "layers_per_block": 1, "attention_resolutions": [8], "attention_head_dim": 8,
+                  "norm_num_groups": 4},
+        "diffusion": {"timesteps": 50},
+        "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "log_every": 2, "checkpoint_every": 2,
+                  "val_every": 2, "val_samples": 8, "ema_halflife_kimg": [0.01], "seed": 0},
+        "sample": {"sampler": "ddim", "steps": 5, "batch_size": 8},
+    }
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return validate_config(base, "test")
+
+
+@pytest.fixture(scope="session")
+def noise_files(tmp_path_factory) -> tuple[Path, Path]:
+    from radardiff.data.synth import synthesize
+
+    d = tmp_path_factory.mktemp("data")
+    return (synthesize("insar_noise", 32, 16, d / "train.h5", seed=0),
+            synthesize("insar_noise", 16, 16, d / "val.h5", seed=1))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, noise_files) -> Path:
+    from radardiff.train import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(tiny_run_config(str(noise_files[0]), str(noise_files[1])), out)
+    return out
+
+
+def write_config(path: Path, cfg: RunConfig) -> Path:
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(config_to_dict(cfg)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
