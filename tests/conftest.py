@@ -22,12 +22,28 @@ def tiny_run_config(train: str, val: str | None = None, **sections) -> RunConfig
     base = {
         "name": "test",
         "data": {"train": train, **({"val": val} if val else {})},
-        "model": {"image_size": 16, "in_channels": 1, "base_channels": 8, "channel_mult": [1, 2],
-                  "layers_per_block": 1, "attention_resolutions": [8], "attention_head_dim": 8,
-                  "norm_num_groups": 4},
+        "model": {
+            "image_size": 16,
+            "in_channels": 1,
+            "base_channels": 8,
+            "channel_mult": [1, 2],
+            "layers_per_block": 1,
+            "attention_resolutions": [8],
+            "attention_head_dim": 8,
+            "norm_num_groups": 4,
+        },
         "diffusion": {"timesteps": 50},
-        "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "log_every": 2, "checkpoint_every": 2,
-                  "val_every": 2, "val_samples": 8, "ema_halflife_kimg": [0.01], "seed": 0},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "log_every": 2,
+            "checkpoint_every": 2,
+            "val_every": 2,
+            "val_samples": 8,
+            "ema_halflife_kimg": [0.01],
+            "seed": 0,
+        },
         "sample": {"sampler": "ddim", "steps": 5, "batch_size": 8},
     }
     for key, value in sections.items():
@@ -40,8 +56,10 @@ def noise_files(tmp_path_factory) -> tuple[Path, Path]:
     from radardiff.data.synth import synthesize
 
     d = tmp_path_factory.mktemp("data")
-    return (synthesize("insar_noise", 32, 16, d / "train.h5", seed=0),
-            synthesize("insar_noise", 16, 16, d / "val.h5", seed=1))
+    return (
+        synthesize("insar_noise", 32, 16, d / "train.h5", seed=0),
+        synthesize("insar_noise", 16, 16, d / "val.h5", seed=1),
+    )
 
 
 @pytest.fixture(scope="session")

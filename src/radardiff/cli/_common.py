@@ -29,8 +29,13 @@ def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
     from tqdm import tqdm
 
     return tqdm(
-        total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True,
-        disable=not (enabled and is_main_process()), file=sys.stderr,
+        total=total,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        leave=True,
+        disable=not (enabled and is_main_process()),
+        file=sys.stderr,
     )
 
 
@@ -52,7 +57,9 @@ def parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got '{value}'", param_hint=option) from None
+        raise click.BadParameter(
+            f"expected comma-separated integers, got '{value}'", param_hint=option
+        ) from None
 
 
 def parse_kv(items: tuple[str, ...], option: str) -> dict:

@@ -7,7 +7,14 @@ import click
 
 @click.group()
 def data() -> None:
-    """Make and look at dataset files (HDF5, physical units)."""
+    """Make and look at dataset files (HDF5, physical units).
+
+    \b
+    Examples:
+      radardiff data synth insar_noise --n 2000 --out data/noise.h5
+      radardiff data prepare my_tifs/ --out data/scenes.h5 --tile 64 --stride 32 --split 0.8,0.1,0.1
+      radardiff data inspect data/scenes_train.h5 --preview preview.png
+    """
 
 
 @data.command("synth")
@@ -20,7 +27,10 @@ def synth(kind: str, n: int, size: int | None, out: str, seed: int) -> None:
     """Generate synthetic radar scenes of KIND into a dataset file.
 
     \b
-    KIND is one of the registered generators (see `radardiff data synth --help`).
+    KIND: insar_noise (32x32 atmospheric noise, rad), insar_unwrapped (Mogi/Okada
+    deformation + atmosphere, 128x128, rad), insar_wrapped (wrapped phase with coherence noise,
+    unwrapped truth and coherence stored beside it), sar (ten TenGeoP-like backscatter analogues
+    with gamma speckle, 128x128).
     Example:
       radardiff data synth insar_noise --n 2000 --size 32 --out data/noise_train.h5 --seed 0
     """
@@ -34,13 +44,7 @@ def synth(kind: str, n: int, size: int | None, out: str, seed: int) -> None:
     click.echo(f"wrote {n} {kind} scenes to {path}")
 
 
-def _register_io() -> None:
-    try:
-        from radardiff.cli.data_io import inspect_cmd, prepare_cmd
-    except ImportError:  # the readers land separately; synth works without them
-        return
-    data.add_command(prepare_cmd, "prepare")
-    data.add_command(inspect_cmd, "inspect")
+from radardiff.cli.data_io import inspect_cmd, prepare_cmd  # noqa: E402
 
-
-_register_io()
+data.add_command(prepare_cmd, "prepare")
+data.add_command(inspect_cmd, "inspect")

@@ -13,8 +13,12 @@ STAGES = ("synthesise data", "train", "sample", "evaluate", "report")
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-@click.option("--steps", type=int, default=None, help="Training steps (default: the tiny recipe's).")
-@click.option("--n-train", type=int, default=4000, show_default=True, help="Synthetic training scenes.")
+@click.option(
+    "--steps", type=int, default=None, help="Training steps (default: the tiny recipe's)."
+)
+@click.option(
+    "--n-train", type=int, default=4000, show_default=True, help="Synthetic training scenes."
+)
 @click.option("--n-samples", type=int, default=256, show_default=True, help="Scenes to generate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: str, steps: int | None, n_train: int, n_samples: int, seed: int) -> None:
@@ -51,7 +55,9 @@ def demo(out: str, steps: int | None, n_train: int, n_samples: int, seed: int) -
         stages.update(1)
         stages.set_postfix_str(STAGES[2])
         samples = run.samples / f"{cfg.sample.sampler}_{cfg.sample.steps}.h5"
-        opts = SampleOptions(n=n_samples, sampler=cfg.sample.sampler, steps=cfg.sample.steps, seed=seed)
+        opts = SampleOptions(
+            n=n_samples, sampler=cfg.sample.sampler, steps=cfg.sample.steps, seed=seed
+        )
         with progress(n_samples, "  sample", unit="img") as bar:
             generate(load_run(root), opts, samples, on_progress=bar_callback(bar))
         stages.update(1)

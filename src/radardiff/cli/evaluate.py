@@ -6,16 +6,31 @@ import click
 
 
 @click.command()
-@click.option("--real", type=click.Path(dir_okay=False), required=True, help="Real dataset file (.h5).")
-@click.option("--fake", type=click.Path(dir_okay=False), required=True, help="Generated dataset file (.h5).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for metrics.json.")
-@click.option("--metrics", default=None,
-              help="Comma-separated subset of: semivariogram, psd, histogram, ranges, speckle, phase.")
+@click.option(
+    "--real", type=click.Path(dir_okay=False), required=True, help="Real dataset file (.h5)."
+)
+@click.option(
+    "--fake", type=click.Path(dir_okay=False), required=True, help="Generated dataset file (.h5)."
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Output folder for metrics.json."
+)
+@click.option(
+    "--metrics",
+    default=None,
+    help="Comma-separated subset of: semivariogram, psd, histogram, ranges, speckle, phase.",
+)
 @click.option("--max-lag", type=int, default=None, help="Largest semivariogram lag in pixels.")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Take the evaluation defaults from this run's config.")
-def evaluate(real: str, fake: str, out: str, metrics: str | None, max_lag: int | None,
-             run_dir: str | None) -> None:
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Take the evaluation defaults from this run's config.",
+)
+def evaluate(
+    real: str, fake: str, out: str, metrics: str | None, max_lag: int | None, run_dir: str | None
+) -> None:
     """Compare generated data with real data in radar terms; writes OUT/metrics.json.
 
     \b

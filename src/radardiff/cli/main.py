@@ -85,4 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1
+        )

@@ -7,10 +7,18 @@ import click
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--real", type=click.Path(dir_okay=False), default=None,
-              help="Real dataset file for the grids (default: the one evaluated, else the run's val/train).")
-@click.option("--samples", type=click.Path(dir_okay=False), default=None,
-              help="Generated dataset file (default: the newest RUN_DIR/samples/*.h5).")
+@click.option(
+    "--real",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Real dataset file for the grids (default: the one evaluated, else the run's val/train).",
+)
+@click.option(
+    "--samples",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Generated dataset file (default: the newest RUN_DIR/samples/*.h5).",
+)
 def report(run_dir: str, real: str | None, samples: str | None) -> None:
     """Write RUN_DIR/report/index.html: a self-contained page with figures and tables.
 

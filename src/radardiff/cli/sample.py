@@ -10,20 +10,54 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--n", "n", type=int, help="Number of samples.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Output file: .h5, .npz, .png grid, .tif folder.")
-@click.option("--sampler", default=None, help="Sampler name (see --list-samplers); default from the run's config.")
-@click.option("--steps", type=int, default=None, help="Sampling steps (respaced over the trained T).")
-@click.option("--class", "classes", default=None, help="Class index or comma-separated list (round robin).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (1 = none).")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="Output file: .h5, .npz, .png grid, .tif folder."
+)
+@click.option(
+    "--sampler",
+    default=None,
+    help="Sampler name (see --list-samplers); default from the run's config.",
+)
+@click.option(
+    "--steps", type=int, default=None, help="Sampling steps (respaced over the trained T)."
+)
+@click.option(
+    "--class", "classes", default=None, help="Class index or comma-separated list (round robin)."
+)
+@click.option(
+    "--guidance", type=float, default=None, help="Classifier-free guidance scale (1 = none)."
+)
 @click.option("--seed", type=int, default=None, help="Sample i uses seed (SEED, i).")
 @click.option("--batch-size", type=int, default=None)
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Sampler option, e.g. --option solver_order=3 (repeatable).")
-@click.option("--precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Sampler option, e.g. --option solver_order=3 (repeatable).",
+)
+@click.option(
+    "--precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True
+)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
-@click.option("--list-samplers", is_flag=True, help="List the samplers and their options, then exit.")
-def sample(run_dir, n, out, sampler, steps, classes, guidance, seed, batch_size, options,
-           precision, weights, list_samplers) -> None:
+@click.option(
+    "--list-samplers", is_flag=True, help="List the samplers and their options, then exit."
+)
+def sample(
+    run_dir,
+    n,
+    out,
+    sampler,
+    steps,
+    classes,
+    guidance,
+    seed,
+    batch_size,
+    options,
+    precision,
+    weights,
+    list_samplers,
+) -> None:
     """Generate samples from a trained run, in physical units.
 
     \b
@@ -48,11 +82,15 @@ def sample(run_dir, n, out, sampler, steps, classes, guidance, seed, batch_size,
     run = load_run(run_dir, weights=weights, device=pick_device())
     sc = run.cfg.sample
     opts = SampleOptions(
-        n=n, sampler=sampler or sc.sampler, steps=steps or sc.steps,
-        seed=sc.seed if seed is None else seed, batch_size=batch_size or sc.batch_size,
+        n=n,
+        sampler=sampler or sc.sampler,
+        steps=steps or sc.steps,
+        seed=sc.seed if seed is None else seed,
+        batch_size=batch_size or sc.batch_size,
         classes=parse_int_list(classes, "--class"),
         guidance=sc.guidance if guidance is None else guidance,
-        sampler_options=parse_kv(options, "--option"), mixed_precision=precision,
+        sampler_options=parse_kv(options, "--option"),
+        mixed_precision=precision,
     )
     with progress(n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
         result = generate(run, opts, out, on_progress=bar_callback(bar))

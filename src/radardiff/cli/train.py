@@ -21,11 +21,18 @@ def resolve_paths(cfg):
 @click.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.steps=500 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.steps=500 (repeatable).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
-def train(config: str | None, out: str, overrides: tuple[str, ...], resume: bool, dry_run: bool) -> None:
+def train(
+    config: str | None, out: str, overrides: tuple[str, ...], resume: bool, dry_run: bool
+) -> None:
     """Train a diffusion model from a TOML recipe into a run directory.
 
     \b
@@ -48,7 +55,9 @@ def train(config: str | None, out: str, overrides: tuple[str, ...], resume: bool
         click.echo(dumps_config(cfg), nl=False)
         return
     if not cfg.data.train:
-        raise click.UsageError("no training data: set data.train in the config or --set data.train=FILE")
+        raise click.UsageError(
+            "no training data: set data.train in the config or --set data.train=FILE"
+        )
     with progress(cfg.train.steps, "train", unit="step") as bar:
         result = run_training(cfg, out, resume=resume, on_progress=bar_callback(bar))
     click.echo(f"trained {result.steps} steps; run directory: {result.run_dir}")

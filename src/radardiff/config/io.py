@@ -40,7 +40,9 @@ def valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_unknown_keys(data: dict[str, Any], model: type[BaseModel], source: str, prefix="") -> None:
+def _check_unknown_keys(
+    data: dict[str, Any], model: type[BaseModel], source: str, prefix=""
+) -> None:
     fields = model.model_fields
     for key, value in data.items():
         if key not in fields:

@@ -49,7 +49,9 @@ class RunDir:
         name = self.latest_file.read_text(encoding="utf-8").strip()
         path = self.checkpoints / name
         if not name or not (path / "state.json").is_file():
-            raise RunDirError(f"{self.latest_file}: points to '{name}', which is not a complete checkpoint")
+            raise RunDirError(
+                f"{self.latest_file}: points to '{name}', which is not a complete checkpoint"
+            )
         return path
 
     def require(self) -> None:

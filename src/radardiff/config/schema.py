@@ -24,6 +24,15 @@ LrSchedule = Literal["constant", "cosine", "linear"]
 MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
 
 
+# The reference code's channel multipliers by image size.
+DEFAULT_CHANNEL_MULT: dict[int, tuple[int, ...]] = {
+    32: (1, 2, 2, 2),
+    64: (1, 2, 3, 4),
+    128: (1, 1, 2, 3, 4),
+    256: (1, 1, 2, 2, 4, 4),
+}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -63,10 +72,16 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         mult = self.channel_mult
-        if mult is not None and (len(mult) == 0 or min(mult) < 1):
+        if mult is None and self.image_size not in DEFAULT_CHANNEL_MULT:
+            raise ValueError(
+                f"channel_mult must be given for image_size {self.image_size} (defaults exist for "
+                f"{', '.join(map(str, DEFAULT_CHANNEL_MULT))})"
+            )
+        mult = mult if mult is not None else DEFAULT_CHANNEL_MULT[self.image_size]
+        if len(mult) == 0 or min(mult) < 1:
             raise ValueError("channel_mult must be a non-empty list of positive integers")
-        levels = len(mult) if mult is not None else None
-        if levels is not None and self.image_size % 2 ** (levels - 1):
+        levels = len(mult)
+        if self.image_size % 2 ** (levels - 1):
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by 2**{levels - 1} "
                 f"for {levels} levels"
@@ -82,7 +97,9 @@ class DiffusionConfig(_Section):
     prediction: Prediction = "eps"
     variance: Variance = "fixed_small"
     loss: LossType = "mse"
-    vlb_weight: float = Field(0.001, ge=0.0, description="lambda of L_hybrid = L_simple + lambda L_vlb")
+    vlb_weight: float = Field(
+        0.001, ge=0.0, description="lambda of L_hybrid = L_simple + lambda L_vlb"
+    )
     timestep_sampler: TimestepSampler = "uniform"
     min_snr_gamma: float | None = Field(None, gt=0.0)
 

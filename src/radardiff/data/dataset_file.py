@@ -83,24 +83,36 @@ class DatasetWriter:
         if kind not in KINDS:
             raise DataError(f"{path}: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.partial")
-        self._h5 = h5py.File(self._tmp, "w")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._h5 = h5py.File(self._tmp, "w")
+        except OSError as err:
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"{self.path}: cannot write the dataset file ({msg})") from None
         c, h, w = shape
         self._images = self._h5.create_dataset(
-            "images", shape=(0, c, h, w), maxshape=(None, c, h, w), dtype="float32",
+            "images",
+            shape=(0, c, h, w),
+            maxshape=(None, c, h, w),
+            dtype="float32",
             chunks=_chunks((1, c, h, w), 4),
         )
         with_labels = bool(class_names) if with_labels is None else with_labels
         self._labels = (
-            self._h5.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,))
+            self._h5.create_dataset(
+                "labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,)
+            )
             if with_labels
             else None
         )
         self._extras = {}
         for name, (tail, dtype) in (extras or {}).items():
             self._extras[name] = self._h5.create_dataset(
-                name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                name,
+                shape=(0, *tail),
+                maxshape=(None, *tail),
+                dtype=dtype,
                 chunks=_chunks((1, *tail), np.dtype(dtype).itemsize),
             )
         a = self._h5.attrs
@@ -137,6 +149,15 @@ class DatasetWriter:
         for name, value in extras.items():
             self._grow_write(self._extras[name], np.asarray(value))
         self.n += k
+
+    def update_attrs(self, attrs: dict[str, Any], remove: tuple[str, ...] = ()) -> None:
+        """Set (dicts and lists as JSON) or remove file attributes before :meth:`close`."""
+        a = self._h5.attrs
+        for key, value in attrs.items():
+            a[key] = value if not isinstance(value, dict | list) else json.dumps(value)
+        for key in remove:
+            if key in a:
+                del a[key]
 
     def _grow_write(self, dset: h5py.Dataset, value: np.ndarray) -> None:
         start = dset.shape[0]
@@ -184,9 +205,16 @@ def write_dataset(
     extras = extras or {}
     spec = {k: (v.shape[1:], v.dtype.str) for k, v in extras.items()}
     with DatasetWriter(
-        path, images.shape[1:], kind=kind, units=units, class_names=class_names,
-        with_labels=labels is not None, pixel_spacing_m=pixel_spacing_m, source=source,
-        extras=spec, attrs=attrs,
+        path,
+        images.shape[1:],
+        kind=kind,
+        units=units,
+        class_names=class_names,
+        with_labels=labels is not None,
+        pixel_spacing_m=pixel_spacing_m,
+        source=source,
+        extras=spec,
+        attrs=attrs,
     ) as writer:
         writer.append(images, labels, **extras)
     return Path(path)
@@ -217,20 +245,31 @@ class DatasetFile:
                     )
                 img = h5["images"]
                 if img.ndim != 4:
-                    raise DataError(f"{self.path}: 'images' has shape {img.shape}, expected (N, C, H, W)")
+                    raise DataError(
+                        f"{self.path}: 'images' has shape {img.shape}, expected (N, C, H, W)"
+                    )
                 n = img.shape[0]
                 has_labels = "labels" in h5
                 if has_labels and h5["labels"].shape != (n,):
-                    raise DataError(f"{self.path}: 'labels' has shape {h5['labels'].shape}, expected ({n},)")
+                    raise DataError(
+                        f"{self.path}: 'labels' has shape {h5['labels'].shape}, expected ({n},)"
+                    )
                 a = dict(h5.attrs)
                 names = json.loads(a["class_names"]) if "class_names" in a else None
                 extras = [k for k in keys if k not in ("images", "labels")]
                 return DatasetInfo(
-                    path=self.path, n=n, channels=img.shape[1], height=img.shape[2],
-                    width=img.shape[3], kind=str(a.get("kind", "generic")),
-                    units=str(a.get("units", "")), class_names=names, has_labels=has_labels,
+                    path=self.path,
+                    n=n,
+                    channels=img.shape[1],
+                    height=img.shape[2],
+                    width=img.shape[3],
+                    kind=str(a.get("kind", "generic")),
+                    units=str(a.get("units", "")),
+                    class_names=names,
+                    has_labels=has_labels,
                     pixel_spacing_m=float(a["pixel_spacing_m"]) if "pixel_spacing_m" in a else None,
-                    source=str(a.get("source", "")), extras=extras,
+                    source=str(a.get("source", "")),
+                    extras=extras,
                 )
         except DataError:
             raise

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from diffusers import UNet2DModel
 
-from radardiff.config.schema import ModelConfig
-
-# The reference code's channel multipliers by image size.
-DEFAULT_CHANNEL_MULT = {
-    32: (1, 2, 2, 2),
-    64: (1, 2, 3, 4),
-    128: (1, 1, 2, 3, 4),
-    256: (1, 1, 2, 2, 4, 4),
-}
+from radardiff.config.schema import DEFAULT_CHANNEL_MULT, ModelConfig
 
 
 def channel_mult(cfg: ModelConfig) -> tuple[int, ...]:
     if cfg.channel_mult is not None:
         return tuple(cfg.channel_mult)
-    if cfg.image_size in DEFAULT_CHANNEL_MULT:
-        return DEFAULT_CHANNEL_MULT[cfg.image_size]
-    raise ValueError(f"model.channel_mult must be given for image_size {cfg.image_size}")
+    return DEFAULT_CHANNEL_MULT[cfg.image_size]  # the config refuses sizes without a default
 
 
 def model_in_channels(cfg: ModelConfig, data_channels: int) -> int:

@@ -20,7 +20,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def image_grid(images: np.ndarray, title: str, units: str, lo: float, hi: float, ncols: int = 8) -> bytes:
+def image_grid(
+    images: np.ndarray, title: str, units: str, lo: float, hi: float, ncols: int = 8
+) -> bytes:
     """First channel of up to 64 images on a shared colour scale (physical units)."""
     x = images[:64, 0]
     n = x.shape[0]
@@ -48,10 +50,21 @@ def loss_curves(rows: list[dict]) -> bytes:
         for q, alpha in zip(range(4), (0.9, 0.7, 0.5, 0.3), strict=True):
             vals = [r.get(f"loss_q{q}") for r in train]
             if any(v is not None for v in vals):
-                ax.plot(steps, [np.nan if v is None else v for v in vals], lw=0.8, alpha=alpha,
-                        label=f"t quartile {q + 1}")
+                ax.plot(
+                    steps,
+                    [np.nan if v is None else v for v in vals],
+                    lw=0.8,
+                    alpha=alpha,
+                    label=f"t quartile {q + 1}",
+                )
     if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color=FAKE, label="val (EMA)")
+        ax.plot(
+            [r["step"] for r in val],
+            [r["val_loss"] for r in val],
+            "o-",
+            color=FAKE,
+            label="val (EMA)",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
@@ -59,8 +72,16 @@ def loss_curves(rows: list[dict]) -> bytes:
     return _png(fig)
 
 
-def band_plot(x, real: dict, fake: dict, xlabel: str, ylabel: str, title: str,
-              logx: bool = False, logy: bool = False) -> bytes:
+def band_plot(
+    x,
+    real: dict,
+    fake: dict,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    logy: bool = False,
+) -> bytes:
     """Mean curves of the real and generated sets with their bands (as given in metrics.json)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for d, color, label in ((real, REAL, "real"), (fake, FAKE, "generated")):

@@ -31,7 +31,9 @@ def _img(png: bytes, alt: str) -> str:
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _newest(folder: Path, pattern: str) -> Path | None:
@@ -43,8 +45,10 @@ def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
     sets = [(name, d) for name, d in (("real", real), ("generated", fake)) if d is not None]
     if not sets:
         return '<p class="note">No data to show.</p>'
-    loaded = {name: (d.images(slice(0, min(len(d), 2000))), d.labels(slice(0, min(len(d), 2000))), d.info)
-              for name, d in sets}
+    loaded = {
+        name: (d.images(slice(0, min(len(d), 2000))), d.labels(slice(0, min(len(d), 2000))), d.info)
+        for name, d in sets
+    }
     pooled = np.concatenate([x[:, 0][np.isfinite(x[:, 0])] for x, _, _ in loaded.values()])
     lo, hi = np.percentile(pooled, [2, 98]) if pooled.size else (0.0, 1.0)
     if loaded and all(lab is not None for _, lab, _ in loaded.values()):
@@ -53,13 +57,19 @@ def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
         for c in np.unique(np.concatenate([lab for _, lab, _ in loaded.values()])):
             cname = names[c] if c < len(names) else str(c)
             row = [
-                _img(figures.image_grid(x[lab == c][:16], f"{name}: {cname}", info.units, lo, hi, 4),
-                     f"{name} {cname}")
-                for name, (x, lab, info) in loaded.items() if (lab == c).any()
+                _img(
+                    figures.image_grid(x[lab == c][:16], f"{name}: {cname}", info.units, lo, hi, 4),
+                    f"{name} {cname}",
+                )
+                for name, (x, lab, info) in loaded.items()
+                if (lab == c).any()
             ]
             parts.append(f'<h3>{html.escape(cname)}</h3><div class="row">{"".join(row)}</div>')
         return "".join(parts)
-    row = [_img(figures.image_grid(x, name, info.units, lo, hi), name) for name, (x, _, info) in loaded.items()]
+    row = [
+        _img(figures.image_grid(x, name, info.units, lo, hi), name)
+        for name, (x, _, info) in loaded.items()
+    ]
     return f'<div class="row">{"".join(row)}</div>'
 
 
@@ -70,32 +80,82 @@ def _metrics_sections(m: dict) -> str:
     if sv:
         lags = sv.get("lags_m") or sv["lags_px"]
         xl = "lag (m)" if sv.get("lags_m") else "lag (pixels)"
-        out.append(_img(figures.band_plot(lags, sv["real"], sv["fake"], xl, f"semivariance ({units}²)",
-                                          f"semivariogram ({sv.get('ci', '')})"), "semivariogram"))
+        out.append(
+            _img(
+                figures.band_plot(
+                    lags,
+                    sv["real"],
+                    sv["fake"],
+                    xl,
+                    f"semivariance ({units}²)",
+                    f"semivariogram ({sv.get('ci', '')})",
+                ),
+                "semivariogram",
+            )
+        )
     psd = m.get("psd")
     if psd:
-        out.append(_img(figures.band_plot(psd["freq_cycles_per_px"], psd["real"], psd["fake"],
-                                          "frequency (cycles/pixel)", "power", "radially averaged PSD",
-                                          logx=True, logy=True), "psd"))
+        out.append(
+            _img(
+                figures.band_plot(
+                    psd["freq_cycles_per_px"],
+                    psd["real"],
+                    psd["fake"],
+                    "frequency (cycles/pixel)",
+                    "power",
+                    "radially averaged PSD",
+                    logx=True,
+                    logy=True,
+                ),
+                "psd",
+            )
+        )
     hist = m.get("histogram")
     if hist:
-        out.append(_img(figures.histogram_plot(hist["bin_edges"], hist["real"], hist["fake"],
-                                               hist.get("units", units)), "histogram"))
+        out.append(
+            _img(
+                figures.histogram_plot(
+                    hist["bin_edges"], hist["real"], hist["fake"], hist.get("units", units)
+                ),
+                "histogram",
+            )
+        )
     rng = m.get("ranges")
     if rng:
-        out.append(_img(figures.distribution_plot(rng["real_range"], rng["fake_range"],
-                                                  f"per-sample range ({units})", "range distribution"),
-                        "ranges"))
-        out.append(_img(figures.distribution_plot(rng["real_std"], rng["fake_std"],
-                                                  f"per-sample std ({units})", "std distribution"),
-                        "stds"))
-    return f'<div class="row">{"".join(out)}</div>' if out else '<p class="note">No radar statistics.</p>'
+        out.append(
+            _img(
+                figures.distribution_plot(
+                    rng["real_range"],
+                    rng["fake_range"],
+                    f"per-sample range ({units})",
+                    "range distribution",
+                ),
+                "ranges",
+            )
+        )
+        out.append(
+            _img(
+                figures.distribution_plot(
+                    rng["real_std"],
+                    rng["fake_std"],
+                    f"per-sample std ({units})",
+                    "std distribution",
+                ),
+                "stds",
+            )
+        )
+    return (
+        f'<div class="row">{"".join(out)}</div>'
+        if out
+        else '<p class="note">No radar statistics.</p>'
+    )
 
 
 def _metrics_table(m: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>"
-        for k, v in m.get("scalars", {}).items() if isinstance(v, int | float)
+        for k, v in m.get("scalars", {}).items()
+        if isinstance(v, int | float)
     )
     return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>" if rows else ""
 
@@ -118,7 +178,9 @@ def write_report(run_dir: str | Path, real: str | None = None, samples: str | No
     cfg = load_config(run.config)
     metrics = json.loads(run.metrics.read_text(encoding="utf-8")) if run.metrics.is_file() else None
     fake_path = Path(samples) if samples else _newest(run.samples, "*.h5")
-    real_path = real or (metrics or {}).get("real", {}).get("path") or cfg.data.val or cfg.data.train
+    real_path = (
+        real or (metrics or {}).get("real", {}).get("path") or cfg.data.val or cfg.data.train
+    )
     real_set = DatasetFile(real_path) if real_path and Path(real_path).is_file() else None
     fake_set = DatasetFile(fake_path) if fake_path and fake_path.is_file() else None
     if fake_path and fake_set is None:
@@ -127,19 +189,28 @@ def write_report(run_dir: str | Path, real: str | None = None, samples: str | No
     parts = [
         f"<h1>radardiff report: {html.escape(cfg.name)}</h1>",
         f'<p class="sub">{html.escape(str(run.root.resolve()))} · checkpoint '
-        f'{html.escape(ckpt.name if ckpt else "none")}</p>',
-        "<h2>Real and generated scenes</h2>", _grids(real_set, fake_set),
+        f"{html.escape(ckpt.name if ckpt else 'none')}</p>",
+        "<h2>Real and generated scenes</h2>",
+        _grids(real_set, fake_set),
         "<h2>Training</h2>",
-        _img(figures.loss_curves(rows), "loss") if (rows := _read_jsonl(run.stats)) else
-        '<p class="note">No training statistics.</p>',
+        _img(figures.loss_curves(rows), "loss")
+        if (rows := _read_jsonl(run.stats))
+        else '<p class="note">No training statistics.</p>',
         "<h2>Radar statistics</h2>",
-        _metrics_sections(metrics) if metrics else '<p class="note">Not evaluated yet (radardiff evaluate).</p>',
-        "<h2>Metrics</h2>", _metrics_table(metrics) if metrics else "",
-        "<h2>Sampler study</h2>", _study(run),
-        "<h2>Configuration</h2>", f"<pre>{html.escape(run.config.read_text(encoding='utf-8'))}</pre>",
+        _metrics_sections(metrics)
+        if metrics
+        else '<p class="note">Not evaluated yet (radardiff evaluate).</p>',
+        "<h2>Metrics</h2>",
+        _metrics_table(metrics) if metrics else "",
+        "<h2>Sampler study</h2>",
+        _study(run),
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(run.config.read_text(encoding='utf-8'))}</pre>",
     ]
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>radardiff: '
-            f"{html.escape(cfg.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>radardiff: '
+        f"{html.escape(cfg.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
     out = run.report / "index.html"
     atomic_write_text(out, page)
     return out

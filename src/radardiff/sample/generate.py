@@ -101,7 +101,8 @@ def make_model_fn(run: LoadedRun, labels: torch.Tensor | None, guidance: float, 
             if guidance == 1.0:
                 return model(x, tt, class_labels=labels).sample.float()
             both = model(
-                torch.cat([x, x]), torch.cat([tt, tt]),
+                torch.cat([x, x]),
+                torch.cat([tt, tt]),
                 class_labels=torch.cat([labels, torch.full_like(labels, null)]),
             ).sample.float()
         cond, uncond = both.chunk(2)
@@ -116,24 +117,40 @@ def generate_batch(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> dict
     device = next(run.model.parameters()).device
     cfg = run.cfg
     prepared = make_sampler(opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options)
-    gens = [torch.Generator().manual_seed(int(np.random.SeedSequence([opts.seed, int(i)])
-                                              .generate_state(1)[0])) for i in idx]
+    gens = [
+        torch.Generator().manual_seed(
+            int(np.random.SeedSequence([opts.seed, int(i)]).generate_state(1)[0])
+        )
+        for i in idx
+    ]
     size = cfg.model.image_size
     x = initial_noise(gens, (run.data_channels, size, size)).to(device)
     labels = sample_classes(run, opts, idx)
     lab_t = None if labels is None else torch.from_numpy(labels).to(device)
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if opts.mixed_precision == "bf16" else torch.float16)
+        torch.autocast(
+            device.type, dtype=torch.bfloat16 if opts.mixed_precision == "bf16" else torch.float16
+        )
         if opts.mixed_precision != "no"
         else nullcontext()
     )
     fn = make_model_fn(run, lab_t, opts.guidance, autocast)
-    y = run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance).float().cpu().numpy()
-    stats = np.concatenate([
-        run.normalizer.draw_stats(1, np.random.default_rng([opts.seed, int(i), 11]),
-                                  None if labels is None else labels[k : k + 1])
-        for k, i in enumerate(idx)
-    ])
+    y = (
+        run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance)
+        .float()
+        .cpu()
+        .numpy()
+    )
+    stats = np.concatenate(
+        [
+            run.normalizer.draw_stats(
+                1,
+                np.random.default_rng([opts.seed, int(i), 11]),
+                None if labels is None else labels[k : k + 1],
+            )
+            for k, i in enumerate(idx)
+        ]
+    )
     images = run.normalizer.inverse(y, stats)
     out = {"images": images, "seeds": np.asarray(idx, np.int64), "stats": stats.astype(np.float32)}
     if labels is not None:
@@ -176,7 +193,11 @@ def generate(
     parts = PartStore(out, opts)
     t0 = time.perf_counter()
     starts = range(0, opts.n, opts.batch_size)
-    mine = [np.arange(s, min(s + opts.batch_size, opts.n)) for k, s in enumerate(starts) if k % world == rank]
+    mine = [
+        np.arange(s, min(s + opts.batch_size, opts.n))
+        for k, s in enumerate(starts)
+        if k % world == rank
+    ]
     total = sum(b.size for b in mine)
     done = reused = 0
     for idx in mine:
@@ -232,7 +253,9 @@ class PartStore:
                 chunks.setdefault(int(i), {key: v[k] for key, v in arr.items()})
         missing = [i for i in range(n) if i not in chunks]
         if missing:
-            raise RadarDiffError(f"{self.dir}: {len(missing)} samples missing (first: {missing[0]})")
+            raise RadarDiffError(
+                f"{self.dir}: {len(missing)} samples missing (first: {missing[0]})"
+            )
         return {key: np.stack([chunks[i][key] for i in range(n)]) for key in chunks[0]}
 
 

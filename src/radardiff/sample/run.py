@@ -37,7 +37,9 @@ class LoadedRun:
         return self.cfg.diffusion.variance == "learned_range"
 
 
-def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(
+    run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+) -> LoadedRun:
     """Everything sampling needs, read from the run directory alone."""
     run = RunDir(run_dir)
     ckpt = run.require_checkpoint()
@@ -50,4 +52,6 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.devi
     if weights not in ("ema", "model"):
         raise RunDirError(f"weights must be 'ema' or 'model', got '{weights}'")
     model = load_model(ckpt / weights).to(device).eval()
-    return LoadedRun(cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info, model=model)
+    return LoadedRun(
+        cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info, model=model
+    )

@@ -22,7 +22,9 @@ def output_format(path: Path, fmt: str | None = None) -> str:
     aliases = {"hdf5": "h5", "tiff": "tif"}
     ext = aliases.get(ext, ext)
     if ext not in FORMATS:
-        raise ConfigError(f"{path}: unknown output extension; use .h5, .npz, .png or .tif (a folder)")
+        raise ConfigError(
+            f"{path}: unknown output extension; use .h5, .npz, .png or .tif (a folder)"
+        )
     return ext
 
 
@@ -34,15 +36,24 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
     labels = arrays.get("labels")
     extras = {"seeds": arrays["seeds"], "norm_stats": arrays["stats"]}
     attrs = {
-        "sampler": opts.sampler, "steps": opts.steps, "seed": opts.seed,
-        "guidance": opts.guidance, "checkpoint": str(run.checkpoint),
+        "sampler": opts.sampler,
+        "steps": opts.steps,
+        "seed": opts.seed,
+        "guidance": opts.guidance,
+        "checkpoint": str(run.checkpoint),
     }
     if fmt == "h5":
         return write_dataset(
-            out, images, labels, kind=info["kind"], units=info["units"],
+            out,
+            images,
+            labels,
+            kind=info["kind"],
+            units=info["units"],
             class_names=info.get("class_names") if labels is not None else None,
             pixel_spacing_m=info.get("pixel_spacing_m"),
-            source=f"radardiff sample {run.run.root}", extras=extras, attrs=attrs,
+            source=f"radardiff sample {run.run.root}",
+            extras=extras,
+            attrs=attrs,
         )
     if fmt == "npz":
         return write_npz(out, images, labels)
@@ -67,7 +78,7 @@ def grid_image(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
     """First channel of each image, each scaled by the 2-98 % percentiles of the whole set, tiled."""
     x = images[:, 0]
     finite = x[np.isfinite(x)]
-    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
     scaled = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
     scaled = np.where(np.isfinite(scaled), scaled, 0.0)
     n, h, w = scaled.shape
@@ -76,7 +87,9 @@ def grid_image(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
     grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1))
     for k in range(n):
         r, c = divmod(k, ncols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = scaled[k]
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = scaled[
+            k
+        ]
     return (grid * 255).round().astype(np.uint8)
 
 

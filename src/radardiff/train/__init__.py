@@ -2,7 +2,7 @@
 
 from radardiff.train.checkpoint import CheckpointState, load_model, read_state
 from radardiff.train.ema import EMA
-from radardiff.train.loop import TrainingDiverged, TrainResult, Trainer, train, train_step
+from radardiff.train.loop import Trainer, TrainingDiverged, TrainResult, train, train_step
 
 __all__ = [
     "EMA",

@@ -84,7 +84,7 @@ def load_weights(target: torch.nn.Module, model_dir: Path) -> None:
     """Copy weights from a diffusers model directory into ``target`` (shapes must match)."""
     try:
         loaded = UNet2DModel.from_pretrained(model_dir)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         raise RunDirError(f"{model_dir}: cannot load model weights ({err})") from None
     missing = target.load_state_dict(loaded.state_dict(), strict=True)
     del missing

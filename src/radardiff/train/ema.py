@@ -14,7 +14,9 @@ import torch
 
 
 class EMA:
-    def __init__(self, model: torch.nn.Module, halflives_kimg: tuple[float, ...], warmup_ratio: float):
+    def __init__(
+        self, model: torch.nn.Module, halflives_kimg: tuple[float, ...], warmup_ratio: float
+    ):
         self.halflives = [h * 1000.0 for h in halflives_kimg]
         self.warmup_ratio = warmup_ratio
         self.models = [self._frozen_copy(model) for _ in self.halflives]

@@ -50,7 +50,9 @@ ProgressFn = Callable[[int, int, dict], None]
 
 def step_seed(seed: int, micro_step: int, rank: int) -> int:
     """A 63-bit seed for one micro-batch of one process: all randomness of the step derives from it."""
-    return int(np.random.SeedSequence([seed, micro_step, rank]).generate_state(2, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([seed, micro_step, rank]).generate_state(2, np.uint64)[0] >> 1
+    )
 
 
 def lr_at(cfg, step: int) -> float:
@@ -68,8 +70,11 @@ def lr_at(cfg, step: int) -> float:
 def data_info_dict(info) -> dict:
     """What sampling needs to know of the training data (kind, units, classes, shape)."""
     return {
-        "kind": info.kind, "units": info.units, "class_names": info.class_names,
-        "pixel_spacing_m": info.pixel_spacing_m, "shape": list(info.shape),
+        "kind": info.kind,
+        "units": info.units,
+        "class_names": info.class_names,
+        "pixel_spacing_m": info.pixel_spacing_m,
+        "shape": list(info.shape),
         "source": str(info.path),
     }
 
@@ -139,13 +144,18 @@ class Trainer:
         _check_data_fits(cfg, self.data, self.normalizer.model_channels)
         self.diffusion = GaussianDiffusion(cfg.diffusion).to(self.acc.device)
         torch.manual_seed(tc.seed)
-        model = build_unet(cfg.model, self.normalizer.channels * (2 if self.normalizer.phase else 1),
-                           self.diffusion.learned_variance)
+        model = build_unet(
+            cfg.model,
+            self.normalizer.channels * (2 if self.normalizer.phase else 1),
+            self.diffusion.learned_variance,
+        )
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = EMA(model, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.ts_sampler = make_timestep_sampler(cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps)
+        self.ts_sampler = make_timestep_sampler(
+            cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps
+        )
         self.state = CheckpointState(step=0, images_seen=0, timestep_sampler={})
         if resume and self.run_dir.latest_checkpoint() is not None:
             self._load(model, opt)
@@ -167,7 +177,9 @@ class Trainer:
                     "run's (start a new run directory instead)"
                 )
         elif run.checkpoints.exists() and any(run.checkpoints.glob("step_*")):
-            raise RunDirError(f"{run.root}: already holds checkpoints; pass --resume or choose a new --out")
+            raise RunDirError(
+                f"{run.root}: already holds checkpoints; pass --resume or choose a new --out"
+            )
         if self.acc.is_main_process:
             run.root.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, run.config)
@@ -195,7 +207,9 @@ class Trainer:
         state = read_state(ckpt)
         try:
             load_weights(model, ckpt / "model")
-            for i, (ema, hl) in enumerate(zip(self.ema.models, self.cfg.train.ema_halflife_kimg, strict=True)):
+            for i, (ema, hl) in enumerate(
+                zip(self.ema.models, self.cfg.train.ema_halflife_kimg, strict=True)
+            ):
                 load_weights(ema, ckpt / ema_dirname(i, hl))
         except RuntimeError as err:
             raise RunDirError(f"{ckpt}: weights do not fit the configured model ({err})") from None
@@ -210,12 +224,20 @@ class Trainer:
         cfg, tc, acc = self.cfg, self.cfg.train, self.acc
         accum = tc.grad_accum
         sampler = StepBatchSampler(
-            len(self.dataset), tc.batch_size, tc.seed, start_step=self.state.step * accum,
-            rank=acc.process_index, world=acc.num_processes, steps=tc.steps * accum,
+            len(self.dataset),
+            tc.batch_size,
+            tc.seed,
+            start_step=self.state.step * accum,
+            rank=acc.process_index,
+            world=acc.num_processes,
+            steps=tc.steps * accum,
         )
         loader = DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=identity_collate,
-            num_workers=cfg.data.num_workers, persistent_workers=False,
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=identity_collate,
+            num_workers=cfg.data.num_workers,
+            persistent_workers=False,
         )
         batches = iter(loader)
         log = _LogWindow()
@@ -299,8 +321,13 @@ class Trainer:
         path = None
         if self.acc.is_main_process:
             path = save_checkpoint(
-                self.run_dir, self.state, self.acc.unwrap_model(self.model), self.ema.models,
-                self.cfg.train.ema_halflife_kimg, self.opt, self.cfg.train.keep_last,
+                self.run_dir,
+                self.state,
+                self.acc.unwrap_model(self.model),
+                self.ema.models,
+                self.cfg.train.ema_halflife_kimg,
+                self.opt,
+                self.cfg.train.keep_last,
             )
         self.acc.wait_for_everyone()
         return path or self.run_dir.checkpoint(self.state.step)
@@ -310,8 +337,11 @@ def _truncate_stats(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()
-            and json.loads(ln).get("step", 0) <= step]
+    keep = [
+        ln
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and json.loads(ln).get("step", 0) <= step
+    ]
     path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
@@ -332,8 +362,13 @@ class _LogWindow:
     def flush(self, step: int, lr: float, images_seen: int, elapsed: float) -> dict:
         t, loss = np.concatenate(self.t), np.concatenate(self.loss)
         q = np.minimum(t * 4 // self.T, 3)
-        row = {"step": step, "loss": float(loss.mean()), "lr": lr, "images_seen": images_seen,
-               "img_per_s": float(t.size / max(elapsed, 1e-9))}
+        row = {
+            "step": step,
+            "loss": float(loss.mean()),
+            "lr": lr,
+            "images_seen": images_seen,
+            "img_per_s": float(t.size / max(elapsed, 1e-9)),
+        }
         for i in range(4):
             sel = loss[q == i]
             row[f"loss_q{i}"] = float(sel.mean()) if sel.size else None
@@ -343,7 +378,8 @@ class _LogWindow:
         return row
 
 
-def train(cfg: RunConfig, out: str | Path, resume: bool = False,
-          on_progress: ProgressFn | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig, out: str | Path, resume: bool = False, on_progress: ProgressFn | None = None
+) -> TrainResult:
     """Train (or resume) a run into ``out``."""
     return Trainer(cfg, out, resume).run(on_progress)

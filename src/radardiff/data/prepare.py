@@ -1,0 +1,477 @@
+"""``radardiff data prepare``: turn what users have into dataset files (see DESIGN.md).
+
+The source is streamed: one item (image, scene, stack entry) is read at a time, optionally
+converted to dB, cut into tiles, screened for no data, resized, and appended to the output in
+batches of ``batch_size``, so memory holds at most one source item plus one batch per split.
+
+Splits are seeded and exact: with ``split=(0.8, 0.1, 0.1)`` the source items are permuted by
+``numpy.random.default_rng(seed)`` and cut in counts given by largest-remainder rounding of
+``fraction * n_items``. Every tile of an item goes to the item's split, so overlapping tiles of
+one scene never leak between train and test. A single source item (one scene) is split by
+tile instead, which can leak where tiles overlap (``stride < tile``): a warning says so.
+
+Each output is written to a temporary file and renamed when complete
+(:class:`~radardiff.data.dataset_file.DatasetWriter`): an interrupted run leaves no
+half-written dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from radardiff.data.dataset_file import KINDS, DatasetWriter
+from radardiff.data.readers import open_reader
+from radardiff.data.readers.base import Reader
+from radardiff.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SplitOutput:
+    """One written file: its split name (``all`` without a split), path and counts."""
+
+    name: str
+    path: Path
+    n: int
+    class_counts: dict[str, int] | None
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What :func:`prepare` read, skipped and wrote."""
+
+    format: str
+    n_items: int
+    n_written: int
+    outputs: tuple[SplitOutput, ...]
+    shape: tuple[int, int, int]
+    kind: str
+    units: str
+    class_names: list[str] | None
+    pixel_spacing_m: float | None
+    skipped_all_nan: int
+    skipped_nan_fraction: int
+    skipped_too_small: int
+    seconds: float
+
+
+def parse_split(text: str) -> tuple[float, ...]:
+    """``"0.8,0.1,0.1"`` -> (0.8, 0.1, 0.1); two or three non-negative fractions summing to 1."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--split: '{text}' is not a comma-separated list of fractions") from None
+    _check_split(values)
+    return values
+
+
+def _check_split(values: Sequence[float]) -> None:
+    if not 2 <= len(values) <= 3 or any(not np.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(
+            f"--split: expected 2 or 3 non-negative fractions (train,val[,test]), got {list(values)}"
+        )
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ConfigError(f"--split: fractions {list(values)} sum to {sum(values):g}, not 1")
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> np.ndarray:
+    """Exact counts summing to ``n``: floors of ``f * n`` plus the largest remainders."""
+    raw = np.asarray(fractions, dtype=np.float64) * n
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: n - counts.sum()]] += 1
+    return counts
+
+
+def split_assignment(n: int, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """Split index of each of ``n`` units, a seeded permutation cut into :func:`split_counts`."""
+    perm = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    start = 0
+    for s, c in enumerate(split_counts(n, fractions)):
+        out[perm[start : start + c]] = s
+        start += c
+    return out
+
+
+def split_paths(out: Path, names: Sequence[str]) -> list[Path]:
+    """``data.h5`` -> ``data_train.h5``, ``data_val.h5`` ..."""
+    suffix = out.suffix or ".h5"
+    return [out.with_name(f"{out.stem}_{name}{suffix}") for name in names]
+
+
+def tiles(img: np.ndarray, tile: int, stride: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Row-major ``(y, x, crop)`` for every ``tile x tile`` crop at multiples of ``stride``."""
+    _, h, w = img.shape
+    for y in range(0, h - tile + 1, stride):
+        for x in range(0, w - tile + 1, stride):
+            yield y, x, img[:, y : y + tile, x : x + tile]
+
+
+def resize_nan(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(C, H, W)`` to ``size = (h, w)`` with Pillow's antialiased bilinear filter.
+
+    No-data aware: with validity mask :math:`m`, the output is
+    :math:`R(x\\,m) / R(m)` (normalised convolution), and NaN where :math:`R(m) < 1/2`, i.e.
+    where most of the filter's support had no data.
+    """
+    from PIL import Image
+
+    h, w = size
+    if img.shape[1:] == (h, w):
+        return img
+    bilinear = Image.Resampling.BILINEAR
+
+    def r(a: np.ndarray) -> np.ndarray:
+        return np.asarray(
+            Image.fromarray(np.ascontiguousarray(a, np.float32)).resize((w, h), bilinear)
+        )
+
+    valid = np.isfinite(img)
+    out = np.empty((img.shape[0], h, w), np.float32)
+    for c in range(img.shape[0]):
+        if valid[c].all():
+            out[c] = r(img[c])
+            continue
+        den = r(valid[c].astype(np.float32))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[c] = r(np.where(valid[c], img[c], 0.0)) / den
+        out[c][den < 0.5] = np.nan
+    return out
+
+
+def to_db(img: np.ndarray) -> np.ndarray:
+    """:math:`10 \\log_{10} x`; non-positive intensities have no dB value and become NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 10.0 * np.log10(img)
+    out[~np.isfinite(out)] = np.nan
+    return out.astype(np.float32, copy=False)
+
+
+@dataclass
+class _Counts:
+    all_nan: int = 0
+    nan_fraction: int = 0
+    too_small: int = 0
+
+
+def prepare(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str = "auto",
+    key: str | None = None,
+    label_key: str | None = None,
+    classes: str = "auto",
+    nodata: float | None = None,
+    tile: int | None = None,
+    stride: int | None = None,
+    max_nan_fraction: float | None = None,
+    resize: int | tuple[int, int] | None = None,
+    kind: str | None = None,
+    units: str | None = None,
+    db: bool = False,
+    split: Sequence[float] | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: ProgressFn | None = None,
+) -> PrepareResult:
+    """Read ``src`` and write dataset file(s) at ``out``.
+
+    Parameters
+    ----------
+    src, out
+        Source file or folder; output file (``OUT_train.h5``... when ``split`` is given).
+    format, key, label_key, classes, nodata
+        See :func:`radardiff.data.readers.open_reader`.
+    tile, stride
+        Cut each item into ``tile x tile`` crops every ``stride`` pixels (default ``tile``).
+    max_nan_fraction
+        Drop samples with a larger fraction of no-data pixels (default 0.5 with tiles, 1.0
+        without). All-NaN samples are always dropped and counted.
+    resize
+        Output size ``S`` or ``(H, W)`` of each sample (tile, or whole item), see
+        :func:`resize_nan`.
+    kind, units
+        Dataset attributes; default to what the source suggests.
+    db
+        Convert intensities to dB first (:func:`to_db`); ``units`` then defaults to ``dB``.
+    split, seed
+        Train/val[/test] fractions and the seed of the split.
+    progress
+        Called as ``progress(items_done, items_total)`` after each item.
+    """
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    tile, stride, max_nan, size = _check_options(
+        tile, stride, max_nan_fraction, resize, kind, batch_size
+    )
+    if split is not None:
+        _check_split(split)
+    reader = open_reader(src, format, key=key, label_key=label_key, classes=classes, nodata=nodata)
+    try:
+        n = len(reader)
+        if n == 0:
+            raise DataError(f"{src}: no samples found")
+        kind = kind or reader.info.kind
+        units = units or ("dB" if db else reader.info.units)
+        names = [s for s, f in zip(SPLIT_NAMES, split, strict=False) if f > 0] if split else ["all"]
+        fracs = [f for f in split if f > 0] if split else [1.0]
+        paths = split_paths(out, names) if split else [out]
+        by_item = n > 1 or len(fracs) == 1
+        assign = split_assignment(n, fracs, seed) if by_item else None
+        if not by_item and tile is not None and stride < tile:
+            log.warning("%s: one scene split by overlapping tiles; splits share pixels", src)
+        options = {
+            "format": reader.info.format,
+            "key": getattr(reader, "key", None),
+            "label_key": label_key,
+            "tile": tile,
+            "stride": stride,
+            "max_nan_fraction": max_nan,
+            "resize": size,
+            "db": db,
+            "split": list(split) if split else None,
+            "seed": seed,
+            "nodata": nodata,
+        }
+        sink = _Sink(paths, names, reader, kind, units, size, options, batch_size)
+        plan = _Plan(tile, stride, max_nan, size, db)
+        counts = _Counts()
+        with ExitStack() as stack:
+            stack.callback(sink.abort_unclosed)
+            _stream(reader, sink, plan, counts, assign, fracs, seed, progress)
+            _check_written(src, sink, counts, max_nan)
+            outputs = sink.close()
+    finally:
+        reader.close()
+    skipped = counts.all_nan + counts.nan_fraction + counts.too_small
+    if skipped:
+        log.warning(
+            "%s: skipped %d all-NaN, %d over %.2f NaN, %d smaller than the tile",
+            src,
+            counts.all_nan,
+            counts.nan_fraction,
+            max_nan,
+            counts.too_small,
+        )
+    return PrepareResult(
+        format=reader.info.format,
+        n_items=n,
+        n_written=sum(o.n for o in outputs),
+        outputs=outputs,
+        shape=sink.shape,
+        kind=kind,
+        units=units,
+        class_names=reader.class_names,
+        pixel_spacing_m=sink.spacing(),
+        skipped_all_nan=counts.all_nan,
+        skipped_nan_fraction=counts.nan_fraction,
+        skipped_too_small=counts.too_small,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tile: int | None
+    stride: int | None
+    max_nan: float
+    size: tuple[int, int] | None
+    db: bool
+
+
+def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) -> None:
+    """Read every item once and hand its samples to ``sink`` in the split of the item.
+
+    Without ``assign`` (a single source item) the samples of that one item are split
+    themselves, which needs them all first; one scene's tiles are what memory holds then.
+    """
+    labels = reader.label_indices()
+    pending: list[tuple[np.ndarray, int | None]] = []
+    rows = 0
+    if progress is not None:
+        progress(0, len(reader))
+    for i in range(len(reader)):
+        img = reader.read(i)
+        if plan.db:
+            img = to_db(img)
+        lab = None if labels is None else int(labels[i])
+        rows = plan.tile or img.shape[1]
+        for sample in _samples(img, plan.tile, plan.stride, plan.max_nan, plan.size, counts):
+            if assign is not None:
+                sink.add(int(assign[i]), sample, lab, reader.name(i), rows)
+            else:
+                pending.append((sample, lab))
+        if progress is not None:
+            progress(i + 1, len(reader))
+    order = split_assignment(len(pending), fracs, seed)
+    for s, (sample, lab) in zip(order, pending, strict=True):
+        sink.add(int(s), sample, lab, reader.name(0), rows)
+
+
+def _check_options(tile, stride, max_nan_fraction, resize, kind, batch_size):
+    if tile is not None and tile < 1:
+        raise ConfigError(f"--tile: must be a positive number of pixels, got {tile}")
+    if stride is not None and tile is None:
+        raise ConfigError("--stride: needs --tile")
+    stride = stride if stride is not None else tile
+    if stride is not None and stride < 1:
+        raise ConfigError(f"--stride: must be a positive number of pixels, got {stride}")
+    max_nan = max_nan_fraction if max_nan_fraction is not None else (0.5 if tile else 1.0)
+    if not 0.0 <= max_nan <= 1.0:
+        raise ConfigError(f"--max-nan: must lie in [0, 1], got {max_nan}")
+    size = None
+    if resize is not None:
+        size = (resize, resize) if isinstance(resize, int) else tuple(resize)
+        if len(size) != 2 or min(size) < 1:
+            raise ConfigError(f"--resize: expected a positive size S or HxW, got {resize}")
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"--kind: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: must be positive, got {batch_size}")
+    return tile, stride, max_nan, size
+
+
+def _samples(img, tile, stride, max_nan, size, counts: _Counts) -> Iterator[np.ndarray]:
+    if tile is None:
+        crops = [img]
+    else:
+        if img.shape[1] < tile or img.shape[2] < tile:
+            counts.too_small += 1
+            return
+        crops = (c for _, _, c in tiles(img, tile, stride))
+    for crop in crops:
+        nan = np.isnan(crop)
+        frac = nan.mean() if nan.any() else 0.0
+        if frac == 1.0:
+            counts.all_nan += 1
+            continue
+        if frac > max_nan:
+            counts.nan_fraction += 1
+            continue
+        yield resize_nan(crop, size) if size is not None else crop
+
+
+def _check_written(src: Path, sink: _Sink, counts: _Counts, max_nan: float) -> None:
+    if sink.total:
+        return
+    if counts.all_nan and not (counts.nan_fraction or counts.too_small):
+        raise DataError(f"{src}: every sample is all NaN (no data); nothing to write")
+    if counts.nan_fraction:
+        raise DataError(
+            f"{src}: every sample has more than {max_nan:g} no-data pixels; raise --max-nan"
+        )
+    if counts.too_small:
+        raise DataError(f"{src}: every image is smaller than the tile; lower --tile")
+    raise DataError(f"{src}: no samples found")
+
+
+class _Sink:
+    """Batched writers, one per split, opened at the first sample (its shape fixes the file's)."""
+
+    def __init__(self, paths, names, reader: Reader, kind, units, size, options, batch) -> None:
+        self.paths, self.names, self.reader = paths, names, reader
+        self.kind, self.units, self.size = kind, units, size
+        self.options, self.batch = options, batch
+        self.writers: list[DatasetWriter] = []
+        self.buffers: list[list[tuple[np.ndarray, int | None]]] = [[] for _ in names]
+        self.shape: tuple[int, int, int] = (0, 0, 0)
+        self.first_name = ""
+        self.total = 0
+        self.class_counts = [dict() for _ in names]
+        self._scales: set[float] = set()
+        self._closed = False
+
+    def _open(self, shape, name) -> None:
+        info = self.reader.info
+        self.shape, self.first_name = shape, name
+        attrs = {**info.attrs, "prepare_options": json.dumps(self.options)}
+        for path in self.paths:
+            self.writers.append(
+                DatasetWriter(
+                    path,
+                    shape,
+                    kind=self.kind,
+                    units=self.units,
+                    class_names=self.reader.class_names,
+                    with_labels=self.reader.labels is not None,
+                    pixel_spacing_m=None,
+                    source=str(self.reader.src),
+                    attrs=attrs,
+                )
+            )
+
+    def add(self, s: int, sample: np.ndarray, label: int | None, name: str, rows: int) -> None:
+        if not self.writers:
+            self._open(sample.shape, name)
+        elif sample.shape != self.shape:
+            raise DataError(
+                f"{name}: shape {sample.shape} differs from {self.shape} of {self.first_name}; "
+                "use --resize or --tile for images of mixed sizes"
+            )
+        if self.size is not None:
+            # source pixels per output pixel, to rescale the pixel spacing
+            self._scales.add(round(rows / self.size[0], 9))
+        self.buffers[s].append((sample, label))
+        self.total += 1
+        if label is not None:
+            cname = (self.reader.class_names or [])[label]
+            self.class_counts[s][cname] = self.class_counts[s].get(cname, 0) + 1
+        if len(self.buffers[s]) >= self.batch:
+            self._flush(s)
+
+    def _flush(self, s: int) -> None:
+        buf = self.buffers[s]
+        if not buf:
+            return
+        images = np.stack([b[0] for b in buf])
+        labels = None if buf[0][1] is None else np.array([b[1] for b in buf], np.int64)
+        self.writers[s].append(images, labels)
+        buf.clear()
+
+    def spacing(self) -> float | None:
+        base = self.reader.info.pixel_spacing_m
+        if base is None or self.size is None:
+            return base
+        return base * next(iter(self._scales)) if len(self._scales) == 1 else None
+
+    def close(self) -> tuple[SplitOutput, ...]:
+        outputs = []
+        spacing = self.spacing()
+        for s, w in enumerate(self.writers):
+            self._flush(s)
+            if spacing is not None:
+                w.update_attrs({"pixel_spacing_m": spacing})
+            if w.n == 0:
+                log.warning("%s: split '%s' is empty", self.paths[s], self.names[s])
+            outputs.append(
+                SplitOutput(
+                    self.names[s],
+                    w.close(),
+                    w.n,
+                    dict(sorted(self.class_counts[s].items()))
+                    if self.reader.labels is not None
+                    else None,
+                )
+            )
+        self._closed = True
+        return tuple(outputs)
+
+    def abort_unclosed(self) -> None:
+        if not self._closed:
+            for w in self.writers:
+                w.abort()

@@ -1,0 +1,120 @@
+"""Folders of PNG / JPG / TIFF images, 8 or 16 bit, the reference code's layout.
+
+The class is the text before the first underscore of the file name (MNIST ``5_00182.png``,
+TenGeoP PNGs ``F_<id>.png``), or, with ``classes="folder"``, the name of the sub-folder that
+holds the file. Pixel values are kept as stored (digital numbers 0-255 or 0-65535, or the float
+values of a float TIFF); a GeoTIFF's no-data value becomes NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from radardiff.data.readers.base import (
+    IMAGE_EXTS,
+    TIFF_EXTS,
+    Reader,
+    SourceInfo,
+    class_from_filename,
+    list_files,
+)
+from radardiff.data.readers.raster import read_raster, units_name
+from radardiff.errors import DataError
+
+log = logging.getLogger(__name__)
+
+ClassMode = Literal["auto", "filename", "folder", "none"]
+CLASS_MODES: tuple[str, ...] = ClassMode.__args__  # type: ignore[attr-defined]
+
+
+class RasterFilesReader(Reader):
+    """Items are raster files; one file is one sample (before tiling)."""
+
+    default_kind = "generic"
+    default_units = "dn"
+    float_units = "unknown"
+    format_name = "images"
+
+    def __init__(
+        self,
+        src: Path,
+        files: list[Path],
+        labels: list[str] | None,
+        nodata: float | None = None,
+    ) -> None:
+        super().__init__(src)
+        self.items = files
+        self.labels = labels
+        self.nodata = nodata
+        self.info = self._source_info()
+
+    def name(self, i: int) -> str:
+        return str(self.items[i])
+
+    def read(self, i: int) -> np.ndarray:
+        return read_raster(self.items[i], self.nodata).data
+
+    def _source_info(self) -> SourceInfo:
+        first = self.items[0]
+        kind, units, spacing, attrs = self.default_kind, self.default_units, None, {}
+        if first.suffix.lower() in TIFF_EXTS:
+            # GeoTIFF tags of the first file describe the set (one sensor, one processing)
+            r = read_raster(first, self.nodata)
+            spacing = r.pixel_spacing_m
+            stored_float = np.dtype(r.stored_dtype).kind == "f"
+            units = units_name(r.units) or (self.float_units if stored_float else units)
+            if r.data_type:
+                attrs["source_data_type"] = r.data_type
+            kind = self._kind_hint(first, units, r.data_type) or kind
+        return SourceInfo(self.format_name, kind, units, spacing, attrs)
+
+    def _kind_hint(self, path: Path, units: str, data_type: str | None) -> str | None:
+        return None
+
+
+def image_folder_reader(
+    src: Path, classes: ClassMode = "auto", nodata: float | None = None
+) -> RasterFilesReader:
+    """The reader of an image folder (see the module docstring)."""
+    if not src.is_dir():
+        raise DataError(f"{src}: not a folder of images")
+    top = list_files(src, IMAGE_EXTS)
+    if classes == "auto":
+        if top:
+            named = [class_from_filename(p, required=False) for p in top]
+            classes = "filename" if all(named) else "none"
+            if any(named) and not all(named):
+                log.warning(
+                    "%s: some file names carry no CLASS_ prefix; reading without classes", src
+                )
+        else:
+            classes = "folder"
+    if classes == "folder":
+        files = folder_class_files(src, IMAGE_EXTS)
+        labels = [p.relative_to(src).parts[0] for p in files]
+    else:
+        files = top
+        if not files:
+            raise DataError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) found")
+        labels = (
+            [class_from_filename(p, required=True) for p in files]  # type: ignore[misc]
+            if classes == "filename"
+            else None
+        )
+    return RasterFilesReader(src, files, labels, nodata)
+
+
+def folder_class_files(src: Path, exts: tuple[str, ...]) -> list[Path]:
+    """Files in the class sub-folders of ``src`` (one sub-folder per class, searched deeply)."""
+    files = [
+        p
+        for sub in sorted(d for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
+        for p in list_files(sub, exts, recursive=True)
+    ]
+    if not files:
+        raise DataError(f"{src}: no class sub-folders holding {', '.join(exts)} files found")
+    return files

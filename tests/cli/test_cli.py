@@ -1,0 +1,170 @@
+"""The CLI as a user meets it: the pipeline end to end, help texts, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import tiny_run_config, write_config
+from radardiff.cli.main import cli, main
+
+VERBS = ["data", "data synth", "train", "sample", "evaluate", "report", "demo"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("radardiff: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_pipeline_end_to_end(tmp_path: Path, capsys):
+    train_h5, val_h5 = tmp_path / "train.h5", tmp_path / "val.h5"
+    assert (
+        run_cli(
+            ["data", "synth", "insar_noise", "--n", 24, "--size", 16, "--out", train_h5], capsys
+        )[0]
+        == 0
+    )
+    assert (
+        run_cli(
+            ["data", "synth", "insar_noise", "--n", 12, "--size", 16, "--out", val_h5, "--seed", 1],
+            capsys,
+        )[0]
+        == 0
+    )
+    config = write_config(tmp_path / "cfg.toml", tiny_run_config(str(train_h5), str(val_h5)))
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", config, "--out", run, "--set", "train.steps=3"], capsys)
+    assert code == 0, err
+    for name in ("config.toml", "normalizer.json", "data_info.json", "stats.jsonl"):
+        assert (run / name).is_file(), name
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step_0000003"
+    ckpt = run / "checkpoints" / latest
+    for name in (
+        "model/config.json",
+        "model/diffusion_pytorch_model.safetensors",
+        "ema/diffusion_pytorch_model.safetensors",
+        "optimizer.pt",
+        "state.json",
+    ):
+        assert (ckpt / name).is_file(), name
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+    samples = run / "samples" / "s.h5"
+    code, out, err = run_cli(
+        ["sample", run, "--n", 5, "--out", samples, "--steps", 4, "--batch-size", 2], capsys
+    )
+    assert code == 0, err
+    with h5py.File(samples) as h5:
+        assert h5["images"].shape == (5, 1, 16, 16)
+        assert h5.attrs["kind"] == "insar_noise" and h5.attrs["units"] == "rad"
+        np.testing.assert_array_equal(h5["seeds"][:], np.arange(5))
+    code, out, err = run_cli(
+        ["evaluate", "--real", val_h5, "--fake", samples, "--out", run / "eval"], capsys
+    )
+    assert code == 0, err
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["schema"] == "radardiff.metrics/1"
+    assert metrics["semivariogram"]["real"]["mean"]
+    code, out, err = run_cli(["report", run], capsys)
+    assert code == 0, err
+    page = (run / "report" / "index.html").read_text()
+    assert "data:image/png;base64," in page and "semivariogram" in page
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_command_has_help_with_an_example(verb: str, capsys):
+    code, out, _ = run_cli([*verb.split(), "--help"], capsys)
+    assert code == 0
+    assert "Example" in out
+
+
+def test_version(capsys):
+    from radardiff import __version__
+
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and __version__ in out
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nsteps = 7\n")
+    code, out, err = run_cli(
+        ["train", config, "--out", tmp_path / "r", "--dry-run", "--set", "diffusion.timesteps=200"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "steps = 7" in out and "timesteps = 200" in out
+    assert "ema_halflife_kimg" in out  # defaults filled in
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["frobnicate"], 2, "No such command 'frobnicate'"),
+        (["train", "--frob"], 2, "No such option '--frob'"),
+        (["sample", "x", "--n", "abc"], 2, "'abc' is not a valid integer"),
+        (["train", "missing.toml", "--out", "r"], 1, "missing.toml: config file not found"),
+        (["train", "CFG", "--out", "r", "--set", "train.stepz=3"], 1, "unknown config key"),
+        (["train", "CFG", "--out", "r", "--set", "train.steps=-1"], 1, "train.steps"),
+        (
+            ["train", "CFG", "--out", "r", "--set", "diffusion.schedule=quadratic"],
+            1,
+            "diffusion.schedule",
+        ),
+        (["train", "BADKEY", "--out", "r"], 1, "unknown config key 'model.widht'"),
+        (["data", "synth", "nope", "--n", "3", "--out", "x.h5"], 2, "unknown kind 'nope'"),
+        (
+            ["evaluate", "--real", "nope.h5", "--fake", "nope2.h5", "--out", "e"],
+            1,
+            "nope.h5: dataset file not found",
+        ),
+        (
+            ["sample", "nope_run", "--n", "2", "--out", "s.h5"],
+            1,
+            "nope_run: run directory not found",
+        ),
+    ],
+)
+def test_bad_usage_gives_one_line_and_nonzero_exit(
+    tmp_path, monkeypatch, capsys, args, code, needle
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "CFG").write_text("[train]\nsteps = 2\n")
+    (tmp_path / "BADKEY").write_text("[model]\nwidht = 3\n")
+    got, _, err = run_cli(args, capsys)
+    assert got == code, err
+    assert needle in one_line_error(err)
+
+
+def test_python_dash_m_entry_point_and_exit_code():
+    proc = subprocess.run(
+        [sys.executable, "-m", "radardiff", "train", "--nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "No such option" in proc.stderr
+
+
+def test_cli_registers_every_verb():
+    assert {"data", "train", "sample", "evaluate", "report", "demo"} <= set(cli.commands)

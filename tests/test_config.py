@@ -1,0 +1,91 @@
+"""Configs: TOML round trip, overrides, validation with one-line errors, the recipes."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from radardiff.config import (
+    RunConfig,
+    apply_overrides,
+    dumps_config,
+    load_config,
+    save_config,
+    valid_keys,
+    validate_config,
+)
+from radardiff.config.recipes import tiny_config
+from radardiff.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_round_trip_fills_every_default(tmp_path):
+    cfg = RunConfig()
+    save_config(cfg, tmp_path / "c.toml")
+    back = load_config(tmp_path / "c.toml")
+    assert back == cfg
+    written = tomllib.loads((tmp_path / "c.toml").read_text())
+    assert written["train"]["ema_halflife_kimg"] == [0.5]
+    assert "val" not in written["data"]  # None is left out (TOML has no null)
+
+
+def test_overrides_are_typed_and_validated():
+    data = apply_overrides(
+        {},
+        ["train.lr=3e-4", "model.channel_mult=[1,2]", "sample.sampler=ddim", "train.compile=true"],
+    )
+    cfg = validate_config(data)
+    assert cfg.train.lr == 3e-4 and cfg.model.channel_mult == (1, 2)
+    assert cfg.sample.sampler == "ddim" and cfg.train.compile is True
+
+
+def test_unknown_override_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({}, ["train.lrr=1"])
+    assert "unknown config key" in str(err.value) and "train.lr" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[diffusion]\nschedul = 'linear'\n")
+    with pytest.raises(ConfigError, match=r"c.toml: unknown config key 'diffusion.schedul'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("diffusion.prediction=epsilon", "diffusion.prediction"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("model.image_size=30", "model"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ],
+)
+def test_invalid_values_are_refused(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate_config(apply_overrides({}, [override]), "x.toml")
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_channel_mult_must_divide_image_size():
+    with pytest.raises(ConfigError, match="not divisible"):
+        validate_config({"model": {"image_size": 20, "channel_mult": [1, 2, 2, 2]}})
+
+
+def test_valid_keys_cover_every_section():
+    keys = valid_keys(RunConfig)
+    assert "train.ema_halflife_kimg" in keys and "diffusion.variance" in keys and "name" in keys
+
+
+def test_tiny_recipe_file_matches_the_builtin():
+    assert load_config(CONFIGS / "tiny.toml") == tiny_config()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_recipe_loads(path):
+    cfg = load_config(path)
+    assert dumps_config(cfg)
