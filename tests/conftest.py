@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_REALDATA = REPO.parent / "shared" / "realdata"
 
 
-def tiny_run_config(train: str, val: str | None = None, **sections) -> RunConfig:
+def tiny_run_config(train_path: str, val_path: str | None = None, /, **sections) -> RunConfig:
     """A model small enough to train a few steps in about a second."""
     base = {
         "name": "test",
-        "data": {"train": train, **({"val": val} if val else {})},
+        "data": {"train": train_path, **({"val": val_path} if val_path else {})},
         "model": {
             "image_size": 16,
             "in_channels": 1,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from radardiff.cli._common import bar_callback, progress
+from radardiff.cli._common import bar_callback, is_main_process, progress
 
 
 def resolve_paths(cfg):
@@ -60,4 +60,5 @@ def train(
         )
     with progress(cfg.train.steps, "train", unit="step") as bar:
         result = run_training(cfg, out, resume=resume, on_progress=bar_callback(bar))
-    click.echo(f"trained {result.steps} steps; run directory: {result.run_dir}")
+    if is_main_process():
+        click.echo(f"trained {result.steps} steps; run directory: {result.run_dir}")

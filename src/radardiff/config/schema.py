@@ -103,6 +103,12 @@ class DiffusionConfig(_Section):
     timestep_sampler: TimestepSampler = "uniform"
     min_snr_gamma: float | None = Field(None, gt=0.0)
 
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionConfig:
+        if self.schedule == "linear" and self.timesteps <= 20:
+            raise ValueError("timesteps must be above 20 with the linear schedule (beta_T = 20/T)")
+        return self
+
 
 class TrainConfig(_Section):
     """The training loop."""

@@ -1,6 +1,12 @@
 """Schedules, forward process, parameterisations, losses, timestep samplers, sampler registry."""
 
 from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms, masked_mean
+from radardiff.diffusion.likelihood import (
+    BitsPerDim,
+    DatasetBitsPerDim,
+    bits_per_dim,
+    dataset_bits_per_dim,
+)
 from radardiff.diffusion.samplers import (
     SAMPLERS,
     PreparedSampler,
@@ -9,15 +15,23 @@ from radardiff.diffusion.samplers import (
     make_sampler,
     run_sampler,
 )
-from radardiff.diffusion.schedule import Schedule, make_betas
+from radardiff.diffusion.schedule import Schedule, make_betas, spaced_timesteps
 from radardiff.diffusion.timesteps import (
     LossSecondMomentSampler,
     UniformSampler,
     make_timestep_sampler,
 )
+from radardiff.diffusion.vlb import prior_bpd, vlb_terms
 
 __all__ = [
     "SAMPLERS",
+    "BitsPerDim",
+    "DatasetBitsPerDim",
+    "bits_per_dim",
+    "dataset_bits_per_dim",
+    "prior_bpd",
+    "spaced_timesteps",
+    "vlb_terms",
     "GaussianDiffusion",
     "LossSecondMomentSampler",
     "LossTerms",

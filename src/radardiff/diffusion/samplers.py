@@ -1,16 +1,35 @@
 """The sampler registry: diffusers schedulers configured from the trained schedule.
 
-Every sampler gets the run's own betas (``trained_betas``) and parameterisation, and is respaced
-with ``set_timesteps(K)`` over that schedule: never a new, shorter schedule.
+Every sampler gets the run's own betas (``trained_betas``) and parameterisation and is respaced
+with ``set_timesteps(K)`` over that schedule: never a new, shorter schedule. In the notation of
+:mod:`radardiff.diffusion.schedule`, a K-step sampler visits trained timesteps ``t_K > ... > t_1``
+and the respaced process has ``beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}`` (``abar_{t_0} = 1``),
+so the marginals ``q(x_t | x_0)`` at the visited steps are those the network was trained on
+(Nichol and Dhariwal 2021, sec. 4).
+
+The sigma-space solvers (DPM-Solver++, UniPC, Euler, Heun) work with
+``sigma_t = sqrt((1 - abar_t) / abar_t)`` (Karras et al. 2022; Lu et al. 2022). When their noise
+levels are not trained timesteps (Karras sigmas, log-SNR spacing) the network is called at the
+continuous timestep of that noise level, ``t(sigma)`` by linear interpolation of ``log sigma_t``
+over the trained ``t`` (as diffusers' Euler / Heun do); diffusers' DPM-Solver and UniPC would round
+it to an integer, so the network would see another noise level than the solver assumes.
+
+References
+----------
+Ho, Jain, Abbeel 2020 (DDPM); Song, Meng, Ermon 2021 (DDIM); Lu et al. 2022, "DPM-Solver++";
+Zhao et al. 2023, "UniPC"; Karras et al. 2022, "Elucidating the design space" (Euler, Heun,
+Karras sigmas); Nichol and Dhariwal 2021 (learned-range variance, respacing).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import diffusers
+import numpy as np
 import torch
 
 from radardiff.config.schema import DiffusionConfig
@@ -23,7 +42,10 @@ SPACINGS = ("linspace", "leading", "trailing")
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler: the diffusers class, fixed settings, and user options with defaults."""
+    """A registered sampler: the diffusers class, fixed settings, and user options with defaults.
+
+    ``model_calls_per_step`` is the number of network evaluations per sampling step (Heun: 2).
+    """
 
     name: str
     cls: str
@@ -32,52 +54,90 @@ class SamplerSpec:
     options: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False
     uses_learned_variance: bool = False
+    model_calls_per_step: int = 1
+    predictions: tuple[str, ...] = ("eps", "v", "x0")
 
 
 _SPACING = {"timestep_spacing": "trailing"}
+# use_lu_lambdas: uniform in log-SNR lambda = -2 log sigma (Lu et al. 2022, "DPM-Solver++", sec. 6)
+_SIGMA_SPACINGS = {"use_karras_sigmas": False, "use_lu_lambdas": False}
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
         SamplerSpec(
-            "ddpm", "DDPMScheduler", "ancestral DDPM, respaced; honours a learned variance",
-            fixed={"clip_sample": False}, options={**_SPACING}, stochastic=True,
+            "ddpm",
+            "DDPMScheduler",
+            "ancestral DDPM on the respaced schedule; honours a learned (range) variance",
+            fixed={"clip_sample": False},
+            options={**_SPACING},
+            stochastic=True,
             uses_learned_variance=True,
         ),
         SamplerSpec(
-            "ddim", "DDIMScheduler", "DDIM (eta=0 deterministic, eta=1 DDPM-like)",
-            fixed={"clip_sample": False, "set_alpha_to_one": True}, options={**_SPACING, "eta": 0.0},
+            "ddim",
+            "DDIMScheduler",
+            "DDIM (eta=0 deterministic, eta=1 ancestral-like)",
+            fixed={"clip_sample": False, "set_alpha_to_one": True},
+            options={**_SPACING, "eta": 0.0},
         ),
         SamplerSpec(
-            "dpmsolver++", "DPMSolverMultistepScheduler", "DPM-Solver++ multistep (orders 1-3)",
+            "dpmsolver++",
+            "DPMSolverMultistepScheduler",
+            "DPM-Solver++ multistep, orders 1-3 (data prediction)",
             fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
-            options={**_SPACING, "solver_order": 2, "use_karras_sigmas": False,
-                     "use_lu_lambdas": False, "lower_order_final": True},
+            options={
+                **_SPACING,
+                "solver_order": 2,
+                **_SIGMA_SPACINGS,
+                "lower_order_final": True,
+                "solver_type": "midpoint",
+            },
         ),
         SamplerSpec(
-            "dpmsolver++-singlestep", "DPMSolverSinglestepScheduler",
-            "DPM-Solver++ singlestep (orders 1-3)",
+            "dpmsolver++-singlestep",
+            "DPMSolverSinglestepScheduler",
+            "DPM-Solver++ singlestep, orders 1-3 (linspace timesteps)",
             fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
-            options={"solver_order": 2, "use_karras_sigmas": False, "lower_order_final": True},
+            options={"solver_order": 2, **_SIGMA_SPACINGS, "lower_order_final": True},
         ),
         SamplerSpec(
-            "unipc", "UniPCMultistepScheduler", "UniPC multistep predictor-corrector",
-            options={**_SPACING, "solver_order": 2, "use_karras_sigmas": False},
+            "unipc",
+            "UniPCMultistepScheduler",
+            "UniPC multistep predictor-corrector, orders 1-3",
+            fixed={"final_sigmas_type": "zero"},
+            options={**_SPACING, "solver_order": 2, **_SIGMA_SPACINGS, "solver_type": "bh2"},
         ),
         SamplerSpec(
-            "euler", "EulerDiscreteScheduler", "Euler (Karras et al. 2022 ODE form)",
+            "euler",
+            "EulerDiscreteScheduler",
+            "Euler on the probability-flow ODE (Karras et al. 2022)",
+            fixed={"final_sigmas_type": "zero"},
             options={**_SPACING, "use_karras_sigmas": False},
         ),
         SamplerSpec(
-            "euler_ancestral", "EulerAncestralDiscreteScheduler", "Euler ancestral (stochastic)",
-            options={**_SPACING}, stochastic=True,
+            "euler_ancestral",
+            "EulerAncestralDiscreteScheduler",
+            "Euler ancestral (stochastic)",
+            options={**_SPACING},
+            stochastic=True,
+            predictions=("eps", "v"),  # diffusers lacks x0-prediction here
         ),
         SamplerSpec(
-            "heun", "HeunDiscreteScheduler", "Heun 2nd order (2 model calls per step)",
+            "heun",
+            "HeunDiscreteScheduler",
+            "Heun 2nd order (2 model calls per step)",
             options={**_SPACING, "use_karras_sigmas": False},
+            model_calls_per_step=2,
         ),
     ]
 }
 STEP_OPTIONS = {"eta"}  # passed to scheduler.step, not to the constructor
+OWN_OPTIONS = {"use_lu_lambdas"}  # applied here for the solvers whose diffusers class lacks it
+_CHOICES = {
+    "timestep_spacing": SPACINGS,
+    "solver_order": (1, 2, 3),
+    "solver_type": {"dpmsolver++": ("midpoint", "heun"), "unipc": ("bh1", "bh2")},
+}
 
 
 def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]:
@@ -88,49 +148,136 @@ def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]
             f"sampler '{spec.name}': unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}"
         )
     merged = {**spec.options, **options}
-    if "timestep_spacing" in merged and merged["timestep_spacing"] not in SPACINGS:
-        raise ConfigError(f"sampler option timestep_spacing must be one of {', '.join(SPACINGS)}")
-    if "solver_order" in merged and merged["solver_order"] not in (1, 2, 3):
-        raise ConfigError(f"sampler option solver_order must be 1, 2 or 3, got {merged['solver_order']}")
-    if "eta" in merged and not 0.0 <= float(merged["eta"]) <= 1.0:
-        raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
+    for key, value in merged.items():
+        default = spec.options[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"sampler option {key} must be true or false, got {value!r}")
+            continue
+        choices = _CHOICES.get(key)
+        if isinstance(choices, dict):
+            choices = choices[spec.name]
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"sampler option {key} must be one of {', '.join(map(str, choices))}, got {value!r}"
+            )
+    if "eta" in merged:
+        try:
+            eta = float(merged["eta"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"sampler option eta must be a number, got {merged['eta']!r}") from None
+        if not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
+        merged["eta"] = eta
+    if merged.get("use_karras_sigmas") and merged.get("use_lu_lambdas"):
+        raise ConfigError("sampler options use_karras_sigmas and use_lu_lambdas exclude each other")
     return merged
 
 
 @dataclass
 class PreparedSampler:
+    """A scheduler respaced to ``steps`` and the network time of each of its timesteps.
+
+    ``model_times[i]`` is the (possibly fractional) trained timestep at which the network is
+    evaluated for ``scheduler.timesteps[i]``.
+    """
+
     spec: SamplerSpec
     scheduler: Any
     step_kwargs: dict[str, Any]
     steps: int
+    model_times: torch.Tensor
+    takes_generator: bool
+
+    @property
+    def model_calls(self) -> int:
+        """Network evaluations for one sample (x2 with classifier-free guidance)."""
+        return len(self.scheduler.timesteps)
+
+
+def sigma_to_time(sigmas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """Continuous trained timestep of each noise level ``sigma = sqrt((1 - abar) / abar)``.
+
+    ``log sigma_t`` increases with ``t``; ``t(sigma)`` interpolates it linearly (diffusers'
+    ``_sigma_to_t`` without its rounding), clipped to ``[0, T-1]``.
+    """
+    abar = np.cumprod(1.0 - np.asarray(betas, np.float64))
+    log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
+    return np.interp(np.log(np.asarray(sigmas, np.float64)), log_sigmas, np.arange(len(abar)))
+
+
+def _lu_sigmas(betas: np.ndarray, steps: int) -> np.ndarray:
+    """``steps`` noise levels uniform in log-SNR between the trained end points, decreasing."""
+    abar = np.cumprod(1.0 - np.asarray(betas, np.float64))
+    log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
+    return np.exp(np.linspace(log_sigmas[-1], log_sigmas[0], steps))
 
 
 def make_sampler(
     name: str, diffusion: DiffusionConfig, steps: int, options: dict[str, Any] | None = None
 ) -> PreparedSampler:
-    """Build and respace a registered sampler on the trained schedule of ``diffusion``."""
+    """Build a registered sampler on the trained schedule of ``diffusion``, respaced to ``steps``.
+
+    Parameters
+    ----------
+    name : a key of :data:`SAMPLERS`.
+    diffusion : the run's diffusion config (schedule, T, parameterisation, variance).
+    steps : number of sampling steps K, ``1 <= K <= T``.
+    options : sampler options (see :func:`describe_samplers`); unknown ones are an error.
+
+    Raises
+    ------
+    ConfigError
+        Unknown sampler or option, an invalid option value, or K outside ``[1, T]``.
+    """
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler '{name}'; available: {', '.join(SAMPLERS)}")
     spec = SAMPLERS[name]
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer):
+        raise ConfigError(f"--steps must be an integer, got {steps!r}")
     if steps < 1 or steps > diffusion.timesteps:
         raise ConfigError(
-            f"--steps {steps} is out of range: the model was trained with T={diffusion.timesteps}"
+            f"--steps {steps} is out of range: the model was trained with T={diffusion.timesteps} "
+            f"(use 1..{diffusion.timesteps})"
+        )
+    if diffusion.prediction not in spec.predictions:
+        raise ConfigError(
+            f"sampler '{name}' does not support {diffusion.prediction}-prediction models; "
+            f"use one of: {', '.join(n for n, s in SAMPLERS.items() if diffusion.prediction in s.predictions)}"
         )
     merged = _check_options(spec, options or {})
-    ctor = {k: v for k, v in merged.items() if k not in STEP_OPTIONS}
-    variance = {}
-    if spec.uses_learned_variance:
-        variance = {"variance_type": diffusion.variance}
     cls = getattr(diffusers, spec.cls)
+    own = {k for k in OWN_OPTIONS if k in merged and "use_lu_lambdas" not in _ctor_params(cls)}
+    ctor = {k: v for k, v in merged.items() if k not in STEP_OPTIONS | own}
+    if spec.uses_learned_variance:
+        ctor["variance_type"] = diffusion.variance
+    betas = make_betas(diffusion.schedule, diffusion.timesteps)
     scheduler = cls(
         num_train_timesteps=diffusion.timesteps,
-        trained_betas=make_betas(diffusion.schedule, diffusion.timesteps).tolist(),
+        trained_betas=betas.tolist(),
         prediction_type=PREDICTION_TYPES[diffusion.prediction],
-        **spec.fixed, **variance, **ctor,
+        **spec.fixed,
+        **ctor,
     )
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(int(steps))
+    continuous = merged.get("use_karras_sigmas") or merged.get("use_lu_lambdas")
+    if own and merged.get("use_lu_lambdas"):
+        # sigmas uniform in log-SNR; distinct float timesteps keep the scheduler's index lookup
+        sig = _lu_sigmas(betas, int(steps))
+        scheduler.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
+        scheduler.timesteps = torch.from_numpy(sigma_to_time(sig, betas))
+    if continuous and spec.model_calls_per_step == 1 and hasattr(scheduler, "sigmas"):
+        sig = scheduler.sigmas[: len(scheduler.timesteps)].double().numpy()
+        times = torch.from_numpy(sigma_to_time(sig, betas)).float()
+    else:
+        times = torch.as_tensor(scheduler.timesteps).float()
     step_kwargs = {k: merged[k] for k in STEP_OPTIONS if k in merged}
-    return PreparedSampler(spec=spec, scheduler=scheduler, step_kwargs=step_kwargs, steps=steps)
+    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
+    return PreparedSampler(spec, scheduler, step_kwargs, int(steps), times, takes_gen)
+
+
+def _ctor_params(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
 
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -150,21 +297,33 @@ def run_sampler(
     learned_variance: bool,
     callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Denoise ``x`` (unit Gaussian noise) to x_0 in network space.
+    """Denoise ``x`` (unit Gaussian noise, one row per generator) to x_0 in network space.
 
-    ``model_fn(x_t, t)`` returns the raw network output (guidance already applied). With a learned
-    variance only ``ddpm`` uses the variance channels; the other samplers take the mean channels.
+    ``model_fn(x_t, t)`` returns the raw network output (guidance already applied) for the
+    trained timestep ``t`` (a 0-d float tensor, fractional for Karras / log-SNR spacings). With a
+    learned variance only ``ddpm`` uses the variance channels; the others take the mean channels.
+    Every random draw of a stochastic sampler comes from ``generators`` (one per sample), so
+    sample i does not depend on the batch it is in.
+
+    The last DDPM step returns its x_0 estimate: with ``abar_prev = 1`` the posterior mean is
+    exactly x_0-hat, and improved-diffusion adds no noise at the final step (diffusers would add
+    ``beta'_1``-sized noise under ``fixed_large`` / ``learned_range`` when the last kept timestep
+    is not 0, e.g. with trailing spacing).
     """
     sched = prepared.scheduler
     keep_var = learned_variance and prepared.spec.uses_learned_variance
+    gen_kw = {"generator": generators} if prepared.takes_generator else {}
     x = x * sched.init_noise_sigma
+    last = len(sched.timesteps) - 1
     for i, t in enumerate(sched.timesteps):
         inp = sched.scale_model_input(x, t)
-        out = model_fn(inp, t)
+        out = model_fn(inp, prepared.model_times[i].to(x.device))
         if not keep_var:
             out = out[:, :data_channels]
-        gen = generators if prepared.spec.stochastic or prepared.step_kwargs.get("eta") else None
-        x = sched.step(out, t, x, generator=gen, return_dict=True, **prepared.step_kwargs).prev_sample
+        res = sched.step(out, t, x, return_dict=True, **gen_kw, **prepared.step_kwargs)
+        x = res.prev_sample
+        if i == last and prepared.spec.name == "ddpm":
+            x = res.pred_original_sample
         if callback is not None:
             callback(i)
     return x

@@ -1,55 +1,139 @@
-"""Noise schedules and the forward process q(x_t | x_0)."""
+"""Noise schedules, their derived quantities, and respacing of a trained schedule.
+
+Notation (Ho et al. 2020; Nichol and Dhariwal 2021): index ``t = 0..T-1`` (the papers' ``t = 1..T``),
+``alpha_t = 1 - beta_t``, ``abar_t = prod_{s<=t} alpha_s``, ``q(x_t | x_0) = N(sqrt(abar_t) x_0,
+(1 - abar_t) I)`` and the posterior ``q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)`` with
+
+    beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)
+    mu~_t   = beta_t sqrt(abar_{t-1}) / (1 - abar_t) x_0 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t
+
+(``abar_{-1} = 1``, so ``beta~_0 = 0`` and ``mu~_0 = x_0``).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from radardiff.config.schema import DiffusionConfig
+from radardiff.errors import ConfigError
+
+COSINE_OFFSET = 0.008
+MAX_BETA = 0.999
+
+
+def cosine_alpha_bar(t: np.ndarray | float, s: float = COSINE_OFFSET) -> np.ndarray | float:
+    """``f(t) = cos^2(((t + s) / (1 + s)) pi / 2)`` for continuous ``t`` in [0, 1] (Nichol and
+    Dhariwal 2021, eq. 17); the schedule's ``abar`` is ``f(t/T) / f(0)`` before clipping."""
+    return np.cos((np.asarray(t, dtype=np.float64) + s) / (1.0 + s) * math.pi / 2) ** 2
 
 
 def make_betas(schedule: str, timesteps: int) -> np.ndarray:
-    """beta_1..beta_T in float64.
+    """beta for t = 0..T-1, float64.
 
-    ``linear``: Ho et al. 2020, scaled by 1000/T so that any T gives the same process
-    (Nichol and Dhariwal 2021, eq. in appendix). ``cosine``: Nichol and Dhariwal 2021, eq. 17,
-    ``alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) pi / 2)``, s = 0.008, betas clipped at 0.999.
+    ``linear``: Ho et al. 2020 (1e-4 to 0.02 over 1000 steps), both ends scaled by ``1000 / T`` so
+    that every T approximates the same continuous process (Nichol and Dhariwal 2021, sec. 2.4 and
+    their ``get_named_beta_schedule``). ``cosine``: ``beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999)``
+    with ``f`` from :func:`cosine_alpha_bar` (Nichol and Dhariwal 2021, eq. 17 and sec. 3.2).
+
+    Raises
+    ------
+    ConfigError
+        Unknown schedule name, T < 1, or a linear schedule whose scaled beta_T reaches 1 (T <= 20).
     """
+    if timesteps < 1:
+        raise ConfigError(f"diffusion.timesteps = {timesteps}: must be at least 1")
     if schedule == "linear":
         scale = 1000.0 / timesteps
+        if scale * 0.02 >= 1.0:
+            raise ConfigError(
+                f"diffusion.timesteps = {timesteps}: the linear schedule scaled by 1000/T gives "
+                f"beta_T = {scale * 0.02:g} >= 1; use T > 20 or schedule = 'cosine'"
+            )
         return np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64)
     if schedule == "cosine":
-        s = 0.008
-        f = lambda t: math.cos((t / timesteps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-        return np.array(
-            [min(1 - f(i + 1) / f(i), 0.999) for i in range(timesteps)], dtype=np.float64
-        )
-    raise ValueError(f"unknown schedule '{schedule}'")
+        f = cosine_alpha_bar(np.arange(timesteps + 1, dtype=np.float64) / timesteps)
+        return np.minimum(1.0 - f[1:] / f[:-1], MAX_BETA)
+    raise ConfigError(f"diffusion.schedule = '{schedule}': unknown; use 'linear' or 'cosine'")
 
 
 class Schedule:
-    """Precomputed float64 quantities of a discrete schedule (index t = 0..T-1)."""
+    """Precomputed float64 quantities of a discrete schedule (index t = 0..T-1).
 
-    def __init__(self, cfg: DiffusionConfig) -> None:
+    ``timestep_map[t]`` is the timestep of the *trained* schedule that index ``t`` stands for: the
+    identity for the trained schedule, the kept sub-sequence for a respaced one (:meth:`respace`).
+    The network is always called with ``timestep_map[t]``.
+    """
+
+    def __init__(
+        self,
+        cfg: DiffusionConfig | None = None,
+        *,
+        betas: np.ndarray | None = None,
+        timestep_map: np.ndarray | None = None,
+    ) -> None:
+        if (cfg is None) == (betas is None):
+            raise ValueError("give either a DiffusionConfig or betas")
         self.cfg = cfg
-        self.T = cfg.timesteps
-        self.betas = make_betas(cfg.schedule, cfg.timesteps)
-        self.alphas = 1.0 - self.betas
+        if betas is None:
+            betas = make_betas(cfg.schedule, cfg.timesteps)
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError("betas must be a 1-D array in (0, 1]")
+        self.T = len(betas)
+        self.timestep_map = (
+            np.arange(self.T) if timestep_map is None else np.asarray(timestep_map, np.int64)
+        )
+        self.betas = betas
+        self.alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(self.alphas)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
-        # posterior q(x_{t-1} | x_t, x_0)
         self.posterior_variance = (
-            self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+            betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         )
-        # log of the variance, with the t = 0 value (which is 0) replaced by the next one
-        self.posterior_log_variance_clipped = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:])
-        )
+        # beta~_0 = 0: its log is replaced by log beta~_1 (as Nichol and Dhariwal); with T = 1
+        # there is no beta~_1 and beta_0 stands in
+        first = self.posterior_variance[1] if self.T > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = (
-            self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+            betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         )
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
         )
+        # fixed_large: beta_t, with beta_0 replaced by beta~_1 (Nichol and Dhariwal, improved-diffusion)
+        self.large_variance = np.append(first, betas[1:])
+
+    def respace(self, timesteps: Sequence[int] | np.ndarray) -> Schedule:
+        """The same process seen only at ``timesteps`` (a sub-sequence of this schedule).
+
+        Keeps ``abar`` at the kept steps and recomputes ``beta_k = 1 - abar_k / abar_{k-1}``, as
+        improved-diffusion's ``SpacedDiffusion``: the marginals ``q(x_t | x_0)`` at the kept steps
+        are unchanged, it is never a new, shorter schedule.
+        """
+        ts = np.asarray(timesteps, dtype=np.int64)
+        if ts.ndim != 1 or len(ts) == 0 or (np.diff(ts) <= 0).any():
+            raise ConfigError("respacing: timesteps must be a non-empty increasing sequence")
+        if ts[0] < 0 or ts[-1] >= self.T:
+            raise ConfigError(f"respacing: timesteps must lie in [0, {self.T - 1}]")
+        abar = self.alphas_cumprod[ts]
+        betas = 1.0 - abar / np.append(1.0, abar[:-1])
+        return Schedule(betas=betas, timestep_map=self.timestep_map[ts])
+
+
+def spaced_timesteps(T: int, steps: int) -> np.ndarray:
+    """``steps`` timesteps of [0, T-1], evenly spread, always holding 0 (the decoder) and T-1 (the
+    prior at the trained end point)."""
+    if not 1 <= steps <= T:
+        raise ConfigError(f"steps = {steps}: must lie in [1, T = {T}]")
+    if steps == 1:
+        return np.array([T - 1], dtype=np.int64)
+    ts = np.unique(np.round(np.linspace(0, T - 1, steps)).astype(np.int64))
+    # rounding can only merge neighbours when steps is close to T; top up with unused steps
+    if len(ts) < steps:
+        missing = np.setdiff1d(np.arange(T), ts)[: steps - len(ts)]
+        ts = np.sort(np.concatenate([ts, missing]))
+    return ts

@@ -11,5 +11,5 @@ def pick_device() -> torch.device:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        return PartialState().device
+        return PartialState(cpu=not torch.cuda.is_available()).device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

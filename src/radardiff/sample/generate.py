@@ -69,6 +69,8 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         bad = [c for c in opts.classes if not 0 <= c < k]
         if bad:
             raise ConfigError(f"--class {bad[0]} is out of range: the model has classes 0..{k - 1}")
+    if opts.guidance < 0:
+        raise ConfigError(f"--guidance must be >= 0, got {opts.guidance}")
     if opts.guidance != 1.0 and not k:
         raise ConfigError("--guidance needs a class-conditional model; this one is unconditional")
     if opts.mixed_precision not in ("no", "bf16", "fp16"):
@@ -112,45 +114,58 @@ def make_model_fn(run: LoadedRun, labels: torch.Tensor | None, guidance: float, 
     return fn
 
 
-def generate_batch(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Samples ``idx`` of the request, in physical units, with their labels, seeds and statistics."""
-    device = next(run.model.parameters()).device
-    cfg = run.cfg
-    prepared = make_sampler(opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options)
-    gens = [
+def _generators(opts: SampleOptions, idx: np.ndarray) -> list[torch.Generator]:
+    """One generator per sample, seeded from ``(seed, i)`` through a SeedSequence."""
+    return [
         torch.Generator().manual_seed(
             int(np.random.SeedSequence([opts.seed, int(i)]).generate_state(1)[0])
         )
         for i in idx
     ]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "no":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def denoise_batch(
+    run: LoadedRun, opts: SampleOptions, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples ``idx`` of the request in network space (float32, (B, C, H, W)) and their classes."""
+    device = next(run.model.parameters()).device
+    cfg = run.cfg
+    prepared = make_sampler(opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options)
+    gens = _generators(opts, idx)
     size = cfg.model.image_size
     x = initial_noise(gens, (run.data_channels, size, size)).to(device)
     labels = sample_classes(run, opts, idx)
     lab_t = None if labels is None else torch.from_numpy(labels).to(device)
-    autocast = (
-        torch.autocast(
-            device.type, dtype=torch.bfloat16 if opts.mixed_precision == "bf16" else torch.float16
+    fn = make_model_fn(run, lab_t, opts.guidance, _autocast(device, opts.mixed_precision))
+    y = run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance)
+    return y.float().cpu().numpy(), labels
+
+
+def physical_stats(
+    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, labels: np.ndarray | None
+) -> np.ndarray:
+    """Per-sample normalisation statistics drawn from the training set's (per class when
+    labelled), sample ``i`` from its own generator ``(seed, i, 11)``."""
+    return np.concatenate([
+        run.normalizer.draw_stats(
+            1, np.random.default_rng([opts.seed, int(i), 11]),
+            None if labels is None else labels[k : k + 1],
         )
-        if opts.mixed_precision != "no"
-        else nullcontext()
-    )
-    fn = make_model_fn(run, lab_t, opts.guidance, autocast)
-    y = (
-        run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance)
-        .float()
-        .cpu()
-        .numpy()
-    )
-    stats = np.concatenate(
-        [
-            run.normalizer.draw_stats(
-                1,
-                np.random.default_rng([opts.seed, int(i), 11]),
-                None if labels is None else labels[k : k + 1],
-            )
-            for k, i in enumerate(idx)
-        ]
-    )
+        for k, i in enumerate(idx)
+    ])
+
+
+def generate_batch(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Samples ``idx`` of the request, in physical units, with their labels, seeds and statistics."""
+    y, labels = denoise_batch(run, opts, idx)
+    stats = physical_stats(run, opts, idx, labels)
     images = run.normalizer.inverse(y, stats)
     out = {"images": images, "seeds": np.asarray(idx, np.int64), "stats": stats.astype(np.float32)}
     if labels is not None:
@@ -165,7 +180,7 @@ def _distributed_state():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        return PartialState()
+        return PartialState(cpu=not torch.cuda.is_available())
     return None
 
 
@@ -190,7 +205,11 @@ def generate(
         rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     world = world or 1
     out = Path(out)
+    if state is not None and rank != 0:
+        state.wait_for_everyone()  # rank 0 clears parts of another request first
     parts = PartStore(out, opts)
+    if state is not None and rank == 0:
+        state.wait_for_everyone()
     t0 = time.perf_counter()
     starts = range(0, opts.n, opts.batch_size)
     mine = [

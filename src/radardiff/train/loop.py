@@ -133,8 +133,14 @@ class Trainer:
     def __init__(self, cfg: RunConfig, out: str | Path, resume: bool = False):
         self.cfg, self.run_dir, self.resume = cfg, RunDir(out), resume
         tc = cfg.train
+        if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
+        # cpu=True where there is no GPU: accelerate then runs several processes over gloo
+        # (torchrun on a CPU-only machine), where it would otherwise fall back to one process
         self.acc = Accelerator(
-            mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum
+            mixed_precision=tc.mixed_precision,
+            gradient_accumulation_steps=tc.grad_accum,
+            cpu=not torch.cuda.is_available(),
         )
         if tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -142,6 +148,13 @@ class Trainer:
         self._prepare_run_dir()
         self.normalizer = self._normalizer()
         _check_data_fits(cfg, self.data, self.normalizer.model_channels)
+        if cfg.data.val:
+            val = DatasetFile(cfg.data.val)
+            if val.info.shape != self.data.info.shape:
+                raise ConfigError(
+                    f"{val.path}: validation images are {val.info.shape}, training images "
+                    f"{self.data.info.shape}"
+                )
         self.diffusion = GaussianDiffusion(cfg.diffusion).to(self.acc.device)
         torch.manual_seed(tc.seed)
         model = build_unet(
@@ -259,10 +272,7 @@ class Trainer:
                         self.model, self.diffusion, self.ts_sampler, batch, cfg, gen, acc.device
                     )
                     if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"step {step}: loss is {loss.item()}; training stopped, the last good "
-                            f"checkpoint is {self.run_dir.latest_checkpoint() or 'none (no checkpoint yet)'}"
-                        )
+                        self._diverged(step, f"loss is {loss.item()}")
                     acc.backward(loss)
                     grad_norm = None
                     if acc.sync_gradients:
@@ -271,6 +281,8 @@ class Trainer:
                             if tc.grad_clip > 0
                             else None
                         )
+                    if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+                        self._diverged(step, f"gradient norm is {float(grad_norm)}")
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
                 all_t = acc.gather(t).cpu().numpy()
@@ -281,7 +293,6 @@ class Trainer:
             self.state.images_seen += batch_images
             self.state.step = step + 1
             self.ema.update(acc.unwrap_model(self.model), self.state.images_seen, batch_images)
-            self.state.timestep_sampler = self.ts_sampler.state_dict()
             last_loss = float(all_loss.mean())
             if grad_norm is not None:
                 log.grad_norm = float(grad_norm)
@@ -309,15 +320,33 @@ class Trainer:
         from radardiff.train.validate import validation_loss
 
         val = DatasetFile(self.cfg.data.val)
-        loss = validation_loss(
+        res = validation_loss(
             self.ema.primary, self.diffusion, self.normalizer, val, self.cfg, self.acc.device
         )
+        loss = res.loss
         self.state.val_loss = loss
         if self.state.best_val is None or loss < self.state.best_val:
             self.state.best_val, self.state.best_step = loss, self.state.step
-        self._write_stats({"step": self.state.step, "val_loss": loss})
+        self._write_stats(
+            {
+                "step": self.state.step,
+                "val_loss": loss,
+                "val_mse": res.mse,
+                "val_vlb_bpd": res.vlb_bpd,
+            }
+        )
+
+    def _diverged(self, step: int, what: str) -> None:
+        last = self.run_dir.latest_checkpoint() or "none (no checkpoint yet)"
+        raise TrainingDiverged(
+            f"step {step}: {what}; training stopped, the last good checkpoint is {last}"
+        )
 
     def _checkpoint(self) -> Path | None:
+        params = self.acc.unwrap_model(self.model).parameters()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            self._diverged(self.state.step, "weights are not finite (not checkpointed)")
+        self.state.timestep_sampler = self.ts_sampler.state_dict()
         path = None
         if self.acc.is_main_process:
             path = save_checkpoint(

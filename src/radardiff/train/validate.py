@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -9,6 +11,15 @@ from radardiff.config import RunConfig
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.normalize import Normalizer
 from radardiff.diffusion import GaussianDiffusion
+
+
+@dataclass
+class ValidationResult:
+    """Means over the validation samples and the fixed timesteps."""
+
+    loss: float
+    mse: float
+    vlb_bpd: float  # mean L_t in bits/dim at those timesteps (T * vlb_bpd estimates L_vlb)
 
 
 @torch.no_grad()
@@ -20,7 +31,7 @@ def validation_loss(
     cfg: RunConfig,
     device: torch.device,
     n_timesteps: int = 8,
-) -> float:
+) -> ValidationResult:
     """Mean training loss (unweighted by timestep sampling) over fixed samples, timesteps, noise.
 
     The same samples, timesteps and noise are used at every validation, so the numbers compare
@@ -33,7 +44,7 @@ def validation_loss(
     gen = torch.Generator().manual_seed(cfg.train.seed + 12345)
     T = diffusion.T
     ts = np.linspace(0, T - 1, n_timesteps).round().astype(np.int64)
-    total, count = 0.0, 0
+    sums, count = np.zeros(3), 0
     bs = cfg.train.batch_size
     for start in range(0, n, bs):
         x0 = torch.from_numpy(images.images[start : start + bs]).to(device)
@@ -47,6 +58,7 @@ def validation_loss(
                 kwargs["class_labels"] = torch.from_numpy(labels[start : start + bs]).to(device)
             out = model(x_t, t, **kwargs).sample
             terms = diffusion.training_losses(out, x0, x_t, t, noise, mask)
-            total += float(terms.loss.sum())
+            sums += [float(terms.loss.sum()), float(terms.mse.sum()), float(terms.vlb.sum())]
             count += x0.shape[0]
-    return total / max(count, 1)
+    loss, mse, vlb = sums / max(count, 1)
+    return ValidationResult(loss=float(loss), mse=float(mse), vlb_bpd=float(vlb))

@@ -1,0 +1,181 @@
+"""Training: exact resume, refusals, divergence, EMA, checkpoints, several processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_run_config, write_config
+from radardiff.data.dataset_file import write_dataset
+from radardiff.errors import ConfigError, RunDirError
+from radardiff.train import TrainingDiverged, train
+from radardiff.train.ema import EMA
+from radardiff.train.loop import StepBatchSampler, lr_at
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _weights(run: Path, which: str = "model") -> dict[str, torch.Tensor]:
+    name = (run / "checkpoints" / "latest").read_text().strip()
+    return load_file(run / "checkpoints" / name / which / "diffusion_pytorch_model.safetensors")
+
+
+def _cfg(noise_files, **train):
+    extra = {"train": {"deterministic": True, **train}}
+    return tiny_run_config(str(noise_files[0]), str(noise_files[1]), **extra)
+
+
+def test_resume_is_bit_identical(tmp_path, noise_files):
+    """A run stopped after 2 steps and resumed to 4 ends with the weights of an unbroken run."""
+    cfg = tiny_run_config(
+        str(noise_files[0]),
+        None,
+        model={"dropout": 0.1},
+        diffusion={
+            "timestep_sampler": "loss_second_moment",
+            "variance": "learned_range",
+            "loss": "rescaled_mse",
+        },
+        train={"steps": 4, "checkpoint_every": 2, "deterministic": True},
+    )
+    train(cfg, tmp_path / "straight")
+    half = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
+    train(half, tmp_path / "resumed")
+    train(cfg, tmp_path / "resumed", resume=True)
+    for which in ("model", "ema"):
+        a, b = _weights(tmp_path / "straight", which), _weights(tmp_path / "resumed", which)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (which, key)
+    state_a = json.loads((tmp_path / "straight/checkpoints/step_0000004/state.json").read_text())
+    state_b = json.loads((tmp_path / "resumed/checkpoints/step_0000004/state.json").read_text())
+    assert state_a == state_b
+    rows = [json.loads(x) for x in (tmp_path / "resumed/stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+
+
+def test_resume_refuses_a_different_architecture(tmp_path, noise_files):
+    cfg = _cfg(noise_files, steps=2)
+    train(cfg, tmp_path / "run")
+    other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base_channels": 16})})
+    with pytest.raises(RunDirError, match="cannot resume"):
+        train(other, tmp_path / "run", resume=True)
+
+
+def test_new_run_refuses_a_directory_with_checkpoints(trained_run, noise_files):
+    with pytest.raises(RunDirError, match="already holds checkpoints"):
+        train(_cfg(noise_files), trained_run)
+
+
+def test_data_that_does_not_fit_the_model_is_refused(tmp_path, noise_files):
+    two = tmp_path / "two.h5"
+    write_dataset(
+        two, np.random.default_rng(0).normal(size=(8, 2, 16, 16)), kind="generic", units=""
+    )
+    cfg = tiny_run_config(str(two))
+    with pytest.raises(ConfigError, match="2 channel.*in_channels is 1"):
+        train(cfg, tmp_path / "run")
+    big = tmp_path / "big.h5"
+    write_dataset(big, np.zeros((4, 1, 32, 32)), kind="generic", units="")
+    with pytest.raises(ConfigError, match="32x32 but model.image_size is 16"):
+        train(tiny_run_config(str(big)), tmp_path / "run2")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, noise_files):
+    cfg = _cfg(noise_files, steps=2, checkpoint_every=1)
+    train(cfg, tmp_path / "run")
+    before = _weights(tmp_path / "run")
+    bad = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"steps": 4, "lr": float("inf")})}
+    )
+    with pytest.raises(TrainingDiverged, match=r"step \d+: .*(nan|not finite).*step_0000002"):
+        train(bad, tmp_path / "run", resume=True)
+    after = _weights(tmp_path / "run")
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_0000002"
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoints_keep_last_k_and_best(tmp_path, noise_files):
+    cfg = _cfg(noise_files, steps=6, checkpoint_every=1, keep_last=2, val_every=1)
+    train(cfg, tmp_path / "run")
+    ck = tmp_path / "run" / "checkpoints"
+    names = sorted(p.name for p in ck.glob("step_*"))
+    best = (ck / "best").read_text().strip()
+    assert names[-2:] == ["step_0000005", "step_0000006"]
+    assert set(names) == {"step_0000005", "step_0000006", best}
+    assert not list(ck.glob(".*tmp"))
+    val = [json.loads(x) for x in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
+    val = [r for r in val if "val_loss" in r]
+    assert len(val) == 6 and best == f"step_{min(val, key=lambda r: r['val_loss'])['step']:07d}"
+
+
+def test_ema_half_life_in_images():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, (0.001,), warmup_ratio=0.0)  # half-life of 1 image
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, images_seen=10, batch_images=2)  # two half-lives: 1 - 0.25
+    assert ema.primary.weight.item() == pytest.approx(0.75)
+    assert ema.beta(1000.0, images_seen=100, batch_images=10) == pytest.approx(0.5 ** (10 / 1000))
+    warm = EMA(model, (1.0,), warmup_ratio=0.1)
+    assert warm.beta(1000.0, images_seen=100, batch_images=10) == pytest.approx(0.5)
+
+
+def test_batches_depend_on_step_not_on_history():
+    s = StepBatchSampler(n=10, batch_size=4, seed=3)
+    stream = [b for _, b in zip(range(5), iter(s), strict=False)]
+    resumed = StepBatchSampler(n=10, batch_size=4, seed=3, start_step=3)
+    assert next(iter(resumed)) == stream[3]
+    flat = [i for b in stream[:5] for i in b]  # 20 draws = two permutations
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    r0 = StepBatchSampler(n=10, batch_size=2, seed=3, rank=0, world=2).batch_for(0)
+    r1 = StepBatchSampler(n=10, batch_size=2, seed=3, rank=1, world=2).batch_for(0)
+    assert r0 + r1 == StepBatchSampler(n=10, batch_size=4, seed=3).batch_for(0)
+
+
+def test_learning_rate_schedule():
+    cfg = tiny_run_config(
+        "x", train={"steps": 110, "warmup_steps": 10, "lr": 1.0, "lr_schedule": "cosine"}
+    )
+    assert lr_at(cfg, 0) == pytest.approx(0.1)
+    assert lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 60) == pytest.approx(0.5)
+    assert lr_at(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_two_processes_with_torchrun(tmp_path, noise_files):
+    """torchrun --nproc_per_node 2 -m radardiff train: gloo on the CPU, one writer."""
+    pytest.importorskip("torch.distributed.run")
+    cfg = write_config(tmp_path / "c.toml", _cfg(noise_files, steps=2))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "radardiff",
+        "-q",
+        "train",
+        str(cfg),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [2]  # one writer, not two
+    assert train_rows[0]["images_seen"] == 2 * 2 * 4  # 2 steps x 2 processes x batch 4
