@@ -179,3 +179,42 @@ def test_two_processes_with_torchrun(tmp_path, noise_files):
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [2]  # one writer, not two
     assert train_rows[0]["images_seen"] == 2 * 2 * 4  # 2 steps x 2 processes x batch 4
+
+
+@pytest.mark.parametrize(
+    "model",
+    [{"superres_low_size": 8, "superres_aug_max": 10}, {"range_conditioning": True}],
+    ids=["superres", "range"],
+)
+def test_conditioned_models_train_and_validate(tmp_path, noise_files, model):
+    cfg = tiny_run_config(
+        str(noise_files[0]), str(noise_files[1]), model=model, train={"steps": 2, "val_every": 2}
+    )
+    train(cfg, tmp_path / "run")
+    w = _weights(tmp_path / "run")
+    in_ch = w["conv_in.weight"].shape[1]
+    assert in_ch == (2 if "superres_low_size" in model else 1)
+    assert any(k.startswith("class_embedding") for k in w)  # the scalar's embedding
+    rows = [json.loads(x) for x in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
+    assert np.isfinite([r["val_loss"] for r in rows if "val_loss" in r]).all()
+
+
+def test_conditioning_superres_input_is_the_degraded_image(noise_files):
+    from radardiff.diffusion import GaussianDiffusion
+    from radardiff.train.loop import conditioning
+
+    cfg = tiny_run_config(
+        str(noise_files[0]), model={"superres_low_size": 8, "superres_aug_max": 0}
+    )
+    x0 = torch.arange(16.0).repeat(16, 1)[None, None]  # a ramp along x
+    extra, kw = conditioning(cfg, GaussianDiffusion(cfg.diffusion), x0, {}, torch.Generator(), None)
+    assert kw["class_labels"].tolist() == [0.0]  # no augmentation noise allowed
+    low = torch.nn.functional.avg_pool2d(x0, 2)
+    assert torch.allclose(extra, torch.nn.functional.interpolate(low, size=16, mode="bilinear"))
+
+
+def test_conditioning_combinations_are_refused():
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        tiny_run_config("x", model={"num_classes": 3, "range_conditioning": True})
+    with pytest.raises(ConfigError, match="must divide"):
+        tiny_run_config("x", model={"superres_low_size": 5})

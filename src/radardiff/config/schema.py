@@ -66,8 +66,13 @@ class ModelConfig(_Section):
     scale_shift_norm: bool = True
     num_classes: int = Field(0, ge=0, description="0: unconditional")
     class_dropout: float = Field(0.1, ge=0.0, le=1.0, description="label dropout for CFG")
-    range_conditioning: bool = False
+    range_conditioning: bool = Field(
+        False, description="condition on the per-sample range kept by the normaliser"
+    )
     superres_low_size: int = Field(0, ge=0, description="0: not a super-resolution model")
+    superres_aug_max: int = Field(
+        200, ge=0, description="largest diffusion step of the noise put on the low-res condition"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -80,6 +85,25 @@ class ModelConfig(_Section):
         mult = mult if mult is not None else DEFAULT_CHANNEL_MULT[self.image_size]
         if len(mult) == 0 or min(mult) < 1:
             raise ValueError("channel_mult must be a non-empty list of positive integers")
+        conditions = [
+            n
+            for n, on in (
+                ("num_classes", self.num_classes),
+                ("superres_low_size", self.superres_low_size),
+                ("range_conditioning", self.range_conditioning),
+            )
+            if on
+        ]
+        if len(conditions) > 1:
+            raise ValueError(
+                f"{' and '.join(conditions)} cannot be combined: each uses the network's one "
+                "conditioning embedding"
+            )
+        low = self.superres_low_size
+        if low and (low >= self.image_size or self.image_size % low):
+            raise ValueError(
+                f"superres_low_size {low} must divide image_size {self.image_size} and be smaller"
+            )
         levels = len(mult)
         if self.image_size % 2 ** (levels - 1):
             raise ValueError(

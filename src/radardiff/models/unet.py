@@ -39,6 +39,8 @@ def build_unet(cfg: ModelConfig, data_channels: int, learned_variance: bool) -> 
     kwargs = {}
     if cfg.num_classes:
         kwargs = {"class_embed_type": None, "num_class_embeds": cfg.num_classes + 1}
+    elif cfg.superres_low_size or cfg.range_conditioning:
+        kwargs = {"class_embed_type": "timestep"}  # a scalar, embedded like a timestep
     return UNet2DModel(
         sample_size=cfg.image_size,
         in_channels=model_in_channels(cfg, data_channels),

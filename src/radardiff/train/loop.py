@@ -21,7 +21,7 @@ from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
 from radardiff.diffusion import GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
-from radardiff.models import build_unet
+from radardiff.models import build_unet, degrade, log_range_moments, range_embedding_value, upsample
 from radardiff.train.checkpoint import (
     CheckpointState,
     ema_dirname,
@@ -95,8 +95,45 @@ def _check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> N
             f"{data.path}: data give {norm_channels} channel(s) to the network but "
             f"model.in_channels is {cfg.model.in_channels}"
         )
+    if cfg.model.range_conditioning and cfg.data.normalization not in ("minmax_pm1", "minmax_01"):
+        raise ConfigError(
+            "model.range_conditioning needs a per-sample min-max data.normalization "
+            f"(minmax_pm1 or minmax_01), not {cfg.data.normalization}"
+        )
     if cfg.model.num_classes and not info.has_labels:
         raise ConfigError(f"{data.path}: model.num_classes is set but the file has no labels")
+
+
+def conditioning(
+    cfg: RunConfig,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    gen: torch.Generator,
+    range_moments: tuple[float, float] | None,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """The extra network input (low-res condition) and the conditioning labels of one batch.
+
+    Super-resolution: x0 is area-downsampled to the low size, upsampled back and noised to a
+    random level s <= superres_aug_max (noise augmentation, Ho et al. 2022, cascaded diffusion),
+    s is the network's conditioning scalar. Class labels are dropped to the null class with
+    probability class_dropout (classifier-free guidance).
+    """
+    m, device = cfg.model, x0.device
+    if m.num_classes:
+        labels = batch["label"].to(device)
+        drop = torch.rand(labels.shape, generator=gen).to(device) < m.class_dropout
+        return None, {"class_labels": torch.where(drop, m.num_classes, labels)}
+    if m.superres_low_size:
+        low = upsample(degrade(x0, m.superres_low_size), m.image_size)
+        s = torch.randint(0, m.superres_aug_max + 1, (x0.shape[0],), generator=gen).to(device)
+        noise = torch.randn(low.shape, generator=gen).to(device)
+        noised = torch.where((s > 0).view(-1, 1, 1, 1), diffusion.q_sample(low, s, noise), low)
+        return noised, {"class_labels": s.float()}
+    if m.range_conditioning:
+        stats = batch["stats"].to(device)
+        return None, {"class_labels": range_embedding_value(stats, *range_moments)}
+    return None, {}
 
 
 def train_step(
@@ -107,6 +144,7 @@ def train_step(
     cfg: RunConfig,
     gen: torch.Generator,
     device: torch.device,
+    range_moments: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass and the loss: returns (scalar loss, per-sample loss, timesteps)."""
     x0 = batch["image"].to(device, non_blocking=True)
@@ -115,14 +153,11 @@ def train_step(
     noise = torch.randn(x0.shape, generator=gen)
     t, w, noise = t.to(device), w.to(device), noise.to(device)
     x_t = diffusion.q_sample(x0, t, noise)
-    kwargs = {}
-    if cfg.model.num_classes:
-        labels = batch["label"].to(device)
-        drop = torch.rand(labels.shape, generator=gen).to(device) < cfg.model.class_dropout
-        kwargs["class_labels"] = torch.where(drop, cfg.model.num_classes, labels)
+    extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments)
+    inp = x_t if extra is None else torch.cat([x_t, extra], dim=1)
     if cfg.train.channels_last:
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
-    out = model(x_t, t, **kwargs).sample
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    out = model(inp, t, **kwargs).sample
     terms = diffusion.training_losses(out, x0, x_t, t, noise, mask)
     return (terms.loss * w).mean(), terms.loss.detach(), t
 
@@ -150,6 +185,10 @@ class Trainer:
         _check_data_fits(cfg, self.data, self.normalizer.model_channels)
         if cfg.data.val:
             val = DatasetFile(cfg.data.val)
+            if cfg.model.num_classes and not val.info.has_labels:
+                raise ConfigError(
+                    f"{val.path}: model.num_classes is set but the file has no labels"
+                )
             if val.info.shape != self.data.info.shape:
                 raise ConfigError(
                     f"{val.path}: validation images are {val.info.shape}, training images "
@@ -177,6 +216,11 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.ema_models = [m.to(self.acc.device) for m in self.ema.models]
         self.dataset = RadarDataset(self.data, self.normalizer, self.normalizer.valid_indices)
+        self.range_moments = (
+            log_range_moments(torch.as_tensor(self.normalizer.sample_stats))
+            if cfg.model.range_conditioning
+            else None
+        )
 
     # ---- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -269,7 +313,14 @@ class Trainer:
                 gen = torch.Generator().manual_seed(seed)
                 with acc.accumulate(self.model):
                     loss, per_sample, t = train_step(
-                        self.model, self.diffusion, self.ts_sampler, batch, cfg, gen, acc.device
+                        self.model,
+                        self.diffusion,
+                        self.ts_sampler,
+                        batch,
+                        cfg,
+                        gen,
+                        acc.device,
+                        self.range_moments,
                     )
                     if not torch.isfinite(loss):
                         self._diverged(step, f"loss is {loss.item()}")
@@ -321,7 +372,13 @@ class Trainer:
 
         val = DatasetFile(self.cfg.data.val)
         res = validation_loss(
-            self.ema.primary, self.diffusion, self.normalizer, val, self.cfg, self.acc.device
+            self.ema.primary,
+            self.diffusion,
+            self.normalizer,
+            val,
+            self.cfg,
+            self.acc.device,
+            range_moments=self.range_moments,
         )
         loss = res.loss
         self.state.val_loss = loss

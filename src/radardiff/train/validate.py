@@ -31,32 +31,39 @@ def validation_loss(
     cfg: RunConfig,
     device: torch.device,
     n_timesteps: int = 8,
+    range_moments: tuple[float, float] | None = None,
 ) -> ValidationResult:
     """Mean training loss (unweighted by timestep sampling) over fixed samples, timesteps, noise.
 
     The same samples, timesteps and noise are used at every validation, so the numbers compare
     across steps. Timesteps are evenly spread over [0, T).
     """
+    from radardiff.train.loop import conditioning
+
     model.eval()
     n = min(len(val), cfg.train.val_samples)
     images = normalizer.transform(val.images(np.arange(n)))
-    labels = val.labels(np.arange(n)) if cfg.model.num_classes else None
+    labels = val.labels(np.arange(n))
     gen = torch.Generator().manual_seed(cfg.train.seed + 12345)
-    T = diffusion.T
-    ts = np.linspace(0, T - 1, n_timesteps).round().astype(np.int64)
+    ts = np.linspace(0, diffusion.T - 1, n_timesteps).round().astype(np.int64)
     sums, count = np.zeros(3), 0
     bs = cfg.train.batch_size
     for start in range(0, n, bs):
-        x0 = torch.from_numpy(images.images[start : start + bs]).to(device)
-        mask = torch.from_numpy(images.mask[start : start + bs]).to(device)
+        sl = slice(start, start + bs)
+        x0 = torch.from_numpy(images.images[sl]).to(device)
+        mask = torch.from_numpy(images.mask[sl]).to(device)
+        batch = {"stats": torch.from_numpy(images.stats[sl]).float()}
+        if labels is not None:
+            batch["label"] = torch.from_numpy(labels[sl])
         for tv in ts:
             t = torch.full((x0.shape[0],), int(tv), dtype=torch.long, device=device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             x_t = diffusion.q_sample(x0, t, noise)
-            kwargs = {}
-            if labels is not None:
-                kwargs["class_labels"] = torch.from_numpy(labels[start : start + bs]).to(device)
-            out = model(x_t, t, **kwargs).sample
+            extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments)
+            if cfg.model.num_classes:  # validate the conditional model, not dropped labels
+                kwargs["class_labels"] = batch["label"].to(device)
+            inp = x_t if extra is None else torch.cat([x_t, extra], dim=1)
+            out = model(inp, t, **kwargs).sample
             terms = diffusion.training_losses(out, x0, x_t, t, noise, mask)
             sums += [float(terms.loss.sum()), float(terms.mse.sum()), float(terms.vlb.sum())]
             count += x0.shape[0]

@@ -1,0 +1,135 @@
+"""Training speed: radardiff's loop against a bare diffusers loop of the same model, same process.
+
+For each model (32x32 = the insar_noise_32 recipe's network, 64x64 = the reference's 64 px network
+with base 64 channels) and precision (fp32, bf16 autocast), prints images/s of
+
+- ``bare``: UNet2DModel + AdamW + MSE on epsilon, random tensors in memory;
+- ``ours``: radardiff's Trainer (accelerate, data from a dataset file through the normaliser,
+  EMA, timestep sampler, masks, logging) on the same model and batch size;
+
+and the ratios ours/bare and bf16/fp32. Usage:
+
+    python benchmarks/bench_train.py [--steps 6] [--batch 16] [--sizes 32,64] [--channels-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radardiff._malloc import tune_malloc
+from radardiff.config import load_config, validate_config
+from radardiff.config.io import config_to_dict
+from radardiff.data.synth import synthesize
+from radardiff.diffusion import GaussianDiffusion
+from radardiff.models import build_unet
+from radardiff.train.loop import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def model_section(size: int) -> dict:
+    if size == 32:
+        return config_to_dict(load_config(REPO / "configs" / "insar_noise_32.toml").model)
+    return {
+        "image_size": 64,
+        "base_channels": 64,
+        "channel_mult": [1, 2, 3, 4],
+        "layers_per_block": 2,
+        "attention_resolutions": [16],
+        "attention_head_dim": 64,
+    }
+
+
+def bare_loop(cfg, steps: int, warmup: int, bf16: bool) -> float:
+    """images/s of the plainest training loop of the same network."""
+    torch.manual_seed(0)
+    model = build_unet(cfg.model, 1, False)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    diffusion = GaussianDiffusion(cfg.diffusion)
+    b, s = cfg.train.batch_size, cfg.model.image_size
+    x0 = torch.randn(b, 1, s, s)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        t = torch.randint(0, cfg.diffusion.timesteps, (b,))
+        noise = torch.randn_like(x0)
+        x_t = diffusion.q_sample(x0, t, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x_t, t).sample
+        loss = torch.nn.functional.mse_loss(out.float(), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return b / float(np.median(times))
+
+
+def our_loop(cfg, out: Path, steps: int, warmup: int) -> float:
+    """images/s of Trainer.run, from the time between progress callbacks (the last step, which
+    writes the final checkpoint, is left out)."""
+    stamps = []
+    trainer = Trainer(cfg, out)
+    trainer.run(on_progress=lambda done, total, info: stamps.append(time.perf_counter()))
+    gaps = np.diff(stamps)[warmup : warmup + steps]
+    return cfg.train.batch_size / float(np.median(gaps))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--sizes", default="32,64")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--no-malloc-tuning", action="store_true")
+    args = ap.parse_args()
+    if not args.no_malloc_tuning:
+        tune_malloc()
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"malloc tuning {'off' if args.no_malloc_tuning else 'on'}, channels_last {args.channels_last}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in map(int, args.sizes.split(",")):
+            data = synthesize("insar_noise", 256, size, Path(tmp) / f"d{size}.h5", seed=0)
+            results = {}
+            for prec in ("no", "bf16"):
+                total = args.warmup + args.steps + 1
+                cfg = validate_config(
+                    {
+                        "data": {"train": str(data)},
+                        "model": model_section(size),
+                        "train": {
+                            "steps": total,
+                            "batch_size": args.batch,
+                            "mixed_precision": prec,
+                            "log_every": 1000,
+                            "checkpoint_every": 10**6,
+                            "channels_last": args.channels_last,
+                        },
+                    }
+                )
+                bare = bare_loop(cfg, args.steps, args.warmup, prec == "bf16")
+                ours = our_loop(cfg, Path(tmp) / f"run{size}{prec}", args.steps, args.warmup)
+                results[prec] = (bare, ours)
+                print(
+                    f"{size}x{size} {'fp32' if prec == 'no' else 'bf16'}: bare {bare:7.1f} img/s  "
+                    f"ours {ours:7.1f} img/s  ours/bare {ours / bare:.3f}"
+                )
+            print(
+                f"{size}x{size} bf16/fp32: bare {results['bf16'][0] / results['no'][0]:.2f}x  "
+                f"ours {results['bf16'][1] / results['no'][1]:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
