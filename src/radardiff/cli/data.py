@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from radardiff.cli._common import parse_kv
+
 
 @click.group()
 def data() -> None:
@@ -23,7 +25,16 @@ def data() -> None:
 @click.option("--size", type=int, default=None, help="Scene size in pixels (default per kind).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .h5 file.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(kind: str, n: int, size: int | None, out: str, seed: int) -> None:
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Generator parameter, e.g. --param looks=4 --param db=true (repeatable).",
+)
+def synth(
+    kind: str, n: int, size: int | None, out: str, seed: int, params: tuple[str, ...]
+) -> None:
     """Generate synthetic radar scenes of KIND into a dataset file.
 
     \b
@@ -31,8 +42,11 @@ def synth(kind: str, n: int, size: int | None, out: str, seed: int) -> None:
     deformation + atmosphere, 128x128, rad), insar_wrapped (wrapped phase with coherence noise,
     unwrapped truth and coherence stored beside it), sar (ten TenGeoP-like backscatter analogues
     with gamma speckle, 128x128).
-    Example:
+    Each generator's parameters, their meaning and ranges are in its docstring
+    (radardiff.data.synth); unknown or out-of-range parameters are refused.
+    Examples:
       radardiff data synth insar_noise --n 2000 --size 32 --out data/noise_train.h5 --seed 0
+      radardiff data synth sar --n 500 --size 64 --out data/sar.h5 --param looks=4 --param db=true
     """
     from radardiff.data.synth import GENERATORS, synthesize
 
@@ -40,7 +54,7 @@ def synth(kind: str, n: int, size: int | None, out: str, seed: int) -> None:
         raise click.BadParameter(
             f"unknown kind '{kind}'; expected one of {', '.join(GENERATORS)}", param_hint="KIND"
         )
-    path = synthesize(kind, n, size, out, seed)
+    path = synthesize(kind, n, size, out, seed, params=parse_kv(params, "--param") or None)
     click.echo(f"wrote {n} {kind} scenes to {path}")
 
 

@@ -23,8 +23,8 @@ def _png(fig) -> bytes:
 def image_grid(
     images: np.ndarray, title: str, units: str, lo: float, hi: float, ncols: int = 8
 ) -> bytes:
-    """First channel of up to 64 images on a shared colour scale (physical units)."""
-    x = images[:64, 0]
+    """First channel of up to 32 images on a shared colour scale (physical units)."""
+    x = images[:32, 0]
     n = x.shape[0]
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))

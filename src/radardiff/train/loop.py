@@ -247,7 +247,7 @@ class Trainer:
         run = self.run_dir
         if self.resume and run.normalizer.is_file():
             norm = Normalizer.load(run.normalizer)
-            norm.valid_indices = valid_sample_indices(self.data)
+            norm.valid_indices = valid_sample_indices(self.data, to_db=norm.to_db)
             if norm.channels != self.data.info.channels:
                 raise RunDirError(
                     f"{self.data.path}: has {self.data.info.channels} channel(s) but the run was "

@@ -1,64 +1,275 @@
-"""Seeded, vectorised generators of synthetic radar scenes (written as dataset files)."""
+"""Seeded, vectorised generators of synthetic radar scenes, written as dataset files.
+
+=================  ==================  =======  ============================================
+name               kind                units    what (see the module of each)
+=================  ==================  =======  ============================================
+insar_noise        insar_noise         rad      atmosphere + ramp + noise, 32 px (insar.py)
+insar_unwrapped    insar_unwrapped     rad      Mogi / Okada / no source + atmosphere, 128 px
+insar_wrapped      insar_wrapped       rad      the same wrapped with coherence noise, 128 px
+sar                sar_backscatter     linear   ten TenGeoP-like ocean classes + speckle (sar.py)
+=================  ==================  =======  ============================================
+
+Sample ``i`` of a seed depends only on ``(seed, i)``; files are written in chunks, so memory does
+not grow with ``n``. Generator parameters (the dataclasses of each module) can be overridden
+with ``params={"looks": 8, "atmosphere.beta": 2.0}``; the resolved parameters are stored in the
+file attribute ``synth_params`` (JSON).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from radardiff.data.dataset_file import write_dataset
-from radardiff.data.synth.insar import InsarNoiseParams, insar_noise
-from radardiff.errors import DataError
+from radardiff.data.dataset_file import DatasetWriter
+from radardiff.data.synth.elastic import los_phase, mogi, okada85
+from radardiff.data.synth.fields import BLOCK, powerlaw_field, spectral_slope
+from radardiff.data.synth.insar import (
+    SOURCE_CLASSES,
+    DeformationParams,
+    InsarNoiseParams,
+    WrappedParams,
+    insar_noise,
+    insar_unwrapped,
+    insar_wrapped,
+)
+from radardiff.data.synth.sar import SAR_CLASSES, SarParams, sar_scenes
+from radardiff.errors import ConfigError, DataError
 
 
-@dataclass(frozen=True)
-class SynthKind:
-    """A registered generator: its dataset kind, units and default size."""
-
-    name: str
-    kind: str
-    units: str
-    default_size: int
-    generate: Callable[[int, int, int], "SynthResult"]
+def _chunk(size: int) -> int:
+    """Samples generated and written at a time: about 64 MiB of float32 per array."""
+    return max(BLOCK, (2**24 // (size * size)) // BLOCK * BLOCK)
 
 
 @dataclass
 class SynthResult:
+    """A chunk of generated scenes, ready for :class:`DatasetWriter.append`."""
+
     images: np.ndarray
     labels: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SynthKind:
+    """A registered generator: dataset kind, units, default size, parameters, chunk function."""
+
+    name: str
+    kind: str
+    default_size: int
+    params_type: type
+    generate: Callable[[int, int, int, Any, int], SynthResult]  # (n, size, seed, params, start)
+    units: Callable[[Any], str]
     class_names: list[str] | None = None
-    extras: dict[str, np.ndarray] | None = None
-    pixel_spacing_m: float | None = None
+    extras: Callable[[Any], tuple[str, ...]] = lambda p: ()
+    pixel_spacing_m: Callable[[Any, int], float | None] = lambda p, size: None
 
 
-def _insar_noise(n: int, size: int, seed: int) -> SynthResult:
-    return SynthResult(images=insar_noise(n, size, seed), pixel_spacing_m=100.0)
+def _noise(n, size, seed, p, start) -> SynthResult:
+    return SynthResult(images=insar_noise(n, size, seed, p, start))
+
+
+def _unwrapped(n, size, seed, p, start) -> SynthResult:
+    s = insar_unwrapped(n, size, seed, p, start)
+    return SynthResult(s.images, s.labels, {"deformation": s.deformation})
+
+
+def _wrapped(n, size, seed, p, start) -> SynthResult:
+    s = insar_wrapped(n, size, seed, p, start)
+    return SynthResult(s.images, s.labels, {"unwrapped": s.unwrapped, "coherence": s.coherence})
+
+
+def _sar(n, size, seed, p, start) -> SynthResult:
+    s = sar_scenes(n, size, seed, p, start)
+    return SynthResult(s.images, s.labels, {"clean": s.clean} if p.store_clean else {})
 
 
 GENERATORS: dict[str, SynthKind] = {
-    "insar_noise": SynthKind("insar_noise", "insar_noise", "rad", 32, _insar_noise),
+    "insar_noise": SynthKind(
+        "insar_noise",
+        "insar_noise",
+        32,
+        InsarNoiseParams,
+        _noise,
+        lambda p: "rad",
+        pixel_spacing_m=lambda p, size: 100.0,
+    ),
+    "insar_unwrapped": SynthKind(
+        "insar_unwrapped",
+        "insar_unwrapped",
+        128,
+        DeformationParams,
+        _unwrapped,
+        lambda p: "rad",
+        SOURCE_CLASSES,
+        lambda p: ("deformation",),
+        lambda p, size: p.extent_m / size,
+    ),
+    "insar_wrapped": SynthKind(
+        "insar_wrapped",
+        "insar_wrapped",
+        128,
+        WrappedParams,
+        _wrapped,
+        lambda p: "rad",
+        SOURCE_CLASSES,
+        lambda p: ("unwrapped", "coherence"),
+        lambda p, size: p.deformation.extent_m / size,
+    ),
+    "sar": SynthKind(
+        "sar",
+        "sar_backscatter",
+        128,
+        SarParams,
+        _sar,
+        lambda p: "dB" if p.db else "linear",
+        SAR_CLASSES,
+        lambda p: ("clean",) if p.store_clean else (),
+        lambda p, size: 20_000.0 / size,
+    ),
 }
 
 
-def synthesize(name: str, n: int, size: int | None, out: str | os.PathLike, seed: int = 0) -> Path:
-    """Generate ``n`` scenes of generator ``name`` and write them as a dataset file."""
+def _field_names(cls: type, prefix: str = "") -> Iterator[str]:
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(
+            f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        ):
+            yield from _field_names(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def build_params(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The parameter dataclass of generator ``name`` with ``options`` (dotted keys) applied."""
+    gen = _kind(name)
+    valid = list(_field_names(gen.params_type))
+    nested: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key not in valid:
+            raise ConfigError(
+                f"synth {name}: unknown parameter '{key}'; expected one of {', '.join(valid)}"
+            )
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _apply(gen.params_type(), nested, name)
+
+
+def _apply(obj: Any, changes: dict[str, Any], name: str) -> Any:
+    updates = {}
+    for key, value in changes.items():
+        current = getattr(obj, key)
+        if isinstance(value, dict):
+            updates[key] = _apply(current, value, name)
+        elif isinstance(current, tuple):
+            try:
+                updates[key] = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"synth {name}: parameter '{key}' needs {len(current)} numbers, got {value!r}"
+                ) from None
+            if len(updates[key]) != len(current):
+                raise ConfigError(
+                    f"synth {name}: parameter '{key}' needs {len(current)} numbers, got {value!r}"
+                )
+        else:
+            try:
+                updates[key] = _convert(current, value)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"synth {name}: parameter '{key}' must be {type(current).__name__}, got {value!r}"
+                ) from None
+    return dataclasses.replace(obj, **updates)
+
+
+def _convert(current: Any, value: Any) -> Any:
+    """``value`` as the type of the default ``current``; booleans also from 'true'/'false'."""
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool | int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(value)
+    if isinstance(current, int) and float(value) != int(float(value)):
+        raise ValueError(value)  # 2.5 looks is not 2 looks
+    return type(current)(float(value)) if isinstance(current, int) else type(current)(value)
+
+
+def _kind(name: str) -> SynthKind:
     if name not in GENERATORS:
         raise DataError(f"unknown synthetic kind '{name}'; expected one of {', '.join(GENERATORS)}")
+    return GENERATORS[name]
+
+
+def synthesize(
+    name: str,
+    n: int,
+    size: int | None,
+    out: str | os.PathLike,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+) -> Path:
+    """Generate ``n`` scenes of generator ``name`` and write them as a dataset file at ``out``.
+
+    ``size`` None takes the generator's default. ``params`` overrides generator parameters
+    (dotted keys, see :func:`build_params`). The file appears only when complete.
+    """
+    gen = _kind(name)
     if n < 1:
         raise DataError(f"--n must be at least 1, got {n}")
-    gen = GENERATORS[name]
     size = size or gen.default_size
     if size < 8:
         raise DataError(f"--size must be at least 8, got {size}")
-    res = gen.generate(n, size, seed)
-    return write_dataset(
-        out, res.images, res.labels, kind=gen.kind, units=gen.units, class_names=res.class_names,
-        pixel_spacing_m=res.pixel_spacing_m, source=f"radardiff synth {name} seed={seed}",
-        extras=res.extras,
-    )
+    p = build_params(name, params)
+    extras = {k: ((1, size, size), "<f4") for k in gen.extras(p)}
+    with DatasetWriter(
+        out,
+        (1, size, size),
+        kind=gen.kind,
+        units=gen.units(p),
+        class_names=gen.class_names,
+        with_labels=gen.class_names is not None,
+        pixel_spacing_m=gen.pixel_spacing_m(p, size),
+        source=f"radardiff synth {name} seed={seed}",
+        extras=extras,
+        attrs={"synth_params": json.dumps(dataclasses.asdict(p)), "seed": int(seed)},
+    ) as writer:
+        chunk = _chunk(size)
+        for start in range(0, n, chunk):
+            res = gen.generate(min(chunk, n - start), size, seed, p, start)
+            writer.append(res.images, res.labels, **res.extras)
+    return Path(out)
 
 
-__all__ = ["GENERATORS", "InsarNoiseParams", "SynthKind", "SynthResult", "insar_noise", "synthesize"]
+__all__ = [
+    "GENERATORS",
+    "SAR_CLASSES",
+    "SOURCE_CLASSES",
+    "DeformationParams",
+    "InsarNoiseParams",
+    "SarParams",
+    "SynthKind",
+    "SynthResult",
+    "WrappedParams",
+    "build_params",
+    "insar_noise",
+    "insar_unwrapped",
+    "insar_wrapped",
+    "los_phase",
+    "mogi",
+    "okada85",
+    "powerlaw_field",
+    "sar_scenes",
+    "spectral_slope",
+    "synthesize",
+]
