@@ -99,12 +99,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(
                 f"--set {key}: unknown config key; valid keys: {', '.join(sorted(known))}"
             )
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _parse_value(raw.strip())
+        set_dotted(out, key, _parse_value(raw.strip()))
     return out
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``key = "a.b.c"``, creating the tables on the way."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
 
 
 def _deep_copy(data: Any) -> Any:

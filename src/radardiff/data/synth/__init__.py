@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from radardiff.config.io import set_dotted
 from radardiff.data.dataset_file import DatasetWriter
 from radardiff.data.synth.elastic import los_phase, mogi, okada85
 from radardiff.data.synth.fields import BLOCK, powerlaw_field, spectral_slope
@@ -157,11 +158,7 @@ def build_params(name: str, options: Mapping[str, Any] | None = None) -> Any:
             raise ConfigError(
                 f"synth {name}: unknown parameter '{key}'; expected one of {', '.join(valid)}"
             )
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(nested, key, value)
     return _apply(gen.params_type(), nested, name)
 
 
