@@ -14,7 +14,21 @@ import pytest
 from conftest import tiny_run_config, write_config
 from radardiff.cli.main import cli, main
 
-VERBS = ["data", "data synth", "train", "sample", "evaluate", "report", "demo"]
+VERBS = [
+    "data",
+    "data synth",
+    "data prepare",
+    "data inspect",
+    "train",
+    "sample",
+    "evaluate",
+    "features",
+    "features train",
+    "study",
+    "study samplers",
+    "report",
+    "demo",
+]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

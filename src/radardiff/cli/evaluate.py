@@ -28,8 +28,39 @@ import click
     default=None,
     help="Take the evaluation defaults from this run's config.",
 )
+@click.option(
+    "--features",
+    type=click.Path(),
+    default=None,
+    help="Feature extractor for FID, KID, precision/recall: a folder from "
+    "'radardiff features train' or a local InceptionV3 weights file (.pth).",
+)
+@click.option(
+    "--likelihood-run",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory whose EMA model gives the bits/dim of the --real set.",
+)
+@click.option(
+    "--likelihood-steps",
+    type=int,
+    default=None,
+    help="Timesteps kept in the bits/dim bound (default: all T of the run).",
+)
+@click.option(
+    "--likelihood-n", type=int, default=256, show_default=True, help="Real samples in bits/dim."
+)
 def evaluate(
-    real: str, fake: str, out: str, metrics: str | None, max_lag: int | None, run_dir: str | None
+    real: str,
+    fake: str,
+    out: str,
+    metrics: str | None,
+    max_lag: int | None,
+    run_dir: str | None,
+    features: str | None,
+    likelihood_run: str | None,
+    likelihood_steps: int | None,
+    likelihood_n: int,
 ) -> None:
     """Compare generated data with real data in radar terms; writes OUT/metrics.json.
 
@@ -37,6 +68,8 @@ def evaluate(
     Example:
       radardiff evaluate --real data/val.h5 --fake runs/demo/samples/samples.h5 --out runs/demo/eval
       radardiff evaluate --real a.h5 --fake b.h5 --out eval --metrics semivariogram,psd
+      radardiff evaluate --real data/val.h5 --fake runs/demo/samples/s.h5 --out runs/demo/eval \\
+          --features features/demo --likelihood-run runs/demo --likelihood-steps 100
     The schema of metrics.json is documented in radardiff.evaluate.metrics.
     """
     from radardiff.config import EvalConfig, RunDir, load_config, validate_config
@@ -49,7 +82,22 @@ def evaluate(
     if max_lag is not None:
         data["max_lag"] = max_lag
     cfg = validate_config(data, "--metrics/--max-lag", EvalConfig)
-    result = evaluate_files(real, fake, cfg, out)
+    if likelihood_steps is not None and likelihood_run is None:
+        raise click.UsageError("--likelihood-steps needs --likelihood-run")
+    extractor = None
+    if features:
+        from radardiff.evaluate.extractor import load_extractor
+
+        extractor = load_extractor(features)  # a bad path fails before any long computation
+    lik = None
+    if likelihood_run:
+        from radardiff.evaluate.likelihood import run_bits_per_dim
+        from radardiff.sample.device import pick_device
+
+        lik = run_bits_per_dim(
+            likelihood_run, real, steps=likelihood_steps, n=likelihood_n, device=pick_device()
+        )
+    result = evaluate_files(real, fake, cfg, out, extractor=extractor, likelihood=lik)
     shown = {k: v for k, v in result["scalars"].items() if v is not None}
     for key, value in shown.items():
         click.echo(f"{key:28s} {value:.6g}")

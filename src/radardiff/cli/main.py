@@ -36,11 +36,13 @@ def _register() -> None:
     from radardiff.cli.data import data
     from radardiff.cli.demo import demo
     from radardiff.cli.evaluate import evaluate
+    from radardiff.cli.features import features
     from radardiff.cli.report import report
     from radardiff.cli.sample import sample
+    from radardiff.cli.study import study
     from radardiff.cli.train import train
 
-    for cmd in (data, train, sample, evaluate, report, demo):
+    for cmd in (data, train, sample, evaluate, features, study, report, demo):
         cli.add_command(cmd)
 
 

@@ -27,7 +27,9 @@ numbers are written as ``null``.
                "shape": [C, H, W], "pixel_spacing_m": float | null},
       "fake": {same keys},
       "settings": {"max_samples": int, "seed": int, "bootstrap": int, "max_lag": int | null,
-                   "curve_channel": 0, "histogram_max_pixels": int, "metrics": [str, ...]},
+                   "curve_channel": 0, "histogram_max_pixels": int, "metrics": [str, ...],
+                   "feature_extractor": str | null (name and path of the extractor),
+                   "likelihood_run": str | null (run directory of bits_per_dim)},
       "scalars": {
         "semivariogram_rel_error": mean over lags of |g_fake - g_real| / g_real (unitless),
         "psd_log_rmse":    RMSE of log10 mean PSDs over frequency bins (decades),
@@ -40,7 +42,17 @@ numbers are written as ``null``.
         "residue_density_real", "residue_density_fake": mean residues per 2x2 loop
                                   (wrapped / unwrapped phase only, metric "phase"),
         "fid", "kid_mean", "kid_std", "precision", "recall": feature-based metrics, only when
-                                  features are passed to evaluate_files
+                                  features or an extractor are passed to evaluate_files
+                                  (unitless; features from settings.feature_extractor),
+        "bits_per_dim":   variational bound of the real set under the run's EMA model, bits per
+                          dimension in the network's normalised space, discretised decoder
+                          (bin width 2/255; comparable with image papers), only when a likelihood
+                          result is passed (``radardiff evaluate --likelihood-run``),
+        "bits_per_dim_continuous": the same bound with the continuous Gaussian decoder (the
+                          natural bound for continuous radar data; can be negative),
+        "bits_per_dim_stderr":     standard error of bits_per_dim over the samples,
+        "bits_per_dim_steps":      number of kept timesteps K of the (respaced) bound (T = all),
+        "bits_per_dim_n":          number of real samples in the bound
       },
       "semivariogram": {
         "lags_px": [L floats], "lags_m": [L floats] | null (null when no pixel spacing),
@@ -111,6 +123,11 @@ SCALAR_KEYS = (
     "kid_std",
     "precision",
     "recall",
+    "bits_per_dim",
+    "bits_per_dim_continuous",
+    "bits_per_dim_stderr",
+    "bits_per_dim_steps",
+    "bits_per_dim_n",
 )
 # Fewest samples per set for which each statistic (and its band or distribution) is defined.
 MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1}
@@ -299,6 +316,8 @@ def empty_metrics() -> dict[str, Any]:
                 "curve_channel",
                 "histogram_max_pixels",
                 "metrics",
+                "feature_extractor",
+                "likelihood_run",
             )
         ),
         "scalars": dict.fromkeys(SCALAR_KEYS),
@@ -402,6 +421,15 @@ def _feature_scalars(real_features, fake_features, k: int, rng, scalars) -> None
     scalars["precision"], scalars["recall"] = pr.precision, pr.recall
 
 
+def _likelihood_scalars(lik, settings: dict, scalars: dict) -> None:
+    scalars["bits_per_dim"] = lik.bits_per_dim
+    scalars["bits_per_dim_continuous"] = lik.bits_per_dim_continuous
+    scalars["bits_per_dim_stderr"] = lik.stderr
+    scalars["bits_per_dim_steps"] = lik.steps
+    scalars["bits_per_dim_n"] = lik.n
+    settings["likelihood_run"] = str(lik.run_dir)
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -426,6 +454,8 @@ def evaluate_files(
     real_features: np.ndarray | None = None,
     fake_features: np.ndarray | None = None,
     k: int = 3,
+    extractor: Any = None,
+    likelihood: Any = None,
 ) -> dict[str, Any]:
     """Compare a generated dataset file with a real one; write metrics.json and arrays.npz.
 
@@ -446,6 +476,14 @@ def evaluate_files(
     real_features, fake_features : ndarray (N, D), optional
         Features of the two sets from one extractor; when both are given, FID, KID and improved
         precision/recall (with ``k`` neighbours) fill their scalars.
+    extractor : path or extractor object, optional
+        A feature extractor (folder from ``radardiff features train``, a local InceptionV3
+        weights file, or an object from :func:`radardiff.evaluate.extractor.load_extractor`);
+        features of exactly the images used are computed and fill the feature scalars.
+        Ignored when ``real_features`` and ``fake_features`` are given.
+    likelihood : RunBitsPerDim, optional
+        From :func:`radardiff.evaluate.likelihood.run_bits_per_dim`; fills the ``bits_per_dim*``
+        scalars.
 
     Returns
     -------
@@ -477,6 +515,13 @@ def evaluate_files(
         idx = {name: _choose(len(ds), cap, rng) for name, ds in (("real", rset), ("fake", fset))}
         _check_metrics(metrics, rset, len(idx["real"]))
         _check_metrics(metrics, fset, len(idx["fake"]))
+        ext = None
+        if extractor is not None and (real_features is None or fake_features is None):
+            from radardiff.evaluate.extractor import load_extractor
+
+            ext = extractor if hasattr(extractor, "features") else load_extractor(extractor)
+            ext.check_fits(rset.info)  # before the long statistics, not after
+            ext.check_fits(fset.info)
         r = _collect(rset, idx["real"], metrics, cfg.max_lag, rng)
         f = _collect(fset, idx["fake"], metrics, cfg.max_lag, rng)
         result = empty_metrics()
@@ -490,6 +535,8 @@ def evaluate_files(
             "curve_channel": 0,
             "histogram_max_pixels": HISTOGRAM_MAX_PIXELS,
             "metrics": list(metrics),
+            "feature_extractor": None,
+            "likelihood_run": None,
         }
         scalars, arrays = result["scalars"], {}
         if "semivariogram" in metrics:
@@ -517,8 +564,17 @@ def evaluate_files(
                 scalars[f"residue_density_{name}"] = _nan_stat(
                     np.nanmean, arrays[f"residue_density_{name}"]
                 )
+        if ext is not None:
+            from radardiff.evaluate.extractor import features_of
+
+            real_features = features_of(ext, rset, idx["real"])
+            fake_features = features_of(ext, fset, idx["fake"])
+            where = getattr(ext, "path", None)
+            result["settings"]["feature_extractor"] = f"{ext.name} ({where})" if where else ext.name
         if real_features is not None and fake_features is not None:
             _feature_scalars(real_features, fake_features, k, rng, scalars)
+        if likelihood is not None:
+            _likelihood_scalars(likelihood, result["settings"], scalars)
     finally:
         rset.close()
         fset.close()

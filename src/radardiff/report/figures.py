@@ -123,13 +123,27 @@ def distribution_plot(real, fake, xlabel: str, title: str) -> bytes:
     return _png(fig)
 
 
-def study_plot(rows: list[dict], metric: str) -> bytes:
-    """Metric against sampling steps, one line per sampler (the sampler study)."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+def study_plot(
+    rows: list[dict], metric: str, reference: float | None = None, logy: bool = False
+) -> bytes:
+    """``metric`` against sampling steps, one line per sampler (the sampler study).
+
+    ``reference`` (a horizontal line) is what training images score against the same real set:
+    the floor a perfect sampler would reach with as many samples.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name in sorted({r["sampler"] for r in rows}):
-        sel = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["steps"])
-        ax.plot([r["steps"] for r in sel], [r[metric] for r in sel], "o-", label=name)
+        sel = sorted(
+            (r for r in rows if r["sampler"] == name and r.get(metric) is not None),
+            key=lambda r: r["steps"],
+        )
+        if sel:
+            ax.plot([r["steps"] for r in sel], [r[metric] for r in sel], "o-", label=name)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label="training data (floor)")
     ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel("sampling steps")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)

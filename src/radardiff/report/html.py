@@ -164,11 +164,17 @@ def _study(run: RunDir) -> str:
     path = run.root / "study" / "samplers.json"
     if not path.is_file():
         return '<p class="note">No sampler study yet (radardiff study samplers RUN_DIR).</p>'
-    rows = json.loads(path.read_text(encoding="utf-8")).get("rows", [])
-    metric = "semivariogram_rel_error"
-    if not rows or metric not in rows[0]:
+    study = json.loads(path.read_text(encoding="utf-8"))
+    rows, ref = study.get("rows", []), study.get("reference") or {}
+    if not rows:
         return '<p class="note">The sampler study holds no rows.</p>'
-    return _img(figures.study_plot(rows, metric), "sampler study")
+    figs = []
+    for metric in ("semivariogram_rel_error", "psd_log_rmse", "histogram_w1", "fid"):
+        if any(r.get(metric) is not None for r in rows):
+            figs.append(_img(figures.study_plot(rows, metric, ref.get(metric)), metric))
+    if all("s_per_sample" in r for r in rows):
+        figs.append(_img(figures.study_plot(rows, "s_per_sample", logy=True), "time per sample"))
+    return f'<div class="row">{"".join(figs)}</div>'
 
 
 def write_report(run_dir: str | Path, real: str | None = None, samples: str | None = None) -> Path:

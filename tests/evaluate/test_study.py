@@ -1,0 +1,94 @@
+"""The sampler study: one timed, evaluated row per (sampler, steps)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from radardiff.config import EvalConfig
+from radardiff.errors import ConfigError
+from radardiff.evaluate.study import study_samplers
+
+
+@pytest.fixture(scope="module")
+def study(trained_run, noise_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    cfg = EvalConfig(metrics=("semivariogram", "psd", "ranges"), bootstrap=10)
+    return study_samplers(
+        trained_run, ["ddim", "dpmsolver++"], [2, 3], 4, noise_files[1], out, seed=0,
+        batch_size=2, eval_cfg=cfg,
+    )  # fmt: skip
+
+
+def test_one_row_per_sampler_and_steps(study):
+    got = [(r["sampler"], r["steps"]) for r in study.rows]
+    assert got == [("ddim", 2), ("ddim", 3), ("dpmsolver++", 2), ("dpmsolver++", 3)]
+    for r in study.rows:
+        assert math.isfinite(r["wall_s"]) and r["wall_s"] > 0
+        assert r["s_per_sample"] == pytest.approx(r["wall_s"] / 4)
+        assert r["n"] == 4
+        # one network call per step for these first/multistep solvers, counted by a hook
+        assert r["nfe"] == r["steps"]
+        assert math.isfinite(r["semivariogram_rel_error"]) and math.isfinite(r["psd_log_rmse"])
+        assert r["histogram_w1"] is None  # not requested
+
+
+def test_reference_is_training_data_against_real(study, noise_files):
+    ref = study.reference
+    assert ref is not None and ref["source"] == str(noise_files[0]) and ref["n"] == 4
+    # real data against real data: a floor far below the tiny untrained model's error
+    rows = [r["semivariogram_rel_error"] for r in study.rows]
+    assert math.isfinite(ref["semivariogram_rel_error"])
+    assert ref["semivariogram_rel_error"] < min(rows)
+    doc = json.loads(study.json_path.read_text())
+    assert doc["reference"]["semivariogram_rel_error"] == pytest.approx(
+        ref["semivariogram_rel_error"]
+    )
+
+
+def test_json_and_csv_tables(study):
+    doc = json.loads(study.json_path.read_text())
+    assert doc["schema"] == "radardiff.study/1"
+    assert doc["rows"] == json.loads(json.dumps(study.rows))
+    assert doc["settings"]["samplers"] == ["ddim", "dpmsolver++"]
+    assert doc["settings"]["steps"] == [2, 3] and doc["settings"]["n"] == 4
+    with study.csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["sampler"], int(r["steps"])) for r in rows] == [
+        (r["sampler"], r["steps"]) for r in study.rows
+    ]
+    assert float(rows[0]["wall_s"]) == pytest.approx(study.rows[0]["wall_s"])
+
+
+def test_same_seeds_in_every_row(study):
+    """Every row samples seeds 0..n-1 of the same seed: rows differ by sampler and steps only."""
+    from radardiff.data import DatasetFile
+
+    for r in study.rows:
+        with DatasetFile(r["samples"]) as f:
+            assert f.extra("seeds").tolist() == [0, 1, 2, 3]
+            assert f.attrs()["sampler"] == r["sampler"] and int(f.attrs()["steps"]) == r["steps"]
+
+
+def test_cli_study_samplers(trained_run, noise_files, tmp_path):
+    from click.testing import CliRunner
+
+    from radardiff.cli.study import study as group
+
+    args = ["samplers", str(trained_run), "--samplers", "ddim", "--steps", "2", "--n", "2",
+            "--real", str(noise_files[1]), "--out", str(tmp_path), "--batch-size", "2"]  # fmt: skip
+    res = CliRunner().invoke(group, args)
+    assert res.exit_code == 0, res.output
+    assert "ddim" in res.output and (tmp_path / "samplers.csv").is_file()
+    assert "Example" in CliRunner().invoke(group, ["samplers", "--help"]).output
+
+
+def test_bad_requests_fail_before_generating(trained_run, noise_files, tmp_path):
+    with pytest.raises(ConfigError, match="unknown sampler 'nope'"):
+        study_samplers(trained_run, ["nope"], [2], 4, noise_files[1], tmp_path)
+    with pytest.raises(ConfigError, match="--n must be at least 2"):
+        study_samplers(trained_run, ["ddim"], [2], 1, noise_files[1], tmp_path)
+    assert not (tmp_path / "samplers.json").exists()
