@@ -19,10 +19,14 @@ class RadarDataset(Dataset):
     :meth:`Normalizer.fit`). ``__getitems__`` reads a whole batch with one sorted HDF5 read.
     """
 
-    def __init__(self, data: DatasetFile, normalizer: Normalizer, indices: np.ndarray | None = None):
+    def __init__(
+        self, data: DatasetFile, normalizer: Normalizer, indices: np.ndarray | None = None
+    ):
         self.data = data
         self.normalizer = normalizer
-        self.indices = valid_sample_indices(data) if indices is None else np.asarray(indices, np.int64)
+        self.indices = (
+            valid_sample_indices(data) if indices is None else np.asarray(indices, np.int64)
+        )
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -55,8 +59,16 @@ class StepBatchSampler(Sampler[list[int]]):
     ``seed`` and ``e``. Process ``rank`` of ``world`` takes every ``world``-th batch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1, steps: int | None = None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        steps: int | None = None,
+    ):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start_step, self.rank, self.world, self.steps = start_step, rank, world, steps
 

@@ -132,7 +132,6 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ]
 }
 STEP_OPTIONS = {"eta"}  # passed to scheduler.step, not to the constructor
-OWN_OPTIONS = {"use_lu_lambdas"}  # applied here for the solvers whose diffusers class lacks it
 _CHOICES = {
     "timestep_spacing": SPACINGS,
     "solver_order": (1, 2, 3),
@@ -165,7 +164,9 @@ def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]
         try:
             eta = float(merged["eta"])
         except (TypeError, ValueError):
-            raise ConfigError(f"sampler option eta must be a number, got {merged['eta']!r}") from None
+            raise ConfigError(
+                f"sampler option eta must be a number, got {merged['eta']!r}"
+            ) from None
         if not 0.0 <= eta <= 1.0:
             raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
         merged["eta"] = eta
@@ -241,39 +242,54 @@ def make_sampler(
             f"(use 1..{diffusion.timesteps})"
         )
     if diffusion.prediction not in spec.predictions:
+        fits = [n for n, sp in SAMPLERS.items() if diffusion.prediction in sp.predictions]
         raise ConfigError(
             f"sampler '{name}' does not support {diffusion.prediction}-prediction models; "
-            f"use one of: {', '.join(n for n, s in SAMPLERS.items() if diffusion.prediction in s.predictions)}"
+            f"use one of: {', '.join(fits)}"
         )
     merged = _check_options(spec, options or {})
+    betas = make_betas(diffusion.schedule, diffusion.timesteps)
+    scheduler = _build_scheduler(spec, diffusion, betas, merged)
+    scheduler.set_timesteps(int(steps))
+    _continuous_spacing(scheduler, spec, betas, merged, int(steps))
+    times = torch.as_tensor(scheduler.timesteps).float()
+    step_kwargs = {k: merged[k] for k in STEP_OPTIONS if k in merged}
+    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
+    return PreparedSampler(spec, scheduler, step_kwargs, int(steps), times, takes_gen)
+
+
+def _build_scheduler(spec: SamplerSpec, diffusion: DiffusionConfig, betas, merged: dict) -> Any:
+    """The diffusers scheduler on the trained betas, parameterisation and (DDPM) variance."""
     cls = getattr(diffusers, spec.cls)
-    own = {k for k in OWN_OPTIONS if k in merged and "use_lu_lambdas" not in _ctor_params(cls)}
-    ctor = {k: v for k, v in merged.items() if k not in STEP_OPTIONS | own}
+    ctor = {k: v for k, v in merged.items() if k not in STEP_OPTIONS}
+    if "use_lu_lambdas" in ctor and "use_lu_lambdas" not in _ctor_params(cls):
+        del ctor["use_lu_lambdas"]  # applied by _continuous_spacing
     if spec.uses_learned_variance:
         ctor["variance_type"] = diffusion.variance
-    betas = make_betas(diffusion.schedule, diffusion.timesteps)
-    scheduler = cls(
+    return cls(
         num_train_timesteps=diffusion.timesteps,
         trained_betas=betas.tolist(),
         prediction_type=PREDICTION_TYPES[diffusion.prediction],
         **spec.fixed,
         **ctor,
     )
-    scheduler.set_timesteps(int(steps))
-    continuous = merged.get("use_karras_sigmas") or merged.get("use_lu_lambdas")
-    if own and merged.get("use_lu_lambdas"):
-        # sigmas uniform in log-SNR; distinct float timesteps keep the scheduler's index lookup
-        sig = _lu_sigmas(betas, int(steps))
+
+
+def _continuous_spacing(scheduler, spec: SamplerSpec, betas, merged: dict, steps: int) -> None:
+    """Karras / log-SNR noise levels: the network time t(sigma), unrounded, as timesteps.
+
+    As the scheduler's keys these also stay distinct (diffusers' rounded ones repeat when K is
+    close to T, which breaks its index lookup). Log-SNR spacing is set here for the classes that
+    lack ``use_lu_lambdas``.
+    """
+    if not (merged.get("use_karras_sigmas") or merged.get("use_lu_lambdas")):
+        return
+    if merged.get("use_lu_lambdas") and "use_lu_lambdas" not in _ctor_params(type(scheduler)):
+        sig = _lu_sigmas(betas, steps)
         scheduler.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
+    if spec.model_calls_per_step == 1:  # Heun's interleaved times are already t(sigma)
+        sig = scheduler.sigmas.double().numpy()[: len(scheduler.timesteps)]
         scheduler.timesteps = torch.from_numpy(sigma_to_time(sig, betas))
-    if continuous and spec.model_calls_per_step == 1 and hasattr(scheduler, "sigmas"):
-        sig = scheduler.sigmas[: len(scheduler.timesteps)].double().numpy()
-        times = torch.from_numpy(sigma_to_time(sig, betas)).float()
-    else:
-        times = torch.as_tensor(scheduler.timesteps).float()
-    step_kwargs = {k: merged[k] for k in STEP_OPTIONS if k in merged}
-    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
-    return PreparedSampler(spec, scheduler, step_kwargs, int(steps), times, takes_gen)
 
 
 def _ctor_params(cls: type) -> set[str]:

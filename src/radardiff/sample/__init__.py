@@ -1,6 +1,12 @@
 """Load a run, generate per-seed samples with guidance, inverse-normalise, write."""
 
-from radardiff.sample.generate import SampleOptions, SampleResult, generate, generate_batch
+from radardiff.sample.generate import (
+    SampleOptions,
+    SampleResult,
+    denoise_batch,
+    generate,
+    generate_batch,
+)
 from radardiff.sample.run import LoadedRun, load_run
 from radardiff.sample.writers import FORMATS, grid_image, output_format
 
@@ -9,6 +15,7 @@ __all__ = [
     "LoadedRun",
     "SampleOptions",
     "SampleResult",
+    "denoise_batch",
     "generate",
     "generate_batch",
     "grid_image",

@@ -28,10 +28,21 @@ import torch
 from radardiff.diffusion import initial_noise, make_sampler, run_sampler
 from radardiff.errors import ConfigError, RadarDiffError
 from radardiff.sample.run import LoadedRun
+from radardiff.sample.writers import output_format
 
 
 @dataclass(frozen=True)
 class SampleOptions:
+    """One sampling request.
+
+    ``classes``: class indices given to samples in turn (``(2, 2, 5)`` is a 2:1 mix); None draws
+    each sample's class uniformly from ``(seed, i)``. ``guidance``: classifier-free guidance
+    scale w, ``eps = eps_null + w (eps_class - eps_null)`` (Ho and Salimans 2022); 1 is plain
+    conditional sampling, 0 the unconditional (null-label) model. ``sampler_options``: see
+    :func:`radardiff.diffusion.describe_samplers`. ``mixed_precision``: ``no``, ``bf16``, ``fp16``
+    autocast of the network.
+    """
+
     n: int
     sampler: str = "dpmsolver++"
     steps: int = 25
@@ -62,6 +73,11 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         raise ConfigError(f"--n must be at least 1, got {opts.n}")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if run.cfg.model.superres_low_size:
+        raise ConfigError(
+            f"{run.run.root}: a super-resolution run needs low-resolution inputs; "
+            "sampling it on its own (or as a cascade) is not supported yet"
+        )
     k = run.num_classes
     if opts.classes is not None:
         if not k:
@@ -153,13 +169,16 @@ def physical_stats(
 ) -> np.ndarray:
     """Per-sample normalisation statistics drawn from the training set's (per class when
     labelled), sample ``i`` from its own generator ``(seed, i, 11)``."""
-    return np.concatenate([
-        run.normalizer.draw_stats(
-            1, np.random.default_rng([opts.seed, int(i), 11]),
-            None if labels is None else labels[k : k + 1],
-        )
-        for k, i in enumerate(idx)
-    ])
+    return np.concatenate(
+        [
+            run.normalizer.draw_stats(
+                1,
+                np.random.default_rng([opts.seed, int(i), 11]),
+                None if labels is None else labels[k : k + 1],
+            )
+            for k, i in enumerate(idx)
+        ]
+    )
 
 
 def generate_batch(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -199,11 +218,14 @@ def generate(
     merges all parts once every process is done. ``rank`` / ``world`` may be given explicitly.
     """
     _validate(run, opts)
+    output_format(Path(out))  # a bad extension fails now, not after the last batch
     make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)  # fail early
     state = _distributed_state() if rank is None else None
     if rank is None:
         rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     world = world or 1
+    if not 0 <= rank < world:
+        raise ConfigError(f"process rank {rank} is out of range for {world} process(es)")
     out = Path(out)
     if state is not None and rank != 0:
         state.wait_for_everyone()  # rank 0 clears parts of another request first
@@ -230,7 +252,7 @@ def generate(
     if state is not None:
         state.wait_for_everyone()
     if rank == 0 and merge:
-        merge_parts(run, opts, parts, out)
+        out = merge_parts(run, opts, parts, out)  # a .tif request writes a folder
     if state is not None:
         state.wait_for_everyone()
     return SampleResult(path=out, n=opts.n, seconds=time.perf_counter() - t0, reused=reused)
@@ -283,6 +305,6 @@ def merge_parts(run: LoadedRun, opts: SampleOptions, parts: PartStore, out: Path
     from radardiff.sample.writers import write_samples
 
     arrays = parts.load_all(opts.n)
-    write_samples(run, opts, arrays, out)
+    written = write_samples(run, opts, arrays, out)
     shutil.rmtree(parts.dir, ignore_errors=True)
-    return out
+    return written

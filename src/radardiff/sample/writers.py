@@ -29,7 +29,7 @@ def output_format(path: Path, fmt: str | None = None) -> str:
 
 
 def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
-    """Write samples in the dataset file format (always) and as ``opts``' extra format."""
+    """Write samples in the format of ``out``'s extension (dataset file, NPZ, PNG grid, GeoTIFFs)."""
     info = run.data_info
     fmt = output_format(out)
     images = arrays["images"]
@@ -56,20 +56,23 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
             attrs=attrs,
         )
     if fmt == "npz":
-        return write_npz(out, images, labels)
+        return write_npz(out, images, labels, arrays["seeds"])
     if fmt == "png":
         return write_png_grid(out, images)
     return write_geotiffs(out, images, info.get("pixel_spacing_m"))
 
 
-def write_npz(out: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
-    """The reference code's layout: ``arr_0`` (N, H, W, C) float32, ``arr_1`` labels if any."""
-    arr = np.transpose(images, (0, 2, 3, 1))
+def write_npz(
+    out: Path, images: np.ndarray, labels: np.ndarray | None, seeds: np.ndarray | None = None
+) -> Path:
+    """The reference code's layout: ``arr_0`` (N, H, W, C) float32, ``arr_1`` labels if any;
+    the sample indices under the extra key ``seeds`` (readers of the reference layout ignore it)."""
+    arr = np.transpose(images, (0, 2, 3, 1)).astype(np.float32)
     tmp = out.with_name(out.stem + ".tmp.npz")
-    if labels is None:
-        np.savez(tmp, arr)
-    else:
-        np.savez(tmp, arr, labels)
+    arrays = [arr] if labels is None else [arr, labels]
+    extra = {} if seeds is None else {"seeds": np.asarray(seeds, np.int64)}
+    with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to the name
+        np.savez(fh, *arrays, **extra)
     os.replace(tmp, out)
     return out
 
