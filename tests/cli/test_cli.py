@@ -182,3 +182,20 @@ def test_python_dash_m_entry_point_and_exit_code():
 
 def test_cli_registers_every_verb():
     assert {"data", "train", "sample", "evaluate", "report", "demo"} <= set(cli.commands)
+
+
+def test_demo_runs_end_to_end_and_again(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--steps", 2, "--n-train", 64, "--n-samples", 4]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (out / "report" / "index.html").is_file() and (out / "eval" / "metrics.json").is_file()
+    assert "report:" in stdout
+    code, _, err = run_cli(args, capsys)  # a second demo replaces the first
+    assert code == 0, err
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    code, _, err = run_cli(["demo", "--out", other, "--steps", 1], capsys)
+    assert code == 2 and "not a demo output" in one_line_error(err)
+    assert (other / "keep.txt").is_file()

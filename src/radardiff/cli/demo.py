@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -14,14 +15,18 @@ STAGES = ("synthesise data", "train", "sample", "evaluate", "report")
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option(
-    "--steps", type=int, default=None, help="Training steps (default: the tiny recipe's)."
+    "--steps",
+    type=int,
+    default=360,
+    show_default=True,
+    help="Training steps (sized so that the demo ends within 10 minutes on 2 CPU cores).",
 )
 @click.option(
     "--n-train", type=int, default=4000, show_default=True, help="Synthetic training scenes."
 )
-@click.option("--n-samples", type=int, default=256, show_default=True, help="Scenes to generate.")
+@click.option("--n-samples", type=int, default=128, show_default=True, help="Scenes to generate.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: str, steps: int | None, n_train: int, n_samples: int, seed: int) -> None:
+def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
     """Synthesise 32x32 InSAR noise, train a small model on the CPU, sample, evaluate, report.
 
     \b
@@ -39,15 +44,18 @@ def demo(out: str, steps: int | None, n_train: int, n_samples: int, seed: int) -
 
     root = Path(out)
     data_dir, run = root / "data", RunDir(root)
-    if run.checkpoints.exists():
-        raise click.UsageError(f"{root} already holds a run; remove it or pass another --out")
+    marker = root / ".radardiff-demo"
+    if marker.is_file():
+        shutil.rmtree(root)  # an earlier demo's output: the demo starts afresh
+    elif root.exists() and any(root.iterdir()):
+        raise click.UsageError(f"{root} exists and is not a demo output; pass another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     with progress(len(STAGES), "demo", unit="stage") as stages:
         stages.set_postfix_str(STAGES[0])
         train_h5 = synthesize("insar_noise", n_train, 32, data_dir / "train.h5", seed)
         val_h5 = synthesize("insar_noise", max(n_samples, 256), 32, data_dir / "val.h5", seed + 1)
-        cfg = tiny_config(str(train_h5.resolve()), str(val_h5.resolve()))
-        if steps is not None:
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
+        cfg = tiny_config(str(train_h5.resolve()), str(val_h5.resolve()), steps=steps)
         stages.update(1)
         stages.set_postfix_str(STAGES[1])
         with progress(cfg.train.steps, "  train", unit="step") as bar:

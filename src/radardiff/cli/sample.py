@@ -11,7 +11,9 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--n", "n", type=int, help="Number of samples.")
 @click.option(
-    "--out", type=click.Path(dir_okay=False), help="Output file: .h5, .npz, .png grid, .tif folder."
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Output: .h5 (dataset file), .npz, .png (grid), .tif (folder of GeoTIFFs).",
 )
 @click.option(
     "--sampler",
@@ -22,7 +24,10 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
     "--steps", type=int, default=None, help="Sampling steps (respaced over the trained T)."
 )
 @click.option(
-    "--class", "classes", default=None, help="Class index or comma-separated list (round robin)."
+    "--class",
+    "classes",
+    default=None,
+    help="Class index, or a comma-separated list given in turn (2,2,5: a 2:1 mix).",
 )
 @click.option(
     "--guidance", type=float, default=None, help="Classifier-free guidance scale (1 = none)."
@@ -41,6 +46,11 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
 )
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option(
+    "--clip/--no-clip",
+    default=None,
+    help="Clip x0 estimates to [-1, 1] [default: when the normalisation bounds the data].",
+)
+@click.option(
     "--list-samplers", is_flag=True, help="List the samplers and their options, then exit."
 )
 def sample(
@@ -56,6 +66,7 @@ def sample(
     options,
     precision,
     weights,
+    clip,
     list_samplers,
 ) -> None:
     """Generate samples from a trained run, in physical units.
@@ -91,6 +102,7 @@ def sample(
         guidance=sc.guidance if guidance is None else guidance,
         sampler_options=parse_kv(options, "--option"),
         mixed_precision=precision,
+        clip=clip,
     )
     with progress(n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
         result = generate(run, opts, out, on_progress=bar_callback(bar))

@@ -43,6 +43,6 @@ def tiny_config(train: str = "", val: str | None = None, steps: int = 1500) -> R
             val_every=500,
             val_samples=128,
         ),
-        sample=SampleConfig(sampler="dpmsolver++", steps=25, batch_size=64),
+        sample=SampleConfig(sampler="ddim", steps=50, batch_size=64),
         evaluate=EvalConfig(),
     )

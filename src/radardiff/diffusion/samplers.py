@@ -132,6 +132,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ]
 }
 STEP_OPTIONS = {"eta"}  # passed to scheduler.step, not to the constructor
+# How each scheduler clips its x0 estimate to [-1, 1]. With sample_max_value = 1, diffusers'
+# dynamic thresholding reduces to the static clip. Euler and Euler ancestral cannot clip.
+CLIP_SETTINGS: dict[str, dict[str, Any]] = {
+    "DDPMScheduler": {"clip_sample": True, "clip_sample_range": 1.0},
+    "DDIMScheduler": {"clip_sample": True, "clip_sample_range": 1.0},
+    "HeunDiscreteScheduler": {"clip_sample": True, "clip_sample_range": 1.0},
+    "DPMSolverMultistepScheduler": {"thresholding": True, "sample_max_value": 1.0},
+    "DPMSolverSinglestepScheduler": {"thresholding": True, "sample_max_value": 1.0},
+    "UniPCMultistepScheduler": {"thresholding": True, "sample_max_value": 1.0},
+}
 _CHOICES = {
     "timestep_spacing": SPACINGS,
     "solver_order": (1, 2, 3),
@@ -215,7 +225,11 @@ def _lu_sigmas(betas: np.ndarray, steps: int) -> np.ndarray:
 
 
 def make_sampler(
-    name: str, diffusion: DiffusionConfig, steps: int, options: dict[str, Any] | None = None
+    name: str,
+    diffusion: DiffusionConfig,
+    steps: int,
+    options: dict[str, Any] | None = None,
+    clip: bool = False,
 ) -> PreparedSampler:
     """Build a registered sampler on the trained schedule of ``diffusion``, respaced to ``steps``.
 
@@ -225,6 +239,8 @@ def make_sampler(
     diffusion : the run's diffusion config (schedule, T, parameterisation, variance).
     steps : number of sampling steps K, ``1 <= K <= T``.
     options : sampler options (see :func:`describe_samplers`); unknown ones are an error.
+    clip : clip each x0 estimate to [-1, 1] (for data normalised into that range, as the
+        reference code's ``clip_denoised``); ignored by samplers that cannot clip (Euler).
 
     Raises
     ------
@@ -249,7 +265,7 @@ def make_sampler(
         )
     merged = _check_options(spec, options or {})
     betas = make_betas(diffusion.schedule, diffusion.timesteps)
-    scheduler = _build_scheduler(spec, diffusion, betas, merged)
+    scheduler = _build_scheduler(spec, diffusion, betas, merged, clip)
     scheduler.set_timesteps(int(steps))
     _continuous_spacing(scheduler, spec, betas, merged, int(steps))
     times = torch.as_tensor(scheduler.timesteps).float()
@@ -258,7 +274,9 @@ def make_sampler(
     return PreparedSampler(spec, scheduler, step_kwargs, int(steps), times, takes_gen)
 
 
-def _build_scheduler(spec: SamplerSpec, diffusion: DiffusionConfig, betas, merged: dict) -> Any:
+def _build_scheduler(
+    spec: SamplerSpec, diffusion: DiffusionConfig, betas, merged: dict, clip: bool = False
+) -> Any:
     """The diffusers scheduler on the trained betas, parameterisation and (DDPM) variance."""
     cls = getattr(diffusers, spec.cls)
     ctor = {k: v for k, v in merged.items() if k not in STEP_OPTIONS}
@@ -266,11 +284,12 @@ def _build_scheduler(spec: SamplerSpec, diffusion: DiffusionConfig, betas, merge
         del ctor["use_lu_lambdas"]  # applied by _continuous_spacing
     if spec.uses_learned_variance:
         ctor["variance_type"] = diffusion.variance
+    fixed = {**spec.fixed, **(CLIP_SETTINGS.get(spec.cls, {}) if clip else {})}
     return cls(
         num_train_timesteps=diffusion.timesteps,
         trained_betas=betas.tolist(),
         prediction_type=PREDICTION_TYPES[diffusion.prediction],
-        **spec.fixed,
+        **fixed,
         **ctor,
     )
 

@@ -52,6 +52,7 @@ class SampleOptions:
     guidance: float = 1.0
     sampler_options: dict[str, Any] = field(default_factory=dict)
     mixed_precision: str = "no"
+    clip: bool | None = None
 
     def signature(self) -> str:
         """Identifies the request; parts of another request are never reused."""
@@ -66,6 +67,16 @@ class SampleResult:
     n: int
     seconds: float
     reused: int
+
+
+BOUNDED = ("minmax_pm1", "minmax_01", "global_minmax")
+
+
+def clips(run: LoadedRun, opts: SampleOptions) -> bool:
+    """Whether x0 estimates are clipped to [-1, 1] (see :class:`SampleOptions`)."""
+    if opts.clip is not None:
+        return opts.clip
+    return run.normalizer.phase or run.normalizer.method in BOUNDED
 
 
 def _validate(run: LoadedRun, opts: SampleOptions) -> None:
@@ -153,7 +164,9 @@ def denoise_batch(
     """Samples ``idx`` of the request in network space (float32, (B, C, H, W)) and their classes."""
     device = next(run.model.parameters()).device
     cfg = run.cfg
-    prepared = make_sampler(opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options)
+    prepared = make_sampler(
+        opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options, clip=clips(run, opts)
+    )
     gens = _generators(opts, idx)
     size = cfg.model.image_size
     x = initial_noise(gens, (run.data_channels, size, size)).to(device)
