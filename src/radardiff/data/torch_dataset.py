@@ -25,7 +25,9 @@ class RadarDataset(Dataset):
         self.data = data
         self.normalizer = normalizer
         self.indices = (
-            valid_sample_indices(data) if indices is None else np.asarray(indices, np.int64)
+            valid_sample_indices(data, to_db=normalizer.to_db)
+            if indices is None
+            else np.asarray(indices, np.int64)
         )
 
     def __len__(self) -> int:
