@@ -6,8 +6,8 @@ bounded blocks, checks that they are comparable, computes the metrics named in
 
 Sampling
 --------
-At most ``max_samples`` images per set are used (``EvalConfig.max_samples`` when the config has
-it, else 2000), chosen uniformly without replacement with ``numpy.random.default_rng(seed)``;
+At most ``max_samples`` images per set are used (the argument, else ``EvalConfig.max_samples``,
+2000 by default), chosen uniformly without replacement with ``numpy.random.default_rng(seed)``;
 ``n`` and ``n_used`` in the JSON say how many the file holds and how many were used. Pixel
 values for the histogram and its Wasserstein distance are a uniform random subset of at most
 2,000,000 finite pixels per set and channel.
@@ -104,7 +104,6 @@ from radardiff.evaluate.semivariogram import semivariogram, semivariogram_rel_er
 from radardiff.evaluate.spectra import psd_log_rmse, radial_frequencies, radial_psd
 
 SCHEMA = "radardiff.metrics/1"
-DEFAULT_MAX_SAMPLES = 2000
 HISTOGRAM_MAX_PIXELS = 2_000_000
 SCALAR_KEYS = (
     "semivariogram_rel_error",
@@ -470,7 +469,7 @@ def evaluate_files(
     out_dir : path
         Folder for ``metrics.json`` and ``arrays.npz`` (created; both written atomically).
     max_samples : int, optional
-        Cap on images used per set (overrides the config; default 2000).
+        Cap on images used per set (overrides ``cfg.max_samples``, 2000 by default).
     seed : int, optional
         Seed (default ``cfg.seed``) of the generator behind sample choice, pixel subsets and bootstrap draws.
     real_features, fake_features : ndarray (N, D), optional

@@ -214,7 +214,8 @@ class Trainer:
         self.model, self.opt = self.acc.prepare(model, opt)
         if tc.compile:
             self.model = torch.compile(self.model)
-        self.ema_models = [m.to(self.acc.device) for m in self.ema.models]
+        for ema in self.ema.models:
+            ema.to(self.acc.device)
         self.dataset = RadarDataset(self.data, self.normalizer, self.normalizer.valid_indices)
         self.range_moments = (
             log_range_moments(torch.as_tensor(self.normalizer.sample_stats))
