@@ -54,9 +54,10 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def time_bare(model, x, times, device, precision) -> float:
@@ -149,7 +150,9 @@ def bench(size: int, precision: str, args, device: torch.device) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"]
+    )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=2, help="network calls per timed loop")
     p.add_argument("--repeats", type=int, default=1)

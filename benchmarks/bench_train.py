@@ -7,9 +7,13 @@ with base 64 channels) and precision (fp32, bf16 autocast), prints images/s of
 - ``ours``: radardiff's Trainer (accelerate, data from a dataset file through the normaliser,
   EMA, timestep sampler, masks, logging) on the same model and batch size;
 
-and the ratios ours/bare and bf16/fp32. Usage:
+and the ratios ours/bare and bf16/fp32 (fp16/fp32 on a GPU, with a gradient scaler in both loops).
+On a GPU, ``ours`` also pays the data pipeline (dataset file -> normaliser -> host-to-device copy).
+Usage:
 
     python benchmarks/bench_train.py [--steps 6] [--batch 16] [--sizes 32,64] [--channels-last]
+    python benchmarks/bench_train.py --device cuda --precisions fp32,bf16,fp16 --batch 128 --steps 30
+    python benchmarks/bench_train.py --compile   # torch.compile in both loops
 """
 
 from __future__ import annotations
@@ -46,28 +50,43 @@ def model_section(size: int) -> dict:
     }
 
 
-def bare_loop(cfg, steps: int, warmup: int, bf16: bool) -> float:
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(cfg, steps: int, warmup: int, device: torch.device) -> float:
     """images/s of the plainest training loop of the same network."""
     torch.manual_seed(0)
-    model = build_unet(cfg.model, 1, False)
+    prec = cfg.train.mixed_precision
+    model = build_unet(cfg.model, 1, False).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    diffusion = GaussianDiffusion(cfg.diffusion)
+    fwd = torch.compile(model) if cfg.train.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=prec == "fp16")
+    dtype = torch.float16 if prec == "fp16" else torch.bfloat16
+    diffusion = GaussianDiffusion(cfg.diffusion).to(device)
     b, s = cfg.train.batch_size, cfg.model.image_size
-    x0 = torch.randn(b, 1, s, s)
+    x0 = torch.randn(b, 1, s, s, device=device)
     times = []
     for i in range(warmup + steps):
+        sync(device)
         t0 = time.perf_counter()
-        t = torch.randint(0, cfg.diffusion.timesteps, (b,))
+        t = torch.randint(0, cfg.diffusion.timesteps, (b,), device=device)
         noise = torch.randn_like(x0)
         x_t = diffusion.q_sample(x0, t, noise)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x_t, t).sample
+        with torch.autocast(device.type, dtype=dtype, enabled=prec != "no"):
+            out = fwd(x_t, t).sample
         loss = torch.nn.functional.mse_loss(out.float(), noise)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
+        sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return b / float(np.median(times))
@@ -78,7 +97,13 @@ def our_loop(cfg, out: Path, steps: int, warmup: int) -> float:
     writes the final checkpoint, is left out)."""
     stamps = []
     trainer = Trainer(cfg, out)
-    trainer.run(on_progress=lambda done, total, info: stamps.append(time.perf_counter()))
+    device = trainer.acc.device
+
+    def stamp(done, total, info) -> None:
+        sync(device)
+        stamps.append(time.perf_counter())
+
+    trainer.run(on_progress=stamp)
     gaps = np.diff(stamps)[warmup : warmup + steps]
     return cfg.train.batch_size / float(np.median(gaps))
 
@@ -90,19 +115,30 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sizes", default="32,64")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-malloc-tuning", action="store_true")
     args = ap.parse_args()
     if not args.no_malloc_tuning:
         tune_malloc()
+    device = torch.device(args.device)
+    if (device.type == "cuda") != torch.cuda.is_available():
+        raise SystemExit("--device: the Trainer uses the GPU exactly when one is available")
+    precisions = args.precisions.split(",")
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
-        f"malloc tuning {'off' if args.no_malloc_tuning else 'on'}, channels_last {args.channels_last}"
+        f"torch {torch.__version__}, device {device}"
+        f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
+        f"threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"malloc tuning {'off' if args.no_malloc_tuning else 'on'}, "
+        f"channels_last {args.channels_last}, compile {args.compile}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for size in map(int, args.sizes.split(",")):
             data = synthesize("insar_noise", 256, size, Path(tmp) / f"d{size}.h5", seed=0)
             results = {}
-            for prec in ("no", "bf16"):
+            for name in precisions:
+                prec = PRECISIONS[name]
                 total = args.warmup + args.steps + 1
                 cfg = validate_config(
                     {
@@ -115,20 +151,24 @@ def main() -> None:
                             "log_every": 1000,
                             "checkpoint_every": 10**6,
                             "channels_last": args.channels_last,
+                            "compile": args.compile,
                         },
                     }
                 )
-                bare = bare_loop(cfg, args.steps, args.warmup, prec == "bf16")
+                bare = bare_loop(cfg, args.steps, args.warmup, device)
                 ours = our_loop(cfg, Path(tmp) / f"run{size}{prec}", args.steps, args.warmup)
-                results[prec] = (bare, ours)
+                results[name] = (bare, ours)
                 print(
-                    f"{size}x{size} {'fp32' if prec == 'no' else 'bf16'}: bare {bare:7.1f} img/s  "
-                    f"ours {ours:7.1f} img/s  ours/bare {ours / bare:.3f}"
+                    f"{size}x{size} {name}: bare {bare:7.1f} img/s  "
+                    f"ours {ours:7.1f} img/s  ours/bare {ours / bare:.3f}",
+                    flush=True,
                 )
-            print(
-                f"{size}x{size} bf16/fp32: bare {results['bf16'][0] / results['no'][0]:.2f}x  "
-                f"ours {results['bf16'][1] / results['no'][1]:.2f}x"
-            )
+            for name in precisions:
+                if name != "fp32" and "fp32" in results:
+                    b, o = results[name], results["fp32"]
+                    print(
+                        f"{size}x{size} {name}/fp32: bare {b[0] / o[0]:.2f}x  ours {b[1] / o[1]:.2f}x"
+                    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,37 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
     help="Clip x0 estimates to [-1, 1] [default: when the normalisation bounds the data].",
 )
 @click.option(
+    "--cascade",
+    "cascade_run",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Low-resolution run: sample it first, then super-resolve its samples with RUN_DIR "
+    "(kept beside --out as NAME.lowres.h5).",
+)
+@click.option(
+    "--low-res",
+    "low_res",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Super-resolve these low-resolution images (.h5 dataset file, physical units).",
+)
+@click.option("--low-sampler", default=None, help="Cascade: the first stage's sampler.")
+@click.option("--low-steps", type=int, default=None, help="Cascade: the first stage's steps.")
+@click.option(
+    "--sr-noise",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Noise-augmentation level put on the low-resolution condition (0..superres_aug_max).",
+)
+@click.option(
+    "--amplitude",
+    type=float,
+    default=None,
+    help="Range-conditioned runs: the requested range (max - min) in physical units "
+    "[default: drawn from the training set].",
+)
+@click.option(
     "--list-samplers", is_flag=True, help="List the samplers and their options, then exit."
 )
 def sample(
@@ -67,6 +98,12 @@ def sample(
     precision,
     weights,
     clip,
+    cascade_run,
+    low_res,
+    low_sampler,
+    low_steps,
+    sr_noise,
+    amplitude,
     list_samplers,
 ) -> None:
     """Generate samples from a trained run, in physical units.
@@ -77,7 +114,12 @@ def sample(
       radardiff sample runs/demo --n 16 --out grid.png --sampler dpmsolver++ --steps 20 \\
           --option solver_order=3
       radardiff sample --list-samplers
+      radardiff sample runs/sar_sr --cascade runs/sar128 --n 16 --out sr.h5 --class 3
+      radardiff sample runs/sar_sr --low-res data/sar128_val.h5 --n 16 --out sr.h5 --sr-noise 50
+      radardiff sample runs/noise_range --n 64 --out amp.h5 --amplitude 0.05
     Interrupted? Run the same command again: finished batches are kept.
+    In a cascade, --class/--guidance go to the low-resolution run; sample i of the output is
+    the super-resolution of low-resolution sample i.
     """
     from radardiff.diffusion import describe_samplers
 
@@ -87,10 +129,14 @@ def sample(
     for value, name in ((run_dir, "RUN_DIR"), (n, "--n"), (out, "--out")):
         if value is None:
             raise click.UsageError(f"missing {name}")
+    if cascade_run and low_res:
+        raise click.UsageError("give --cascade or --low-res, not both")
     from radardiff.sample import SampleOptions, generate, load_run
     from radardiff.sample.device import pick_device
+    from radardiff.sample.generate import generate_cascade
 
-    run = load_run(run_dir, weights=weights, device=pick_device())
+    device = pick_device()
+    run = load_run(run_dir, weights=weights, device=device)
     sc = run.cfg.sample
     opts = SampleOptions(
         n=n,
@@ -98,12 +144,32 @@ def sample(
         steps=steps or sc.steps,
         seed=sc.seed if seed is None else seed,
         batch_size=batch_size or sc.batch_size,
-        classes=parse_int_list(classes, "--class"),
-        guidance=sc.guidance if guidance is None else guidance,
+        classes=None if cascade_run else parse_int_list(classes, "--class"),
+        guidance=1.0 if cascade_run else (sc.guidance if guidance is None else guidance),
         sampler_options=parse_kv(options, "--option"),
         mixed_precision=precision,
         clip=clip,
+        condition=low_res,
+        sr_noise=sr_noise,
+        amplitude=amplitude,
     )
-    with progress(n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
-        result = generate(run, opts, out, on_progress=bar_callback(bar))
+    if cascade_run:
+        low = load_run(cascade_run, weights=weights, device=device)
+        lc = low.cfg.sample
+        low_opts = SampleOptions(
+            n=n,
+            sampler=low_sampler or lc.sampler,
+            steps=low_steps or lc.steps,
+            seed=opts.seed,
+            batch_size=opts.batch_size,
+            classes=parse_int_list(classes, "--class"),
+            guidance=lc.guidance if guidance is None else guidance,
+            mixed_precision=precision,
+        )
+        with progress(2 * n, f"cascade {low_opts.sampler} -> {opts.sampler}", unit="img") as bar:
+            lo, result = generate_cascade(low, low_opts, run, opts, out, bar_callback(bar))
+        click.echo(f"wrote {lo.n} low-resolution samples to {lo.path} ({lo.seconds:.1f} s)")
+    else:
+        with progress(n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
+            result = generate(run, opts, out, on_progress=bar_callback(bar))
     click.echo(f"wrote {result.n} samples to {result.path} ({result.seconds:.1f} s)")

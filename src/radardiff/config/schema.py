@@ -44,7 +44,12 @@ class DataConfig(_Section):
     val: str | None = Field(None, description="dataset file of the validation split")
     normalization: Normalization = "minmax_pm1"
     to_db: bool = Field(False, description="convert linear sigma0 to dB before normalising")
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes; default: 4 on a GPU (reading overlaps the "
+        "GPU's work), 0 on the CPU (workers would take cores from the training itself)",
+    )
 
 
 class ModelConfig(_Section):

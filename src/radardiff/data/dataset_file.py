@@ -226,9 +226,12 @@ class DatasetFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._h5: h5py.File | None = None
+        self._pid = os.getpid()
         self.info = self._read_info()
 
     def _open(self) -> h5py.File:
+        if self._pid != os.getpid():  # a forked DataLoader worker: never share the parent's handle
+            self._h5, self._pid = None, os.getpid()
         if self._h5 is None:
             self._h5 = h5py.File(self.path, "r")
         return self._h5

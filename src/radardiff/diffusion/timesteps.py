@@ -19,6 +19,9 @@ class UniformSampler:
     """``p_t = 1/T``; every importance weight is 1."""
 
     kind = "uniform"
+    #: whether :meth:`update` needs every step's losses (the training loop then copies them to
+    #: the host each step; otherwise it copies them only when it logs)
+    uses_losses = False
 
     def __init__(self, T: int) -> None:
         if T < 1:
@@ -56,6 +59,7 @@ class LossSecondMomentSampler(UniformSampler):
     """
 
     kind = "loss_second_moment"
+    uses_losses = True
 
     def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001) -> None:
         super().__init__(T)

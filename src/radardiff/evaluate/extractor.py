@@ -43,8 +43,11 @@ Two extractors map images (N, C, H, W) in physical units to features (N, D):
     InceptionV3 pool features (D = 2048) from a **local** torchvision-format weights file (for
     example ``inception_v3_google-0cc3c7bd.pth`` or a fine-tuned copy; ``fc.*`` and ``AuxLogits.*``
     keys are ignored). Nothing is downloaded. Needs torchvision, an optional dependency.
-    Images are min-max scaled per sample to [0, 1], single channels repeated to three, resized
-    bilinearly to 299 x 299 and standardised with the ImageNet mean and standard deviation.
+    Images are min-max scaled per sample and channel to [0, 1], single channels repeated to
+    three, resized bilinearly to 299 x 299 and standardised with the ImageNet mean and standard
+    deviation; the network is built with ``transform_input=True``, as torchvision builds it for
+    its pretrained weights, so the convolutions see the [-1, 1] inputs the Google weights were
+    trained on. Features are the output of the network's average pool (before dropout and ``fc``).
 
 :func:`load_extractor` picks one from a path (a folder: radardiff; a file: Inception).
 """
@@ -434,24 +437,25 @@ class InceptionExtractor:
     """InceptionV3 2048-d pool features from a local torchvision weights file (module docstring)."""
 
     name = "inception_v3"
+    feature_dim = 2048
 
     def __init__(self, weights: str | os.PathLike, batch_size: int = 32) -> None:
         self.path = Path(weights)
         self.batch_size = batch_size
         if not self.path.is_file():
             raise DataError(f"{self.path}: InceptionV3 weights file not found")
-        try:
-            from torchvision.models import inception_v3
-        except ImportError:
-            raise RadarDiffError(
-                f"{self.path}: InceptionV3 features need torchvision, which is not installed "
-                "(install the build that matches your torch, or train a radardiff extractor "
-                "with 'radardiff features train')"
-            ) from None
-        net = inception_v3(weights=None, aux_logits=False, init_weights=False)
+        inception_v3 = _import_inception_v3(self.path)
+        # transform_input=True: what torchvision sets for its pretrained InceptionV3 weights
+        # (they expect inputs in [-1, 1]; the ImageNet-standardised input is mapped back inside)
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)
         state = _read_state_dict(self.path)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches raise even with strict=False
+            raise DataError(
+                f"{self.path}: not torchvision InceptionV3 weights ({_first_problem(err)})"
+            ) from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise DataError(
@@ -469,8 +473,14 @@ class InceptionExtractor:
 
     @torch.no_grad()
     def features(self, images: np.ndarray) -> np.ndarray:
+        """Features (N, 2048) float64 of images (N, 1 or 3, H, W) in physical units (NaN = no data)."""
         images = np.asarray(images, dtype=np.float64)
-        out = []
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise DataError(
+                f"InceptionV3 features ({self.path}): expected images (N, 1 or 3, H, W), "
+                f"got {images.shape}"
+            )
+        out = [np.zeros((0, self.feature_dim))]
         mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
         for s in range(0, images.shape[0], self.batch_size):
@@ -481,6 +491,33 @@ class InceptionExtractor:
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
             out.append(self.net((x - mean) / std).double().numpy())
         return np.concatenate(out)
+
+
+def _import_inception_v3(path: Path) -> Callable[..., nn.Module]:
+    """torchvision's ``inception_v3`` builder; a RadarDiffError when torchvision is missing or
+    does not import (a build for another torch, e.g. a CUDA wheel beside a CPU-only torch)."""
+    try:
+        from torchvision.models import inception_v3
+    except ImportError:
+        raise RadarDiffError(
+            f"{path}: InceptionV3 features need torchvision, which is not installed "
+            "(install the build that matches your torch, or train a radardiff extractor "
+            "with 'radardiff features train')"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a broken torchvision raises RuntimeError and others
+        raise RadarDiffError(
+            f"{path}: InceptionV3 features need torchvision, which is installed but does not "
+            f"import ({type(err).__name__}: {_first_problem(err)}; install the build that "
+            "matches your torch, or train a radardiff extractor with 'radardiff features train')"
+        ) from None
+    return inception_v3
+
+
+def _first_problem(err: BaseException) -> str:
+    """The first informative line of an error message (load_state_dict: the first problem)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    rest = [ln for ln in lines if not ln.startswith("Error(s) in loading")]
+    return (rest or lines or [type(err).__name__])[0]
 
 
 def _unit_range(x: np.ndarray) -> np.ndarray:

@@ -26,6 +26,29 @@ def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def condition_frame(low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mid-point and half-range (B, C, 1, 1) of each low-resolution image, channel by channel."""
+    lo = low.amin(dim=(2, 3), keepdim=True)
+    hi = low.amax(dim=(2, 3), keepdim=True)
+    return (hi + lo) / 2, ((hi - lo) / 2).clamp_min(1e-6)
+
+
+def superres_pair(x0: torch.Tensor, low_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The super-resolution target and its condition, both in the frame of the condition.
+
+    ``x0`` (B, C, H, W, network space) is area-averaged to ``low_size``; both are then shifted and
+    scaled by the low-resolution image's own mid-point and half-range, so the condition spans
+    exactly [-1, 1] and the target a little more (area averaging narrows the range). At sampling
+    the low-resolution image is all there is: framing it the same way needs nothing the model
+    cannot see, and ``c + h * x0`` returns the output exactly to the low-resolution image's
+    network space (see :func:`radardiff.sample.generate`). Returns (target, condition upsampled
+    to H).
+    """
+    low = degrade(x0, low_size)
+    c, h = condition_frame(low)
+    return (x0 - c) / h, upsample((low - c) / h, x0.shape[-1])
+
+
 def log_range(stats: torch.Tensor) -> torch.Tensor:
     """log10 of the per-sample range (hi - lo of channel 0) from (B, C, 2) min-max statistics."""
     spread = (stats[:, 0, 1] - stats[:, 0, 0]).abs()

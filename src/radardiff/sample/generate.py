@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from radardiff.data.dataset_file import DatasetFile
 from radardiff.diffusion import initial_noise, make_sampler, run_sampler
+from radardiff.diffusion.schedule import make_betas
 from radardiff.errors import ConfigError, RadarDiffError
+from radardiff.models import condition_frame, log_range_moments, range_embedding_value, upsample
 from radardiff.sample.run import LoadedRun
 from radardiff.sample.writers import output_format
 
@@ -53,6 +57,10 @@ class SampleOptions:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     mixed_precision: str = "no"
     clip: bool | None = None
+    condition: str | None = None
+    sr_noise: int = 0
+    amplitude: float | None = None
+    stream: int = 0
 
     def signature(self) -> str:
         """Identifies the request; parts of another request are never reused."""
@@ -76,6 +84,8 @@ def clips(run: LoadedRun, opts: SampleOptions) -> bool:
     """Whether x0 estimates are clipped to [-1, 1] (see :class:`SampleOptions`)."""
     if opts.clip is not None:
         return opts.clip
+    if run.cfg.model.superres_low_size:  # the target lives in the condition's frame, past +-1
+        return False
     return run.normalizer.phase or run.normalizer.method in BOUNDED
 
 
@@ -84,11 +94,7 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         raise ConfigError(f"--n must be at least 1, got {opts.n}")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if run.cfg.model.superres_low_size:
-        raise ConfigError(
-            f"{run.run.root}: a super-resolution run needs low-resolution inputs; "
-            "sampling it on its own (or as a cascade) is not supported yet"
-        )
+    _validate_conditioning(run, opts)
     k = run.num_classes
     if opts.classes is not None:
         if not k:
@@ -104,6 +110,55 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         raise ConfigError(f"--precision must be no, bf16 or fp16, got '{opts.mixed_precision}'")
 
 
+def _validate_conditioning(run: LoadedRun, opts: SampleOptions) -> None:
+    m = run.cfg.model
+    if m.superres_low_size:
+        if not opts.condition:
+            raise ConfigError(
+                f"{run.run.root}: a super-resolution run needs low-resolution images: "
+                "--cascade LOW_RUN or --low-res FILE.h5"
+            )
+        _check_sr_noise(run, opts)
+        low = open_condition(opts.condition)
+        shape = (run.normalizer.channels, m.superres_low_size, m.superres_low_size)
+        if tuple(low.info.shape) != shape:
+            raise ConfigError(
+                f"{low.path}: images are {tuple(low.info.shape)} (C, H, W) but the "
+                f"super-resolution run takes {shape}"
+            )
+        if opts.n > len(low):
+            raise ConfigError(f"--n {opts.n}: {low.path} holds only {len(low)} images")
+    elif opts.condition:
+        raise ConfigError(
+            f"{run.run.root}: --low-res / --cascade need a super-resolution run "
+            "(model.superres_low_size), this one is not"
+        )
+    if opts.amplitude is not None:
+        if not m.range_conditioning:
+            raise ConfigError(
+                f"--amplitude needs a run trained with model.range_conditioning; {run.run.root} "
+                "was not"
+            )
+        if not (math.isfinite(opts.amplitude) and opts.amplitude > 0):
+            raise ConfigError(f"--amplitude must be a positive number, got {opts.amplitude}")
+
+
+def _check_sr_noise(run: LoadedRun, opts: SampleOptions) -> None:
+    top = run.cfg.model.superres_aug_max
+    if not 0 <= opts.sr_noise <= top:
+        raise ConfigError(
+            f"--sr-noise must be in 0..{top} (the run's superres_aug_max), got {opts.sr_noise}"
+        )
+
+
+def open_condition(path: str | Path) -> DatasetFile:
+    """The dataset file of low-resolution conditions (a clear error if it is not one)."""
+    try:
+        return DatasetFile(path)
+    except RadarDiffError as err:
+        raise ConfigError(f"low-resolution condition: {err}") from None
+
+
 def sample_classes(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> np.ndarray | None:
     """Class of each sample: the requested ones in turn, or drawn uniformly from (seed, i)."""
     if not run.num_classes:
@@ -116,14 +171,27 @@ def sample_classes(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> np.n
     )
 
 
-def make_model_fn(run: LoadedRun, labels: torch.Tensor | None, guidance: float, autocast):
-    """The network as the sampler sees it, with classifier-free guidance on the mean channels."""
+def make_model_fn(
+    run: LoadedRun,
+    labels: torch.Tensor | None,
+    guidance: float,
+    autocast,
+    extra: torch.Tensor | None = None,
+):
+    """The network as the sampler sees it, with classifier-free guidance on the mean channels.
+
+    ``labels``: class labels, or the conditioning scalar (super-resolution noise level, range
+    embedding) of each sample; ``extra``: channels concatenated to the input (the upsampled
+    low-resolution condition).
+    """
     model, c = run.model, run.data_channels
     null = run.num_classes
 
     @torch.no_grad()
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tt = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        if extra is not None:
+            x = torch.cat([x, extra.to(x.dtype)], dim=1)
         with autocast:
             if labels is None:
                 return model(x, tt).sample.float()
@@ -142,10 +210,12 @@ def make_model_fn(run: LoadedRun, labels: torch.Tensor | None, guidance: float, 
 
 
 def _generators(opts: SampleOptions, idx: np.ndarray) -> list[torch.Generator]:
-    """One generator per sample, seeded from ``(seed, i)`` through a SeedSequence."""
+    """One generator per sample, seeded from ``(seed, i)`` (``(seed, i, stream)`` for a stream
+    other than 0) through a SeedSequence."""
+    tail = [opts.stream] if opts.stream else []
     return [
         torch.Generator().manual_seed(
-            int(np.random.SeedSequence([opts.seed, int(i)]).generate_state(1)[0])
+            int(np.random.SeedSequence([opts.seed, int(i), *tail]).generate_state(1)[0])
         )
         for i in idx
     ]
@@ -158,10 +228,92 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+@dataclass
+class BatchConditions:
+    """What one batch is conditioned on, and how its output returns to physical units."""
+
+    labels: np.ndarray | None  # class labels written with the samples
+    stats: np.ndarray  # per-sample normaliser statistics for the inverse
+    model_labels: torch.Tensor | None = None  # what the network's class_labels receive
+    extra: torch.Tensor | None = None  # concatenated input channels
+    frame: tuple[torch.Tensor, torch.Tensor] | None = None  # (c, h): output = c + h * y
+
+
+def _sample_rng(opts: SampleOptions, i: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([opts.seed, int(i), purpose])
+
+
+def batch_conditions(
+    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, condition: DatasetFile | None = None
+) -> BatchConditions:
+    """Labels, statistics and network conditioning of samples ``idx`` (each from its own seed)."""
+    m = run.cfg.model
+    if m.superres_low_size:
+        return _superres_conditions(run, opts, idx, condition or open_condition(opts.condition))
+    labels = sample_classes(run, opts, idx)
+    stats = physical_stats(run, opts, idx, labels)
+    model_labels = None if labels is None else torch.from_numpy(labels)
+    if m.range_conditioning:
+        if opts.amplitude is not None:
+            stats = with_range(stats, opts.amplitude)
+        moments = log_range_moments(torch.as_tensor(run.normalizer.sample_stats))
+        model_labels = range_embedding_value(torch.as_tensor(stats), *moments).float()
+    return BatchConditions(labels=labels, stats=stats, model_labels=model_labels)
+
+
+def with_range(stats: np.ndarray, amplitude: float) -> np.ndarray:
+    """Min-max statistics (B, C, 2) with channel 0's range set to ``amplitude`` about its
+    mid-point (the other channels as drawn)."""
+    out = np.array(stats, dtype=np.float64, copy=True)
+    mid = out[:, 0].mean(axis=-1)
+    out[:, 0, 0], out[:, 0, 1] = mid - amplitude / 2, mid + amplitude / 2
+    return out
+
+
+def _superres_conditions(
+    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, condition: DatasetFile
+) -> BatchConditions:
+    """The low-resolution images ``idx``: normalised with their own statistics (which return the
+    output to physical units), framed as in training, upsampled, noised to level ``sr_noise``."""
+    m = run.cfg.model
+    low = run.normalizer.transform(condition.images(idx))
+    low_v = torch.from_numpy(low.images).float()
+    c, h = condition_frame(low_v)
+    cond = upsample((low_v - c) / h, m.image_size)
+    if opts.sr_noise > 0:
+        noise = torch.stack(
+            [
+                torch.randn(
+                    cond.shape[1:],
+                    generator=torch.Generator().manual_seed(
+                        int(np.random.SeedSequence([opts.seed, int(i), 13]).generate_state(1)[0])
+                    ),
+                )
+                for i in idx
+            ]
+        )
+        abar = float(
+            np.cumprod(1.0 - make_betas(run.cfg.diffusion.schedule, run.cfg.diffusion.timesteps))[
+                opts.sr_noise
+            ]
+        )
+        cond = abar**0.5 * cond + (1.0 - abar) ** 0.5 * noise
+    level = torch.full((len(idx),), float(opts.sr_noise))
+    return BatchConditions(
+        labels=condition.labels(idx),
+        stats=low.stats,
+        model_labels=level,
+        extra=cond,
+        frame=(c, h),
+    )
+
+
 def denoise_batch(
-    run: LoadedRun, opts: SampleOptions, idx: np.ndarray
+    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, cond: BatchConditions | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Samples ``idx`` of the request in network space (float32, (B, C, H, W)) and their classes."""
+    """Samples ``idx`` of the request in network space (float32, (B, C, H, W)) and their class
+    labels; ``cond`` defaults to :func:`batch_conditions`."""
+    cond = cond or batch_conditions(run, opts, idx)
     device = next(run.model.parameters()).device
     cfg = run.cfg
     prepared = make_sampler(
@@ -170,11 +322,14 @@ def denoise_batch(
     gens = _generators(opts, idx)
     size = cfg.model.image_size
     x = initial_noise(gens, (run.data_channels, size, size)).to(device)
-    labels = sample_classes(run, opts, idx)
-    lab_t = None if labels is None else torch.from_numpy(labels).to(device)
-    fn = make_model_fn(run, lab_t, opts.guidance, _autocast(device, opts.mixed_precision))
-    y = run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance)
-    return y.float().cpu().numpy(), labels
+    lab = None if cond.model_labels is None else cond.model_labels.to(device)
+    extra = None if cond.extra is None else cond.extra.to(device)
+    fn = make_model_fn(run, lab, opts.guidance, _autocast(device, opts.mixed_precision), extra)
+    y = run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance).float().cpu()
+    if cond.frame is not None:
+        c, h = cond.frame
+        y = c + h * y
+    return y.numpy(), cond.labels
 
 
 def physical_stats(
@@ -185,23 +340,27 @@ def physical_stats(
     return np.concatenate(
         [
             run.normalizer.draw_stats(
-                1,
-                np.random.default_rng([opts.seed, int(i), 11]),
-                None if labels is None else labels[k : k + 1],
+                1, _sample_rng(opts, i, 11), None if labels is None else labels[k : k + 1]
             )
             for k, i in enumerate(idx)
         ]
     )
 
 
-def generate_batch(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> dict[str, np.ndarray]:
+def generate_batch(
+    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, condition: DatasetFile | None = None
+) -> dict[str, np.ndarray]:
     """Samples ``idx`` of the request, in physical units, with their labels, seeds and statistics."""
-    y, labels = denoise_batch(run, opts, idx)
-    stats = physical_stats(run, opts, idx, labels)
-    images = run.normalizer.inverse(y, stats)
-    out = {"images": images, "seeds": np.asarray(idx, np.int64), "stats": stats.astype(np.float32)}
-    if labels is not None:
-        out["labels"] = labels
+    cond = batch_conditions(run, opts, idx, condition)
+    y, _ = denoise_batch(run, opts, idx, cond)
+    images = run.normalizer.inverse(y, cond.stats)
+    out = {
+        "images": images,
+        "seeds": np.asarray(idx, np.int64),
+        "stats": np.asarray(cond.stats, np.float32),
+    }
+    if cond.labels is not None:
+        out["labels"] = cond.labels
     return out
 
 
@@ -254,11 +413,12 @@ def generate(
     ]
     total = sum(b.size for b in mine)
     done = reused = 0
+    condition = open_condition(opts.condition) if opts.condition else None
     for idx in mine:
         if parts.has(idx):
             reused += idx.size
         else:
-            parts.write(idx, generate_batch(run, opts, idx))
+            parts.write(idx, generate_batch(run, opts, idx, condition))
         done += idx.size
         if on_progress is not None:
             on_progress(done, total)
@@ -269,6 +429,75 @@ def generate(
     if state is not None:
         state.wait_for_everyone()
     return SampleResult(path=out, n=opts.n, seconds=time.perf_counter() - t0, reused=reused)
+
+
+def lowres_path(out: str | Path) -> Path:
+    """Where a cascade keeps its first stage's low-resolution samples: beside ``out``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".lowres.h5")
+
+
+def generate_cascade(
+    low_run: LoadedRun,
+    low_opts: SampleOptions,
+    sr_run: LoadedRun,
+    sr_opts: SampleOptions,
+    out: str | Path,
+    on_progress: ProgressFn | None = None,
+) -> tuple[SampleResult, SampleResult]:
+    """Low-resolution samples from ``low_run``, then super-resolution samples of them.
+
+    The first stage is written to :func:`lowres_path` (a dataset file in physical units, kept:
+    it is the condition of each output sample, and a finished one is reused when the cascade
+    runs again); the second stage conditions sample i on low-resolution sample i and draws its
+    noise from the seed sub-stream 1. Both stages resume like :func:`generate`.
+    """
+    m = sr_run.cfg.model
+    if not m.superres_low_size:
+        raise ConfigError(f"{sr_run.run.root}: --cascade needs a super-resolution run to finish it")
+    if low_run.cfg.model.image_size != m.superres_low_size:
+        raise ConfigError(
+            f"{low_run.run.root}: makes {low_run.cfg.model.image_size} px images but "
+            f"{sr_run.run.root} super-resolves {m.superres_low_size} px ones"
+        )
+    if low_run.normalizer.channels != sr_run.normalizer.channels:
+        raise ConfigError(
+            f"{low_run.run.root}: {low_run.normalizer.channels} channel(s), but the "
+            f"super-resolution run has {sr_run.normalizer.channels}"
+        )
+
+    _check_sr_noise(sr_run, sr_opts)  # the second stage's errors, before the first stage runs
+    make_sampler(sr_opts.sampler, sr_run.cfg.diffusion, sr_opts.steps, sr_opts.sampler_options)
+    output_format(Path(out))
+
+    def stage(k: int) -> ProgressFn | None:  # one bar over both stages
+        if on_progress is None:
+            return None
+        return lambda done, total: on_progress(k * total + done, 2 * total)
+
+    low_out = lowres_path(out)
+    if _finished(low_out, low_run, low_opts):
+        first = SampleResult(path=low_out, n=low_opts.n, seconds=0.0, reused=low_opts.n)
+    else:
+        first = generate(low_run, low_opts, low_out, stage(0))
+    second_opts = replace(sr_opts, n=low_opts.n, condition=str(first.path), stream=1)
+    return first, generate(sr_run, second_opts, out, stage(1))
+
+
+def _finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
+    """Whether ``path`` is a complete output of this very request and checkpoint."""
+    if not path.is_file():
+        return False
+    try:
+        f = DatasetFile(path)
+        attrs = f.attrs()
+    except (RadarDiffError, OSError):
+        return False
+    return (
+        attrs.get("request") == opts.signature()
+        and attrs.get("checkpoint") == str(run.checkpoint)
+        and len(f) == opts.n
+    )
 
 
 class PartStore:

@@ -41,7 +41,12 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
         "seed": opts.seed,
         "guidance": opts.guidance,
         "checkpoint": str(run.checkpoint),
+        "request": opts.signature(),  # lets a cascade reuse a finished first stage
     }
+    if opts.condition:
+        attrs.update(condition=str(opts.condition), sr_noise=opts.sr_noise)
+    if opts.amplitude is not None:
+        attrs["amplitude"] = opts.amplitude
     if fmt == "h5":
         return write_dataset(
             out,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
 from radardiff.diffusion import GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
-from radardiff.models import build_unet, degrade, log_range_moments, range_embedding_value, upsample
+from radardiff.models import build_unet, log_range_moments, range_embedding_value, superres_pair
 from radardiff.train.checkpoint import (
     CheckpointState,
     ema_dirname,
@@ -46,6 +47,37 @@ class TrainResult:
 
 
 ProgressFn = Callable[[int, int, dict], None]
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; on a GPU through pinned memory and a non-blocking copy, so the
+    host does not wait for the GPU's queued work (a pageable copy synchronises the stream)."""
+    if device.type != "cuda":
+        return x.to(device)
+    if not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
+def noise_generator(seed: int, device: torch.device, host: torch.Generator) -> torch.Generator:
+    """Where the step's Gaussian noise is drawn: ``host`` on the CPU, a generator on the GPU
+    itself there (seeded from the same step seed, so a resumed GPU run draws the same noise)."""
+    if device.type == "cpu":
+        return host
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _single_process_reset() -> None:
+    """Forget the accelerate state of an earlier Trainer in this process (one process only).
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with other settings
+    (a bf16 run after an fp32 one in the same notebook or benchmark); under torchrun the state
+    belongs to the launch and stays.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def step_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -111,29 +143,44 @@ def conditioning(
     batch: dict[str, torch.Tensor],
     gen: torch.Generator,
     range_moments: tuple[float, float] | None,
+    noise_gen: torch.Generator | None = None,
+    low: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """The extra network input (low-res condition) and the conditioning labels of one batch.
 
-    Super-resolution: x0 is area-downsampled to the low size, upsampled back and noised to a
-    random level s <= superres_aug_max (noise augmentation, Ho et al. 2022, cascaded diffusion),
-    s is the network's conditioning scalar. Class labels are dropped to the null class with
-    probability class_dropout (classifier-free guidance).
+    Super-resolution: ``low`` is the upsampled low-resolution condition from
+    :func:`target_and_condition`, noised to a random level s <= superres_aug_max (noise
+    augmentation, Ho et al. 2022, cascaded diffusion); s is the network's conditioning scalar.
+    Class labels are dropped to the null class with probability class_dropout (classifier-free
+    guidance).
     """
     m, device = cfg.model, x0.device
+    noise_gen = noise_gen or gen
     if m.num_classes:
-        labels = batch["label"].to(device)
-        drop = torch.rand(labels.shape, generator=gen).to(device) < m.class_dropout
+        labels = to_device(batch["label"], device)
+        drop = to_device(torch.rand(labels.shape, generator=gen), device) < m.class_dropout
         return None, {"class_labels": torch.where(drop, m.num_classes, labels)}
     if m.superres_low_size:
-        low = upsample(degrade(x0, m.superres_low_size), m.image_size)
-        s = torch.randint(0, m.superres_aug_max + 1, (x0.shape[0],), generator=gen).to(device)
-        noise = torch.randn(low.shape, generator=gen).to(device)
+        s = to_device(
+            torch.randint(0, m.superres_aug_max + 1, (x0.shape[0],), generator=gen), device
+        )
+        noise = torch.randn(low.shape, generator=noise_gen, device=noise_gen.device).to(device)
         noised = torch.where((s > 0).view(-1, 1, 1, 1), diffusion.q_sample(low, s, noise), low)
         return noised, {"class_labels": s.float()}
     if m.range_conditioning:
-        stats = batch["stats"].to(device)
+        stats = to_device(batch["stats"], device)
         return None, {"class_labels": range_embedding_value(stats, *range_moments)}
     return None, {}
+
+
+def target_and_condition(
+    cfg: RunConfig, x0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The diffusion target and, for super-resolution, its low-resolution condition (both in the
+    condition's frame, see :func:`radardiff.models.superres_pair`)."""
+    if not cfg.model.superres_low_size:
+        return x0, None
+    return superres_pair(x0, cfg.model.superres_low_size)
 
 
 def train_step(
@@ -145,15 +192,21 @@ def train_step(
     gen: torch.Generator,
     device: torch.device,
     range_moments: tuple[float, float] | None = None,
+    noise_gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass and the loss: returns (scalar loss, per-sample loss, timesteps)."""
-    x0 = batch["image"].to(device, non_blocking=True)
-    mask = batch["mask"].to(device, non_blocking=True)
+    """One forward pass and the loss: returns (scalar loss, per-sample loss, timesteps).
+
+    Timesteps and label dropout are drawn from ``gen`` (host); the Gaussian noise from
+    ``noise_gen`` (default ``gen``), which may live on the GPU.
+    """
+    noise_gen = noise_gen or gen
+    x0, low = target_and_condition(cfg, to_device(batch["image"], device))
+    mask = to_device(batch["mask"], device)
     t, w = ts_sampler.sample(x0.shape[0], gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    t, w, noise = t.to(device), w.to(device), noise.to(device)
+    t, w = to_device(t, device), to_device(w, device)
+    noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device).to(device)
     x_t = diffusion.q_sample(x0, t, noise)
-    extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments)
+    extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments, noise_gen, low)
     inp = x_t if extra is None else torch.cat([x_t, extra], dim=1)
     if cfg.train.channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
@@ -170,6 +223,7 @@ class Trainer:
         tc = cfg.train
         if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
+        _single_process_reset()
         # cpu=True where there is no GPU: accelerate then runs several processes over gloo
         # (torchrun on a CPU-only machine), where it would otherwise fall back to one process
         self.acc = Accelerator(
@@ -290,15 +344,20 @@ class Trainer:
             world=acc.num_processes,
             steps=tc.steps * accum,
         )
+        on_gpu = acc.device.type == "cuda"
+        workers = cfg.data.num_workers
         loader = DataLoader(
             self.dataset,
             batch_sampler=sampler,
             collate_fn=identity_collate,
-            num_workers=cfg.data.num_workers,
+            num_workers=(4 if on_gpu else 0) if workers is None else workers,
+            pin_memory=on_gpu,
             persistent_workers=False,
         )
         batches = iter(loader)
         log = _LogWindow()
+        watch = _FiniteWatch(acc.device)
+        per_step_losses = self.ts_sampler.uses_losses
         last_loss, last_ckpt = float("nan"), None
         self.model.train()
         t0 = time.perf_counter()
@@ -312,6 +371,7 @@ class Trainer:
                 seed = step_seed(tc.seed, micro, acc.process_index)
                 torch.manual_seed(seed)  # dropout draws from the global generator
                 gen = torch.Generator().manual_seed(seed)
+                noise_gen = noise_generator(seed, acc.device, gen)
                 with acc.accumulate(self.model):
                     loss, per_sample, t = train_step(
                         self.model,
@@ -322,9 +382,9 @@ class Trainer:
                         gen,
                         acc.device,
                         self.range_moments,
+                        noise_gen,
                     )
-                    if not torch.isfinite(loss):
-                        self._diverged(step, f"loss is {loss.item()}")
+                    watch.loss(loss, step)
                     acc.backward(loss)
                     grad_norm = None
                     if acc.sync_gradients:
@@ -333,33 +393,39 @@ class Trainer:
                             if tc.grad_clip > 0
                             else None
                         )
-                    if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
-                        self._diverged(step, f"gradient norm is {float(grad_norm)}")
+                    if grad_norm is not None:
+                        watch.grad(torch.as_tensor(grad_norm), step)
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
-                all_t = acc.gather(t).cpu().numpy()
-                all_loss = acc.gather(per_sample.float()).cpu().numpy()
-                self.ts_sampler.update(all_t, all_loss)
+                all_t = acc.gather(t)
+                all_loss = acc.gather(per_sample.float())
+                if per_step_losses:  # the sampler learns from them: a host copy every step
+                    self.ts_sampler.update(all_t.cpu().numpy(), all_loss.cpu().numpy())
                 log.add(all_t, all_loss, cfg.diffusion.timesteps)
             batch_images = tc.batch_size * accum * acc.num_processes
             self.state.images_seen += batch_images
             self.state.step = step + 1
             self.ema.update(acc.unwrap_model(self.model), self.state.images_seen, batch_images)
-            last_loss = float(all_loss.mean())
             if grad_norm is not None:
-                log.grad_norm = float(grad_norm)
+                log.grad_norm = grad_norm
             done = self.state.step
+            if not on_gpu:  # nothing to overlap on the CPU: stop at the first bad step
+                self._check(watch)
             if done % tc.log_every == 0 or done == tc.steps:
+                self._check(watch)
                 elapsed = time.perf_counter() - t0
                 row = log.flush(done, lr, self.state.images_seen, elapsed)
+                last_loss = row["loss"]
                 t0 = time.perf_counter()
                 self._write_stats(row)
             if self.cfg.data.val and (done % tc.val_every == 0 or done == tc.steps):
                 self._validate()
             if done % tc.checkpoint_every == 0 or done == tc.steps:
+                self._check(watch)
                 last_ckpt = self._checkpoint()
             if on_progress is not None:
-                on_progress(done, tc.steps, {"loss": last_loss})
+                # the loss of the last log line: reading it every step would stall a GPU
+                on_progress(done, tc.steps, {"loss": last_loss} if math.isfinite(last_loss) else {})
         acc.wait_for_everyone()
         return TrainResult(self.run_dir.root, self.state.step, last_ckpt, last_loss)
 
@@ -393,6 +459,11 @@ class Trainer:
                 "val_vlb_bpd": res.vlb_bpd,
             }
         )
+
+    def _check(self, watch: _FiniteWatch) -> None:
+        bad = watch.first_bad()
+        if bad is not None:
+            self._diverged(*bad)
 
     def _diverged(self, step: int, what: str) -> None:
         last = self.run_dir.latest_checkpoint() or "none (no checkpoint yet)"
@@ -432,22 +503,59 @@ def _truncate_stats(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
+class _FiniteWatch:
+    """Remembers, on the device, the first step whose loss or gradient norm was not finite.
+
+    Checking a GPU value on the host waits for all queued work; the loop asks only when it logs
+    or checkpoints (every step on the CPU), so the GPU never idles between steps. A bad step
+    stops training with its own number at the next check, before any checkpoint is written.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.steps = torch.full((2,), -1, dtype=torch.long, device=device)
+        self.values = torch.zeros(2, dtype=torch.float32, device=device)
+
+    def _see(self, k: int, value: torch.Tensor, step: int) -> None:
+        value = value.detach().float().reshape(()).to(self.steps.device)
+        new = ~torch.isfinite(value) & (self.steps[k] < 0)
+        self.steps[k] = torch.where(new, step, self.steps[k])
+        self.values[k] = torch.where(new, value, self.values[k])
+
+    def loss(self, value: torch.Tensor, step: int) -> None:
+        self._see(0, value, step)
+
+    def grad(self, value: torch.Tensor, step: int) -> None:
+        self._see(1, value, step)
+
+    def first_bad(self) -> tuple[int, str] | None:
+        steps, values = self.steps.tolist(), self.values.tolist()
+        found = [(s, k) for k, s in enumerate(steps) if s >= 0]
+        if not found:
+            return None
+        step, k = min(found)
+        return step, f"{('loss', 'gradient norm')[k]} is {values[k]}"
+
+
 class _LogWindow:
-    """Accumulates per-sample losses between two log lines, split by timestep quartile."""
+    """Accumulates per-sample losses between two log lines, split by timestep quartile.
+
+    Values stay where they were computed (on the GPU) until :meth:`flush`.
+    """
 
     def __init__(self) -> None:
-        self.t: list[np.ndarray] = []
-        self.loss: list[np.ndarray] = []
-        self.grad_norm: float | None = None
+        self.t: list[torch.Tensor] = []
+        self.loss: list[torch.Tensor] = []
+        self.grad_norm: torch.Tensor | float | None = None
         self.T = 1
 
-    def add(self, t: np.ndarray, loss: np.ndarray, T: int) -> None:
-        self.t.append(t)
-        self.loss.append(loss)
+    def add(self, t: torch.Tensor, loss: torch.Tensor, T: int) -> None:
+        self.t.append(t.detach())
+        self.loss.append(loss.detach())
         self.T = T
 
     def flush(self, step: int, lr: float, images_seen: int, elapsed: float) -> dict:
-        t, loss = np.concatenate(self.t), np.concatenate(self.loss)
+        t = torch.cat(self.t).cpu().numpy()
+        loss = torch.cat(self.loss).cpu().numpy()
         q = np.minimum(t * 4 // self.T, 3)
         row = {
             "step": step,
@@ -460,7 +568,7 @@ class _LogWindow:
             sel = loss[q == i]
             row[f"loss_q{i}"] = float(sel.mean()) if sel.size else None
         if self.grad_norm is not None:
-            row["grad_norm"] = self.grad_norm
+            row["grad_norm"] = float(self.grad_norm)
         self.t, self.loss = [], []
         return row
 

@@ -36,9 +36,11 @@ def validation_loss(
     """Mean training loss (unweighted by timestep sampling) over fixed samples, timesteps, noise.
 
     The same samples, timesteps and noise are used at every validation, so the numbers compare
-    across steps. Timesteps are evenly spread over [0, T).
+    across steps. Timesteps are evenly spread over [0, T). Super-resolution runs are validated
+    in the frame of their condition (see :func:`radardiff.models.superres_pair`), their bits/dim
+    included.
     """
-    from radardiff.train.loop import conditioning
+    from radardiff.train.loop import conditioning, target_and_condition
 
     model.eval()
     n = min(len(val), cfg.train.val_samples)
@@ -50,7 +52,7 @@ def validation_loss(
     bs = cfg.train.batch_size
     for start in range(0, n, bs):
         sl = slice(start, start + bs)
-        x0 = torch.from_numpy(images.images[sl]).to(device)
+        x0, low = target_and_condition(cfg, torch.from_numpy(images.images[sl]).to(device))
         mask = torch.from_numpy(images.mask[sl]).to(device)
         batch = {"stats": torch.from_numpy(images.stats[sl]).float()}
         if labels is not None:
@@ -59,7 +61,7 @@ def validation_loss(
             t = torch.full((x0.shape[0],), int(tv), dtype=torch.long, device=device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             x_t = diffusion.q_sample(x0, t, noise)
-            extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments)
+            extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments, low=low)
             if cfg.model.num_classes:  # validate the conditional model, not dropped labels
                 kwargs["class_labels"] = batch["label"].to(device)
             inp = x_t if extra is None else torch.cat([x_t, extra], dim=1)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# GPU checks that fit one short lease of a GPU machine (about 9 minutes on an H200):
+#   1. training img/s, fp32 / bf16 / fp16, ours against the bare loop (bench_train.py)
+#   2. sampling image-steps/s and wall times for 64 samples (bench_sample.py --full)
+#   3. a 32x32 InSAR-noise model trained on the GPU (bf16), then the sampler study on it
+#   4. the test suite with a GPU present (Trainer and sampling then run on CUDA)
+# Each stage has its own time limit, so a slow stage cannot starve the later ones.
+# Usage (repository root, radardiff importable):  OUT=gpu_out bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-gpu_out}
+W=${WORK:-/tmp/radardiff_gpu}
+mkdir -p "$OUT" "$W"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+RD="python3 -m radardiff"
+stage() { echo; echo "== $* ($(date +%T), ${SECONDS}s)"; }
+
+stage environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+python3 -c "import torch, diffusers, accelerate, pydantic; print('torch', torch.__version__, \
+'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__, \
+'pydantic', pydantic.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/env.txt"
+
+stage bench_train
+timeout 110 python3 benchmarks/bench_train.py --device cuda --precisions fp32,bf16,fp16 \
+  --batch 128 --steps 20 --warmup 5 --sizes 32,64 2>&1 | tee "$OUT/bench_train.txt"
+
+stage bench_sample
+timeout 140 python3 benchmarks/bench_sample.py --device cuda --precisions fp32 bf16 \
+  --steps 10 --repeats 2 --full 2>&1 | tee "$OUT/bench_sample.txt"
+
+stage train for the sampler study
+$RD data synth insar_noise --n 20000 --size 32 --out "$W/train.h5" --seed 1 >/dev/null
+$RD data synth insar_noise --n 1024 --size 32 --out "$W/val.h5" --seed 2 >/dev/null
+# stopped by the time limit if it has not finished: the last complete checkpoint is used
+timeout 120 $RD -q train configs/insar_noise_32.toml --out "$W/run" \
+  --set data.train="$W/train.h5" --set data.val="$W/val.h5" \
+  --set model.base_channels=64 --set model.layers_per_block=2 \
+  --set train.steps=3000 --set train.batch_size=256 --set train.lr=2e-4 \
+  --set train.warmup_steps=200 --set train.mixed_precision=bf16 \
+  --set 'train.ema_halflife_kimg=[50.0]' --set train.checkpoint_every=250 \
+  --set train.val_every=1000 --set train.log_every=50 2>&1 | tail -5
+ls "$W/run/checkpoints"
+cp "$W/run/stats.jsonl" "$W/run/config.toml" "$OUT/" 2>/dev/null
+
+stage feature extractor
+timeout 45 $RD features train "$W/train.h5" --out "$W/feat" --epochs 4 2>&1 | tail -2
+FEAT=()
+[ -e "$W/feat" ] && FEAT=(--features "$W/feat")
+
+stage sampler study
+timeout 110 $RD study samplers "$W/run" --samplers ddpm,ddim,dpmsolver++ \
+  --steps 10,25,50,100,1000 --n 256 --batch-size 256 --real "$W/val.h5" "${FEAT[@]}" \
+  --out "$OUT/study" 2>&1 | tail -25
+
+stage tests with a GPU present
+left=$((530 - SECONDS))
+if [ $left -gt 30 ]; then
+  timeout $left python3 -m pytest -q -x -p no:cacheprovider -n 8 tests 2>&1 | tail -30 \
+    | tee "$OUT/pytest.txt"
+fi
+stage done
