@@ -6,7 +6,16 @@
 #   4. the test suite with a GPU present (Trainer and sampling then run on CUDA)
 # Each stage has its own time limit, so a slow stage cannot starve the later ones.
 # Usage (repository root, radardiff importable):  OUT=gpu_out bash benchmarks/gpu_check.sh
+# A shorter pass (about 5 minutes): QUICK=1 (no --full sampling, a shorter training, fewer
+# study rows, no test suite).
 set -u
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  STEPS=15; FULL=; TRAIN_S=80; STUDY="ddim,dpmsolver++"; STUDY_STEPS=25,100,1000; STUDY_S=90
+else
+  STEPS=20; FULL=--full; TRAIN_S=120; STUDY="ddpm,ddim,dpmsolver++"; STUDY_STEPS=10,25,50,100,1000
+  STUDY_S=110
+fi
 OUT=${OUT:-gpu_out}
 W=${WORK:-/tmp/radardiff_gpu}
 mkdir -p "$OUT" "$W"
@@ -22,17 +31,17 @@ python3 -c "import torch, diffusers, accelerate, pydantic; print('torch', torch.
 
 stage bench_train
 timeout 110 python3 benchmarks/bench_train.py --device cuda --precisions fp32,bf16,fp16 \
-  --batch 128 --steps 20 --warmup 5 --sizes 32,64 2>&1 | tee "$OUT/bench_train.txt"
+  --batch 128 --steps $STEPS --warmup 4 --sizes 32,64 2>&1 | tee "$OUT/bench_train.txt"
 
 stage bench_sample
 timeout 140 python3 benchmarks/bench_sample.py --device cuda --precisions fp32 bf16 \
-  --steps 10 --repeats 2 --full 2>&1 | tee "$OUT/bench_sample.txt"
+  --steps 10 --repeats 2 $FULL 2>&1 | tee "$OUT/bench_sample.txt"
 
 stage train for the sampler study
 $RD data synth insar_noise --n 20000 --size 32 --out "$W/train.h5" --seed 1 >/dev/null
 $RD data synth insar_noise --n 1024 --size 32 --out "$W/val.h5" --seed 2 >/dev/null
 # stopped by the time limit if it has not finished: the last complete checkpoint is used
-timeout 120 $RD -q train configs/insar_noise_32.toml --out "$W/run" \
+timeout $TRAIN_S $RD -q train configs/insar_noise_32.toml --out "$W/run" \
   --set data.train="$W/train.h5" --set data.val="$W/val.h5" \
   --set model.base_channels=64 --set model.layers_per_block=2 \
   --set train.steps=3000 --set train.batch_size=256 --set train.lr=2e-4 \
@@ -42,19 +51,22 @@ timeout 120 $RD -q train configs/insar_noise_32.toml --out "$W/run" \
 ls "$W/run/checkpoints"
 cp "$W/run/stats.jsonl" "$W/run/config.toml" "$OUT/" 2>/dev/null
 
-stage feature extractor
-timeout 45 $RD features train "$W/train.h5" --out "$W/feat" --epochs 4 2>&1 | tail -2
 FEAT=()
-[ -e "$W/feat" ] && FEAT=(--features "$W/feat")
+if [ "$QUICK" != 1 ]; then
+  stage feature extractor
+  timeout 45 $RD features train "$W/train.h5" --out "$W/feat" --epochs 4 2>&1 | tail -2
+  [ -e "$W/feat" ] && FEAT=(--features "$W/feat")
+fi
 
 stage sampler study
-timeout 110 $RD study samplers "$W/run" --samplers ddpm,ddim,dpmsolver++ \
-  --steps 10,25,50,100,1000 --n 256 --batch-size 256 --real "$W/val.h5" "${FEAT[@]}" \
-  --out "$OUT/study" 2>&1 | tail -25
+timeout $STUDY_S $RD study samplers "$W/run" --samplers $STUDY \
+  --steps $STUDY_STEPS --n 256 --batch-size 256 --real "$W/val.h5" "${FEAT[@]}" \
+  --out "$W/study" 2>&1 | tail -25
+cp "$W"/study/samplers.* "$OUT/" 2>/dev/null
 
 stage tests with a GPU present
 left=$((530 - SECONDS))
-if [ $left -gt 30 ]; then
+if [ "$QUICK" != 1 ] && [ $left -gt 30 ]; then
   timeout $left python3 -m pytest -q -x -p no:cacheprovider -n 8 tests 2>&1 | tail -30 \
     | tee "$OUT/pytest.txt"
 fi
