@@ -7,9 +7,10 @@ autocast:
 * ``bare``: a loop of UNet forwards on fixed inputs (the floor any sampler pays);
 * ``ours``: ``run_sampler`` with ``make_model_fn`` (scheduler step, per-sample generators,
   casting) on the same inputs and number of network calls, for dpmsolver++ and ddpm;
-* overhead (target < 5 %): within one run_sampler call, total time / time inside the UNet - 1
-  (robust to a machine whose load drifts), and against the separate bare loop, ours / bare - 1
-  (interleaved repeats, median; only meaningful on a quiet machine);
+* overhead (target < 5 %): against the separate bare loop, ours / bare - 1 (interleaved
+  repeats, median; only meaningful on a quiet machine), and within one run_sampler call, total
+  time / time inside the UNet - 1 (robust to a machine whose load drifts; on a GPU that run
+  synchronises around every UNet call to split the time, which the plain run does not);
 * wall time for 64 samples: DDPM 1000 steps and dpmsolver++ at 25 steps, measured with ``--full``,
   else estimated from the measured per-step time (a CPU needs hours for the full runs).
 
@@ -89,17 +90,17 @@ class TimedModel(torch.nn.Module):
 
 def time_ours(run, name, diffusion, steps, x, device, precision) -> tuple[float, float]:
     """Seconds for a whole ``run_sampler`` call (``steps`` network calls), and of them the
-    seconds inside the UNet: their ratio is the loop's overhead measured within one run, which a
-    machine whose load drifts between runs cannot blur."""
+    seconds inside the UNet when ``run.model`` is a :class:`TimedModel` (else 0)."""
     prepared = make_sampler(name, diffusion, steps)
     gens = [torch.Generator().manual_seed(i) for i in range(x.shape[0])]
-    run.model.seconds = 0.0
+    if isinstance(run.model, TimedModel):
+        run.model.seconds = 0.0
     fn = make_model_fn(run, None, 1.0, autocast(device, precision))
     sync(device)
     t0 = time.perf_counter()
     run_sampler(prepared, fn, x.clone(), gens, 1, False)
     sync(device)
-    return time.perf_counter() - t0, run.model.seconds
+    return time.perf_counter() - t0, getattr(run.model, "seconds", 0.0)
 
 
 def bench(size: int, precision: str, args, device: torch.device) -> dict:
@@ -107,22 +108,26 @@ def bench(size: int, precision: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = build_unet(mcfg, 1, learned_variance=False).to(device).eval()
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    run = SimpleNamespace(model=TimedModel(model, device), data_channels=1, num_classes=0)
+    # plain: what users run (no synchronisation per call, so a GPU overlaps the host's work);
+    # timed: synchronises around each UNet call to split the time (used for the in-run ratio)
+    plain = SimpleNamespace(model=model, data_channels=1, num_classes=0)
+    timed = SimpleNamespace(model=TimedModel(model, device), data_channels=1, num_classes=0)
     diffusion = DiffusionConfig(timesteps=1000)
     gens = [torch.Generator().manual_seed(i) for i in range(args.batch)]
     x = initial_noise(gens, (1, size, size)).to(device)
     k = args.steps
     times = make_sampler("dpmsolver++", diffusion, k).model_times.to(device)
     time_bare(model, x, times[:1], device, precision)  # warm-up: allocator, kernel caches
-    time_ours(run, "ddpm", diffusion, 1, x, device, precision)
-    bare, dpm, ddpm = [], [], []
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits all three alike
+    time_ours(plain, "ddpm", diffusion, 1, x, device, precision)
+    bare, dpm, ddpm, in_dpm, in_ddpm = [], [], [], [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
         bare.append(time_bare(model, x, times, device, precision))
-        dpm.append(time_ours(run, "dpmsolver++", diffusion, k, x, device, precision))
-        ddpm.append(time_ours(run, "ddpm", diffusion, k, x, device, precision))
-    tb = statistics.median(bare)
-    td, tp = (statistics.median(t for t, _ in v) for v in (dpm, ddpm))
-    in_dpm, in_ddpm = (statistics.median(t / u - 1 for t, u in v) for v in (dpm, ddpm))
+        dpm.append(time_ours(plain, "dpmsolver++", diffusion, k, x, device, precision)[0])
+        ddpm.append(time_ours(plain, "ddpm", diffusion, k, x, device, precision)[0])
+        for name, acc in (("dpmsolver++", in_dpm), ("ddpm", in_ddpm)):
+            total, unet = time_ours(timed, name, diffusion, k, x, device, precision)
+            acc.append(total / unet - 1)
+    tb, td, tp = (statistics.median(v) for v in (bare, dpm, ddpm))
     res = {
         "size": size,
         "precision": precision,
@@ -133,16 +138,16 @@ def bench(size: int, precision: str, args, device: torch.device) -> dict:
         "img_steps_per_s_ddpm": args.batch * k / tp,
         "overhead_dpm": td / tb - 1,
         "overhead_ddpm": tp / tb - 1,
-        "in_run_dpm": in_dpm,
-        "in_run_ddpm": in_ddpm,
+        "in_run_dpm": statistics.median(in_dpm),
+        "in_run_ddpm": statistics.median(in_ddpm),
         "dpm25_s": td / k * 25,
         "dpm25_measured": False,
         "ddpm1000_s": tp / k * 1000,
         "ddpm1000_measured": False,
     }
     if args.full:
-        res["dpm25_s"] = time_ours(run, "dpmsolver++", diffusion, 25, x, device, precision)[0]
-        res["ddpm1000_s"] = time_ours(run, "ddpm", diffusion, 1000, x, device, precision)[0]
+        res["dpm25_s"] = time_ours(plain, "dpmsolver++", diffusion, 25, x, device, precision)[0]
+        res["ddpm1000_s"] = time_ours(plain, "ddpm", diffusion, 1000, x, device, precision)[0]
         res["dpm25_measured"] = res["ddpm1000_measured"] = True
     return res
 

@@ -164,6 +164,9 @@ class TrainConfig(_Section):
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
+    tensorboard: bool = Field(
+        True, description="also log to RUN/tensorboard when the tensorboard package is installed"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

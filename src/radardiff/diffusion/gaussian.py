@@ -84,7 +84,7 @@ class LossTerms:
 
     loss: torch.Tensor
     mse: torch.Tensor
-    vlb: torch.Tensor
+    vlb: torch.Tensor | None
 
 
 @dataclass
@@ -302,6 +302,7 @@ class GaussianDiffusion:
         t: torch.Tensor,
         noise: torch.Tensor,
         mask: torch.Tensor | None = None,
+        with_vlb: bool = True,
     ) -> LossTerms:
         """Per-sample losses of one batch, over valid pixels only (``mask``).
 
@@ -315,7 +316,9 @@ class GaussianDiffusion:
         - ``kl``: ``L_t``; ``rescaled_kl``: ``T L_t`` (the whole VLB, the mean is trained too).
 
         Entries of ``x0``, ``x_t``, ``noise`` and ``model_output`` at masked pixels are ignored
-        (they may hold NaN). ``vlb`` is always returned (for logging and validation).
+        (they may hold NaN). ``vlb`` is returned for logging and validation unless ``with_vlb`` is
+        false and the loss does not need it (the training step: a fixed-variance MSE model then
+        skips the VLB's work).
         """
         from radardiff.diffusion.vlb import vlb_terms  # vlb builds on this module
 
@@ -330,7 +333,9 @@ class GaussianDiffusion:
         err = (out[:, :c] - self.target(x0, t, noise)) ** 2
         mse = masked_mean(err, vmask)
         whole_vlb = self.cfg.loss in ("kl", "rescaled_kl")
-        vlb = vlb_terms(self, out, x0, x_t, t, vmask, detach_mean=not whole_vlb)
+        vlb = None
+        if with_vlb or whole_vlb or self.learned_variance:
+            vlb = vlb_terms(self, out, x0, x_t, t, vmask, detach_mean=not whole_vlb)
         if self.cfg.loss == "kl":
             loss = vlb
         elif self.cfg.loss == "rescaled_kl":

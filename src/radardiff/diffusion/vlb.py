@@ -137,20 +137,19 @@ def terms_from_params(
     decoder: Decoder = "discretized",
 ) -> torch.Tensor:
     """:func:`vlb_terms` from an already computed ``p(x_{t-1} | x_t)``."""
+    # both terms on the whole batch, then chosen per sample: no host check of t (a GPU would
+    # wait for it at every step)
     first = (t == 0).reshape(-1, *([1] * (x0.ndim - 1)))
-    out = None
-    if not bool(first.all()):
-        true_mean = diffusion.q_posterior_mean(x0, x_t, t)
-        true_log_var = diffusion.q_posterior_log_variance(t, x0)
-        out = normal_kl(true_mean, true_log_var, p.mean, p.log_variance)
-    if bool(first.any()):  # the decoder is evaluated only when a sample needs it
-        if decoder == "discretized":
-            nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)
-        elif decoder == "continuous":
-            nll = -gaussian_log_density(x0, p.mean, p.log_variance)
-        else:
-            raise ValueError(f"unknown decoder '{decoder}'")
-        out = nll if out is None else torch.where(first, nll, out)
+    true_mean = diffusion.q_posterior_mean(x0, x_t, t)
+    true_log_var = diffusion.q_posterior_log_variance(t, x0)
+    kl = normal_kl(true_mean, true_log_var, p.mean, p.log_variance)
+    if decoder == "discretized":
+        nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)
+    elif decoder == "continuous":
+        nll = -gaussian_log_density(x0, p.mean, p.log_variance)
+    else:
+        raise ValueError(f"unknown decoder '{decoder}'")
+    out = torch.where(first, nll, kl)
     return masked_mean(out, mask) / LN2
 
 

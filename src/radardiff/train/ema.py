@@ -20,6 +20,7 @@ class EMA:
         self.halflives = [h * 1000.0 for h in halflives_kimg]
         self.warmup_ratio = warmup_ratio
         self.models = [self._frozen_copy(model) for _ in self.halflives]
+        self._pairs: tuple[torch.nn.Module, list, list, list] | None = None
 
     @staticmethod
     def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -32,14 +33,25 @@ class EMA:
             halflife = min(halflife, self.warmup_ratio * images_seen)
         return 0.5 ** (batch_images / max(halflife, 1e-8))
 
+    def _tensors(self, model: torch.nn.Module) -> tuple[list, list, list]:
+        """(source parameters, per-EMA parameter lists, per-EMA (ema, source) buffer pairs),
+        gathered once per source model: walking the module tree every step costs host time
+        that a GPU spends idle."""
+        if self._pairs is None or self._pairs[0] is not model:
+            src = [p.detach() for p in model.parameters()]
+            dst = [list(ema.parameters()) for ema in self.models]
+            bufs = [list(zip(ema.buffers(), model.buffers(), strict=True)) for ema in self.models]
+            self._pairs = (model, src, dst, bufs)
+        return self._pairs[1:]
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module, images_seen: float, batch_images: int) -> None:
-        src = list(model.parameters())
-        for halflife, ema in zip(self.halflives, self.models, strict=True):
+        src, dsts, bufs = self._tensors(model)
+        src32 = src if all(p.dtype == torch.float32 for p in src) else [p.float() for p in src]
+        for halflife, dst, pairs in zip(self.halflives, dsts, bufs, strict=True):
             beta = self.beta(halflife, images_seen, batch_images)
-            dst = list(ema.parameters())
-            torch._foreach_lerp_(dst, [p.detach().float() for p in src], 1.0 - beta)
-            for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+            torch._foreach_lerp_(dst, src32, 1.0 - beta)
+            for b_ema, b in pairs:
                 b_ema.copy_(b)
 
     @property

@@ -211,7 +211,7 @@ def train_step(
     if cfg.train.channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
     out = model(inp, t, **kwargs).sample
-    terms = diffusion.training_losses(out, x0, x_t, t, noise, mask)
+    terms = diffusion.training_losses(out, x0, x_t, t, noise, mask, with_vlb=False)
     return (terms.loss * w).mean(), terms.loss.detach(), t
 
 
@@ -270,6 +270,13 @@ class Trainer:
             self.model = torch.compile(self.model)
         for ema in self.ema.models:
             ema.to(self.acc.device)
+        self.raw_model = self.acc.unwrap_model(self.model)
+        self.tb = (
+            TensorBoardLog.open(self.run_dir.tensorboard, self.state.step)
+            if tc.tensorboard and self.acc.is_main_process
+            else None
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.dataset = RadarDataset(self.data, self.normalizer, self.normalizer.valid_indices)
         self.range_moments = (
             log_range_moments(torch.as_tensor(self.normalizer.sample_stats))
@@ -388,11 +395,7 @@ class Trainer:
                     acc.backward(loss)
                     grad_norm = None
                     if acc.sync_gradients:
-                        grad_norm = (
-                            acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                            if tc.grad_clip > 0
-                            else None
-                        )
+                        grad_norm = self._clip_gradients()
                     if grad_norm is not None:
                         watch.grad(torch.as_tensor(grad_norm), step)
                     self.opt.step()
@@ -405,7 +408,7 @@ class Trainer:
             batch_images = tc.batch_size * accum * acc.num_processes
             self.state.images_seen += batch_images
             self.state.step = step + 1
-            self.ema.update(acc.unwrap_model(self.model), self.state.images_seen, batch_images)
+            self.ema.update(self.raw_model, self.state.images_seen, batch_images)
             if grad_norm is not None:
                 log.grad_norm = grad_norm
             done = self.state.step
@@ -427,12 +430,16 @@ class Trainer:
                 # the loss of the last log line: reading it every step would stall a GPU
                 on_progress(done, tc.steps, {"loss": last_loss} if math.isfinite(last_loss) else {})
         acc.wait_for_everyone()
+        if self.tb is not None:
+            self.tb.close()
         return TrainResult(self.run_dir.root, self.state.step, last_ckpt, last_loss)
 
     def _write_stats(self, row: dict) -> None:
         if self.acc.is_main_process:
             with self.run_dir.stats.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                self.tb.log(row)
 
     def _validate(self) -> None:
         from radardiff.train.validate import validation_loss
@@ -459,6 +466,18 @@ class Trainer:
                 "val_vlb_bpd": res.vlb_bpd,
             }
         )
+
+    def _clip_gradients(self) -> torch.Tensor | None:
+        """Unscale (fp16) and clip the gradients to ``grad_clip``; their norm before clipping.
+
+        torch's clip on the parameter list kept from set-up: accelerate's ``clip_grad_norm_``
+        walks the module tree at every call (host time a GPU spends idle); the gradients are
+        already reduced across processes (DDP) when this runs.
+        """
+        self.acc.unscale_gradients()
+        if self.cfg.train.grad_clip <= 0:
+            return None
+        return torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
 
     def _check(self, watch: _FiniteWatch) -> None:
         bad = watch.first_bad()
@@ -501,6 +520,35 @@ def _truncate_stats(path: Path, step: int) -> None:
         if ln.strip() and json.loads(ln).get("step", 0) <= step
     ]
     path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+class TensorBoardLog:
+    """The stats.jsonl rows as TensorBoard scalars (``RUN/tensorboard``), when installed."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+
+    @classmethod
+    def open(cls, logdir: Path, step: int) -> TensorBoardLog | None:
+        """A writer, or None without the tensorboard package. On resume, events logged after
+        ``step`` (the checkpoint resumed from) are purged, as stats.jsonl is truncated."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        # SummaryWriter purges events at steps >= purge_step; the checkpoint's own step stays
+        return cls(SummaryWriter(str(logdir), purge_step=step + 1 if step else None))
+
+    def log(self, row: dict) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                group = "val" if key.startswith("val_") else "train"
+                self.writer.add_scalar(f"{group}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class _FiniteWatch:
