@@ -199,3 +199,13 @@ def test_demo_runs_end_to_end_and_again(tmp_path, capsys):
     code, _, err = run_cli(["demo", "--out", other, "--steps", 1], capsys)
     assert code == 2 and "not a demo output" in one_line_error(err)
     assert (other / "keep.txt").is_file()
+
+
+def test_quiet_silences_progress_bars(noise_files, tmp_path: Path, capsys):
+    cfg = write_config(
+        tmp_path / "c.toml", tiny_run_config(str(noise_files[0]), train={"steps": 2})
+    )
+    code, _, err = run_cli(["-q", "train", cfg, "--out", tmp_path / "q"], capsys)
+    assert code == 0 and "train" not in err
+    code, _, err = run_cli(["train", cfg, "--out", tmp_path / "loud"], capsys)
+    assert code == 0 and "train" in err and "2/2" in err

@@ -175,6 +175,22 @@ def test_cascade_conditions_sample_i_on_low_sample_i_and_reuses_stage_one(runs, 
         np.testing.assert_array_equal(f.images(), images)
 
 
+def test_cascade_parts_of_another_first_stage_are_not_reused(runs, tmp_path):
+    """An interrupted second stage's parts belong to the first stage that made its condition."""
+    out = tmp_path / "c.h5"
+
+    def stop_in_stage_two(done, total):
+        if done > total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_cascade(runs["low"], opts(n=4), runs["sr"], opts(), out, stop_in_stage_two)
+    assert out.with_name(out.name + ".parts").is_dir()
+    other = opts(n=4, steps=2)  # another first stage, written to the same low-res file
+    _, second = generate_cascade(runs["low"], other, runs["sr"], opts(), out)
+    assert second.reused == 0
+
+
 def test_cascade_refuses_mismatched_runs(runs, tmp_path):
     with pytest.raises(ConfigError, match="makes 16 px images"):
         generate_cascade(runs["range"], opts(), runs["sr"], opts(), tmp_path / "c.h5")

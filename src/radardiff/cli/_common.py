@@ -25,8 +25,10 @@ def is_main_process() -> bool:
 
 
 def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
-    """A tqdm bar on stderr with rate and ETA (silent on ranks other than 0)."""
+    """A tqdm bar on stderr with rate and ETA (silent on ranks other than 0 and under -q)."""
     from tqdm import tqdm
+
+    quiet = logging.getLogger("radardiff").getEffectiveLevel() > logging.INFO
 
     return tqdm(
         total=total,
@@ -34,7 +36,7 @@ def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
         unit=unit,
         dynamic_ncols=True,
         leave=True,
-        disable=not (enabled and is_main_process()),
+        disable=quiet or not (enabled and is_main_process()),
         file=sys.stderr,
     )
 

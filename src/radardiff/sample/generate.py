@@ -61,6 +61,7 @@ class SampleOptions:
     sr_noise: int = 0
     amplitude: float | None = None
     stream: int = 0
+    condition_id: str = ""  # what made the condition file (a cascade's first-stage request)
 
     def signature(self) -> str:
         """Identifies the request; parts of another request are never reused."""
@@ -480,7 +481,13 @@ def generate_cascade(
         first = SampleResult(path=low_out, n=low_opts.n, seconds=0.0, reused=low_opts.n)
     else:
         first = generate(low_run, low_opts, low_out, stage(0))
-    second_opts = replace(sr_opts, n=low_opts.n, condition=str(first.path), stream=1)
+    second_opts = replace(
+        sr_opts,
+        n=low_opts.n,
+        condition=str(first.path),
+        stream=1,
+        condition_id=f"{low_opts.signature()}@{low_run.checkpoint}",
+    )
     return first, generate(sr_run, second_opts, out, stage(1))
 
 
