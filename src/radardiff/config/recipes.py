@@ -43,6 +43,8 @@ def tiny_config(train: str = "", val: str | None = None, steps: int = 1500) -> R
             val_every=500,
             val_samples=128,
         ),
-        sample=SampleConfig(sampler="ddim", steps=50, batch_size=64),
+        # ancestral DDPM: the briefly trained demo model's probability-flow ODE is biased
+        # (DDIM 50 and DPM-Solver++ 25 both 1.16 semivariogram error, DDPM 50: 0.17)
+        sample=SampleConfig(sampler="ddpm", steps=50, batch_size=64),
         evaluate=EvalConfig(),
     )
