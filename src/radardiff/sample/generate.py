@@ -210,16 +210,18 @@ def make_model_fn(
     return fn
 
 
+def _seeded(*key: int) -> torch.Generator:
+    """A CPU generator seeded from ``key`` through a SeedSequence."""
+    return torch.Generator().manual_seed(
+        int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+    )
+
+
 def _generators(opts: SampleOptions, idx: np.ndarray) -> list[torch.Generator]:
     """One generator per sample, seeded from ``(seed, i)`` (``(seed, i, stream)`` for a stream
-    other than 0) through a SeedSequence."""
+    other than 0)."""
     tail = [opts.stream] if opts.stream else []
-    return [
-        torch.Generator().manual_seed(
-            int(np.random.SeedSequence([opts.seed, int(i), *tail]).generate_state(1)[0])
-        )
-        for i in idx
-    ]
+    return [_seeded(opts.seed, i, *tail) for i in idx]
 
 
 def _autocast(device: torch.device, precision: str):
@@ -281,23 +283,12 @@ def _superres_conditions(
     low_v = torch.from_numpy(low.images).float()
     c, h = condition_frame(low_v)
     cond = upsample((low_v - c) / h, m.image_size)
-    if opts.sr_noise > 0:
+    if opts.sr_noise > 0:  # q(c_s | c) at the trained level s, noise from (seed, i, 13)
         noise = torch.stack(
-            [
-                torch.randn(
-                    cond.shape[1:],
-                    generator=torch.Generator().manual_seed(
-                        int(np.random.SeedSequence([opts.seed, int(i), 13]).generate_state(1)[0])
-                    ),
-                )
-                for i in idx
-            ]
+            [torch.randn(cond.shape[1:], generator=_seeded(opts.seed, i, 13)) for i in idx]
         )
-        abar = float(
-            np.cumprod(1.0 - make_betas(run.cfg.diffusion.schedule, run.cfg.diffusion.timesteps))[
-                opts.sr_noise
-            ]
-        )
+        d = run.cfg.diffusion
+        abar = float(np.cumprod(1.0 - make_betas(d.schedule, d.timesteps))[opts.sr_noise])
         cond = abar**0.5 * cond + (1.0 - abar) ** 0.5 * noise
     level = torch.full((len(idx),), float(opts.sr_noise))
     return BatchConditions(
