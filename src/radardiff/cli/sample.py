@@ -131,21 +131,21 @@ def sample(
             raise click.UsageError(f"missing {name}")
     if cascade_run and low_res:
         raise click.UsageError("give --cascade or --low-res, not both")
-    from radardiff.sample import SampleOptions, generate, load_run
+    from radardiff.sample import generate, load_run
     from radardiff.sample.device import pick_device
     from radardiff.sample.generate import generate_cascade
 
     device = pick_device()
     run = load_run(run_dir, weights=weights, device=device)
-    sc = run.cfg.sample
-    opts = SampleOptions(
-        n=n,
-        sampler=sampler or sc.sampler,
-        steps=steps or sc.steps,
-        seed=sc.seed if seed is None else seed,
-        batch_size=batch_size or sc.batch_size,
-        classes=None if cascade_run else parse_int_list(classes, "--class"),
-        guidance=1.0 if cascade_run else (sc.guidance if guidance is None else guidance),
+    opts = _request(
+        run.cfg.sample,
+        n,
+        sampler,
+        steps,
+        seed,
+        batch_size,
+        classes=None if cascade_run else classes,
+        guidance=1.0 if cascade_run else guidance,  # a cascade's first stage takes them
         sampler_options=parse_kv(options, "--option"),
         mixed_precision=precision,
         clip=clip,
@@ -155,15 +155,15 @@ def sample(
     )
     if cascade_run:
         low = load_run(cascade_run, weights=weights, device=device)
-        lc = low.cfg.sample
-        low_opts = SampleOptions(
-            n=n,
-            sampler=low_sampler or lc.sampler,
-            steps=low_steps or lc.steps,
-            seed=opts.seed,
-            batch_size=opts.batch_size,
-            classes=parse_int_list(classes, "--class"),
-            guidance=lc.guidance if guidance is None else guidance,
+        low_opts = _request(
+            low.cfg.sample,
+            n,
+            low_sampler,
+            low_steps,
+            opts.seed,
+            opts.batch_size,
+            classes=classes,
+            guidance=guidance,
             mixed_precision=precision,
         )
         with progress(2 * n, f"cascade {low_opts.sampler} -> {opts.sampler}", unit="img") as bar:
@@ -173,3 +173,19 @@ def sample(
         with progress(n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
             result = generate(run, opts, out, on_progress=bar_callback(bar))
     click.echo(f"wrote {result.n} samples to {result.path} ({result.seconds:.1f} s)")
+
+
+def _request(sc, n, sampler, steps, seed, batch_size, classes, guidance, **rest):
+    """A SampleOptions from the command line, defaults from the run's ``[sample]`` config."""
+    from radardiff.sample import SampleOptions
+
+    return SampleOptions(
+        n=n,
+        sampler=sampler or sc.sampler,
+        steps=steps or sc.steps,
+        seed=sc.seed if seed is None else seed,
+        batch_size=batch_size or sc.batch_size,
+        classes=parse_int_list(classes, "--class"),
+        guidance=sc.guidance if guidance is None else guidance,
+        **rest,
+    )

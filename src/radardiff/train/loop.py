@@ -412,10 +412,13 @@ class Trainer:
             if grad_norm is not None:
                 log.grad_norm = grad_norm
             done = self.state.step
-            if not on_gpu:  # nothing to overlap on the CPU: stop at the first bad step
+            log_now = done % tc.log_every == 0 or done == tc.steps
+            save_now = done % tc.checkpoint_every == 0 or done == tc.steps
+            # the finite check reads the device: on a GPU only when a line or a checkpoint is due,
+            # on the CPU (nothing to overlap) every step, stopping at the first bad one
+            if not on_gpu or log_now or save_now:
                 self._check(watch)
-            if done % tc.log_every == 0 or done == tc.steps:
-                self._check(watch)
+            if log_now:
                 elapsed = time.perf_counter() - t0
                 row = log.flush(done, lr, self.state.images_seen, elapsed)
                 last_loss = row["loss"]
@@ -423,8 +426,7 @@ class Trainer:
                 self._write_stats(row)
             if self.cfg.data.val and (done % tc.val_every == 0 or done == tc.steps):
                 self._validate()
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
-                self._check(watch)
+            if save_now:
                 last_ckpt = self._checkpoint()
             if on_progress is not None:
                 # the loss of the last log line: reading it every step would stall a GPU
