@@ -5,10 +5,11 @@ For a 32x32 and a 64x64 recipe-sized UNet (``configs/insar_noise_32.toml``; the 
 autocast:
 
 * ``bare``: a loop of UNet forwards on fixed inputs (the floor any sampler pays);
-* ``ours``: ``run_sampler`` with ``make_model_fn`` (scheduler step, per-sample generators,
-  casting) on the same inputs and number of network calls, for dpmsolver++ and ddpm;
+* ``ours``: a prepared sampler over the run's ``Denoiser`` (scheduler step, per-sample
+  generators, parameterisation, casting) on the same inputs and number of network calls, for
+  dpmsolver++ and ddpm;
 * overhead (target < 5 %): against the separate bare loop, ours / bare - 1 (interleaved
-  repeats, median; only meaningful on a quiet machine), and within one run_sampler call, total
+  repeats, median; only meaningful on a quiet machine), and within one sampler run, total
   time / time inside the UNet - 1 (robust to a machine whose load drifts; on a GPU that run
   synchronises around every UNet call to split the time, which the plain run does not);
 * wall time for 64 samples: DDPM 1000 steps and dpmsolver++ at 25 steps, measured with ``--full``,
@@ -32,10 +33,9 @@ from types import SimpleNamespace
 import torch
 
 from radardiff.config import load_config
-from radardiff.config.schema import DiffusionConfig, ModelConfig
-from radardiff.diffusion import initial_noise, make_sampler, run_sampler
+from radardiff.config.schema import DiffusionConfig, ModelConfig, RunConfig
+from radardiff.diffusion import Denoiser, initial_noise, make_sampler
 from radardiff.models.unet import build_unet
-from radardiff.sample.generate import make_model_fn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,16 +89,17 @@ class TimedModel(torch.nn.Module):
 
 
 def time_ours(run, name, diffusion, steps, x, device, precision) -> tuple[float, float]:
-    """Seconds for a whole ``run_sampler`` call (``steps`` network calls), and of them the
-    seconds inside the UNet when ``run.model`` is a :class:`TimedModel` (else 0)."""
+    """Seconds for a whole sampler run (``steps`` network calls), and of them the seconds
+    inside the UNet when ``run.model`` is a :class:`TimedModel` (else 0)."""
     prepared = make_sampler(name, diffusion, steps)
     gens = [torch.Generator().manual_seed(i) for i in range(x.shape[0])]
     if isinstance(run.model, TimedModel):
         run.model.seconds = 0.0
-    fn = make_model_fn(run, None, 1.0, autocast(device, precision))
+    amp = {"fp32": "no"}.get(precision, precision)
+    den = Denoiser(run.model, RunConfig(diffusion=diffusion), 1, precision=amp)
     sync(device)
     t0 = time.perf_counter()
-    run_sampler(prepared, fn, x.clone(), gens, 1, False)
+    prepared.run(den.bind(), x.clone(), gens)
     sync(device)
     return time.perf_counter() - t0, getattr(run.model, "seconds", 0.0)
 
@@ -110,8 +111,8 @@ def bench(size: int, precision: str, args, device: torch.device) -> dict:
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     # plain: what users run (no synchronisation per call, so a GPU overlaps the host's work);
     # timed: synchronises around each UNet call to split the time (used for the in-run ratio)
-    plain = SimpleNamespace(model=model, data_channels=1, num_classes=0)
-    timed = SimpleNamespace(model=TimedModel(model, device), data_channels=1, num_classes=0)
+    plain = SimpleNamespace(model=model)
+    timed = SimpleNamespace(model=TimedModel(model, device))
     diffusion = DiffusionConfig(timesteps=1000)
     gens = [torch.Generator().manual_seed(i) for i in range(args.batch)]
     x = initial_noise(gens, (1, size, size)).to(device)
@@ -183,7 +184,7 @@ def main() -> None:
             ddpm_how, dpm_how = how[r["ddpm1000_measured"]], how[r["dpm25_measured"]]
             print(
                 f"\n{r['size']}x{r['size']} {r['precision']}: {r['model']}, {r['params_M']:.1f} M params\n"
-                f"  image-steps/s: bare UNet {r['img_steps_per_s_bare']:.2f}, run_sampler "
+                f"  image-steps/s: bare UNet {r['img_steps_per_s_bare']:.2f}, sampler "
                 f"dpmsolver++ {r['img_steps_per_s_dpm']:.2f}, ddpm {r['img_steps_per_s_ddpm']:.2f}\n"
                 f"  loop overhead, within the run (total / time in UNet - 1): dpmsolver++ "
                 f"{100 * r['in_run_dpm']:+.2f} %, ddpm {100 * r['in_run_ddpm']:+.2f} %\n"

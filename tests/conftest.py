@@ -81,3 +81,26 @@ def write_config(path: Path, cfg: RunConfig) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+class FnNetwork(torch.nn.Module):
+    """A stand-in network computing ``fn(x_t, t)`` (a diffusers-like ``.sample`` output): makes
+    exact or deliberately wrong denoisers for the sampler and denoiser tests."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, class_labels=None):
+        return type("Out", (), {"sample": self.fn(x, t)})()
+
+
+def fn_denoiser(fn, data_channels: int = 1, **diffusion):
+    """A :class:`radardiff.diffusion.Denoiser` over :class:`FnNetwork`, unconditional, with the
+    diffusion settings given (clip, guidance... go to ``with_options``)."""
+    from radardiff.config.schema import DiffusionConfig, RunConfig
+    from radardiff.diffusion import Denoiser
+
+    cfg = RunConfig(diffusion=DiffusionConfig(**diffusion))
+    return Denoiser(FnNetwork(fn), cfg, data_channels)

@@ -28,16 +28,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fn_denoiser
 from radardiff.config.schema import DiffusionConfig
-from radardiff.diffusion import GaussianDiffusion, make_betas
-from radardiff.diffusion.samplers import (
-    SAMPLERS,
-    describe_samplers,
-    initial_noise,
-    make_sampler,
-    run_sampler,
-    sigma_to_time,
-)
+from radardiff.diffusion import GaussianDiffusion, Schedule, make_betas
+from radardiff.diffusion.samplers import SAMPLERS, describe_samplers, initial_noise, make_sampler
 from radardiff.errors import ConfigError, RadarDiffError
 
 MU, S = 0.3, 0.5
@@ -47,13 +41,11 @@ MEAN_TOL, VAR_TOL = 0.015, 0.065
 
 def exact_model_fn(cfg: DiffusionConfig, mu: float = MU, s: float = S):
     """The exact denoiser of N(mu, s^2) in the parameterisation of ``cfg``, for any (fractional)
-    trained timestep t: abar(t) from log-sigma interpolation, as the sigma-space samplers use."""
-    abar = np.cumprod(1.0 - make_betas(cfg.schedule, cfg.timesteps))
-    log_sigma = 0.5 * np.log((1.0 - abar) / abar)
+    trained timestep t: abar(t) from the schedule's log-sigma interpolation, as the samplers use."""
+    schedule = Schedule(cfg)
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ls = np.interp(float(t), np.arange(len(abar)), log_sigma)
-        ab = 1.0 / (1.0 + np.exp(2.0 * ls))
+        ab = float(schedule.abar_at(float(torch.as_tensor(t).reshape(-1)[0])))
         a, b = ab**0.5, (1.0 - ab) ** 0.5
         d = x - a * mu
         den = a * a * s * s + b * b
@@ -64,11 +56,11 @@ def exact_model_fn(cfg: DiffusionConfig, mu: float = MU, s: float = S):
 
 
 def gaussian_samples(name, steps, options=None, **diffusion) -> torch.Tensor:
-    cfg = DiffusionConfig(**diffusion)
-    prepared = make_sampler(name, cfg, steps, options)
+    den = fn_denoiser(exact_model_fn(DiffusionConfig(**diffusion)), **diffusion)
+    prepared = make_sampler(name, den.cfg.diffusion, steps, options)
     gens = [torch.Generator().manual_seed(i) for i in range(N_SAMPLES)]
     x = initial_noise(gens, (1, SIZE, SIZE)).double()
-    return run_sampler(prepared, exact_model_fn(cfg), x, gens, 1, False)
+    return prepared.run(den.bind(), x, gens)
 
 
 def assert_matches_gaussian(y: torch.Tensor, var_tol: float = VAR_TOL) -> None:
@@ -82,6 +74,7 @@ CONTRACT_STEPS = {
     "ddpm": 1000,
     "ddim": 200,
     "dpmsolver++": 25,
+    "dpmsolver++-sde": 200,
     "dpmsolver++-singlestep": 50,
     "unipc": 25,
     "euler": 200,
@@ -99,7 +92,7 @@ class TinyNet(torch.nn.Module):
         self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, t):
-        return torch.tanh(self.conv(x)) * 0.5 + 0.01 * x * torch.cos(t / 100.0)
+        return torch.tanh(self.conv(x)) * 0.5 + 0.01 * x * torch.cos(t.view(-1, 1, 1, 1) / 100.0)
 
 
 def test_every_sampler_is_in_the_contract():
@@ -112,12 +105,13 @@ def test_sampler_contract(name):
     cfg = DiffusionConfig(timesteps=1000)
     net = TinyNet()
 
+    den = fn_denoiser(net, data_channels=2, timesteps=1000)
+
     def sample(seeds, steps=6):
         prepared = make_sampler(name, cfg, steps)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         x = initial_noise(gens, (2, 5, 5))
-        with torch.no_grad():
-            return run_sampler(prepared, net, x, gens, 2, False)
+        return prepared.run(den.bind(), x, gens)
 
     a = sample([10, 11, 12])
     assert a.shape == (3, 2, 5, 5) and torch.isfinite(a).all()
@@ -190,13 +184,11 @@ def test_respaced_timesteps_are_trained_ones(name):
 def test_karras_model_times_are_continuous():
     """With Karras sigmas the network sees t(sigma) exactly, not diffusers' rounded timestep."""
     cfg = DiffusionConfig(timesteps=1000)
-    betas = make_betas("linear", 1000)
+    schedule = Schedule(cfg)
     for name in ("dpmsolver++", "unipc", "dpmsolver++-singlestep"):
         p = make_sampler(name, cfg, 12, {"use_karras_sigmas": True})
         sig = p.scheduler.sigmas[:12].double().numpy()
-        np.testing.assert_allclose(
-            p.model_times.double().numpy(), sigma_to_time(sig, betas), atol=1e-3
-        )
+        np.testing.assert_allclose(p.model_times.double().numpy(), schedule.time_at(sig), atol=1e-3)
         assert not np.allclose(p.model_times.numpy(), np.round(p.model_times.numpy()))
 
 
@@ -230,7 +222,8 @@ def test_ddpm_step_matches_hand_computation(variance):
     gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
     ref_gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
     calls = iter(outs)
-    y = run_sampler(prepared, lambda xt, t: next(calls), x_in, gens, c, learned)
+    den = fn_denoiser(lambda xt, t: next(calls), data_channels=c, timesteps=1000, variance=variance)
+    y = prepared.run(den.bind(), x_in, gens)
     for k in range(steps - 1, -1, -1):  # respaced index k = steps-1 .. 0
         out = outs[steps - 1 - k]
         kt = torch.full((2,), k, dtype=torch.long)
@@ -263,9 +256,22 @@ def test_bad_sampler_input(args, message):
     assert isinstance(err.value, RadarDiffError)
 
 
-def test_unsupported_prediction_is_a_clear_error():
-    with pytest.raises(ConfigError, match="does not support x0-prediction"):
-        make_sampler("euler_ancestral", DiffusionConfig(prediction="x0"), 10)
+def test_a_sampler_that_cannot_serve_the_run_is_refused_naming_both():
+    """Capabilities are flags on the spec: a sampler limited to eps-prediction refuses an
+    x0-prediction run, in one line naming the sampler and the run's parameterisation."""
+    from dataclasses import replace
+
+    from radardiff.diffusion import check_serves
+
+    narrow = replace(SAMPLERS["ddim"], name="eps-only", predictions=("eps",))
+    with pytest.raises(ConfigError, match="'eps-only' does not support x0-prediction") as err:
+        check_serves(narrow, DiffusionConfig(prediction="x0"))
+    assert "\n" not in str(err.value)
+
+
+def test_euler_ancestral_serves_x0_prediction_through_the_denoiser():
+    """diffusers' Euler ancestral lacks x0-prediction; it is fed the denoiser's eps instead."""
+    assert_matches_gaussian(gaussian_samples("euler_ancestral", 500, prediction="x0"))
 
 
 def test_describe_samplers_lists_every_sampler_and_option():

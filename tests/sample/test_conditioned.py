@@ -130,7 +130,7 @@ def test_superres_noise_level_reaches_the_network(runs, tmp_path):
     x, labels = run.model.calls[0]
     assert labels.tolist() == [7.0, 7.0]
     clean = batch_conditions(runs["sr"], opts(n=2, condition=str(runs["low_file"])), np.arange(2))
-    assert not torch.allclose(x[:, 1:], clean.extra)  # the condition was noised
+    assert not torch.allclose(x[:, 1:], clean.low)  # the condition was noised
 
 
 def test_superres_bad_input(runs, tmp_path):

@@ -202,18 +202,18 @@ def test_conditioned_models_train_and_validate(tmp_path, noise_files, model):
 def test_conditioning_superres_input_is_the_degraded_image(noise_files):
     """Target and condition are framed by the low-resolution image's mid-point and half-range:
     the condition spans exactly [-1, 1], and c + h * target gives back x0."""
-    from radardiff.diffusion import GaussianDiffusion
-    from radardiff.train.loop import conditioning, target_and_condition
+    from radardiff.diffusion import Denoiser, GaussianDiffusion
+    from radardiff.train.step import batch_conditioning, target_and_condition
 
     cfg = tiny_run_config(
         str(noise_files[0]), model={"superres_low_size": 8, "superres_aug_max": 0}
     )
     x0 = torch.arange(16.0).repeat(16, 1)[None, None]  # a ramp along x, 0..15
     target, low = target_and_condition(cfg, x0)
-    extra, kw = conditioning(
-        cfg, GaussianDiffusion(cfg.diffusion), target, {}, torch.Generator(), None, low=low
-    )
-    assert kw["class_labels"].tolist() == [0.0]  # no augmentation noise allowed
+    den = Denoiser(torch.nn.Identity(), cfg, 1)
+    cond = batch_conditioning(den, GaussianDiffusion(cfg.diffusion), {}, torch.Generator(), low=low)
+    extra = cond.extra
+    assert cond.labels.tolist() == [0.0]  # no augmentation noise allowed
     pooled = torch.nn.functional.avg_pool2d(x0, 2)  # 0.5, 2.5, ..., 14.5
     c, h = 7.5, 7.0  # its mid-point and half-range
     want = torch.nn.functional.interpolate((pooled - c) / h, size=16, mode="bilinear")

@@ -46,10 +46,14 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
 )
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option(
-    "--clip/--no-clip",
-    default=None,
-    help="Clip x0 estimates to [-1, 1] [default: when the normalisation bounds the data].",
+    "--clip",
+    type=click.Choice(["auto", "static", "dynamic", "none"]),
+    default="auto",
+    show_default=True,
+    help="x0 clipping: static clamps x0 estimates to [-1, 1], dynamic (Imagen) rescales by each "
+    "sample's 99.5th percentile of |x0|; auto: static when the normalisation bounds the data.",
 )
+@click.option("--no-clip", is_flag=True, help="Same as --clip none.")
 @click.option(
     "--cascade",
     "cascade_run",
@@ -98,6 +102,7 @@ def sample(
     precision,
     weights,
     clip,
+    no_clip,
     cascade_run,
     low_res,
     low_sampler,
@@ -148,7 +153,7 @@ def sample(
         guidance=1.0 if cascade_run else guidance,  # a cascade's first stage takes them
         sampler_options=parse_kv(options, "--option"),
         mixed_precision=precision,
-        clip=clip,
+        clip="none" if no_clip else (None if clip == "auto" else clip),
         condition=low_res,
         sr_noise=sr_noise,
         amplitude=amplitude,

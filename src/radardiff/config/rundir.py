@@ -10,10 +10,13 @@ RUN/samples/*.h5  RUN/eval/metrics.json  RUN/report/index.html
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from radardiff.errors import RunDirError
+
+_CHECKPOINT_NAME = re.compile(r"step_\d{7,}")
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,31 @@ class RunDir:
         if not self.latest_file.is_file():
             return None
         name = self.latest_file.read_text(encoding="utf-8").strip()
+        if not _CHECKPOINT_NAME.fullmatch(name):  # never a path out of the run
+            raise RunDirError(
+                f"{self.latest_file}: holds '{name}', not a checkpoint name (step_NNNNNNN)"
+            )
         path = self.checkpoints / name
-        if not name or not (path / "state.json").is_file():
+        if not (path / "state.json").is_file():
             raise RunDirError(
                 f"{self.latest_file}: points to '{name}', which is not a complete checkpoint"
+            )
+        return path
+
+    def named_checkpoint(self, which: int | str) -> Path:
+        """A complete checkpoint of this run by step number or name (``step_0004000``)."""
+        self.require()
+        if isinstance(which, int) or str(which).isdigit():
+            name = self.checkpoint_name(int(which))
+        else:
+            name = str(which)
+        if not _CHECKPOINT_NAME.fullmatch(name):
+            raise RunDirError(f"checkpoint '{which}': give a step number or a name step_NNNNNNN")
+        path = self.checkpoints / name
+        if not (path / "state.json").is_file():
+            have = sorted(p.name for p in self.checkpoints.glob("step_*") if p.is_dir())
+            raise RunDirError(
+                f"{self.root}: no complete checkpoint '{name}' (has: {', '.join(have) or 'none'})"
             )
         return path
 

@@ -123,6 +123,11 @@ class DiffusionConfig(_Section):
 
     timesteps: int = Field(1000, ge=10, le=4000)
     schedule: Schedule = "linear"
+    zero_terminal_snr: bool = Field(
+        False,
+        description="rescale the schedule so that its last step holds no signal (Lin et al. "
+        "2024); needs v- or x0-prediction",
+    )
     prediction: Prediction = "eps"
     variance: Variance = "fixed_small"
     loss: LossType = "mse"
@@ -136,6 +141,11 @@ class DiffusionConfig(_Section):
     def _check(self) -> DiffusionConfig:
         if self.schedule == "linear" and self.timesteps <= 20:
             raise ValueError("timesteps must be above 20 with the linear schedule (beta_T = 20/T)")
+        if self.zero_terminal_snr and self.prediction == "eps":
+            raise ValueError(
+                "zero_terminal_snr needs prediction = 'v' or 'x0': at zero SNR an eps-prediction "
+                "network cannot give x0 (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), abar = 0)"
+            )
         return self
 
 

@@ -1,5 +1,12 @@
 """Schedules, forward process, parameterisations, losses, timestep samplers, sampler registry."""
 
+from radardiff.diffusion.denoiser import (
+    Conditioning,
+    Denoiser,
+    DenoiserOutput,
+    clip_x0,
+    x0_and_eps,
+)
 from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms, masked_mean
 from radardiff.diffusion.likelihood import (
     BitsPerDim,
@@ -9,11 +16,13 @@ from radardiff.diffusion.likelihood import (
 )
 from radardiff.diffusion.samplers import (
     SAMPLERS,
+    Denoise,
     PreparedSampler,
+    SamplerSpec,
+    check_serves,
     describe_samplers,
     initial_noise,
     make_sampler,
-    run_sampler,
 )
 from radardiff.diffusion.schedule import Schedule, make_betas, spaced_timesteps
 from radardiff.diffusion.timesteps import (
@@ -24,6 +33,11 @@ from radardiff.diffusion.timesteps import (
 from radardiff.diffusion.vlb import prior_bpd, vlb_terms
 
 __all__ = [
+    "Conditioning",
+    "Denoiser",
+    "DenoiserOutput",
+    "clip_x0",
+    "x0_and_eps",
     "SAMPLERS",
     "BitsPerDim",
     "DatasetBitsPerDim",
@@ -38,11 +52,13 @@ __all__ = [
     "UniformSampler",
     "make_timestep_sampler",
     "PreparedSampler",
+    "SamplerSpec",
+    "Denoise",
+    "check_serves",
     "Schedule",
     "describe_samplers",
     "initial_noise",
     "make_betas",
     "make_sampler",
     "masked_mean",
-    "run_sampler",
 ]

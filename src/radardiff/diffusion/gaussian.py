@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from radardiff.config.schema import DiffusionConfig
+from radardiff.diffusion.denoiser import x0_and_eps
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError
 
@@ -26,8 +27,6 @@ _BUFFERS = (
     "alphas_cumprod",
     "sqrt_ac",
     "sqrt_1m_ac",
-    "sqrt_recip_ac",
-    "sqrt_recipm1_ac",
     "snr",
     "posterior_variance",
     "posterior_log_variance_clipped",
@@ -127,8 +126,6 @@ class GaussianDiffusion:
             "alphas_cumprod": s.alphas_cumprod,
             "sqrt_ac": np.sqrt(s.alphas_cumprod),
             "sqrt_1m_ac": np.sqrt(1.0 - s.alphas_cumprod),
-            "sqrt_recip_ac": np.sqrt(1.0 / s.alphas_cumprod),
-            "sqrt_recipm1_ac": np.sqrt(1.0 / s.alphas_cumprod - 1.0),
             "snr": s.snr,
             "posterior_variance": s.posterior_variance,
             "posterior_log_variance_clipped": s.posterior_log_variance_clipped,
@@ -186,20 +183,8 @@ class GaussianDiffusion:
         return _expand(self.sqrt_ac, t, x0) * noise - _expand(self.sqrt_1m_ac, t, x0) * x0
 
     def predict_x0(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_0 from the network's mean output.
-
-        eps: ``x0 = x_t / sqrt(abar) - sqrt(1/abar - 1) eps``; v: ``x0 = sqrt(abar) x_t -
-        sqrt(1 - abar) v``; x0: the output itself.
-        """
-        p = self.cfg.prediction
-        if p == "eps":
-            return (
-                _expand(self.sqrt_recip_ac, t, x_t) * x_t
-                - _expand(self.sqrt_recipm1_ac, t, x_t) * pred
-            )
-        if p == "v":
-            return _expand(self.sqrt_ac, t, x_t) * x_t - _expand(self.sqrt_1m_ac, t, x_t) * pred
-        return pred
+        """x_0 from the network's mean output (see :func:`radardiff.diffusion.x0_and_eps`)."""
+        return x0_and_eps(pred, x_t, self.alphas_cumprod[t], self.cfg.prediction)[0]
 
     def q_posterior_mean(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

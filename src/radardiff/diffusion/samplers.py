@@ -1,24 +1,34 @@
-"""The sampler registry: diffusers schedulers configured from the trained schedule.
+"""Samplers: functions of one signature over the conditioned denoiser.
 
-Every sampler gets the run's own betas (``trained_betas``) and parameterisation and is respaced
-with ``set_timesteps(K)`` over that schedule: never a new, shorter schedule. In the notation of
-:mod:`radardiff.diffusion.schedule`, a K-step sampler visits trained timesteps ``t_K > ... > t_1``
-and the respaced process has ``beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}`` (``abar_{t_0} = 1``),
-so the marginals ``q(x_t | x_0)`` at the visited steps are those the network was trained on
-(Nichol and Dhariwal 2021, sec. 4).
+Every sampler is ``run(prepared, denoise, x, generators, callback) -> x0``: ``denoise(x_t, t)`` is
+a :class:`radardiff.diffusion.Denoiser` bound to a batch's conditioning (guidance and x0 clipping
+included), returning a coherent (x0, eps) pair of the VP state ``x_t`` at trained timestep ``t``
+(fractional allowed); ``x`` is unit Gaussian noise, one row per generator; every random draw of a
+stochastic sampler comes from the sample's own generator, so sample i does not depend on the
+batch it is in. What a sampler needs of a run is said by flags on its :class:`SamplerSpec`
+(stochastic, learned variance, supported parameterisations, zero terminal SNR), never by its name.
 
-The sigma-space solvers (DPM-Solver++, UniPC, Euler, Heun) work with
-``sigma_t = sqrt((1 - abar_t) / abar_t)`` (Karras et al. 2022; Lu et al. 2022). When their noise
-levels are not trained timesteps (Karras sigmas, log-SNR spacing) the network is called at the
-continuous timestep of that noise level, ``t(sigma)`` by linear interpolation of ``log sigma_t``
-over the trained ``t`` (as diffusers' Euler / Heun do); diffusers' DPM-Solver and UniPC would round
+Most samplers are diffusers schedulers behind one adapter (:func:`run_scheduler`): configured
+with the run's own betas and respaced with ``set_timesteps(K)`` over that schedule, never a new,
+shorter one. In the notation of :mod:`radardiff.diffusion.schedule`, a K-step sampler visits
+trained timesteps ``t_K > ... > t_1`` and the respaced process has ``beta'_k = 1 - abar_{t_k} /
+abar_{t_{k-1}}``, so the marginals at the visited steps are those the network was trained on
+(Nichol and Dhariwal 2021, sec. 4). The scheduler is handed the denoiser's x0 (its
+``prediction_type`` is ``sample``; eps for the one scheduler that lacks it), so clipping is
+coherent by construction: the scheduler re-derives eps from the clipped x0 and x_t.
+
+The sigma-space solvers (DPM-Solver++, UniPC, Euler, Heun) work with ``sigma_t = sqrt((1 - abar_t)
+/ abar_t)`` (Karras et al. 2022; Lu et al. 2022). When their noise levels are not trained
+timesteps (Karras sigmas, log-SNR spacing) the network is called at the continuous timestep of that
+noise level, ``t(sigma)`` (:meth:`Schedule.time_at`); diffusers' DPM-Solver and UniPC would round
 it to an integer, so the network would see another noise level than the solver assumes.
 
 References
 ----------
-Ho, Jain, Abbeel 2020 (DDPM); Song, Meng, Ermon 2021 (DDIM); Lu et al. 2022, "DPM-Solver++";
-Zhao et al. 2023, "UniPC"; Karras et al. 2022, "Elucidating the design space" (Euler, Heun,
-Karras sigmas); Nichol and Dhariwal 2021 (learned-range variance, respacing).
+Ho, Jain, Abbeel 2020 (DDPM); Song, Meng, Ermon 2021 (DDIM); Lu et al. 2022, "DPM-Solver++"
+(and its SDE variant); Zhao et al. 2023, "UniPC"; Karras et al. 2022, "Elucidating the design
+space" (Euler, Heun, Karras sigmas); Nichol and Dhariwal 2021 (learned-range variance,
+respacing).
 """
 
 from __future__ import annotations
@@ -33,30 +43,146 @@ import numpy as np
 import torch
 
 from radardiff.config.schema import DiffusionConfig
-from radardiff.diffusion.schedule import make_betas
+from radardiff.diffusion.denoiser import DenoiserOutput
+from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError
 
-PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+Denoise = Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]
+Callback = Callable[[int], None]
 SPACINGS = ("linspace", "leading", "trailing")
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler: the diffusers class, fixed settings, and user options with defaults.
+    """A registered sampler: how it runs, its user options with defaults, what it needs.
 
-    ``model_calls_per_step`` is the number of network evaluations per sampling step (Heun: 2).
+    ``run`` is the sampler function (see the module docstring). For a diffusers scheduler,
+    ``cls`` names its class, ``fixed`` its fixed settings and ``feed`` what it is handed
+    (``x0`` or ``eps``). ``model_calls_per_step``: network evaluations per step (Heun: 2).
+    ``ends_at_x0``: the last step returns the last x0 estimate (the chain ends at abar = 1, where
+    the posterior mean is exactly x0-hat, as improved-diffusion). ``step_options``: options passed
+    to each step rather than to the constructor.
     """
 
     name: str
-    cls: str
     description: str
-    fixed: dict[str, Any] = field(default_factory=dict)
+    run: Callable[..., torch.Tensor]
     options: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False
     uses_learned_variance: bool = False
     model_calls_per_step: int = 1
     predictions: tuple[str, ...] = ("eps", "v", "x0")
+    cls: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+    feed: str = "x0"
+    ends_at_x0: bool = False
+    step_options: frozenset[str] = frozenset()
 
+
+@dataclass
+class PreparedSampler:
+    """A sampler respaced to ``steps`` over a run's trained schedule.
+
+    ``model_times[i]`` is the (possibly fractional) trained timestep of the i-th network
+    evaluation; ``options`` the merged options; ``scheduler`` the respaced diffusers scheduler
+    (for inspection: each batch runs a fresh one, as schedulers keep state between steps).
+    """
+
+    spec: SamplerSpec
+    diffusion: DiffusionConfig
+    schedule: Schedule
+    steps: int
+    options: dict[str, Any]
+    model_times: torch.Tensor
+    scheduler: Any = None
+
+    @property
+    def model_calls(self) -> int:
+        """Network evaluations for one sample (x2 with classifier-free guidance)."""
+        return len(self.model_times)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether sampling draws noise after the initial x_T (DDIM only with eta > 0)."""
+        return self.spec.stochastic and self.options.get("eta", 1.0) > 0
+
+    def fresh_scheduler(self) -> Any:
+        """A new diffusers scheduler, respaced like :attr:`scheduler`."""
+        return _respaced_scheduler(
+            self.spec, self.diffusion, self.schedule, self.options, self.steps
+        )
+
+    def run(
+        self,
+        denoise: Denoise,
+        x: torch.Tensor,
+        generators: list[torch.Generator],
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Denoise ``x`` (unit Gaussian noise) to x0 in network space."""
+        return self.spec.run(self, denoise, x, generators, callback)
+
+
+# ---- the diffusers adapter --------------------------------------------------------------------
+
+
+def step_generators(
+    generators: list[torch.Generator], device: torch.device
+) -> list[torch.Generator]:
+    """The generators a stochastic sampler's step noise comes from.
+
+    On the CPU, the samples' own generators (which drew their initial noise). On a GPU, one
+    generator per sample on the GPU, seeded from the sample's generator: drawing the step noise
+    on the host and copying it would make every step wait for the GPU. Either way sample i's
+    noise depends on its own seed only, not on the batch it is in.
+    """
+    if device.type == "cpu" or all(g.device == device for g in generators):
+        return generators
+    return [torch.Generator(device=device).manual_seed(g.initial_seed()) for g in generators]
+
+
+def _on(times: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Model times on ``device``, float64 where the device has it (the denoiser's abar)."""
+    return times.to(device, torch.float32 if device.type == "mps" else torch.float64)
+
+
+def run_scheduler(
+    prepared: PreparedSampler,
+    denoise: Denoise,
+    x: torch.Tensor,
+    generators: list[torch.Generator],
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """A diffusers scheduler over the denoiser (see the module docstring).
+
+    With a learned variance the ``ddpm`` scheduler gets the variance channels beside x0. The last
+    DDPM and DDIM step returns the x0 estimate (``ends_at_x0``): diffusers would stop at its
+    timestep 0, which is the paper's x_1.
+    """
+    spec = prepared.spec
+    sched = prepared.fresh_scheduler()
+    takes_gen = "generator" in inspect.signature(sched.step).parameters
+    gen_kw = {"generator": step_generators(generators, x.device)} if takes_gen else {}
+    step_kw = {k: v for k, v in prepared.options.items() if k in spec.step_options}
+    times = _on(prepared.model_times, x.device)  # once: a per-step host copy would stall a GPU
+    x = x * sched.init_noise_sigma
+    last = len(sched.timesteps) - 1
+    for i, t in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(x, t)  # the VP x_t at model time t, for every scheduler
+        out = denoise(inp, times[i])
+        pred = out.x0 if spec.feed == "x0" else out.eps
+        if spec.uses_learned_variance and out.var is not None:
+            pred = torch.cat([pred, out.var.to(pred.dtype)], dim=1)
+        res = sched.step(pred, t, x, return_dict=True, **gen_kw, **step_kw)
+        x = res.prev_sample
+        if i == last and spec.ends_at_x0:
+            x = res.pred_original_sample
+        if callback is not None:
+            callback(i)
+    return x
+
+
+# ---- the registry -------------------------------------------------------------------------------
 
 _SPACING = {"timestep_spacing": "trailing"}
 # use_lu_lambdas: uniform in log-SNR lambda = -2 log sigma (Lu et al. 2022, "DPM-Solver++", sec. 6)
@@ -66,25 +192,31 @@ SAMPLERS: dict[str, SamplerSpec] = {
     for s in [
         SamplerSpec(
             "ddpm",
-            "DDPMScheduler",
-            "ancestral DDPM on the respaced schedule; honours a learned (range) variance",
-            fixed={"clip_sample": False},
-            options={**_SPACING},
+            "ancestral DDPM on the respaced schedule; honours a learned (range) variance "
+            "(variance=run), or takes beta~ (fixed_small) or beta (fixed_large)",
+            run_scheduler,
+            options={**_SPACING, "variance": "run"},
             stochastic=True,
             uses_learned_variance=True,
+            cls="DDPMScheduler",
+            fixed={"clip_sample": False},
+            ends_at_x0=True,
         ),
         SamplerSpec(
             "ddim",
-            "DDIMScheduler",
             "DDIM (eta=0 deterministic, eta=1 ancestral-like)",
-            fixed={"clip_sample": False, "set_alpha_to_one": True},
+            run_scheduler,
             options={**_SPACING, "eta": 0.0},
+            stochastic=True,  # with eta > 0
+            cls="DDIMScheduler",
+            fixed={"clip_sample": False, "set_alpha_to_one": True},
+            ends_at_x0=True,
+            step_options=frozenset({"eta"}),
         ),
         SamplerSpec(
             "dpmsolver++",
-            "DPMSolverMultistepScheduler",
             "DPM-Solver++ multistep, orders 1-3 (data prediction)",
-            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
+            run_scheduler,
             options={
                 **_SPACING,
                 "solver_order": 2,
@@ -92,50 +224,81 @@ SAMPLERS: dict[str, SamplerSpec] = {
                 "lower_order_final": True,
                 "solver_type": "midpoint",
             },
+            cls="DPMSolverMultistepScheduler",
+            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
+        ),
+        SamplerSpec(
+            "dpmsolver++-sde",
+            "SDE-DPM-Solver++ multistep, orders 1-2 (stochastic; Lu et al. 2022, sec. 5)",
+            run_scheduler,
+            options={
+                **_SPACING,
+                "solver_order": 2,
+                **_SIGMA_SPACINGS,
+                "lower_order_final": True,
+                "solver_type": "midpoint",
+            },
+            stochastic=True,
+            cls="DPMSolverMultistepScheduler",
+            fixed={"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "dpmsolver++-singlestep",
-            "DPMSolverSinglestepScheduler",
             "DPM-Solver++ singlestep, orders 1-3 (linspace timesteps)",
-            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
+            run_scheduler,
             options={"solver_order": 2, **_SIGMA_SPACINGS, "lower_order_final": True},
+            cls="DPMSolverSinglestepScheduler",
+            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "unipc",
-            "UniPCMultistepScheduler",
             "UniPC multistep predictor-corrector, orders 1-3",
-            fixed={"final_sigmas_type": "zero"},
+            run_scheduler,
             options={**_SPACING, "solver_order": 2, **_SIGMA_SPACINGS, "solver_type": "bh2"},
+            cls="UniPCMultistepScheduler",
+            fixed={"final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "euler",
-            "EulerDiscreteScheduler",
             "Euler on the probability-flow ODE (Karras et al. 2022)",
-            fixed={"final_sigmas_type": "zero"},
+            run_scheduler,
             options={**_SPACING, "use_karras_sigmas": False},
+            cls="EulerDiscreteScheduler",
+            fixed={"final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "euler_ancestral",
-            "EulerAncestralDiscreteScheduler",
             "Euler ancestral (stochastic)",
+            run_scheduler,
             options={**_SPACING},
             stochastic=True,
-            predictions=("eps", "v"),  # diffusers lacks x0-prediction here
+            cls="EulerAncestralDiscreteScheduler",
+            feed="eps",  # diffusers lacks x0 ("sample") here
         ),
         SamplerSpec(
             "heun",
-            "HeunDiscreteScheduler",
             "Heun 2nd order (2 model calls per step)",
+            run_scheduler,
             options={**_SPACING, "use_karras_sigmas": False},
             model_calls_per_step=2,
+            cls="HeunDiscreteScheduler",
         ),
     ]
 }
-STEP_OPTIONS = {"eta"}  # passed to scheduler.step, not to the constructor
 _CHOICES = {
     "timestep_spacing": SPACINGS,
-    "solver_order": (1, 2, 3),
-    "solver_type": {"dpmsolver++": ("midpoint", "heun"), "unipc": ("bh1", "bh2")},
+    "solver_order": {
+        "dpmsolver++": (1, 2, 3),
+        "dpmsolver++-sde": (1, 2),
+        "dpmsolver++-singlestep": (1, 2, 3),
+        "unipc": (1, 2, 3),
+    },
+    "solver_type": {
+        "dpmsolver++": ("midpoint", "heun"),
+        "dpmsolver++-sde": ("midpoint", "heun"),
+        "unipc": ("bh1", "bh2"),
+    },
+    "variance": ("run", "fixed_small", "fixed_large"),
 }
 
 
@@ -160,63 +323,32 @@ def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]
             raise ConfigError(
                 f"sampler option {key} must be one of {', '.join(map(str, choices))}, got {value!r}"
             )
-    if "eta" in merged:
-        try:
-            eta = float(merged["eta"])
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"sampler option eta must be a number, got {merged['eta']!r}"
-            ) from None
-        if not 0.0 <= eta <= 1.0:
-            raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
-        merged["eta"] = eta
+        if isinstance(default, float):
+            merged[key] = _number(key, value)
+    if "eta" in merged and not 0.0 <= merged["eta"] <= 1.0:
+        raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
     if merged.get("use_karras_sigmas") and merged.get("use_lu_lambdas"):
         raise ConfigError("sampler options use_karras_sigmas and use_lu_lambdas exclude each other")
     return merged
 
 
-@dataclass
-class PreparedSampler:
-    """A scheduler respaced to ``steps`` and the network time of each of its timesteps.
-
-    ``model_times[i]`` is the (possibly fractional) trained timestep at which the network is
-    evaluated for ``scheduler.timesteps[i]``.
-    """
-
-    spec: SamplerSpec
-    scheduler: Any
-    step_kwargs: dict[str, Any]
-    steps: int
-    model_times: torch.Tensor
-    takes_generator: bool
-    #: clip every x0 estimate to [-1, 1] (see :func:`clip_x0`)
-    clip: bool = False
-    #: abar at each model time (float64), for the clipping
-    model_abar: torch.Tensor | None = None
-    prediction: str = "eps"
-
-    @property
-    def model_calls(self) -> int:
-        """Network evaluations for one sample (x2 with classifier-free guidance)."""
-        return len(self.scheduler.timesteps)
+def _number(key: str, value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"sampler option {key} must be a number, got {value!r}") from None
 
 
-def sigma_to_time(sigmas: np.ndarray, betas: np.ndarray) -> np.ndarray:
-    """Continuous trained timestep of each noise level ``sigma = sqrt((1 - abar) / abar)``.
-
-    ``log sigma_t`` increases with ``t``; ``t(sigma)`` interpolates it linearly (diffusers'
-    ``_sigma_to_t`` without its rounding), clipped to ``[0, T-1]``.
-    """
-    abar = np.cumprod(1.0 - np.asarray(betas, np.float64))
-    log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
-    return np.interp(np.log(np.asarray(sigmas, np.float64)), log_sigmas, np.arange(len(abar)))
-
-
-def _lu_sigmas(betas: np.ndarray, steps: int) -> np.ndarray:
-    """``steps`` noise levels uniform in log-SNR between the trained end points, decreasing."""
-    abar = np.cumprod(1.0 - np.asarray(betas, np.float64))
-    log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
-    return np.exp(np.linspace(log_sigmas[-1], log_sigmas[0], steps))
+def check_serves(spec: SamplerSpec, diffusion: DiffusionConfig) -> None:
+    """Refuse, with one line naming both, a sampler that cannot serve a run's process."""
+    if diffusion.prediction not in spec.predictions:
+        fits = [n for n, sp in SAMPLERS.items() if diffusion.prediction in sp.predictions]
+        raise ConfigError(
+            f"sampler '{spec.name}' does not support {diffusion.prediction}-prediction models; "
+            f"use one of: {', '.join(fits)}"
+        )
 
 
 def make_sampler(
@@ -224,9 +356,9 @@ def make_sampler(
     diffusion: DiffusionConfig,
     steps: int,
     options: dict[str, Any] | None = None,
-    clip: bool = False,
+    schedule: Schedule | None = None,
 ) -> PreparedSampler:
-    """Build a registered sampler on the trained schedule of ``diffusion``, respaced to ``steps``.
+    """A registered sampler on the trained schedule of ``diffusion``, respaced to ``steps``.
 
     Parameters
     ----------
@@ -234,13 +366,13 @@ def make_sampler(
     diffusion : the run's diffusion config (schedule, T, parameterisation, variance).
     steps : number of sampling steps K, ``1 <= K <= T``.
     options : sampler options (see :func:`describe_samplers`); unknown ones are an error.
-    clip : clip each x0 estimate to [-1, 1] (for data normalised into that range, as the
-        reference code's ``clip_denoised``), for every sampler alike: see :func:`clip_x0`.
+    schedule : the run's trained schedule (default: built from ``diffusion``).
 
     Raises
     ------
     ConfigError
-        Unknown sampler or option, an invalid option value, or K outside ``[1, T]``.
+        Unknown sampler or option, an invalid option value, K outside ``[1, T]``, or a sampler
+        that cannot serve the run.
     """
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler '{name}'; available: {', '.join(SAMPLERS)}")
@@ -252,88 +384,50 @@ def make_sampler(
             f"--steps {steps} is out of range: the model was trained with T={diffusion.timesteps} "
             f"(use 1..{diffusion.timesteps})"
         )
-    if diffusion.prediction not in spec.predictions:
-        fits = [n for n, sp in SAMPLERS.items() if diffusion.prediction in sp.predictions]
-        raise ConfigError(
-            f"sampler '{name}' does not support {diffusion.prediction}-prediction models; "
-            f"use one of: {', '.join(fits)}"
-        )
+    check_serves(spec, diffusion)
     merged = _check_options(spec, options or {})
-    betas = make_betas(diffusion.schedule, diffusion.timesteps)
-    scheduler = _build_scheduler(spec, diffusion, betas, merged)
-    scheduler.set_timesteps(int(steps))
-    _continuous_spacing(scheduler, spec, betas, merged, int(steps))
-    times = torch.as_tensor(scheduler.timesteps).float()
-    step_kwargs = {k: merged[k] for k in STEP_OPTIONS if k in merged}
-    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
-    return PreparedSampler(
-        spec,
-        scheduler,
-        step_kwargs,
-        int(steps),
-        times,
-        takes_gen,
-        clip=bool(clip),
-        model_abar=torch.from_numpy(abar_at(betas, times.double().numpy())),
-        prediction=diffusion.prediction,
-    )
+    schedule = schedule or Schedule(diffusion)
+    scheduler = _respaced_scheduler(spec, diffusion, schedule, merged, int(steps))
+    times = torch.as_tensor(scheduler.timesteps).double()
+    return PreparedSampler(spec, diffusion, schedule, int(steps), merged, times, scheduler)
 
 
-def abar_at(betas: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """abar at (possibly fractional) trained timesteps: ``log sigma`` interpolated linearly in
-    t, the inverse of :func:`sigma_to_time`, exact at integer t."""
-    abar = np.cumprod(1.0 - np.asarray(betas, np.float64))
-    log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
-    ls = np.interp(np.asarray(t, np.float64), np.arange(len(abar)), log_sigmas)
-    return 1.0 / (1.0 + np.exp(2.0 * ls))
+def _respaced_scheduler(spec, diffusion, schedule, merged, steps: int) -> Any:
+    scheduler = _build_scheduler(spec, diffusion, schedule, merged)
+    scheduler.set_timesteps(steps)
+    _continuous_spacing(scheduler, spec, schedule, merged, steps)
+    return scheduler
 
 
-def clip_x0(
-    out: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, prediction: str
-) -> torch.Tensor:
-    """The network output ``out`` (mean channels) re-expressed so that its x0 estimate is clipped
-    to [-1, 1], consistently with ``x_t``.
-
-    The x0 estimate is clipped and the output recomputed from it and ``x_t`` (eps' =
-    (x_t - sqrt(abar) x0c) / sqrt(1 - abar), v' = sqrt(abar) eps' - sqrt(1 - abar) x0c), as in
-    improved/guided-diffusion. Every sampler then sees one coherent (x0, eps) pair. diffusers'
-    own ``clip_sample`` clips x0 but keeps the raw eps in DDIM's direction term, which pushes a
-    deterministic trajectory off course at every clipped step: with 1000 DDIM steps on a trained
-    InSAR model its semivariogram error was 0.95 against 0.004 for DDPM (radardiff's sampler
-    study, H200 run of 2026-11-26).
-    """
-    a = abar.to(out.dtype)
-    sa, s1 = a.sqrt(), (1.0 - a).sqrt()
-    if prediction == "sample":
-        return out.clamp(-1.0, 1.0)
-    if prediction == "v":
-        x0 = sa * x_t - s1 * out
-    else:
-        x0 = (x_t - s1 * out) / sa
-    x0c = x0.clamp(-1.0, 1.0)
-    eps = (x_t - sa * x0c) / s1
-    return eps if prediction == "eps" else sa * eps - s1 * x0c
+def sampling_betas(schedule: Schedule) -> np.ndarray:
+    """The trained betas, with abar = 0 (zero terminal SNR) made finite
+    (:attr:`Schedule.sampling_abar`): the sigma-space solvers need a finite largest noise level."""
+    abar = schedule.sampling_abar
+    return 1.0 - abar / np.append(1.0, abar[:-1])
 
 
-def _build_scheduler(spec: SamplerSpec, diffusion: DiffusionConfig, betas, merged: dict) -> Any:
-    """The diffusers scheduler on the trained betas, parameterisation and (DDPM) variance."""
+def _build_scheduler(
+    spec: SamplerSpec, diffusion: DiffusionConfig, schedule: Schedule, merged: dict
+) -> Any:
+    """The diffusers scheduler on the trained betas, fed x0 (or eps) and, for DDPM, the
+    run's variance."""
     cls = getattr(diffusers, spec.cls)
-    ctor = {k: v for k, v in merged.items() if k not in STEP_OPTIONS}
+    ctor = {k: v for k, v in merged.items() if k not in spec.step_options}
     if "use_lu_lambdas" in ctor and "use_lu_lambdas" not in _ctor_params(cls):
         del ctor["use_lu_lambdas"]  # applied by _continuous_spacing
-    if spec.uses_learned_variance:
-        ctor["variance_type"] = diffusion.variance
-    fixed = dict(spec.fixed)
+    if "variance" in ctor:
+        chosen = ctor.pop("variance")
+        ctor["variance_type"] = diffusion.variance if chosen == "run" else chosen
     return cls(
         num_train_timesteps=diffusion.timesteps,
-        trained_betas=betas.tolist(),
-        prediction_type=PREDICTION_TYPES[diffusion.prediction],
-        **fixed,
+        trained_betas=sampling_betas(schedule).tolist(),
+        prediction_type="sample" if spec.feed == "x0" else "epsilon",
+        **spec.fixed,
         **ctor,
     )
 
 
-def _continuous_spacing(scheduler, spec: SamplerSpec, betas, merged: dict, steps: int) -> None:
+def _continuous_spacing(scheduler, spec: SamplerSpec, schedule: Schedule, merged, steps) -> None:
     """Karras / log-SNR noise levels: the network time t(sigma), unrounded, as timesteps.
 
     As the scheduler's keys these also stay distinct (diffusers' rounded ones repeat when K is
@@ -343,90 +437,20 @@ def _continuous_spacing(scheduler, spec: SamplerSpec, betas, merged: dict, steps
     if not (merged.get("use_karras_sigmas") or merged.get("use_lu_lambdas")):
         return
     if merged.get("use_lu_lambdas") and "use_lu_lambdas" not in _ctor_params(type(scheduler)):
-        sig = _lu_sigmas(betas, steps)
+        sig = np.exp(np.linspace(schedule.log_sigmas[-1], schedule.log_sigmas[0], steps))
         scheduler.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
     if spec.model_calls_per_step == 1:  # Heun's interleaved times are already t(sigma)
         sig = scheduler.sigmas.double().numpy()[: len(scheduler.timesteps)]
-        scheduler.timesteps = torch.from_numpy(sigma_to_time(sig, betas))
+        scheduler.timesteps = torch.from_numpy(schedule.time_at(sig))
 
 
 def _ctor_params(cls: type) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters)
 
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
     """x_T, one row per generator: sample i depends on its own seed only, not on the batch."""
     return torch.stack([torch.randn(shape, generator=g) for g in generators])
-
-
-def step_generators(
-    generators: list[torch.Generator], device: torch.device
-) -> list[torch.Generator]:
-    """The generators a stochastic sampler's step noise comes from.
-
-    On the CPU, the samples' own generators (which drew their initial noise). On a GPU, one
-    generator per sample on the GPU, seeded from the sample's generator: drawing the step noise
-    on the host and copying it would make every step wait for the GPU. Either way sample i's
-    noise depends on its own seed only, not on the batch it is in.
-    """
-    if device.type == "cpu" or all(g.device == device for g in generators):
-        return generators
-    return [torch.Generator(device=device).manual_seed(g.initial_seed()) for g in generators]
-
-
-def run_sampler(
-    prepared: PreparedSampler,
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    generators: list[torch.Generator],
-    data_channels: int,
-    learned_variance: bool,
-    callback: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Denoise ``x`` (unit Gaussian noise, one row per generator) to x_0 in network space.
-
-    ``model_fn(x_t, t)`` returns the raw network output (guidance already applied) for the
-    trained timestep ``t`` (a 0-d float tensor, fractional for Karras / log-SNR spacings). With a
-    learned variance only ``ddpm`` uses the variance channels; the others take the mean channels.
-    Every random draw of a stochastic sampler comes from ``generators`` (one per sample), so
-    sample i does not depend on the batch it is in.
-
-    The last DDPM and DDIM step returns its x_0 estimate, as improved-diffusion does: the chain
-    ends at x_0 (``abar_prev = 1``), where the posterior mean is exactly x_0-hat. diffusers
-    would stop at its timestep 0, which is the paper's x_1 (``sqrt(1 - abar_0)``-sized noise
-    left in the sample; DDIM: whenever the last kept timestep is not below the stride), and add
-    ``beta'_1``-sized noise under ``fixed_large`` / ``learned_range`` with trailing spacing. The
-    other samplers end at sigma = 0 already.
-    """
-    sched = prepared.scheduler
-    keep_var = learned_variance and prepared.spec.uses_learned_variance
-    gen_kw = (
-        {"generator": step_generators(generators, x.device)} if prepared.takes_generator else {}
-    )
-    times = prepared.model_times.to(x.device)  # once: a per-step host copy would stall a GPU
-    abars = prepared.model_abar.to(x.device, torch.float32) if prepared.clip else None
-    x = x * sched.init_noise_sigma
-    last = len(sched.timesteps) - 1
-    for i, t in enumerate(sched.timesteps):
-        inp = sched.scale_model_input(x, t)  # the VP x_t at model time t, for every scheduler
-        out = model_fn(inp, times[i])
-        if abars is not None:
-            mean = clip_x0(
-                out[:, :data_channels].float(), inp.float(), abars[i], prepared.prediction
-            )
-            out = torch.cat([mean, out[:, data_channels:]], dim=1) if keep_var else mean
-        if not keep_var:
-            out = out[:, :data_channels]
-        res = sched.step(out, t, x, return_dict=True, **gen_kw, **prepared.step_kwargs)
-        x = res.prev_sample
-        if i == last and prepared.spec.name in ("ddpm", "ddim"):
-            x = res.pred_original_sample
-        if callback is not None:
-            callback(i)
-    return x
 
 
 def describe_samplers() -> list[str]:

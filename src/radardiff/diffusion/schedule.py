@@ -16,12 +16,17 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from radardiff.config.schema import DiffusionConfig
 from radardiff.errors import ConfigError
 
 COSINE_OFFSET = 0.008
 MAX_BETA = 0.999
+# abar that stands for 0 where a noise level must be finite (sigma-space solvers, interpolation in
+# log sigma): sigma_max = 4096 (diffusers takes the same), or half the smallest positive abar
+# when that is smaller, so that the noise levels keep increasing
+MIN_SAMPLING_ABAR = 2.0**-24
 
 
 def cosine_alpha_bar(t: np.ndarray | float, s: float = COSINE_OFFSET) -> np.ndarray | float:
@@ -30,7 +35,7 @@ def cosine_alpha_bar(t: np.ndarray | float, s: float = COSINE_OFFSET) -> np.ndar
     return np.cos((np.asarray(t, dtype=np.float64) + s) / (1.0 + s) * math.pi / 2) ** 2
 
 
-def make_betas(schedule: str, timesteps: int) -> np.ndarray:
+def make_betas(schedule: str, timesteps: int, zero_terminal_snr: bool = False) -> np.ndarray:
     """beta for t = 0..T-1, float64.
 
     ``linear``: Ho et al. 2020 (1e-4 to 0.02 over 1000 steps), both ends scaled by ``1000 / T`` so
@@ -38,11 +43,32 @@ def make_betas(schedule: str, timesteps: int) -> np.ndarray:
     their ``get_named_beta_schedule``). ``cosine``: ``beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999)``
     with ``f`` from :func:`cosine_alpha_bar` (Nichol and Dhariwal 2021, eq. 17 and sec. 3.2).
 
+    ``zero_terminal_snr``: ``sqrt(abar)`` shifted and rescaled so that it keeps its value at t = 0
+    and reaches exactly 0 at t = T-1 (Lin et al. 2024, "Common diffusion noise schedules and
+    sample steps are flawed", Algorithm 1): the last step then holds no signal, as the pure noise
+    a sampler starts from (its last beta is 1; it needs v- or x0-prediction).
+
     Raises
     ------
     ConfigError
         Unknown schedule name, T < 1, or a linear schedule whose scaled beta_T reaches 1 (T <= 20).
     """
+    betas = _base_betas(schedule, timesteps)
+    return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose ``sqrt(abar)`` is mapped linearly from [sqrt(abar_T), sqrt(abar_0)] onto
+    [0, sqrt(abar_0)] (Lin et al. 2024, Algorithm 1)."""
+    root = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    abar = root**2
+    alphas = np.append(abar[0], abar[1:] / abar[:-1])
+    return 1.0 - alphas
+
+
+def _base_betas(schedule: str, timesteps: int) -> np.ndarray:
     if timesteps < 1:
         raise ConfigError(f"diffusion.timesteps = {timesteps}: must be at least 1")
     if schedule == "linear":
@@ -78,7 +104,7 @@ class Schedule:
             raise ValueError("give either a DiffusionConfig or betas")
         self.cfg = cfg
         if betas is None:
-            betas = make_betas(cfg.schedule, cfg.timesteps)
+            betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr)
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError("betas must be a 1-D array in (0, 1]")
@@ -106,6 +132,66 @@ class Schedule:
         )
         # fixed_large: beta_t, with beta_0 replaced by beta~_1 (Nichol and Dhariwal, improved-diffusion)
         self.large_variance = np.append(first, betas[1:])
+        # log sigma_t = log sqrt((1 - abar_t) / abar_t), the noise level of the VE view x_t / sqrt(abar)
+        # (Karras et al. 2022), on sampling_abar: abar = 0 (zero terminal SNR) made finite
+        abar = self.alphas_cumprod
+        if abar[-1] == 0.0:
+            floor = min(MIN_SAMPLING_ABAR, 0.5 * abar[abar > 0].min()) if (abar > 0).any() else 0.5
+            abar = np.where(abar == 0.0, floor, abar)
+        self.sampling_abar = abar
+        self.log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether the last step holds no signal at all (abar_{T-1} = 0)."""
+        return bool(self.alphas_cumprod[-1] == 0.0)
+
+    # continuous time: t is a (possibly fractional) trained timestep, sigma a noise level
+
+    def log_sigma_at(self, t: np.ndarray | float) -> np.ndarray:
+        """log sigma at trained timesteps ``t`` (fractional allowed): linear interpolation of
+        ``log sigma`` over the kept trained timesteps, exact at them (diffusers' Euler / Heun
+        interpolate the same way)."""
+        return np.interp(np.asarray(t, np.float64), self.timestep_map, self.log_sigmas)
+
+    def abar_at(self, t: np.ndarray | float) -> np.ndarray:
+        """abar at trained timesteps ``t``: ``1 / (1 + sigma^2)`` of :meth:`log_sigma_at`."""
+        return 1.0 / (1.0 + np.exp(2.0 * self.log_sigma_at(t)))
+
+    def time_at(self, sigma: np.ndarray | float) -> np.ndarray:
+        """The trained timestep (fractional) of noise levels ``sigma``, the inverse of
+        :meth:`log_sigma_at`, clipped to the schedule's ends."""
+        log_sigma = np.log(np.asarray(sigma, np.float64))
+        return np.interp(log_sigma, self.log_sigmas, self.timestep_map.astype(np.float64))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(np.exp(self.log_sigmas[0]))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(np.exp(self.log_sigmas[-1]))
+
+    def abar_at_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`abar_at` for a tensor of trained timesteps, on its device, in float64 (float32
+        where the device has no float64); no host round trip, so a GPU loop never waits."""
+        key = str(t.device)
+        if key not in self._tables:
+            dtype = torch.float32 if t.device.type == "mps" else torch.float64
+            self._tables[key] = (
+                torch.as_tensor(self.timestep_map, dtype=dtype, device=t.device),
+                torch.as_tensor(self.log_sigmas, dtype=dtype, device=t.device),
+            )
+        grid, log_sigmas = self._tables[key]
+        if len(grid) == 1:
+            return torch.sigmoid(-2.0 * log_sigmas[0]).expand(t.shape)
+        tt = t.to(grid.dtype).reshape(-1).clamp(grid[0], grid[-1])
+        hi = torch.searchsorted(grid, tt).clamp(1, len(grid) - 1)
+        lo = hi - 1
+        w = ((tt - grid[lo]) / (grid[hi] - grid[lo])).clamp(0.0, 1.0)
+        ls = log_sigmas[lo] + w * (log_sigmas[hi] - log_sigmas[lo])
+        return torch.sigmoid(-2.0 * ls).reshape(t.shape)
 
     def respace(self, timesteps: Sequence[int] | np.ndarray) -> Schedule:
         """The same process seen only at ``timesteps`` (a sub-sequence of this schedule).

@@ -25,9 +25,9 @@ import torch
 
 from radardiff.data import DatasetFile
 from radardiff.data.normalize import valid_sample_indices
-from radardiff.diffusion import GaussianDiffusion, dataset_bits_per_dim
+from radardiff.diffusion import Denoiser, GaussianDiffusion, dataset_bits_per_dim
 from radardiff.errors import DataError
-from radardiff.sample import load_run
+from radardiff.models import load_run
 
 
 @dataclass
@@ -90,19 +90,20 @@ def run_bits_per_dim(
         norm = run.normalizer.transform(ds.images(idx))
         labels = ds.labels(idx) if run.num_classes else None
     diffusion = GaussianDiffusion(run.cfg.diffusion).to(device)
-    model = run.model
+    denoiser = Denoiser.from_run(run, schedule=diffusion.schedule)
 
-    def model_fn(x, t, **kw):
-        return model(x, t, **kw).sample.float()
+    def model_fn(x, t, cond=None):
+        return denoiser.network_output(x, t, cond or denoiser.condition()).float()
 
     def batches():
         for s in range(0, idx.size, batch_size):
-            x0 = torch.from_numpy(norm.images[s : s + batch_size]).to(device)
-            mask = torch.from_numpy(norm.mask[s : s + batch_size]).to(device)
-            kw = None
-            if labels is not None:
-                kw = {"class_labels": torch.from_numpy(labels[s : s + batch_size]).to(device)}
-            yield x0, mask, kw
+            sl = slice(s, s + batch_size)
+            x0 = torch.from_numpy(norm.images[sl]).to(device)
+            mask = torch.from_numpy(norm.mask[sl]).to(device)
+            classes = None if labels is None else torch.from_numpy(labels[sl])
+            stats = torch.from_numpy(norm.stats[sl]) if run.cfg.model.range_conditioning else None
+            cond = denoiser.condition(classes, stats=stats).to(device)
+            yield x0, mask, {"cond": cond}
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     r = dataset_bits_per_dim(model_fn, diffusion, batches(), steps=steps, generator=gen)

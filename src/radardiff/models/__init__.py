@@ -8,6 +8,7 @@ from radardiff.models.conditioning import (
     superres_pair,
     upsample,
 )
+from radardiff.models.run import LoadedRun, load_model, load_run
 from radardiff.models.unet import DEFAULT_CHANNEL_MULT, build_unet, channel_mult, model_in_channels
 
 __all__ = [
@@ -18,6 +19,9 @@ __all__ = [
     "superres_pair",
     "upsample",
     "DEFAULT_CHANNEL_MULT",
+    "LoadedRun",
+    "load_model",
+    "load_run",
     "build_unet",
     "channel_mult",
     "model_in_channels",

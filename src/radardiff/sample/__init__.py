@@ -1,5 +1,6 @@
 """Load a run, generate per-seed samples with guidance, inverse-normalise, write."""
 
+from radardiff.models.run import LoadedRun, load_run
 from radardiff.sample.generate import (
     SampleOptions,
     SampleResult,
@@ -7,7 +8,6 @@ from radardiff.sample.generate import (
     generate,
     generate_batch,
 )
-from radardiff.sample.run import LoadedRun, load_run
 from radardiff.sample.writers import FORMATS, grid_image, output_format
 
 __all__ = [

@@ -18,7 +18,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,11 @@ import numpy as np
 import torch
 
 from radardiff.data.dataset_file import DatasetFile
-from radardiff.diffusion import initial_noise, make_sampler, run_sampler
-from radardiff.diffusion.schedule import make_betas
+from radardiff.diffusion import Denoiser, PreparedSampler, initial_noise, make_sampler
+from radardiff.diffusion.denoiser import CLIP_MODES
+from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, RadarDiffError
-from radardiff.models import condition_frame, log_range_moments, range_embedding_value, upsample
-from radardiff.sample.run import LoadedRun
+from radardiff.models import LoadedRun, condition_frame, upsample
 from radardiff.sample.writers import output_format
 
 
@@ -44,7 +43,8 @@ class SampleOptions:
     scale w, ``eps = eps_null + w (eps_class - eps_null)`` (Ho and Salimans 2022); 1 is plain
     conditional sampling, 0 the unconditional (null-label) model. ``sampler_options``: see
     :func:`radardiff.diffusion.describe_samplers`. ``mixed_precision``: ``no``, ``bf16``, ``fp16``
-    autocast of the network.
+    autocast of the network. ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None:
+    :func:`clip_mode` decides from the run).
     """
 
     n: int
@@ -56,7 +56,7 @@ class SampleOptions:
     guidance: float = 1.0
     sampler_options: dict[str, Any] = field(default_factory=dict)
     mixed_precision: str = "no"
-    clip: bool | None = None
+    clip: str | None = None
     condition: str | None = None
     sr_noise: int = 0
     amplitude: float | None = None
@@ -81,13 +81,16 @@ class SampleResult:
 BOUNDED = ("minmax_pm1", "minmax_01", "global_minmax")
 
 
-def clips(run: LoadedRun, opts: SampleOptions) -> bool:
-    """Whether x0 estimates are clipped to [-1, 1] (see :class:`SampleOptions`)."""
+def clip_mode(run: LoadedRun, opts: SampleOptions) -> str:
+    """How x0 estimates are clipped: as requested, else ``static`` (to [-1, 1]) when the run's
+    normalisation bounds the data there, ``none`` otherwise and for super-resolution (whose
+    target lives in the condition's frame, past +-1)."""
     if opts.clip is not None:
         return opts.clip
-    if run.cfg.model.superres_low_size:  # the target lives in the condition's frame, past +-1
-        return False
-    return run.normalizer.phase or run.normalizer.method in BOUNDED
+    if run.cfg.model.superres_low_size:
+        return "none"
+    bounded = run.normalizer.phase or run.normalizer.method in BOUNDED
+    return "static" if bounded else "none"
 
 
 def _validate(run: LoadedRun, opts: SampleOptions) -> None:
@@ -109,6 +112,8 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         raise ConfigError("--guidance needs a class-conditional model; this one is unconditional")
     if opts.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"--precision must be no, bf16 or fp16, got '{opts.mixed_precision}'")
+    if opts.clip is not None and opts.clip not in CLIP_MODES:
+        raise ConfigError(f"--clip must be one of {', '.join(CLIP_MODES)}, got '{opts.clip}'")
 
 
 def _validate_conditioning(run: LoadedRun, opts: SampleOptions) -> None:
@@ -172,44 +177,6 @@ def sample_classes(run: LoadedRun, opts: SampleOptions, idx: np.ndarray) -> np.n
     )
 
 
-def make_model_fn(
-    run: LoadedRun,
-    labels: torch.Tensor | None,
-    guidance: float,
-    autocast,
-    extra: torch.Tensor | None = None,
-):
-    """The network as the sampler sees it, with classifier-free guidance on the mean channels.
-
-    ``labels``: class labels, or the conditioning scalar (super-resolution noise level, range
-    embedding) of each sample; ``extra``: channels concatenated to the input (the upsampled
-    low-resolution condition).
-    """
-    model, c = run.model, run.data_channels
-    null = run.num_classes
-
-    @torch.no_grad()
-    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        tt = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        if extra is not None:
-            x = torch.cat([x, extra.to(x.dtype)], dim=1)
-        with autocast:
-            if labels is None:
-                return model(x, tt).sample.float()
-            if guidance == 1.0:
-                return model(x, tt, class_labels=labels).sample.float()
-            both = model(
-                torch.cat([x, x]),
-                torch.cat([tt, tt]),
-                class_labels=torch.cat([labels, torch.full_like(labels, null)]),
-            ).sample.float()
-        cond, uncond = both.chunk(2)
-        mean = uncond[:, :c] + guidance * (cond[:, :c] - uncond[:, :c])
-        return torch.cat([mean, cond[:, c:]], dim=1)
-
-    return fn
-
-
 def _seeded(*key: int) -> torch.Generator:
     """A CPU generator seeded from ``key`` through a SeedSequence."""
     return torch.Generator().manual_seed(
@@ -224,22 +191,21 @@ def _generators(opts: SampleOptions, idx: np.ndarray) -> list[torch.Generator]:
     return [_seeded(opts.seed, i, *tail) for i in idx]
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "no":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @dataclass
 class BatchConditions:
     """What one batch is conditioned on, and how its output returns to physical units."""
 
     labels: np.ndarray | None  # class labels written with the samples
     stats: np.ndarray  # per-sample normaliser statistics for the inverse
-    model_labels: torch.Tensor | None = None  # what the network's class_labels receive
-    extra: torch.Tensor | None = None  # concatenated input channels
+    low: torch.Tensor | None = None  # the upsampled, framed, noised low-resolution condition
+    level: torch.Tensor | None = None  # its noise-augmentation step
     frame: tuple[torch.Tensor, torch.Tensor] | None = None  # (c, h): output = c + h * y
+
+    def conditioning(self, denoiser: Denoiser, device: torch.device):
+        """The network's conditioning of the batch (:meth:`Denoiser.condition`), on ``device``."""
+        classes = None if self.labels is None else torch.from_numpy(self.labels)
+        stats = torch.as_tensor(self.stats) if denoiser.cfg.model.range_conditioning else None
+        return denoiser.condition(classes, stats=stats, low=self.low, level=self.level).to(device)
 
 
 def _sample_rng(opts: SampleOptions, i: int, purpose: int) -> np.random.Generator:
@@ -255,13 +221,9 @@ def batch_conditions(
         return _superres_conditions(run, opts, idx, condition or open_condition(opts.condition))
     labels = sample_classes(run, opts, idx)
     stats = physical_stats(run, opts, idx, labels)
-    model_labels = None if labels is None else torch.from_numpy(labels)
-    if m.range_conditioning:
-        if opts.amplitude is not None:
-            stats = with_range(stats, opts.amplitude)
-        moments = log_range_moments(torch.as_tensor(run.normalizer.sample_stats))
-        model_labels = range_embedding_value(torch.as_tensor(stats), *moments).float()
-    return BatchConditions(labels=labels, stats=stats, model_labels=model_labels)
+    if m.range_conditioning and opts.amplitude is not None:
+        stats = with_range(stats, opts.amplitude)
+    return BatchConditions(labels=labels, stats=stats)
 
 
 def with_range(stats: np.ndarray, amplitude: float) -> np.ndarray:
@@ -287,37 +249,51 @@ def _superres_conditions(
         noise = torch.stack(
             [torch.randn(cond.shape[1:], generator=_seeded(opts.seed, i, 13)) for i in idx]
         )
-        d = run.cfg.diffusion
-        abar = float(np.cumprod(1.0 - make_betas(d.schedule, d.timesteps))[opts.sr_noise])
+        abar = float(Schedule(run.cfg.diffusion).alphas_cumprod[opts.sr_noise])
         cond = abar**0.5 * cond + (1.0 - abar) ** 0.5 * noise
     level = torch.full((len(idx),), float(opts.sr_noise))
     return BatchConditions(
-        labels=condition.labels(idx),
-        stats=low.stats,
-        model_labels=level,
-        extra=cond,
-        frame=(c, h),
+        labels=condition.labels(idx), stats=low.stats, low=cond, level=level, frame=(c, h)
     )
 
 
+@dataclass
+class Sampling:
+    """The sampler and the denoiser of one request (built once, used for every batch)."""
+
+    prepared: PreparedSampler
+    denoiser: Denoiser
+
+    @classmethod
+    def of(cls, run: LoadedRun, opts: SampleOptions) -> Sampling:
+        prepared = make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)
+        denoiser = Denoiser.from_run(
+            run,
+            clip=clip_mode(run, opts),
+            guidance=opts.guidance,
+            precision=opts.mixed_precision,
+            schedule=prepared.schedule,
+        )
+        return cls(prepared, denoiser)
+
+
 def denoise_batch(
-    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, cond: BatchConditions | None = None
+    run: LoadedRun,
+    opts: SampleOptions,
+    idx: np.ndarray,
+    cond: BatchConditions | None = None,
+    sampling: Sampling | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Samples ``idx`` of the request in network space (float32, (B, C, H, W)) and their class
     labels; ``cond`` defaults to :func:`batch_conditions`."""
     cond = cond or batch_conditions(run, opts, idx)
+    sampling = sampling or Sampling.of(run, opts)
     device = next(run.model.parameters()).device
-    cfg = run.cfg
-    prepared = make_sampler(
-        opts.sampler, cfg.diffusion, opts.steps, opts.sampler_options, clip=clips(run, opts)
-    )
     gens = _generators(opts, idx)
-    size = cfg.model.image_size
+    size = run.cfg.model.image_size
     x = initial_noise(gens, (run.data_channels, size, size)).to(device)
-    lab = None if cond.model_labels is None else cond.model_labels.to(device)
-    extra = None if cond.extra is None else cond.extra.to(device)
-    fn = make_model_fn(run, lab, opts.guidance, _autocast(device, opts.mixed_precision), extra)
-    y = run_sampler(prepared, fn, x, gens, run.data_channels, run.learned_variance).float().cpu()
+    denoise = sampling.denoiser.bind(cond.conditioning(sampling.denoiser, device))
+    y = sampling.prepared.run(denoise, x, gens).float().cpu()
     if cond.frame is not None:
         c, h = cond.frame
         y = c + h * y
@@ -340,11 +316,15 @@ def physical_stats(
 
 
 def generate_batch(
-    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, condition: DatasetFile | None = None
+    run: LoadedRun,
+    opts: SampleOptions,
+    idx: np.ndarray,
+    condition: DatasetFile | None = None,
+    sampling: Sampling | None = None,
 ) -> dict[str, np.ndarray]:
     """Samples ``idx`` of the request, in physical units, with their labels, seeds and statistics."""
     cond = batch_conditions(run, opts, idx, condition)
-    y, _ = denoise_batch(run, opts, idx, cond)
+    y, _ = denoise_batch(run, opts, idx, cond, sampling)
     images = run.normalizer.inverse(y, cond.stats)
     out = {
         "images": images,
@@ -383,7 +363,7 @@ def generate(
     """
     _validate(run, opts)
     output_format(Path(out))  # a bad extension fails now, not after the last batch
-    make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)  # fail early
+    sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
     state = _distributed_state() if rank is None else None
     if rank is None:
         rank, world = (state.process_index, state.num_processes) if state else (0, 1)
@@ -410,7 +390,7 @@ def generate(
         if parts.has(idx):
             reused += idx.size
         else:
-            parts.write(idx, generate_batch(run, opts, idx, condition))
+            parts.write(idx, generate_batch(run, opts, idx, condition, sampling))
         done += idx.size
         if on_progress is not None:
             on_progress(done, total)

@@ -1,8 +1,10 @@
 """The training loop (accelerate), EMA, checkpoints, resume, logging, validation."""
 
-from radardiff.train.checkpoint import CheckpointState, load_model, read_state
+from radardiff.models.run import load_model
+from radardiff.train.checkpoint import CheckpointState, read_state
 from radardiff.train.ema import EMA
-from radardiff.train.loop import Trainer, TrainingDiverged, TrainResult, train, train_step
+from radardiff.train.loop import Trainer, TrainingDiverged, TrainResult, train
+from radardiff.train.step import train_step
 
 __all__ = [
     "EMA",

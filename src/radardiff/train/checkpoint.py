@@ -18,6 +18,7 @@ from diffusers import UNet2DModel
 
 from radardiff.config import RunDir, atomic_write_text
 from radardiff.errors import RunDirError
+from radardiff.models.run import load_model
 
 
 def ema_dirname(i: int, halflife_kimg: float) -> str:
@@ -82,12 +83,7 @@ def read_state(ckpt: Path) -> CheckpointState:
 
 def load_weights(target: torch.nn.Module, model_dir: Path) -> None:
     """Copy weights from a diffusers model directory into ``target`` (shapes must match)."""
-    try:
-        loaded = UNet2DModel.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{model_dir}: cannot load model weights ({err})") from None
-    missing = target.load_state_dict(loaded.state_dict(), strict=True)
-    del missing
+    target.load_state_dict(load_model(model_dir).state_dict(), strict=True)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path) -> None:
@@ -96,10 +92,3 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path) -> None:
     except (OSError, RuntimeError) as err:
         raise RunDirError(f"{ckpt / 'optimizer.pt'}: unreadable optimizer state ({err})") from None
     optimizer.load_state_dict(blob["optimizer"])
-
-
-def load_model(model_dir: Path) -> UNet2DModel:
-    try:
-        return UNet2DModel.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{model_dir}: cannot load model ({err})") from None

@@ -20,9 +20,9 @@ from radardiff.config.io import config_to_dict
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
-from radardiff.diffusion import GaussianDiffusion, make_timestep_sampler
+from radardiff.diffusion import Denoiser, GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
-from radardiff.models import build_unet, log_range_moments, range_embedding_value, superres_pair
+from radardiff.models import build_unet, log_range_moments
 from radardiff.train.checkpoint import (
     CheckpointState,
     ema_dirname,
@@ -32,6 +32,9 @@ from radardiff.train.checkpoint import (
     save_checkpoint,
 )
 from radardiff.train.ema import EMA
+from radardiff.train.step import to_device, train_step
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainResult", "to_device", "train", "train_step"]
 
 
 class TrainingDiverged(RadarDiffError):
@@ -47,16 +50,6 @@ class TrainResult:
 
 
 ProgressFn = Callable[[int, int, dict], None]
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``; on a GPU through pinned memory and a non-blocking copy, so the
-    host does not wait for the GPU's queued work (a pageable copy synchronises the stream)."""
-    if device.type != "cuda":
-        return x.to(device)
-    if not x.is_pinned():
-        x = x.pin_memory()
-    return x.to(device, non_blocking=True)
 
 
 def noise_generator(seed: int, device: torch.device, host: torch.Generator) -> torch.Generator:
@@ -136,85 +129,6 @@ def _check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> N
         raise ConfigError(f"{data.path}: model.num_classes is set but the file has no labels")
 
 
-def conditioning(
-    cfg: RunConfig,
-    diffusion: GaussianDiffusion,
-    x0: torch.Tensor,
-    batch: dict[str, torch.Tensor],
-    gen: torch.Generator,
-    range_moments: tuple[float, float] | None,
-    noise_gen: torch.Generator | None = None,
-    low: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """The extra network input (low-res condition) and the conditioning labels of one batch.
-
-    Super-resolution: ``low`` is the upsampled low-resolution condition from
-    :func:`target_and_condition`, noised to a random level s <= superres_aug_max (noise
-    augmentation, Ho et al. 2022, cascaded diffusion); s is the network's conditioning scalar.
-    Class labels are dropped to the null class with probability class_dropout (classifier-free
-    guidance).
-    """
-    m, device = cfg.model, x0.device
-    noise_gen = noise_gen or gen
-    if m.num_classes:
-        labels = to_device(batch["label"], device)
-        drop = to_device(torch.rand(labels.shape, generator=gen), device) < m.class_dropout
-        return None, {"class_labels": torch.where(drop, m.num_classes, labels)}
-    if m.superres_low_size:
-        s = to_device(
-            torch.randint(0, m.superres_aug_max + 1, (x0.shape[0],), generator=gen), device
-        )
-        noise = torch.randn(low.shape, generator=noise_gen, device=noise_gen.device).to(device)
-        noised = torch.where((s > 0).view(-1, 1, 1, 1), diffusion.q_sample(low, s, noise), low)
-        return noised, {"class_labels": s.float()}
-    if m.range_conditioning:
-        stats = to_device(batch["stats"], device)
-        return None, {"class_labels": range_embedding_value(stats, *range_moments)}
-    return None, {}
-
-
-def target_and_condition(
-    cfg: RunConfig, x0: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The diffusion target and, for super-resolution, its low-resolution condition (both in the
-    condition's frame, see :func:`radardiff.models.superres_pair`)."""
-    if not cfg.model.superres_low_size:
-        return x0, None
-    return superres_pair(x0, cfg.model.superres_low_size)
-
-
-def train_step(
-    model: torch.nn.Module,
-    diffusion: GaussianDiffusion,
-    ts_sampler,
-    batch: dict[str, torch.Tensor],
-    cfg: RunConfig,
-    gen: torch.Generator,
-    device: torch.device,
-    range_moments: tuple[float, float] | None = None,
-    noise_gen: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass and the loss: returns (scalar loss, per-sample loss, timesteps).
-
-    Timesteps and label dropout are drawn from ``gen`` (host); the Gaussian noise from
-    ``noise_gen`` (default ``gen``), which may live on the GPU.
-    """
-    noise_gen = noise_gen or gen
-    x0, low = target_and_condition(cfg, to_device(batch["image"], device))
-    mask = to_device(batch["mask"], device)
-    t, w = ts_sampler.sample(x0.shape[0], gen)
-    t, w = to_device(t, device), to_device(w, device)
-    noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device).to(device)
-    x_t = diffusion.q_sample(x0, t, noise)
-    extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments, noise_gen, low)
-    inp = x_t if extra is None else torch.cat([x_t, extra], dim=1)
-    if cfg.train.channels_last:
-        inp = inp.contiguous(memory_format=torch.channels_last)
-    out = model(inp, t, **kwargs).sample
-    terms = diffusion.training_losses(out, x0, x_t, t, noise, mask, with_vlb=False)
-    return (terms.loss * w).mean(), terms.loss.detach(), t
-
-
 class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
@@ -278,10 +192,18 @@ class Trainer:
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.dataset = RadarDataset(self.data, self.normalizer, self.normalizer.valid_indices)
-        self.range_moments = (
+        range_moments = (
             log_range_moments(torch.as_tensor(self.normalizer.sample_stats))
             if cfg.model.range_conditioning
             else None
+        )
+        self.denoiser = Denoiser(
+            self.model,
+            cfg,
+            self.normalizer.model_channels,
+            range_moments=range_moments,
+            channels_last=tc.channels_last,
+            schedule=self.diffusion.schedule,
         )
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -381,16 +303,9 @@ class Trainer:
                 noise_gen = noise_generator(seed, acc.device, gen)
                 with acc.accumulate(self.model):
                     loss, per_sample, t = train_step(
-                        self.model,
-                        self.diffusion,
-                        self.ts_sampler,
-                        batch,
-                        cfg,
-                        gen,
-                        acc.device,
-                        self.range_moments,
+                        self.denoiser, self.diffusion, self.ts_sampler, batch, gen, acc.device,
                         noise_gen,
-                    )
+                    )  # fmt: skip
                     watch.loss(loss, step)
                     acc.backward(loss)
                     grad_norm = None
@@ -448,13 +363,11 @@ class Trainer:
 
         val = DatasetFile(self.cfg.data.val)
         res = validation_loss(
-            self.ema.primary,
+            self.denoiser.with_options(network=self.ema.primary),
             self.diffusion,
             self.normalizer,
             val,
-            self.cfg,
             self.acc.device,
-            range_moments=self.range_moments,
         )
         loss = res.loss
         self.state.val_loss = loss

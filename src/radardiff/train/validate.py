@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from radardiff.config import RunConfig
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.normalize import Normalizer
-from radardiff.diffusion import GaussianDiffusion
+from radardiff.diffusion import Denoiser, GaussianDiffusion
+from radardiff.train.step import loss_terms
 
 
 @dataclass
@@ -24,25 +24,22 @@ class ValidationResult:
 
 @torch.no_grad()
 def validation_loss(
-    model: torch.nn.Module,
+    denoiser: Denoiser,
     diffusion: GaussianDiffusion,
     normalizer: Normalizer,
     val: DatasetFile,
-    cfg: RunConfig,
     device: torch.device,
     n_timesteps: int = 8,
-    range_moments: tuple[float, float] | None = None,
 ) -> ValidationResult:
     """Mean training loss (unweighted by timestep sampling) over fixed samples, timesteps, noise.
 
     The same samples, timesteps and noise are used at every validation, so the numbers compare
-    across steps. Timesteps are evenly spread over [0, T). Super-resolution runs are validated
-    in the frame of their condition (see :func:`radardiff.models.superres_pair`), their bits/dim
-    included.
+    across steps. Timesteps are evenly spread over [0, T). Class-conditional runs are validated
+    with their labels (no dropout). Super-resolution runs are validated in the frame of their
+    condition (see :func:`radardiff.models.superres_pair`), their bits/dim included.
     """
-    from radardiff.train.loop import conditioning, target_and_condition
-
-    model.eval()
+    cfg = denoiser.cfg
+    denoiser.network.eval()
     n = min(len(val), cfg.train.val_samples)
     images = normalizer.transform(val.images(np.arange(n)))
     labels = val.labels(np.arange(n))
@@ -52,22 +49,18 @@ def validation_loss(
     bs = cfg.train.batch_size
     for start in range(0, n, bs):
         sl = slice(start, start + bs)
-        x0, low = target_and_condition(cfg, torch.from_numpy(images.images[sl]).to(device))
-        mask = torch.from_numpy(images.mask[sl]).to(device)
-        batch = {"stats": torch.from_numpy(images.stats[sl]).float()}
+        batch = {
+            "image": torch.from_numpy(images.images[sl]),
+            "mask": torch.from_numpy(images.mask[sl]),
+            "stats": torch.from_numpy(images.stats[sl]).float(),
+        }
         if labels is not None:
             batch["label"] = torch.from_numpy(labels[sl])
+        b = batch["image"].shape[0]
         for tv in ts:
-            t = torch.full((x0.shape[0],), int(tv), dtype=torch.long, device=device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            x_t = diffusion.q_sample(x0, t, noise)
-            extra, kwargs = conditioning(cfg, diffusion, x0, batch, gen, range_moments, low=low)
-            if cfg.model.num_classes:  # validate the conditional model, not dropped labels
-                kwargs["class_labels"] = batch["label"].to(device)
-            inp = x_t if extra is None else torch.cat([x_t, extra], dim=1)
-            out = model(inp, t, **kwargs).sample
-            terms = diffusion.training_losses(out, x0, x_t, t, noise, mask)
+            t = torch.full((b,), int(tv), dtype=torch.long, device=device)
+            terms = loss_terms(denoiser, diffusion, batch, t, gen, drop_labels=False, with_vlb=True)
             sums += [float(terms.loss.sum()), float(terms.mse.sum()), float(terms.vlb.sum())]
-            count += x0.shape[0]
+            count += b
     loss, mse, vlb = sums / max(count, 1)
     return ValidationResult(loss=float(loss), mse=float(mse), vlb_bpd=float(vlb))

@@ -1,4 +1,8 @@
-"""Load a trained run: config, normaliser, data description and the EMA network."""
+"""Load a trained run: config, normaliser, data description and a network of one checkpoint.
+
+Everything that reads a run (sampling, evaluation, distillation, resumed training) loads it here,
+below the training and sampling layers: sampling never imports the training loop.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from diffusers import UNet2DModel
 from radardiff.config import RunConfig, RunDir, load_config
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
-from radardiff.train.checkpoint import load_model
+
+WEIGHTS = ("ema", "model")
 
 
 @dataclass
@@ -37,20 +42,35 @@ class LoadedRun:
         return self.cfg.diffusion.variance == "learned_range"
 
 
+def load_model(model_dir: Path) -> UNet2DModel:
+    """A diffusers model directory (safetensors), with one clear line when it cannot be read."""
+    try:
+        return UNet2DModel.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{model_dir}: cannot load model ({err})") from None
+
+
 def load_run(
-    run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    weights: str = "ema",
+    device: str | torch.device = "cpu",
+    checkpoint: int | str | None = None,
 ) -> LoadedRun:
-    """Everything sampling needs, read from the run directory alone."""
+    """Everything sampling needs, read from the run directory alone.
+
+    ``checkpoint``: a step number or a checkpoint name (``step_0004000``) of the run; default
+    the newest complete one (``checkpoints/latest``).
+    """
     run = RunDir(run_dir)
-    ckpt = run.require_checkpoint()
+    if weights not in WEIGHTS:
+        raise RunDirError(f"weights must be 'ema' or 'model', got '{weights}'")
+    ckpt = run.require_checkpoint() if checkpoint is None else run.named_checkpoint(checkpoint)
     cfg = load_config(run.config)
     norm = Normalizer.load(run.normalizer)
     try:
         info = json.loads(run.data_info.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise RunDirError(f"{run.data_info}: missing or unreadable ({err})") from None
-    if weights not in ("ema", "model"):
-        raise RunDirError(f"weights must be 'ema' or 'model', got '{weights}'")
     model = load_model(ckpt / weights).to(device).eval()
     return LoadedRun(
         cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info, model=model
