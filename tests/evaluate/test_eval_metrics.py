@@ -189,3 +189,43 @@ def test_max_lag_beyond_the_image_is_a_config_error(tmp_path):
     real = _write(tmp_path / "real.h5", _noise(4, 0))
     with pytest.raises(ConfigError, match=r"evaluate.max_lag=16: must be below the image side"):
         evaluate_files(real, real, EvalConfig(max_lag=16), tmp_path / "o")
+
+
+def _smooth(n, seed, size=16):
+    """Smooth fields (white noise, block-averaged and upsampled): tiny lag-1 semivariance."""
+    coarse = np.random.default_rng(seed).normal(size=(n, 1, size // 4, size // 4))
+    fine = np.kron(coarse, np.ones((4, 4)))
+    k = np.ones(3) / 3  # soften the block edges along both axes
+    fine = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), 2, fine)
+    fine = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), 3, fine)
+    return fine.astype(np.float32)
+
+
+def test_noise_samples_are_counted_against_the_real_sets_threshold(tmp_path):
+    """A fake set of smooth fields with a quarter replaced by white noise of the same variance:
+    noise_fraction = 1/4 exactly, the real set's own fraction 0, the lag-1 ratio far above 1;
+    the worst samples listed are the noise ones."""
+    real = _write(tmp_path / "real.h5", _smooth(60, 0))
+    fake_images = _smooth(40, 1)
+    noisy = [3, 7, 20, 33, 35, 38, 10, 11, 12, 13]
+    fake_images[noisy] = _noise(len(noisy), 2, scale=float(fake_images.std()))
+    fake = _write(tmp_path / "fake.h5", fake_images)
+    d = evaluate_files(real, fake, EvalConfig(metrics=("semivariogram",)), tmp_path / "o")
+    s = d["scalars"]
+    assert s["noise_fraction"] == pytest.approx(0.25) and s["noise_fraction_real"] == 0.0
+    assert s["lag1_ratio"] > 3.0
+    ns = d["noise_samples"]
+    assert set(ns["worst_fake"][: len(noisy)]) == set(noisy)
+    assert ns["factor"] == 3.0 and ns["percentile"] == 95.0
+    # the threshold is 3 x the 95th percentile of the real lag-1 semivariances
+    arrays = np.load(tmp_path / "o" / "arrays.npz")
+    assert ns["threshold"] == pytest.approx(3 * np.percentile(arrays["lag1_real"][:, 0], 95))
+
+
+def test_identical_sets_have_unit_lag1_ratio(tmp_path):
+    x = _smooth(30, 5)
+    real, fake = _write(tmp_path / "a.h5", x), _write(tmp_path / "b.h5", x)
+    s = evaluate_files(real, fake, EvalConfig(metrics=("semivariogram",)), tmp_path / "o")[
+        "scalars"
+    ]
+    assert s["lag1_ratio"] == pytest.approx(1.0) and s["noise_fraction"] == s["noise_fraction_real"]

@@ -92,3 +92,40 @@ def test_bad_requests_fail_before_generating(trained_run, noise_files, tmp_path)
     with pytest.raises(ConfigError, match="--n must be at least 2"):
         study_samplers(trained_run, ["ddim"], [2], 1, noise_files[1], tmp_path)
     assert not (tmp_path / "samplers.json").exists()
+
+
+def test_sampler_variants_checkpoint_floor_and_training_length(trained_run, noise_files, tmp_path):
+    """Variants carry options and clipping; the floor comes from the given file; the settings
+    name the checkpoint and its training length."""
+    from radardiff.data import DatasetFile
+    from radardiff.evaluate.study import parse_sampler
+
+    v = parse_sampler("ddim:eta=1.0:clip=none")
+    assert (v.name, v.options, v.clip) == ("ddim", {"eta": 1.0}, "none")
+    res = study_samplers(
+        trained_run, ["ddim:eta=1.0:clip=none", "ddpm:variance=fixed_large"], [2], 2,
+        noise_files[1], tmp_path, batch_size=2, checkpoint=2, floor=noise_files[1],
+        eval_cfg=EvalConfig(metrics=("semivariogram",), bootstrap=0),
+    )  # fmt: skip
+    assert [r["sampler"] for r in res.rows] == [
+        "ddim:eta=1.0:clip=none",
+        "ddpm:variance=fixed_large",
+    ]
+    assert res.rows[0]["options"] == {"eta": 1.0} and res.rows[0]["clip"] == "none"
+    with DatasetFile(res.rows[0]["samples"]) as f:
+        assert f.attrs()["sampler"] == "ddim"
+    assert res.reference["source"] == str(noise_files[1])
+    st = res.settings
+    assert st["checkpoint"] == "step_0000002" and st["train_steps"] == 2
+    assert st["train_images"] == 8 and st["train_minutes"] > 0  # 2 steps of batch 4
+    for r in res.rows:
+        assert r["noise_fraction"] is not None and r["lag1_ratio"] > 0
+
+
+def test_bad_sampler_variants(trained_run, noise_files, tmp_path):
+    with pytest.raises(ConfigError, match="expected NAME:key=value"):
+        study_samplers(trained_run, ["ddim:eta"], [2], 2, noise_files[1], tmp_path)
+    with pytest.raises(ConfigError, match="clip must be one of"):
+        study_samplers(trained_run, ["ddim:clip=wild"], [2], 2, noise_files[1], tmp_path)
+    with pytest.raises(ConfigError, match="unknown option"):
+        study_samplers(trained_run, ["ddim:order=2"], [2], 2, noise_files[1], tmp_path)

@@ -53,6 +53,10 @@ def test_report_is_self_contained(report_page):
     assert not re.search(r"<(script|link|iframe)\b[^>]*\b(src|href)=", page, flags=re.I)
     assert page.count("data:image/png;base64,") >= 4  # grids, curves, study plot
     assert "No sampler study yet" not in page and "Not evaluated yet" not in page
+    # the noise-sample gallery (roughest generated and real samples) and the study's table
+    assert 'alt="roughest generated"' in page and 'alt="roughest real"' in page
+    assert "Noise samples (lag-1 semivariance above 3 x" in page
+    assert "training images (floor)" in page and "<th>noise samples</th>" in page
 
 
 def test_report_renders_in_headless_chromium(report_page, tmp_path):

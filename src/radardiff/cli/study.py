@@ -21,7 +21,11 @@ def study() -> None:
 @study.command("samplers")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
-    "--samplers", default="ddim,dpmsolver++", show_default=True, help="Comma-separated names."
+    "--samplers",
+    default="ddim,dpmsolver++",
+    show_default=True,
+    help="Comma-separated samplers, each NAME or NAME:key=value:... with sampler options and "
+    "clip=static|dynamic|none (e.g. ddim:eta=1, ddpm:variance=fixed_large).",
 )
 @click.option(
     "--steps", default="10,25,50,100,250,1000", show_default=True, help="Comma-separated counts."
@@ -29,19 +33,32 @@ def study() -> None:
 @click.option("--n", "n", type=int, default=256, show_default=True, help="Samples per row.")
 @click.option("--real", type=click.Path(dir_okay=False), required=True, help="Real data (.h5).")
 @click.option(
+    "--floor",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Real data of the same distribution, disjoint from --real: N of its images give the "
+    "floor row [default: the run's training file].",
+)
+@click.option(
     "--out", type=click.Path(file_okay=False), default=None, help="Default: RUN_DIR/study."
 )
+@click.option("--checkpoint", default=None, help="Step number of the checkpoint [default: latest].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option(
+    "--precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True
+)
+@click.option(
     "--features", type=click.Path(), default=None, help="Feature extractor for FID/KID/P&R."
 )
-def samplers(run_dir, samplers, steps, n, real, out, seed, batch_size, features) -> None:
+def samplers(
+    run_dir, samplers, steps, n, real, floor, out, checkpoint, seed, batch_size, precision, features
+) -> None:
     """Metrics and wall time for each sampler and step count: do fast samplers fail?
 
     \b
     Example:
-      radardiff study samplers runs/noise --samplers ddim,dpmsolver++ \\
+      radardiff study samplers runs/noise --samplers ddpm,ddim,ddim:eta=1,dpmsolver++ \\
           --steps 10,25,50,100,250,1000 --n 256 --real data/val.h5
     Writes RUN_DIR/study/samplers.json and samplers.csv; 'radardiff report' plots them.
     """
@@ -52,21 +69,34 @@ def samplers(run_dir, samplers, steps, n, real, out, seed, batch_size, features)
     counts = parse_int_list(steps, "--steps") or ()
 
     def show(row: dict) -> None:
-        sv = row.get("semivariogram_rel_error")
-        sv = "-" if sv is None else f"{sv:.4g}"
         click.echo(
-            f"{row['sampler']:>14s} {row['steps']:>5d} steps  {row['wall_s']:8.2f} s  "
-            f"{row['s_per_sample']:.4f} s/sample  semivariogram_rel_error {sv}"
+            f"{row['sampler']:>28s} {row['steps']:>5d} steps {row['nfe']:6.0f} calls "
+            f"{row['s_per_sample']:8.4f} s/sample  " + _scores(row)
         )
 
     result = study_samplers(
         run_dir, names, counts, n, real, out, seed, batch_size=batch_size,
-        extractor=features, device=pick_device(), on_row=show,
+        extractor=features, device=pick_device(), on_row=show, checkpoint=checkpoint,
+        floor=floor, precision=precision,
     )  # fmt: skip
-    ref = result.reference
-    if ref is not None and ref.get("semivariogram_rel_error") is not None:
-        click.echo(
-            f"{'reference':>14s} (n={ref['n']} training images, a perfect sampler): "
-            f"semivariogram_rel_error {ref['semivariogram_rel_error']:.4g}"
-        )
+    st, ref = result.settings, result.reference
+    if ref is not None:
+        click.echo(f"{'floor':>28s} ({ref['n']} images of {ref['source']}): " + _scores(ref))
+    trained = (
+        f"{st['train_steps']} steps, {st['train_minutes']:.1f} min of training"
+        if st.get("train_minutes") is not None
+        else f"{st['train_steps']} steps"
+    )
+    click.echo(
+        f"run {st['run_name']} ({st['run_dir']}), checkpoint {st['checkpoint']} ({trained}); "
+        f"{st['n']} samples per row, seed {st['seed']}, against {st['real']}"
+    )
     click.echo(f"wrote {result.json_path} and {result.csv_path}")
+
+
+def _scores(row: dict) -> str:
+    keys = (("semivariogram_rel_error", "sv error", "{:.4g}"), ("lag1_ratio", "lag-1 ratio",
+            "{:.3g}"), ("noise_fraction", "noise samples", "{:.1%}"))  # fmt: skip
+    return "  ".join(
+        f"{label} {'-' if row.get(k) is None else fmt.format(row[k])}" for k, label, fmt in keys
+    )

@@ -32,6 +32,12 @@ numbers are written as ``null``.
                    "likelihood_run": str | null (run directory of bits_per_dim)},
       "scalars": {
         "semivariogram_rel_error": mean over lags of |g_fake - g_real| / g_real (unitless),
+        "lag1_ratio":      mean lag-1 semivariance of the fake set / that of the real set (1 is
+                           right; below 1 too smooth, above 1 too rough; metric "semivariogram"),
+        "noise_fraction":  fraction of fake samples whose lag-1 semivariance exceeds
+                           NOISE_FACTOR (3) x the 95th percentile of the real set's: samples that
+                           look like pixel-scale noise (the failure of fast samplers on radar data),
+        "noise_fraction_real": the same fraction in the real set (what a perfect sampler shows),
         "psd_log_rmse":    RMSE of log10 mean PSDs over frequency bins (decades),
         "histogram_w1":    Wasserstein-1 between pixel values (physical units),
         "range_w1":        Wasserstein-1 between per-sample ranges max - min (physical units),
@@ -66,15 +72,24 @@ numbers are written as ``null``.
       "histogram": {"bin_edges": [B+1], "real": [B], "fake": [B], "units": str} | null
                                   (densities on shared edges),
       "ranges": {"real_range": [n_used], "fake_range": [n_used], "real_std": [n_used],
-                 "fake_std": [n_used]} | null   (per-sample values, physical units)
+                 "fake_std": [n_used]} | null   (per-sample values, physical units),
+      "noise_samples": {"threshold": float (NOISE_FACTOR x p95 of the real lag-1 semivariance,
+                        squared physical units, channel 0), "factor": 3, "percentile": 95,
+                        "worst_fake": [indices into the fake file, worst first, at most 16],
+                        "worst_fake_lag1": [their lag-1 semivariance],
+                        "worst_real": [...], "worst_real_lag1": [...]} | null
     }
+
+The lag-1 semivariance of a sample is the mean of its directional semivariances at one pixel
+along x and y (``gamma_x[0]``, ``gamma_y[0]``).
 
 Curves in the JSON are those of channel 0 (``settings.curve_channel``); scalars are averaged
 over channels. ``arrays.npz`` holds every channel: per-sample curves ``sv_{set}_gamma``,
 ``sv_{set}_gamma_x``, ``sv_{set}_gamma_y`` (n_used, C, L), ``sv_lags_px``, ``psd_{set}``
 (n_used, C, K), ``psd_freq``, ``range_{set}``, ``std_{set}`` (n_used, C), ``hist_edges``,
 ``hist_{set}`` (C, B), ``enl_{set}``, ``cv_{set}``, ``residue_density_{set}`` and
-``phase_grad_{mean_abs,std}_{x,y}_{set}`` (n_used, C), for set in {real, fake}, when computed.
+``phase_grad_{mean_abs,std}_{x,y}_{set}`` and ``lag1_{set}`` (lag-1 semivariance) (n_used, C), for
+set in {real, fake}, when computed.
 """
 
 from __future__ import annotations
@@ -107,6 +122,9 @@ SCHEMA = "radardiff.metrics/1"
 HISTOGRAM_MAX_PIXELS = 2_000_000
 SCALAR_KEYS = (
     "semivariogram_rel_error",
+    "lag1_ratio",
+    "noise_fraction",
+    "noise_fraction_real",
     "psd_log_rmse",
     "histogram_w1",
     "range_w1",
@@ -128,6 +146,11 @@ SCALAR_KEYS = (
     "bits_per_dim_steps",
     "bits_per_dim_n",
 )
+# A sample is a "noise sample" when its lag-1 semivariance exceeds NOISE_FACTOR times the
+# NOISE_PERCENTILE-th percentile of the real set's; the report shows the WORST_SHOWN roughest.
+NOISE_FACTOR = 3.0
+NOISE_PERCENTILE = 95.0
+WORST_SHOWN = 16
 # Fewest samples per set for which each statistic (and its band or distribution) is defined.
 MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1}
 # Budget for one block of images; the padded complex FFTs take ~16x the float32 image bytes.
@@ -324,6 +347,7 @@ def empty_metrics() -> dict[str, Any]:
         "psd": None,
         "histogram": None,
         "ranges": None,
+        "noise_samples": None,
     }
 
 
@@ -361,6 +385,41 @@ def _semivariogram_section(r, f, spacing, boot, rng, arrays, scalars):
         "fake": _band_json(bands["fake"]),
         "directional": directional,
     }
+
+
+def _noise_section(arrays, scalars, idx: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per-sample lag-1 semivariance, the lag-1 ratio and the noise-sample fractions."""
+    lag1 = {}
+    for name in ("real", "fake"):
+        g = np.stack([arrays[f"sv_{name}_gamma_x"][:, :, 0], arrays[f"sv_{name}_gamma_y"][:, :, 0]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lag1[name] = np.nanmean(g, axis=0)  # (n_used, C)
+        arrays[f"lag1_{name}"] = lag1[name]
+    ratios, fractions, fractions_real, thresholds = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for ch in range(lag1["real"].shape[1]):
+            real, fake = lag1["real"][:, ch], lag1["fake"][:, ch]
+            thr = NOISE_FACTOR * np.nanpercentile(real, NOISE_PERCENTILE)
+            thresholds.append(thr)
+            ratios.append(np.nanmean(fake) / np.nanmean(real))
+            fractions.append(float(np.mean(fake > thr)))
+            fractions_real.append(float(np.mean(real > thr)))
+    scalars["lag1_ratio"] = _mean_over_channels(ratios)
+    scalars["noise_fraction"] = _mean_over_channels(fractions)
+    scalars["noise_fraction_real"] = _mean_over_channels(fractions_real)
+    out: dict[str, Any] = {
+        "threshold": thresholds[0],
+        "factor": NOISE_FACTOR,
+        "percentile": NOISE_PERCENTILE,
+    }
+    for name in ("fake", "real"):
+        v = np.nan_to_num(lag1[name][:, 0], nan=-np.inf)
+        order = np.argsort(-v, kind="stable")[:WORST_SHOWN]
+        out[f"worst_{name}"] = idx[name][order]
+        out[f"worst_{name}_lag1"] = lag1[name][order, 0]
+    return out
 
 
 def _psd_section(r, f, freq, boot, rng, arrays, scalars):
@@ -542,6 +601,7 @@ def evaluate_files(
             result["semivariogram"] = _semivariogram_section(
                 r, f, spacing, cfg.bootstrap, rng, arrays, scalars
             )
+            result["noise_samples"] = _noise_section(arrays, scalars, idx)
         if "psd" in metrics:
             freq = radial_frequencies(*rset.info.shape[1:])
             result["psd"] = _psd_section(r, f, freq, cfg.bootstrap, rng, arrays, scalars)

@@ -6,23 +6,33 @@ file (:func:`radardiff.evaluate.evaluate_files`) and collects one row of numbers
 are used for every row, so differences between rows come from the sampler and the step count,
 not from the initial noise.
 
+A sampler is given as ``NAME`` or ``NAME:key=value:key=value`` (:func:`parse_sampler`): its
+options (``ddim:eta=1``, ``ddpm:variance=fixed_large``, ``dpmsolver++:solver_order=3``) and the
+denoiser's x0 clipping (``clip=static|dynamic|none``); the row's ``sampler`` is that text.
+
 Output (``out_dir``, by default ``RUN/study``)
 ---------------------------------------------
 ``samplers.json``: ``{"schema": "radardiff.study/1", "rows": [row, ...], "settings": {...},
 "reference": {...} | null}``,
 one row per (sampler, steps) in request order with the keys
 
-- ``sampler`` (str), ``steps`` (int): the request;
+- ``sampler`` (str, the variant as given), ``name`` (the registered sampler), ``options``
+  (dict), ``clip`` (str or null: the run's default), ``steps`` (int): the request;
 - ``n`` (int), ``wall_s`` (float, seconds for the whole generation, model load excluded),
   ``s_per_sample`` (``wall_s / n``), ``nfe`` (network evaluations per sample, counted);
 - every scalar of ``metrics.json`` (``semivariogram_rel_error``, ``psd_log_rmse``, ...; ``null``
   when not computed);
 - ``samples`` and ``metrics``: paths of the generated file and of its ``metrics.json``.
 
-``reference``: ``null`` or the scalars of ``n`` images drawn (seeded) from the run's *training*
-file and evaluated against the same real file, with ``source`` and ``n``: what a perfect
-sampler scores with ``n`` samples. A row is only worse than another when it is clearly above
-this finite-sample floor. (The floor is optimistic when the real file is the training file.)
+``reference``: ``null`` or the scalars of ``n`` images drawn (seeded) from the floor file (the
+run's *training* file by default) and evaluated against the same real file, with ``source`` and
+``n``: what a perfect sampler scores with ``n`` samples. A row is only worse than another when it
+is clearly above this finite-sample floor. (The floor is optimistic when the real file holds the
+floor's images: give a disjoint file of the same distribution as ``floor``.)
+
+``settings`` says what every number stands on: the run, its checkpoint and training length
+(``train_steps``, ``train_images``, ``train_minutes`` summed from stats.jsonl, null when
+unknown), the real and floor files, ``n`` and the seed.
 
 ``samplers.csv``: the same rows as a table (one column per key). The report draws
 ``semivariogram_rel_error`` against ``steps``, one line per sampler.
@@ -40,17 +50,20 @@ import json
 import os
 import shutil
 import time
+import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from radardiff.config import EvalConfig
+from radardiff.config import EvalConfig, RunDir
 from radardiff.config.io import atomic_write_text
 from radardiff.data import DatasetFile
 from radardiff.data.dataset_file import write_dataset
+from radardiff.diffusion import make_sampler
+from radardiff.diffusion.denoiser import CLIP_MODES
 from radardiff.errors import ConfigError
 from radardiff.evaluate.metrics import SCALAR_KEYS, evaluate_files
 from radardiff.sample import SampleOptions, denoise_batch, generate, load_run
@@ -59,12 +72,67 @@ SCHEMA = "radardiff.study/1"
 ROW_KEYS = ("sampler", "steps", "n", "wall_s", "s_per_sample", "nfe", *SCALAR_KEYS)
 
 
+@dataclass(frozen=True)
+class SamplerVariant:
+    """One sampler of a study: a registered name, its options, and the x0 clipping."""
+
+    text: str
+    name: str
+    options: dict[str, Any]
+    clip: str | None
+
+
+def parse_sampler(text: str) -> SamplerVariant:
+    """``NAME[:key=value...]``: a sampler with options (values typed as TOML: ``eta=1.0``,
+    ``use_karras_sigmas=true``, ``variance=fixed_large``) and ``clip=static|dynamic|none``."""
+    name, *pairs = [p.strip() for p in text.strip().split(":")]
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"study sampler '{text}': expected NAME:key=value, got '{pair}'")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw.strip()
+    clip = options.pop("clip", None)
+    if clip is not None and clip not in CLIP_MODES:
+        raise ConfigError(
+            f"study sampler '{text}': clip must be one of {', '.join(CLIP_MODES)}, got '{clip}'"
+        )
+    return SamplerVariant(text=text.strip(), name=name, options=options, clip=clip)
+
+
+def training_length(run: RunDir, step: int) -> dict[str, Any]:
+    """Steps, images and minutes of training up to checkpoint ``step`` (minutes summed from the
+    throughput of the log lines of stats.jsonl; None when the log says nothing)."""
+    minutes, images, last_images = 0.0, None, 0
+    if run.stats.is_file():
+        for line in run.stats.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if "img_per_s" not in row or row.get("step", 0) > step:
+                continue
+            seen = int(row.get("images_seen", 0))
+            if row["img_per_s"]:
+                minutes += (seen - last_images) / row["img_per_s"] / 60.0
+            last_images = images = seen
+    return {
+        "train_steps": step,
+        "train_images": images,
+        "train_minutes": minutes if images else None,
+    }
+
+
 @dataclass
 class StudyResult:
     rows: list[dict[str, Any]]
     json_path: Path
     csv_path: Path
     reference: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 class _CallCounter:
@@ -90,6 +158,7 @@ def _clear(path: Path) -> None:
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
+    rows = [{k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()} for r in rows]
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for r in rows for k in r))
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
@@ -114,13 +183,17 @@ def study_samplers(
     device: str = "cpu",
     on_row: Callable[[dict[str, Any]], None] | None = None,
     with_reference: bool = True,
+    checkpoint: int | str | None = None,
+    floor: str | os.PathLike | None = None,
+    precision: str = "no",
 ) -> StudyResult:
     """Generate, time and evaluate ``n`` samples for every (sampler, steps); write the table.
 
     Parameters
     ----------
     run_dir : a trained run directory (its EMA weights are used).
-    samplers, steps_list : names from :data:`radardiff.diffusion.SAMPLERS`, step counts.
+    samplers : sampler variants, ``NAME[:key=value...]`` (:func:`parse_sampler`).
+    steps_list : step counts; each sampler runs at each of them.
     n : samples per row (the same seeds 0..n-1 of ``seed`` in every row).
     real : the real dataset file the samples are compared with.
     out_dir : default ``RUN/study``; samples go to ``out_dir/samples``, metrics to
@@ -128,8 +201,11 @@ def study_samplers(
     eval_cfg : metrics and settings (default: the run's ``evaluate`` section).
     extractor : feature extractor (path or object) for FID/KID/precision/recall, optional.
     on_row : called with each row as soon as it is complete.
-    with_reference : also evaluate ``n`` images of the run's training file against ``real``
-        (the ``reference`` entry: the scores of a perfect sampler at this ``n``).
+    with_reference : also evaluate ``n`` images of ``floor`` against ``real`` (the
+        ``reference`` entry: the scores of a perfect sampler at this ``n``).
+    checkpoint : a step number or checkpoint name of the run (default: the latest).
+    floor : the file the reference images come from (default: the run's training file).
+    precision : ``no``, ``bf16`` or ``fp16`` autocast of the network.
 
     Returns
     -------
@@ -143,54 +219,58 @@ def study_samplers(
     bad = [s for s in steps_list if s < 1]
     if bad:
         raise ConfigError(f"study: --steps must be positive, got {bad[0]}")
-    run = load_run(run_dir, device=device)
+    variants = [parse_sampler(s) for s in samplers]
+    run = load_run(run_dir, device=device, checkpoint=checkpoint)
     out = Path(out_dir) if out_dir is not None else run.run.root / "study"
     cfg = eval_cfg or run.cfg.evaluate
     if extractor is not None and not hasattr(extractor, "features"):
         from radardiff.evaluate.extractor import load_extractor
 
         extractor = load_extractor(extractor)
-    # check every request before the first long generation
-    from radardiff.diffusion import make_sampler
-
-    for name in samplers:
-        for k in steps_list:
-            make_sampler(name, run.cfg.diffusion, int(k), {})
-    opts0 = SampleOptions(n=1, sampler=samplers[0], steps=int(min(steps_list)), seed=seed)
-    denoise_batch(run, opts0, np.arange(1))  # warm-up: thread pools, kernels, allocator
+    requests = [
+        (v, int(k), _options(v, n, k, seed, batch_size, precision))
+        for v in variants
+        for k in steps_list
+    ]
+    for _, _, opts in requests:  # check every request before the first long generation
+        make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)
+    denoise_batch(run, replace(requests[0][2], n=1), np.arange(1))  # warm-up: pools, kernels
     rows: list[dict[str, Any]] = []
     batches = -(-n // batch_size)
-    for name in samplers:
-        for k in steps_list:
-            tag = f"{name}_{int(k)}"
-            path = out / "samples" / f"{tag}.h5"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _clear(path)
-            opts = SampleOptions(n=n, sampler=name, steps=int(k), seed=seed, batch_size=batch_size)
-            counter = _CallCounter(run.model)
-            t0 = time.perf_counter()
-            try:
-                result = generate(run, opts, path, rank=0, world=1)
-            finally:
-                counter.remove()
-            wall = time.perf_counter() - t0
-            metrics = evaluate_files(
-                real, result.path, cfg, out / "eval" / tag, extractor=extractor
-            )
-            row = {
-                "sampler": name, "steps": int(k), "n": n, "wall_s": wall,
-                "s_per_sample": wall / n, "nfe": counter.calls / batches,
-                **metrics["scalars"],
-                "samples": str(result.path), "metrics": str(out / "eval" / tag / "metrics.json"),
-            }  # fmt: skip
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
-    reference = _reference(run, n, real, cfg, extractor, out, seed) if with_reference else None
+    for v, k, opts in requests:
+        tag = _tag(v.text, k)
+        path = out / "samples" / f"{tag}.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clear(path)
+        counter = _CallCounter(run.model)
+        t0 = time.perf_counter()
+        try:
+            result = generate(run, opts, path, rank=0, world=1)
+        finally:
+            counter.remove()
+        wall = time.perf_counter() - t0
+        metrics = evaluate_files(real, result.path, cfg, out / "eval" / tag, extractor=extractor)
+        row = {
+            "sampler": v.text, "name": v.name, "options": v.options, "clip": v.clip,
+            "steps": k, "n": n, "wall_s": wall, "s_per_sample": wall / n,
+            "nfe": counter.calls / batches, **metrics["scalars"],
+            "samples": str(result.path), "metrics": str(out / "eval" / tag / "metrics.json"),
+        }  # fmt: skip
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    floor_file = (
+        Path(floor) if floor else (Path(run.cfg.data.train) if run.cfg.data.train else None)
+    )
+    reference = (
+        _reference(floor_file, n, real, cfg, extractor, out, seed) if with_reference else None
+    )
     settings = {
-        "run_dir": str(run.run.root), "checkpoint": run.checkpoint.name, "real": str(real),
-        "n": n, "seed": seed, "batch_size": batch_size, "device": str(device),
-        "samplers": list(samplers), "steps": [int(k) for k in steps_list],
+        "run_dir": str(run.run.root), "run_name": run.cfg.name, "checkpoint": run.checkpoint.name,
+        **training_length(run.run, _step_of(run.checkpoint)), "real": str(real),
+        "floor": None if floor_file is None else str(floor_file), "n": n, "seed": seed,
+        "batch_size": batch_size, "device": str(device), "precision": precision,
+        "samplers": [v.text for v in variants], "steps": [int(k) for k in steps_list],
         "metrics": list(cfg.metrics), "feature_extractor": getattr(extractor, "name", None),
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -198,13 +278,35 @@ def study_samplers(
     json_path, csv_path = out / "samplers.json", out / "samplers.csv"
     atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
     atomic_write_text(csv_path, _csv(rows))
-    return StudyResult(rows=rows, json_path=json_path, csv_path=csv_path, reference=reference)
+    return StudyResult(
+        rows=rows, json_path=json_path, csv_path=csv_path, reference=reference, settings=settings
+    )
 
 
-def _reference(run, n, real, cfg, extractor, out: Path, seed: int) -> dict[str, Any] | None:
-    """Scalars of ``n`` training images against ``real``: what a perfect sampler would score
-    with ``n`` samples (the finite-sample floor of every metric); None without a training file."""
-    train = Path(run.cfg.data.train) if run.cfg.data.train else None
+def _options(v: SamplerVariant, n, k, seed, batch_size, precision) -> SampleOptions:
+    return SampleOptions(
+        n=n, sampler=v.name, steps=int(k), seed=seed, batch_size=batch_size,
+        sampler_options=dict(v.options), clip=v.clip, mixed_precision=precision,
+    )  # fmt: skip
+
+
+def _tag(text: str, steps: int) -> str:
+    """A file-name-safe tag of a variant and step count."""
+    safe = "".join(c if c.isalnum() or c in "+-." else "_" for c in text)
+    return f"{safe}_{steps}"
+
+
+def _step_of(ckpt: Path) -> int:
+    try:
+        return int(ckpt.name.split("_")[-1])
+    except ValueError:
+        return 0
+
+
+def _reference(train, n, real, cfg, extractor, out: Path, seed: int) -> dict[str, Any] | None:
+    """Scalars of ``n`` images of ``train`` (the floor file) against ``real``: what a perfect
+    sampler would score with ``n`` samples (the finite-sample floor of every metric); None
+    without such a file."""
     if train is None or not train.is_file():
         return None
     with DatasetFile(train) as ds:
@@ -213,7 +315,7 @@ def _reference(run, n, real, cfg, extractor, out: Path, seed: int) -> dict[str, 
         idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))
         i = ds.info
         path = write_dataset(
-            out / "samples" / "reference_training.h5", ds.images(idx), ds.labels(idx),
+            out / "samples" / "reference_floor.h5", ds.images(idx), ds.labels(idx),
             kind=i.kind, units=i.units, class_names=i.class_names,
             pixel_spacing_m=i.pixel_spacing_m, source=f"{train} (study reference)",
         )  # fmt: skip

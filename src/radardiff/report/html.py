@@ -151,6 +151,43 @@ def _metrics_sections(m: dict) -> str:
     )
 
 
+def _noise_gallery(m: dict) -> str:
+    """The roughest generated samples (highest lag-1 semivariance) beside the roughest real ones:
+    where a sampler turns samples into pixel noise, they show here."""
+    ns = m.get("noise_samples")
+    if not ns:
+        return '<p class="note">No semivariogram evaluated: no noise-sample check.</p>'
+    shown = []
+    for name in ("fake", "real"):
+        path = Path(m.get(name, {}).get("path") or "")
+        idx = ns.get(f"worst_{name}") or []
+        if not idx or not path.is_file():
+            continue
+        with DatasetFile(path) as ds:
+            shown.append((name, ds.images(np.sort(np.asarray(idx))), ds.info.units))
+    if not shown:
+        return '<p class="note">The evaluated files are gone: no gallery.</p>'
+    pooled = np.concatenate([x[:, 0][np.isfinite(x[:, 0])] for _, x, _ in shown])
+    lo, hi = np.percentile(pooled, [2, 98]) if pooled.size else (0.0, 1.0)
+    title = {"fake": "roughest generated", "real": "roughest real"}
+    row = "".join(
+        _img(figures.image_grid(x, title[name], units, lo, hi, 4), title[name])
+        for name, x, units in shown
+    )
+    s = m.get("scalars", {})
+    frac = s.get("noise_fraction")
+    frac_real = s.get("noise_fraction_real")
+    note = (
+        f"Noise samples (lag-1 semivariance above {ns['factor']:g} x the real set's "
+        f"{ns['percentile']:g}th percentile, {ns['threshold']:.4g}): generated "
+        f"{100 * frac:.1f} %, real {100 * frac_real:.1f} %; lag-1 ratio generated / real "
+        f"{s.get('lag1_ratio', float('nan')):.3g}."
+        if frac is not None and frac_real is not None
+        else ""
+    )
+    return f'<p class="note">{html.escape(note)}</p><div class="row">{row}</div>'
+
+
 def _metrics_table(m: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>"
@@ -169,12 +206,53 @@ def _study(run: RunDir) -> str:
     if not rows:
         return '<p class="note">The sampler study holds no rows.</p>'
     figs = []
-    for metric in ("semivariogram_rel_error", "psd_log_rmse", "histogram_w1", "fid"):
+    for metric in STUDY_PLOTS:
         if any(r.get(metric) is not None for r in rows):
             figs.append(_img(figures.study_plot(rows, metric, ref.get(metric)), metric))
     if all("s_per_sample" in r for r in rows):
         figs.append(_img(figures.study_plot(rows, "s_per_sample", logy=True), "time per sample"))
-    return f'<div class="row">{"".join(figs)}</div>'
+    return f'<div class="row">{"".join(figs)}</div>' + _study_table(study)
+
+
+STUDY_PLOTS = ("semivariogram_rel_error", "lag1_ratio", "noise_fraction", "psd_log_rmse", "fid")
+STUDY_COLUMNS = (
+    ("network calls", "nfe", "{:.0f}"),
+    ("s / sample", "s_per_sample", "{:.3g}"),
+    ("semivariogram rel. error", "semivariogram_rel_error", "{:.3f}"),
+    ("lag-1 ratio", "lag1_ratio", "{:.2f}"),
+    ("noise samples", "noise_fraction", "{:.1%}"),
+    ("PSD log-RMSE", "psd_log_rmse", "{:.3f}"),
+)
+
+
+def _cell(fmt: str, value) -> str:
+    return "" if value is None else html.escape(fmt.format(value))
+
+
+def _study_table(study: dict) -> str:
+    """Every row of the study beside the floor (training images scored the same way)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in STUDY_COLUMNS)
+    body = []
+    for r in study["rows"]:
+        cells = "".join(f"<td>{_cell(fmt, r.get(k))}</td>" for _, k, fmt in STUDY_COLUMNS)
+        label = f"{r['sampler']} {r['steps']}"
+        body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    ref = study.get("reference")
+    if ref:
+        cells = "".join(
+            f"<td>{_cell(fmt, None if k in ('nfe', 's_per_sample') else ref.get(k))}</td>"
+            for _, k, fmt in STUDY_COLUMNS
+        )
+        body.append(f"<tr><td>{ref['n']} training images (floor)</td>{cells}</tr>")
+    settings = study.get("settings", {})
+    note = (
+        f"{settings.get('n')} samples per row, seed {settings.get('seed')}, checkpoint "
+        f"{settings.get('checkpoint')}, against {settings.get('real')}."
+    )
+    return (
+        f"<table><tr><th>sampler, steps</th>{head}</tr>{''.join(body)}</table>"
+        f'<p class="note">{html.escape(note)}</p>'
+    )
 
 
 def write_report(run_dir: str | Path, real: str | None = None, samples: str | None = None) -> Path:
@@ -206,6 +284,8 @@ def write_report(run_dir: str | Path, real: str | None = None, samples: str | No
         _metrics_sections(metrics)
         if metrics
         else '<p class="note">Not evaluated yet (radardiff evaluate).</p>',
+        "<h2>Noise samples</h2>",
+        _noise_gallery(metrics) if metrics else "",
         "<h2>Metrics</h2>",
         _metrics_table(metrics) if metrics else "",
         "<h2>Sampler study</h2>",
