@@ -75,6 +75,7 @@ CONTRACT_STEPS = {
     "ddim": 200,
     "dpmsolver++": 25,
     "dpmsolver++-sde": 200,
+    "dpmsolver++-hybrid": 200,
     "dpmsolver++-singlestep": 50,
     "unipc": 25,
     "euler": 200,
@@ -281,3 +282,38 @@ def test_describe_samplers_lists_every_sampler_and_option():
         assert line.startswith(name)
         for opt in spec.options:
             assert opt in line
+
+
+@pytest.mark.parametrize(("reference", "eta"), [("dpmsolver++", 0.0), ("dpmsolver++-sde", 1.0)])
+def test_hybrid_solver_is_dpm_solver_at_its_ends(reference, eta):
+    """The native DPM-Solver++(2M) equals diffusers' ODE solver at eta = 0 and its SDE solver at
+    eta = 1 (same per-sample noise draws)."""
+    den = fn_denoiser(TinyNet(), data_channels=2, timesteps=1000, prediction="v")
+    ys = []
+    for name, opts in ((reference, {}), ("dpmsolver++-hybrid", {"eta": eta})):
+        p = make_sampler(name, den.cfg.diffusion, 12, opts)
+        gens = [torch.Generator().manual_seed(s) for s in (4, 5)]
+        ys.append(p.run(den.bind(), initial_noise(gens, (2, 5, 5)), gens))
+    torch.testing.assert_close(ys[1], ys[0], atol=1e-5, rtol=1e-5)
+
+
+def test_hybrid_solver_is_deterministic_below_eta_min_t():
+    """With eta_min_t above every step, no noise is drawn: the ODE solver; with a window, the
+    samples depend on the step noise only through the steps above it."""
+    den = fn_denoiser(TinyNet(), data_channels=2, timesteps=1000)
+
+    def run(opts, seeds=(1, 2)):
+        p = make_sampler("dpmsolver++-hybrid", den.cfg.diffusion, 10, opts)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return p.run(den.bind(), initial_noise(gens, (2, 5, 5)), gens)
+
+    ode = run({"eta": 0.0})
+    torch.testing.assert_close(run({"eta": 1.0, "eta_min_t": 1000}), ode)
+    mixed = run({"eta": 1.0, "eta_min_t": 500})
+    assert not torch.allclose(mixed, ode) and not torch.allclose(mixed, run({"eta": 1.0}))
+
+
+def test_hybrid_solver_gaussian_moments_in_between():
+    assert_matches_gaussian(
+        gaussian_samples("dpmsolver++-hybrid", 100, {"eta": 1.0, "eta_min_t": 400}, timesteps=1000)
+    )

@@ -61,7 +61,8 @@ class SamplerSpec:
     (``x0`` or ``eps``). ``model_calls_per_step``: network evaluations per step (Heun: 2).
     ``ends_at_x0``: the last step returns the last x0 estimate (the chain ends at abar = 1, where
     the posterior mean is exactly x0-hat, as improved-diffusion). ``step_options``: options passed
-    to each step rather than to the constructor.
+    to each step rather than to the constructor; ``loop_options``: options of the adapter's loop
+    itself (``eta_min_t``: the step's eta is 0 below that trained timestep).
     """
 
     name: str
@@ -77,6 +78,7 @@ class SamplerSpec:
     feed: str = "x0"
     ends_at_x0: bool = False
     step_options: frozenset[str] = frozenset()
+    loop_options: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -164,6 +166,7 @@ def run_scheduler(
     takes_gen = "generator" in inspect.signature(sched.step).parameters
     gen_kw = {"generator": step_generators(generators, x.device)} if takes_gen else {}
     step_kw = {k: v for k, v in prepared.options.items() if k in spec.step_options}
+    eta_min_t = prepared.options.get("eta_min_t", 0)
     times = _on(prepared.model_times, x.device)  # once: a per-step host copy would stall a GPU
     x = x * sched.init_noise_sigma
     last = len(sched.timesteps) - 1
@@ -173,13 +176,89 @@ def run_scheduler(
         pred = out.x0 if spec.feed == "x0" else out.eps
         if spec.uses_learned_variance and out.var is not None:
             pred = torch.cat([pred, out.var.to(pred.dtype)], dim=1)
-        res = sched.step(pred, t, x, return_dict=True, **gen_kw, **step_kw)
+        kw = step_kw
+        if "eta" in kw and float(prepared.model_times[i]) < eta_min_t:
+            kw = {**step_kw, "eta": 0.0}  # deterministic below the stochastic window
+        res = sched.step(pred, t, x, return_dict=True, **gen_kw, **kw)
         x = res.prev_sample
         if i == last and spec.ends_at_x0:
             x = res.pred_original_sample
         if callback is not None:
             callback(i)
     return x
+
+
+# ---- native samplers -------------------------------------------------------------------------
+
+
+def _noise_like(x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One standard normal draw per sample from its own generator (as diffusers' randn_tensor
+    with a list of generators), on the device of ``x``."""
+    gens = step_generators(generators, x.device)
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in gens]
+    ).to(x.device)
+
+
+def run_dpmpp_2m(
+    prepared: PreparedSampler,
+    denoise: Denoise,
+    x: torch.Tensor,
+    generators: list[torch.Generator],
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) with stochasticity ``eta`` at trained timesteps ``>= eta_min_t``.
+
+    In the VP state ``x = a x0 + s eps`` (``a = sqrt(abar)``, ``s = sqrt(1 - abar)``, noise level
+    ``sigma = s / a``, ``lambda = -log sigma``), from noise level s_i to t_{i+1} with ``h =
+    lambda_next - lambda_i`` and data prediction D (2nd order, midpoint: ``D = x0_i + (x0_i -
+    x0_{i-1}) / (2 r)``, ``r = h_{i-1} / h``; 1st order at the first step):
+
+        x_next = (s_next / s_i) e^{-eta h} x + a_next (1 - e^{-(1 + eta) h}) D
+                 + s_next sqrt(1 - e^{-2 eta h}) z
+
+    eta = 0 is DPM-Solver++(2M) on the probability-flow ODE (Lu et al. 2022, Algorithm 2),
+    eta = 1 its SDE variant (sec. 5; diffusers' ``sde-dpmsolver++``), in between a partial
+    re-noising (k-diffusion's ``sample_dpmpp_2m_sde``). Above ``eta_min_t`` the noise decorrelates
+    each sample from the initial noise whose errors a deterministic solver would carry (at low
+    SNR, an eps-prediction network's x0 estimate is mostly amplified error); below it the steps
+    are deterministic and keep fine detail that few large stochastic steps would smooth away. The
+    last step returns the x0 estimate (noise level 0).
+    """
+    eta, eta_min_t = float(prepared.options["eta"]), float(prepared.options["eta_min_t"])
+    times = _on(prepared.model_times, x.device)
+    log_sig = prepared.schedule.log_sigma_at(prepared.model_times.double().numpy())
+    x0_prev = h_prev = None
+    last = len(times) - 1
+    for i in range(len(times)):
+        out = denoise(x, times[i])
+        x0 = out.x0.to(x.dtype)
+        if i == last:
+            x = x0
+        else:
+            lam, lam_next = -log_sig[i], -log_sig[i + 1]
+            h = lam_next - lam
+            e = eta if float(prepared.model_times[i]) >= eta_min_t else 0.0
+            s_i, s_next = _vp_std(log_sig[i]), _vp_std(log_sig[i + 1])
+            a_next = _vp_mean(log_sig[i + 1])
+            d = x0 if x0_prev is None else x0 + (x0 - x0_prev) / (2.0 * h_prev / h)
+            x = (s_next / s_i) * np.exp(-e * h) * x + a_next * -np.expm1(-(1.0 + e) * h) * d
+            if e > 0:
+                x = x + s_next * np.sqrt(-np.expm1(-2.0 * e * h)) * _noise_like(x, generators)
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i)
+    return x
+
+
+def _vp_std(log_sigma: float) -> float:
+    """s = sigma / sqrt(1 + sigma^2)."""
+    return float(1.0 / np.sqrt(1.0 + np.exp(-2.0 * log_sigma)))
+
+
+def _vp_mean(log_sigma: float) -> float:
+    """a = 1 / sqrt(1 + sigma^2)."""
+    return float(1.0 / np.sqrt(1.0 + np.exp(2.0 * log_sigma)))
 
 
 # ---- the registry -------------------------------------------------------------------------------
@@ -204,14 +283,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "ddim",
-            "DDIM (eta=0 deterministic, eta=1 ancestral-like)",
+            "DDIM (eta=0 deterministic, eta=1 ancestral-like; eta only at trained timesteps "
+            ">= eta_min_t)",
             run_scheduler,
-            options={**_SPACING, "eta": 0.0},
+            options={**_SPACING, "eta": 0.0, "eta_min_t": 0},
             stochastic=True,  # with eta > 0
             cls="DDIMScheduler",
             fixed={"clip_sample": False, "set_alpha_to_one": True},
             ends_at_x0=True,
             step_options=frozenset({"eta"}),
+            loop_options=frozenset({"eta_min_t"}),
         ),
         SamplerSpec(
             "dpmsolver++",
@@ -241,6 +322,17 @@ SAMPLERS: dict[str, SamplerSpec] = {
             stochastic=True,
             cls="DPMSolverMultistepScheduler",
             fixed={"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "zero"},
+        ),
+        SamplerSpec(
+            "dpmsolver++-hybrid",
+            "DPM-Solver++(2M), stochastic (eta) at trained timesteps >= eta_min_t, "
+            "deterministic below",
+            run_dpmpp_2m,
+            options={**_SPACING, **_SIGMA_SPACINGS, "eta": 1.0, "eta_min_t": 0},
+            stochastic=True,
+            cls="DPMSolverMultistepScheduler",  # its respaced timesteps are the time grid
+            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
+            loop_options=frozenset({"eta", "eta_min_t"}),
         ),
         SamplerSpec(
             "dpmsolver++-singlestep",
@@ -327,6 +419,10 @@ def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]
             merged[key] = _number(key, value)
     if "eta" in merged and not 0.0 <= merged["eta"] <= 1.0:
         raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
+    if "eta_min_t" in merged and (
+        isinstance(merged["eta_min_t"], bool) or not isinstance(merged["eta_min_t"], int | float)
+    ):
+        raise ConfigError(f"sampler option eta_min_t must be a timestep, got {merged['eta_min_t']!r}")
     if merged.get("use_karras_sigmas") and merged.get("use_lu_lambdas"):
         raise ConfigError("sampler options use_karras_sigmas and use_lu_lambdas exclude each other")
     return merged
@@ -412,7 +508,7 @@ def _build_scheduler(
     """The diffusers scheduler on the trained betas, fed x0 (or eps) and, for DDPM, the
     run's variance."""
     cls = getattr(diffusers, spec.cls)
-    ctor = {k: v for k, v in merged.items() if k not in spec.step_options}
+    ctor = {k: v for k, v in merged.items() if k not in spec.step_options | spec.loop_options}
     if "use_lu_lambdas" in ctor and "use_lu_lambdas" not in _ctor_params(cls):
         del ctor["use_lu_lambdas"]  # applied by _continuous_spacing
     if "variance" in ctor:
