@@ -228,3 +228,37 @@ def test_superresolution_run_is_refused_clearly(run, tmp_path):
     sr = dataclasses.replace(run, cfg=run.cfg.model_copy(update={"model": model}))
     msg = one_line_error(ConfigError, generate, sr, opts(), tmp_path / "x.h5")
     assert "super-resolution" in msg and str(run.run.root) in msg
+
+
+def test_request_takes_the_recipes_sampler_options_for_its_own_sampler_only():
+    from radardiff.config.schema import SampleConfig
+    from radardiff.sample.generate import request
+
+    sc = SampleConfig(
+        sampler="dpmsolver++-hybrid", steps=20, options={"eta_min_t": 600}, clip="dynamic"
+    )
+    r = request(sc, 4)
+    assert (r.sampler, r.steps, r.sampler_options, r.clip) == (
+        "dpmsolver++-hybrid", 20, {"eta_min_t": 600}, "dynamic",
+    )  # fmt: skip
+    assert request(sc, 4, sampler_options={"eta": 0.5}).sampler_options == {
+        "eta_min_t": 600, "eta": 0.5,
+    }  # fmt: skip
+    other = request(sc, 4, sampler="ddpm", steps=50, clip="none")
+    assert (other.sampler, other.steps, other.sampler_options, other.clip) == (
+        "ddpm", 50, {}, "none",
+    )  # fmt: skip
+    old = request(SampleConfig(sampler="ddim", eta=0.3), 2)  # the eta of older recipes
+    assert old.sampler_options == {"eta": 0.3} and old.clip is None
+    assert request(sc, 2, steps=0).steps == 0  # zero is not "the default": refused downstream
+
+
+def test_zero_steps_and_batch_size_are_refused(trained_run, tmp_path):
+    from radardiff.sample import SampleOptions, generate, load_run
+
+    run = load_run(trained_run)
+    with pytest.raises(ConfigError, match="--steps 0 is out of range"):
+        generate(run, SampleOptions(n=2, sampler="ddim", steps=0), tmp_path / "a.h5")
+    with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
+        generate(run, SampleOptions(n=2, sampler="ddim", steps=2, batch_size=0), tmp_path / "b.h5")
+    assert not list(tmp_path.iterdir())

@@ -39,7 +39,8 @@ def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
     from radardiff.data.synth import synthesize
     from radardiff.evaluate import evaluate_files
     from radardiff.report import write_report
-    from radardiff.sample import SampleOptions, generate, load_run
+    from radardiff.sample import generate, load_run
+    from radardiff.sample.generate import request
     from radardiff.train import train
 
     root = Path(out)
@@ -63,9 +64,7 @@ def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
         stages.update(1)
         stages.set_postfix_str(STAGES[2])
         samples = run.samples / f"{cfg.sample.sampler}_{cfg.sample.steps}.h5"
-        opts = SampleOptions(
-            n=n_samples, sampler=cfg.sample.sampler, steps=cfg.sample.steps, seed=seed
-        )
+        opts = request(cfg.sample, n_samples, seed=seed)
         with progress(n_samples, "  sample", unit="img") as bar:
             generate(load_run(root), opts, samples, on_progress=bar_callback(bar))
         stages.update(1)

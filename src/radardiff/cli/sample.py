@@ -182,15 +182,9 @@ def sample(
 
 def _request(sc, n, sampler, steps, seed, batch_size, classes, guidance, **rest):
     """A SampleOptions from the command line, defaults from the run's ``[sample]`` config."""
-    from radardiff.sample import SampleOptions
+    from radardiff.sample.generate import request
 
-    return SampleOptions(
-        n=n,
-        sampler=sampler or sc.sampler,
-        steps=steps or sc.steps,
-        seed=sc.seed if seed is None else seed,
-        batch_size=batch_size or sc.batch_size,
-        classes=parse_int_list(classes, "--class"),
-        guidance=sc.guidance if guidance is None else guidance,
-        **rest,
-    )
+    return request(
+        sc, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+        classes=parse_int_list(classes, "--class"), guidance=guidance, **rest,
+    )  # fmt: skip

@@ -185,12 +185,24 @@ class TrainConfig(_Section):
         return self
 
 
+ClipMode = Literal["auto", "static", "dynamic", "none"]
+
+
 class SampleConfig(_Section):
     """Defaults for ``radardiff sample`` (each can be overridden on the command line)."""
 
     sampler: str = "dpmsolver++"
     steps: int = Field(25, ge=1)
-    eta: float = Field(0.0, ge=0.0, le=1.0)
+    options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="options of the default sampler (radardiff sample --list-samplers)",
+    )
+    clip: ClipMode = Field(
+        "auto", description="x0 clipping; auto: static when the normalisation bounds the data"
+    )
+    eta: float = Field(
+        0.0, ge=0.0, le=1.0, description="eta of a default sampler that has one (old configs)"
+    )
     batch_size: int = Field(64, ge=1)
     guidance: float = Field(1.0, ge=0.0)
     seed: int = 0

@@ -422,7 +422,9 @@ def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]
     if "eta_min_t" in merged and (
         isinstance(merged["eta_min_t"], bool) or not isinstance(merged["eta_min_t"], int | float)
     ):
-        raise ConfigError(f"sampler option eta_min_t must be a timestep, got {merged['eta_min_t']!r}")
+        raise ConfigError(
+            f"sampler option eta_min_t must be a timestep, got {merged['eta_min_t']!r}"
+        )
     if merged.get("use_karras_sigmas") and merged.get("use_lu_lambdas"):
         raise ConfigError("sampler options use_karras_sigmas and use_lu_lambdas exclude each other")
     return merged

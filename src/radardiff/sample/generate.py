@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from radardiff.config.schema import SampleConfig
 from radardiff.data.dataset_file import DatasetFile
-from radardiff.diffusion import Denoiser, PreparedSampler, initial_noise, make_sampler
+from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noise, make_sampler
 from radardiff.diffusion.denoiser import CLIP_MODES
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, RadarDiffError
@@ -68,6 +69,30 @@ class SampleOptions:
         d = asdict(self)
         d.pop("batch_size")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def request(sc: SampleConfig, n: int, **given) -> SampleOptions:
+    """A request with the run's ``[sample]`` defaults for what is not given (None).
+
+    The config's sampler options (and its ``eta``, when that sampler has one) apply to the
+    config's own sampler only; ``sampler_options`` given here are added on top.
+    """
+    sampler = given.pop("sampler", None) or sc.sampler
+    options = {}
+    if sampler == sc.sampler:
+        if "eta" in SAMPLERS.get(sampler, SAMPLERS["ddim"]).options and sc.eta:
+            options["eta"] = sc.eta
+        options.update(sc.options)
+    options.update(given.pop("sampler_options", None) or {})
+    clip = given.pop("clip", None)
+    if clip is None and sc.clip != "auto":
+        clip = sc.clip
+    defaults = {"steps": sc.steps, "seed": sc.seed, "batch_size": sc.batch_size,
+                "guidance": sc.guidance}  # fmt: skip
+    for key, value in defaults.items():
+        if given.get(key) is None:
+            given[key] = value
+    return SampleOptions(n=n, sampler=sampler, sampler_options=options, clip=clip, **given)
 
 
 @dataclass
