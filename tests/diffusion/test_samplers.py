@@ -76,6 +76,7 @@ CONTRACT_STEPS = {
     "dpmsolver++": 25,
     "dpmsolver++-sde": 200,
     "dpmsolver++-hybrid": 200,
+    "restart": 25,
     "dpmsolver++-singlestep": 50,
     "unipc": 25,
     "euler": 200,
@@ -317,3 +318,45 @@ def test_hybrid_solver_gaussian_moments_in_between():
     assert_matches_gaussian(
         gaussian_samples("dpmsolver++-hybrid", 100, {"eta": 1.0, "eta_min_t": 400}, timesteps=1000)
     )
+
+
+def test_restart_sampler_network_calls_and_window():
+    """Heun: 2 calls a step, 1 on the last (to sigma 0); each restart adds restart_steps Heun
+    steps; without restarts it is the deterministic Heun ODE solver."""
+    calls = []
+    den = fn_denoiser(lambda x, t: (calls.append(float(t[0])), 0.1 * x)[1], timesteps=1000)
+    gens = [torch.Generator().manual_seed(0)]
+    for opts, want in (({"restarts": 0}, 19), ({}, 25), ({"restarts": 2, "restart_steps": 2}, 27)):
+        calls.clear()
+        p = make_sampler("restart", den.cfg.diffusion, 10, opts)
+        p.run(den.bind(), initial_noise(gens, (1, 3, 3)), gens)
+        assert len(calls) == want, (opts, len(calls))
+    # the restart goes back up to restart_max_t: a call at t ~ 400 after the main pass passed it
+    p = make_sampler("restart", den.cfg.diffusion, 10, {"restart_min_t": 150, "restart_max_t": 400})
+    calls.clear()
+    p.run(den.bind(), initial_noise(gens, (1, 3, 3)), gens)
+    first_low = next(i for i, t in enumerate(calls) if t <= 150)
+    assert max(calls[first_low:]) == pytest.approx(400, abs=1)
+    with pytest.raises(ConfigError, match="restart_min_t .* must be below"):
+        make_sampler("restart", den.cfg.diffusion, 10, {"restart_min_t": 500})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"eta_min_t": "high"}, "eta_min_t must be a whole number >= 0"),
+        ({"eta_min_t": 1.5}, "eta_min_t must be a whole number"),
+    ],
+)
+def test_bad_window_options(options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_sampler("dpmsolver++-hybrid", DiffusionConfig(), 10, options)
+
+
+def test_bad_restart_options():
+    for opts, message in (
+        ({"restarts": -1}, "restarts must be a whole number >= 0"),
+        ({"restart_steps": 0}, "restart_steps must be a whole number >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            make_sampler("restart", DiffusionConfig(), 10, opts)
