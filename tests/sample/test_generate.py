@@ -158,6 +158,37 @@ def test_other_request_does_not_reuse_parts(run, tmp_path):
     )
 
 
+@pytest.mark.parametrize("change", ["another run", "another checkpoint", "other weights"])
+def test_parts_of_another_model_are_never_reused(trained_run, tmp_path, change, caplog):
+    """The same arguments for another run, after `latest` moved, or with the raw weights instead
+    of the EMA: the parts of the interrupted request are removed (with a notice), and the file
+    holds only samples of the model asked for."""
+    first = load_run(trained_run)
+    other_dir = tmp_path / "other"
+    shutil.copytree(trained_run, other_dir)
+    if change == "another run":
+        second = load_run(other_dir)
+    elif change == "another checkpoint":
+        (other_dir / "checkpoints" / "latest").write_text("step_0000002\n")
+        first, second = load_run(other_dir, checkpoint=4), load_run(other_dir)
+    else:
+        second = load_run(trained_run, weights="model")
+    out = tmp_path / "x.h5"
+
+    def interrupt(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(first, opts(), out, on_progress=interrupt)
+    with caplog.at_level("WARNING"):
+        result = generate(second, opts(), out)
+    assert result.reused == 0 and "another request" in caplog.text
+    fresh = generate(second, opts(), tmp_path / "fresh.h5").path
+    np.testing.assert_array_equal(read(out)["images"], read(fresh)["images"])
+    assert read(out)["attrs"]["checkpoint"] == str(second.checkpoint)
+
+
 def test_process_split_merges_to_the_world_1_file(run, tmp_path):
     single = generate(run, opts(batch_size=2), tmp_path / "one.h5").path
     out = tmp_path / "two.h5"

@@ -6,6 +6,7 @@ below the training and sampling layers: sampling never imports the training loop
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,15 @@ class LoadedRun:
     normalizer: Normalizer
     data_info: dict
     model: UNet2DModel
+    weights: str = "ema"
+    weights_id: str = ""  # hash of the weights' files: what samples depend on
+
+    @property
+    def identity(self) -> str:
+        """The run, checkpoint and weights that samples come from (resumed parts of a request
+        are reused only under the same identity)."""
+        root = self.run.root.resolve()
+        return f"{root}|{self.checkpoint.name}|{self.weights}|{self.weights_id}"
 
     @property
     def data_channels(self) -> int:
@@ -40,6 +50,18 @@ class LoadedRun:
     @property
     def learned_variance(self) -> bool:
         return self.cfg.diffusion.variance == "learned_range"
+
+
+def weights_hash(model_dir: Path) -> str:
+    """SHA-256 (first 16 hex digits) of a model directory's weight and config files."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*")):
+        if path.suffix in (".safetensors", ".json", ".bin") and path.is_file():
+            digest.update(path.name.encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_model(model_dir: Path) -> UNet2DModel:
@@ -73,5 +95,6 @@ def load_run(
         raise RunDirError(f"{run.data_info}: missing or unreadable ({err})") from None
     model = load_model(ckpt / weights).to(device).eval()
     return LoadedRun(
-        cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info, model=model
-    )
+        cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info, model=model,
+        weights=weights, weights_id=weights_hash(ckpt / weights),
+    )  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -33,6 +34,8 @@ from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, RadarDiffError
 from radardiff.models import LoadedRun, condition_frame, upsample
 from radardiff.sample.writers import output_format
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,18 @@ class SampleOptions:
     condition_id: str = ""  # what made the condition file (a cascade's first-stage request)
 
     def signature(self) -> str:
-        """Identifies the request; parts of another request are never reused."""
+        """Identifies the request's options (see :func:`request_signature` for the whole)."""
         d = asdict(self)
         d.pop("batch_size")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def request_signature(run: LoadedRun, opts: SampleOptions) -> str:
+    """Everything the samples depend on: the options (sampler and its options, seeds,
+    conditioning, clipping, precision) and the run, checkpoint and weights' hash. Parts of an
+    interrupted request are reused only under the same signature."""
+    text = f"{opts.signature()}|{run.identity}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def request(sc: SampleConfig, n: int, **given) -> SampleOptions:
@@ -398,7 +409,7 @@ def generate(
     out = Path(out)
     if state is not None and rank != 0:
         state.wait_for_everyone()  # rank 0 clears parts of another request first
-    parts = PartStore(out, opts)
+    parts = PartStore(out, request_signature(run, opts))
     if state is not None and rank == 0:
         state.wait_for_everyone()
     t0 = time.perf_counter()
@@ -482,7 +493,7 @@ def generate_cascade(
         n=low_opts.n,
         condition=str(first.path),
         stream=1,
-        condition_id=f"{low_opts.signature()}@{low_run.checkpoint}",
+        condition_id=request_signature(low_run, low_opts),
     )
     return first, generate(sr_run, second_opts, out, stage(1))
 
@@ -496,23 +507,29 @@ def _finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
         attrs = f.attrs()
     except (RadarDiffError, OSError):
         return False
-    return (
-        attrs.get("request") == opts.signature()
-        and attrs.get("checkpoint") == str(run.checkpoint)
-        and len(f) == opts.n
-    )
+    return attrs.get("request") == request_signature(run, opts) and len(f) == opts.n
 
 
 class PartStore:
-    """Completed batches of one request, as ``.npz`` files renamed into place when whole."""
+    """Completed batches of one request, as ``.npz`` files renamed into place when whole.
 
-    def __init__(self, out: Path, opts: SampleOptions) -> None:
+    ``signature`` is :func:`request_signature`: parts left by another request (other options,
+    another run, checkpoint or weights) are removed, with a notice, never mixed in.
+    """
+
+    def __init__(self, out: Path, signature: str) -> None:
         self.dir = out.with_name(out.name + ".parts")
         self.dir.mkdir(parents=True, exist_ok=True)
         sig = self.dir / "request.json"
-        signature = opts.signature()
-        if sig.is_file() and json.loads(sig.read_text()).get("signature") != signature:
-            shutil.rmtree(self.dir)  # parts of a different request: start over
+        if sig.is_file() and _stored_signature(sig) != signature:
+            done = len(list(self.dir.glob("part_*[0-9].npz")))
+            log.warning(
+                "%s: %d finished part(s) of another request (options, run, checkpoint or weights "
+                "differ) removed; sampling starts afresh",
+                self.dir,
+                done,
+            )
+            shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True)
         if not sig.is_file():
             sig.write_text(json.dumps({"signature": signature}), encoding="utf-8")
@@ -545,11 +562,18 @@ class PartStore:
         return {key: np.stack([chunks[i][key] for i in range(n)]) for key in chunks[0]}
 
 
+def _stored_signature(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("signature")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: treated as another request's
+
+
 def merge_parts(run: LoadedRun, opts: SampleOptions, parts: PartStore, out: Path) -> Path:
     """Write the dataset file from the parts, then remove them."""
     from radardiff.sample.writers import write_samples
 
     arrays = parts.load_all(opts.n)
-    written = write_samples(run, opts, arrays, out)
+    written = write_samples(run, opts, arrays, out, request_signature(run, opts))
     shutil.rmtree(parts.dir, ignore_errors=True)
     return written

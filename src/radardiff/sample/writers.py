@@ -28,8 +28,9 @@ def output_format(path: Path, fmt: str | None = None) -> str:
     return ext
 
 
-def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
-    """Write samples in the format of ``out``'s extension (dataset file, NPZ, PNG grid, GeoTIFFs)."""
+def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path, signature: str = "") -> Path:
+    """Write samples in the format of ``out``'s extension (dataset file, NPZ, PNG grid, GeoTIFFs);
+    ``signature`` is the request's (:func:`radardiff.sample.generate.request_signature`)."""
     info = run.data_info
     fmt = output_format(out)
     images = arrays["images"]
@@ -41,7 +42,8 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path) -> Path:
         "seed": opts.seed,
         "guidance": opts.guidance,
         "checkpoint": str(run.checkpoint),
-        "request": opts.signature(),  # lets a cascade reuse a finished first stage
+        "weights": f"{run.weights} {run.weights_id}",
+        "request": signature,  # lets a cascade reuse a finished first stage
     }
     if opts.condition:
         attrs.update(condition=str(opts.condition), sr_noise=opts.sr_noise)
