@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from radardiff.errors import RunDirError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected there
+    fcntl = None
 
 _CHECKPOINT_NAME = re.compile(r"step_\d{7,}")
 
@@ -78,6 +85,10 @@ class RunDir:
             )
         return path
 
+    def lock(self) -> RunLock:
+        """Take the run's exclusive lock (see :class:`RunLock`); RunDirError when it is held."""
+        return RunLock(self.root / ".lock")
+
     def require(self) -> None:
         """Refuse a directory that is not a run (no config.toml)."""
         if not self.root.is_dir():
@@ -91,3 +102,47 @@ class RunDir:
         if ckpt is None:
             raise RunDirError(f"{self.root}: run has no complete checkpoint (train it first)")
         return ckpt
+
+
+class RunLock:
+    """An exclusive advisory lock on a run directory, held by one process at a time.
+
+    ``RUN/.lock`` is locked with ``flock`` and holds the holder's PID, host and start time. A
+    second process is refused with a line naming the holder. The kernel releases the lock when
+    its holder dies, however it dies, so a dead holder's lock is simply taken over.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 256).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunDirError(
+                    f"{path.parent}: in use by {holder}; wait for it to finish or stop it"
+                ) from None
+        self.previous = os.read(fd, 256).decode(errors="replace").strip()
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since {stamp}".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()

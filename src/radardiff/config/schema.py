@@ -115,7 +115,29 @@ class ModelConfig(_Section):
                 f"image_size {self.image_size} is not divisible by 2**{levels - 1} "
                 f"for {levels} levels"
             )
+        self._check_widths(mult)
         return self
+
+    def _check_widths(self, mult: tuple[int, ...]) -> None:
+        """Channel widths the network can be built with: group norm groups divide every level's
+        width; every attention (the blocks at attention_resolutions and the middle block, at the
+        last level) has at least one head of attention_head_dim channels."""
+        groups = min(self.norm_num_groups, self.base_channels)
+        for level, m in enumerate(mult):
+            width = self.base_channels * m
+            if width % groups:
+                raise ValueError(
+                    f"level {level} has {width} channels (base_channels {self.base_channels} x "
+                    f"channel_mult {m}), not divisible by norm_num_groups {groups}"
+                )
+            size = self.image_size // 2**level
+            attends = size in self.attention_resolutions or level == len(mult) - 1
+            if attends and width < self.attention_head_dim:
+                raise ValueError(
+                    f"attention at {size} px has {width} channels, fewer than attention_head_dim "
+                    f"{self.attention_head_dim} (zero heads): raise base_channels or lower "
+                    "attention_head_dim"
+                )
 
 
 class DiffusionConfig(_Section):

@@ -303,7 +303,12 @@ class DatasetFile:
         return out
 
     def images(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
-        return self._take("images", indices).astype(np.float32, copy=False)
+        """Images in physical units; non-finite values (+-Inf as well as NaN) are no data."""
+        x = self._take("images", indices).astype(np.float32, copy=False)
+        bad = np.isinf(x)
+        if bad.any():
+            x = np.where(bad, np.float32(np.nan), x)
+        return x
 
     def labels(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray | None:
         return self._take("labels", indices) if self.info.has_labels else None

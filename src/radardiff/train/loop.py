@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ from radardiff.train.ema import EMA
 from radardiff.train.step import to_device, train_step
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainResult", "to_device", "train", "train_step"]
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RadarDiffError):
@@ -125,8 +130,21 @@ def _check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> N
             "model.range_conditioning needs a per-sample min-max data.normalization "
             f"(minmax_pm1 or minmax_01), not {cfg.data.normalization}"
         )
-    if cfg.model.num_classes and not info.has_labels:
+    _check_labels(cfg, data)
+
+
+def _check_labels(cfg: RunConfig, data: DatasetFile) -> None:
+    k = cfg.model.num_classes
+    if not k:
+        return
+    if not data.info.has_labels:
         raise ConfigError(f"{data.path}: model.num_classes is set but the file has no labels")
+    labels = data.labels()
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        bad = int(labels.max()) if labels.max() >= k else int(labels.min())
+        raise ConfigError(
+            f"{data.path}: holds label {bad}, outside 0..{k - 1} (model.num_classes = {k})"
+        )
 
 
 class Trainer:
@@ -147,16 +165,28 @@ class Trainer:
         )
         if tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        root = self.run_dir.root
+        existed, fresh = root.exists(), not self.run_dir.config.exists()
+        self.lock = self.run_dir.lock() if self.acc.is_main_process else None
+        if self.lock is not None and self.lock.previous:
+            log.warning(
+                "%s: %s ended without releasing the run; taken over", root, self.lock.previous
+            )
+        try:
+            self._setup()
+        except BaseException:
+            self._abandon(existed, fresh)
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc, resume = self.cfg, self.cfg.train, self.resume
         self.data = DatasetFile(cfg.data.train)
         self._prepare_run_dir()
         self.normalizer = self._normalizer()
         _check_data_fits(cfg, self.data, self.normalizer.model_channels)
         if cfg.data.val:
             val = DatasetFile(cfg.data.val)
-            if cfg.model.num_classes and not val.info.has_labels:
-                raise ConfigError(
-                    f"{val.path}: model.num_classes is set but the file has no labels"
-                )
+            _check_labels(cfg, val)
             if val.info.shape != self.data.info.shape:
                 raise ConfigError(
                     f"{val.path}: validation images are {val.info.shape}, training images "
@@ -186,7 +216,7 @@ class Trainer:
             ema.to(self.acc.device)
         self.raw_model = self.acc.unwrap_model(self.model)
         self.tb = (
-            TensorBoardLog.open(self.run_dir.tensorboard, self.state.step)
+            TensorBoardLog.open(self.run_dir.tensorboard, self.state.step, resume)
             if tc.tensorboard and self.acc.is_main_process
             else None
         )
@@ -207,6 +237,25 @@ class Trainer:
         )
 
     # ---- set-up -------------------------------------------------------------------------------
+    def _abandon(self, existed: bool, fresh: bool) -> None:
+        """A set-up that failed leaves no half-made run: what this start created goes."""
+        if self.lock is not None:
+            self.lock.release()
+        if not self.acc.is_main_process or not fresh:
+            return
+        root = self.run_dir.root
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+            return
+        for path in (self.run_dir.config, self.run_dir.normalizer, self.run_dir.data_info):
+            path.unlink(missing_ok=True)
+        (root / ".lock").unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Release the run directory (done at the end of :meth:`run`)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def _prepare_run_dir(self) -> None:
         run = self.run_dir
         if self.resume:
@@ -223,6 +272,9 @@ class Trainer:
             )
         if self.acc.is_main_process:
             run.root.mkdir(parents=True, exist_ok=True)
+            _remove_unfinished_checkpoints(run)
+            if self.resume and run.latest_checkpoint() is None:
+                _truncate_stats(run.stats, 0)  # killed before its first checkpoint: start over
             save_config(self.cfg, run.config)
             atomic_write_text(run.data_info, json.dumps(data_info_dict(self.data.info)))
         self.acc.wait_for_everyone()
@@ -262,6 +314,15 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------------------
     def run(self, on_progress: ProgressFn | None = None) -> TrainResult:
+        """Train to ``train.steps``; the run directory is released at the end, however it ends."""
+        try:
+            return self._run(on_progress)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+            self.release()
+
+    def _run(self, on_progress: ProgressFn | None) -> TrainResult:
         cfg, tc, acc = self.cfg, self.cfg.train, self.acc
         accum = tc.grad_accum
         sampler = StepBatchSampler(
@@ -347,8 +408,6 @@ class Trainer:
                 # the loss of the last log line: reading it every step would stall a GPU
                 on_progress(done, tc.steps, {"loss": last_loss} if math.isfinite(last_loss) else {})
         acc.wait_for_everyone()
-        if self.tb is not None:
-            self.tb.close()
         return TrainResult(self.run_dir.root, self.state.step, last_ckpt, last_loss)
 
     def _write_stats(self, row: dict) -> None:
@@ -425,6 +484,13 @@ class Trainer:
         return path or self.run_dir.checkpoint(self.state.step)
 
 
+def _remove_unfinished_checkpoints(run: RunDir) -> None:
+    """Temporary folders of checkpoint writes that were killed are removed, with a notice."""
+    for tmp in sorted(run.checkpoints.glob(".step_*.tmp")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("%s: removed an unfinished checkpoint of an interrupted write", tmp)
+
+
 def _truncate_stats(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from."""
     if not path.is_file():
@@ -444,15 +510,17 @@ class TensorBoardLog:
         self.writer = writer
 
     @classmethod
-    def open(cls, logdir: Path, step: int) -> TensorBoardLog | None:
+    def open(cls, logdir: Path, step: int, resume: bool = False) -> TensorBoardLog | None:
         """A writer, or None without the tensorboard package. On resume, events logged after
-        ``step`` (the checkpoint resumed from) are purged, as stats.jsonl is truncated."""
+        ``step`` (the checkpoint resumed from; all of them without one) are purged, as
+        stats.jsonl is truncated."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
         # SummaryWriter purges events at steps >= purge_step; the checkpoint's own step stays
-        return cls(SummaryWriter(str(logdir), purge_step=step + 1 if step else None))
+        purge = step + 1 if step else (0 if resume else None)
+        return cls(SummaryWriter(str(logdir), purge_step=purge))
 
     def log(self, row: dict) -> None:
         step = int(row["step"])
