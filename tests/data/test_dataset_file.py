@@ -96,3 +96,45 @@ def test_unwritable_target_is_a_data_error(tmp_path):
     (tmp_path / "f").write_text("a file, not a folder")
     with pytest.raises(DataError, match=r"f/x\.h5: cannot write the dataset file"):
         write_dataset(tmp_path / "f" / "x.h5", np.zeros((1, 1, 2, 2)), kind="generic", units="")
+
+
+def test_a_file_that_declares_more_than_it_stores_is_refused_at_once(tmp_path):
+    """6 KB declaring 1e9 images: refused when opened, before any read or allocation."""
+    import h5py
+
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("images", shape=(10**9, 1, 32, 32), dtype="f4", chunks=(1, 1, 32, 32))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(DataError, match=r"declares 1000000000 images .* only 0 of its"):
+        DatasetFile(path).info
+    flat = tmp_path / "flat.h5"
+    with h5py.File(flat, "w") as h5:
+        h5.create_dataset("images", shape=(10**5, 1, 32, 32), dtype="f4")  # never written
+    with pytest.raises(DataError, match=r"declares 100000 images .* but stores 0 bytes"):
+        DatasetFile(flat).info
+
+
+def test_dataset_files_must_be_named_as_hdf5(tmp_path):
+    from radardiff.data.synth import synthesize
+
+    with pytest.raises(DataError, match=r"o.png: a dataset file is HDF5 and must end in .h5"):
+        write_dataset(tmp_path / "o.png", np.zeros((1, 1, 8, 8)), kind="generic", units="")
+    with pytest.raises(DataError, match=r"s.tif: a dataset file is HDF5"):
+        synthesize("insar_noise", 2, 8, tmp_path / "s.tif")
+    assert not list(tmp_path.iterdir())
+
+
+def test_zero_size_is_refused_not_the_default(tmp_path):
+    from radardiff.data.synth import synthesize
+
+    with pytest.raises(DataError, match="--size must be at least 8, got 0"):
+        synthesize("insar_noise", 2, 0, tmp_path / "z.h5")
+
+
+def test_unfinished_file_of_an_interrupted_write_is_removed_with_a_notice(tmp_path, caplog):
+    stale = tmp_path / ".d.h5.partial"
+    stale.write_bytes(b"half")
+    with caplog.at_level("WARNING"):
+        write_dataset(tmp_path / "d.h5", np.zeros((2, 1, 4, 4)), kind="generic", units="")
+    assert not stale.exists() and "interrupted write" in caplog.text

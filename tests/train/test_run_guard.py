@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -129,3 +131,46 @@ def test_infinite_pixels_are_no_data(tmp_path, noise_files):
     train(tiny_run_config(str(path), train={"steps": 2}), tmp_path / "run")
     norm = json.loads((tmp_path / "run" / "normalizer.json").read_text())
     assert "Infinity" not in json.dumps(norm)
+
+
+def test_disk_full_during_a_checkpoint_names_it_and_keeps_the_last(
+    tmp_path, noise_files, monkeypatch
+):
+    from radardiff.errors import DiskFullError
+    from radardiff.train import checkpoint
+
+    cfg = tiny_run_config(str(noise_files[0]), train={"steps": 2, "checkpoint_every": 2})
+    train(cfg, tmp_path / "run")
+
+    def full(*args, **kwargs):  # what torch.save says when the disk fills
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 576 vs 490")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 4})})
+    with pytest.raises(
+        DiskFullError, match=r"step_0000004: disk full while writing the checkpoint"
+    ):
+        train(longer, tmp_path / "run", resume=True)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_0000002"
+    assert not list(ckpts.glob(".*.tmp"))
+
+
+def test_sigterm_stops_training_cleanly_with_143(tmp_path, noise_files):
+    """What schedulers and `timeout` send: one line, exit 143, the run released and resumable."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "radardiff", "train", "--out", str(run),
+           "--set", f"data.train={noise_files[0]}", "--set", "model.image_size=16",
+           "--set", "train.steps=100000", "--set", "train.checkpoint_every=3",
+           str(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1].endswith("radardiff: error: terminated (SIGTERM)")
+    assert "Traceback" not in err
+    assert (run / ".lock").read_text() == ""  # released
+    RunDir(run).lock().release()  # and free to take

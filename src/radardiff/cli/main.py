@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 
 import click
 
 from radardiff._version import __version__
 from radardiff.cli._common import setup_logging
-from radardiff.errors import RadarDiffError
+from radardiff.errors import RadarDiffError, Terminated, is_disk_full
 
 EPILOG = """\b
 Examples:
@@ -54,19 +55,29 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors exit 2, input and run errors exit 1, each as one line."""
+    """Entry point: usage errors exit 2, input and run errors exit 1, each as one line; Ctrl-C
+    exits 130 and SIGTERM 143 after the write in progress is finished or abandoned cleanly."""
     from radardiff._malloc import tune_malloc
 
     tune_malloc()
+    signal.signal(signal.SIGTERM, _terminate)
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="radardiff", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        _fail("aborted", 130)
+    except Terminated:
+        _fail("terminated (SIGTERM)", 143)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and SIGTERM) into this
+        if isinstance(exc.__cause__, Terminated):
+            _fail("terminated (SIGTERM)", 143)
+        _fail("interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else "aborted", 130)
     except click.UsageError as exc:
         where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
         _fail(f"{where}{exc.format_message()} (see --help)", 2)
@@ -87,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
             raise
+        if is_disk_full(exc):
+            _fail(f"disk full ({type(exc).__name__}: {exc})", 1)
         _fail(
             f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1
         )

@@ -15,6 +15,7 @@ interrupted writer never leaves a half-written dataset. Readers are lazy: chunke
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,41 @@ from radardiff._version import __version__
 from radardiff.errors import DataError
 
 KINDS = ("sar_backscatter", "insar_unwrapped", "insar_wrapped", "insar_noise", "generic")
+SUFFIXES = (".h5", ".hdf5")
 _CHUNK_BYTES = 1 << 18
+log = logging.getLogger(__name__)
+
+
+def check_dataset_path(path: str | os.PathLike) -> Path:
+    """``path`` as a dataset file's name: HDF5 under another extension (a .png that is not a
+    picture) is refused before anything is read or written."""
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{path}: a dataset file is HDF5 and must end in {' or '.join(SUFFIXES)}")
+    return path
+
+
+def _check_stored(path: Path, dset) -> None:
+    """Refuse a dataset that declares more than it stores: a few-KB file that claims 1e9 images
+    would otherwise be read (or allocated) for minutes before anything is found wrong. Chunked
+    data must have every chunk written; contiguous data its whole size on disk."""
+    declared = int(np.prod(dset.shape, dtype=np.int64)) * dset.dtype.itemsize
+    if declared == 0:
+        return
+    if dset.chunks is not None:
+        per_axis = [-(-s // c) for s, c in zip(dset.shape, dset.chunks, strict=True)]
+        want = int(np.prod(per_axis, dtype=np.int64))
+        have = dset.id.get_num_chunks()
+        if have < want:
+            raise DataError(
+                f"{path}: 'images' declares {dset.shape[0]} images {dset.shape[1:]} but only "
+                f"{have} of its {want} chunks were ever written (truncated or never filled)"
+            )
+    elif dset.id.get_storage_size() < declared:
+        raise DataError(
+            f"{path}: 'images' declares {dset.shape[0]} images {dset.shape[1:]} "
+            f"({declared} bytes) but stores {dset.id.get_storage_size()} bytes"
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +117,11 @@ class DatasetWriter:
     ) -> None:
         if kind not in KINDS:
             raise DataError(f"{path}: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
-        self.path = Path(path)
+        self.path = check_dataset_path(path)
         self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        if self._tmp.exists():
+            log.warning("%s: removed the unfinished file of an interrupted write", self._tmp)
+            self._tmp.unlink()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._h5 = h5py.File(self._tmp, "w")
@@ -252,6 +290,7 @@ class DatasetFile:
                         f"{self.path}: 'images' has shape {img.shape}, expected (N, C, H, W)"
                     )
                 n = img.shape[0]
+                _check_stored(self.path, img)
                 has_labels = "labels" in h5
                 if has_labels and h5["labels"].shape != (n,):
                     raise DataError(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radardiff.data.dataset_file import KINDS, DatasetWriter
+from radardiff.data.dataset_file import KINDS, DatasetWriter, check_dataset_path
 from radardiff.data.readers import open_reader
 from radardiff.data.readers.base import Reader
 from radardiff.errors import ConfigError, DataError
@@ -215,7 +215,7 @@ def prepare(
         Called as ``progress(items_done, items_total)`` after each item.
     """
     t0 = time.perf_counter()
-    src, out = Path(src), Path(out)
+    src, out = Path(src), check_dataset_path(out)
     tile, stride, max_nan, size = _check_options(
         tile, stride, max_nan_fraction, resize, kind, batch_size
     )

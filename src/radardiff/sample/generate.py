@@ -31,7 +31,7 @@ from radardiff.data.dataset_file import DatasetFile
 from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noise, make_sampler
 from radardiff.diffusion.denoiser import CLIP_MODES
 from radardiff.diffusion.schedule import Schedule
-from radardiff.errors import ConfigError, RadarDiffError
+from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
 from radardiff.models import LoadedRun, condition_frame, upsample
 from radardiff.sample.writers import output_format
 
@@ -543,7 +543,13 @@ class PartStore:
     def write(self, idx: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         final = self._path(idx)
         tmp = final.with_name(final.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
+        try:
+            np.savez(tmp, **arrays)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, Exception) and is_disk_full(err):
+                raise DiskFullError(f"{final}: disk full while writing samples") from None
+            raise
         os.replace(tmp, final)
 
     def load_all(self, n: int) -> dict[str, np.ndarray]:
@@ -574,6 +580,11 @@ def merge_parts(run: LoadedRun, opts: SampleOptions, parts: PartStore, out: Path
     from radardiff.sample.writers import write_samples
 
     arrays = parts.load_all(opts.n)
-    written = write_samples(run, opts, arrays, out, request_signature(run, opts))
+    try:
+        written = write_samples(run, opts, arrays, out, request_signature(run, opts))
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(f"{out}: disk full while writing samples") from None
+        raise
     shutil.rmtree(parts.dir, ignore_errors=True)
     return written

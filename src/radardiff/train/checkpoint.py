@@ -17,7 +17,7 @@ import torch
 from diffusers import UNet2DModel
 
 from radardiff.config import RunDir, atomic_write_text
-from radardiff.errors import RunDirError
+from radardiff.errors import DiskFullError, RunDirError, is_disk_full
 from radardiff.models.run import load_model
 
 
@@ -47,12 +47,20 @@ def save_checkpoint(
     final = run.checkpoint(state.step)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    for i, (ema, hl) in enumerate(zip(emas, halflives_kimg, strict=True)):
-        ema.save_pretrained(tmp / ema_dirname(i, hl), safe_serialization=True)
-    torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        for i, (ema, hl) in enumerate(zip(emas, halflives_kimg, strict=True)):
+            ema.save_pretrained(tmp / ema_dirname(i, hl), safe_serialization=True)
+        torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # never a half-written checkpoint
+        if isinstance(err, Exception) and is_disk_full(err):
+            raise DiskFullError(
+                f"{final}: disk full while writing the checkpoint; the last complete one is kept"
+            ) from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from radardiff.config.io import set_dotted
-from radardiff.data.dataset_file import DatasetWriter
+from radardiff.data.dataset_file import DatasetWriter, check_dataset_path
 from radardiff.data.synth.elastic import los_phase, mogi, okada85
 from radardiff.data.synth.fields import BLOCK, powerlaw_field, spectral_slope
 from radardiff.data.synth.insar import (
@@ -224,7 +224,8 @@ def synthesize(
     gen = _kind(name)
     if n < 1:
         raise DataError(f"--n must be at least 1, got {n}")
-    size = size or gen.default_size
+    size = gen.default_size if size is None else size
+    check_dataset_path(out)
     if size < 8:
         raise DataError(f"--size must be at least 8, got {size}")
     p = build_params(name, params)
