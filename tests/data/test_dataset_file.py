@@ -107,12 +107,12 @@ def test_a_file_that_declares_more_than_it_stores_is_refused_at_once(tmp_path):
         h5.create_dataset("images", shape=(10**9, 1, 32, 32), dtype="f4", chunks=(1, 1, 32, 32))
     assert path.stat().st_size < 20_000
     with pytest.raises(DataError, match=r"declares 1000000000 images .* only 0 of its"):
-        DatasetFile(path).info
+        _ = DatasetFile(path).info
     flat = tmp_path / "flat.h5"
     with h5py.File(flat, "w") as h5:
         h5.create_dataset("images", shape=(10**5, 1, 32, 32), dtype="f4")  # never written
     with pytest.raises(DataError, match=r"declares 100000 images .* but stores 0 bytes"):
-        DatasetFile(flat).info
+        _ = DatasetFile(flat).info
 
 
 def test_dataset_files_must_be_named_as_hdf5(tmp_path):
