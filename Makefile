@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test faults lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+faults: setup
+	$(PY) -m pytest -q -m faults tests/faults
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -46,6 +46,9 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
 )
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option(
+    "--checkpoint", default=None, help="Step number of the checkpoint to sample [default: latest]."
+)
+@click.option(
     "--clip",
     type=click.Choice(["auto", "static", "dynamic", "none"]),
     default="auto",
@@ -101,6 +104,7 @@ def sample(
     options,
     precision,
     weights,
+    checkpoint,
     clip,
     no_clip,
     cascade_run,
@@ -141,7 +145,7 @@ def sample(
     from radardiff.sample.generate import generate_cascade
 
     device = pick_device()
-    run = load_run(run_dir, weights=weights, device=device)
+    run = load_run(run_dir, weights=weights, device=device, checkpoint=checkpoint)
     opts = _request(
         run.cfg.sample,
         n,

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from radardiff._version import __version__
-from radardiff.errors import DataError
+from radardiff.errors import DataError, DiskFullError, is_disk_full
 
 KINDS = ("sar_backscatter", "insar_unwrapped", "insar_wrapped", "insar_noise", "generic")
 SUFFIXES = (".h5", ".hdf5")
@@ -126,6 +126,11 @@ class DatasetWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._h5 = h5py.File(self._tmp, "w")
         except OSError as err:
+            self._tmp.unlink(missing_ok=True)
+            if is_disk_full(err):
+                raise DiskFullError(
+                    f"{self.path}: disk full while writing the dataset file"
+                ) from None
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DataError(f"{self.path}: cannot write the dataset file ({msg})") from None
         c, h, w = shape
@@ -212,6 +217,8 @@ class DatasetWriter:
     def abort(self) -> None:
         try:
             self._h5.close()
+        except Exception:  # noqa: BLE001 - a full disk may fail the flush; the file goes anyway
+            pass
         finally:
             self._tmp.unlink(missing_ok=True)
 
@@ -220,9 +227,20 @@ class DatasetWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except Exception as err:
+                self.abort()
+                self._raise_disk_full(err)
+                raise
         else:
             self.abort()
+            if isinstance(exc, Exception):
+                self._raise_disk_full(exc)
+
+    def _raise_disk_full(self, err: Exception) -> None:
+        if is_disk_full(err):
+            raise DiskFullError(f"{self.path}: disk full while writing the dataset file") from None
 
 
 def write_dataset(

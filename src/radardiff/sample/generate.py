@@ -400,6 +400,15 @@ def generate(
     _validate(run, opts)
     output_format(Path(out))  # a bad extension fails now, not after the last batch
     sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
+    try:
+        return _generate(run, opts, Path(out), sampling, on_progress, rank, world, merge)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(f"{out}: disk full while writing samples") from None
+        raise
+
+
+def _generate(run, opts, out: Path, sampling, on_progress, rank, world, merge) -> SampleResult:
     state = _distributed_state() if rank is None else None
     if rank is None:
         rank, world = (state.process_index, state.num_processes) if state else (0, 1)
@@ -580,11 +589,6 @@ def merge_parts(run: LoadedRun, opts: SampleOptions, parts: PartStore, out: Path
     from radardiff.sample.writers import write_samples
 
     arrays = parts.load_all(opts.n)
-    try:
-        written = write_samples(run, opts, arrays, out, request_signature(run, opts))
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFullError(f"{out}: disk full while writing samples") from None
-        raise
+    written = write_samples(run, opts, arrays, out, request_signature(run, opts))
     shutil.rmtree(parts.dir, ignore_errors=True)
     return written
