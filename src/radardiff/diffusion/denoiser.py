@@ -300,7 +300,7 @@ class Denoiser:
     def bind(self, cond: Conditioning = NONE):
         """``fn(x_t, t) -> DenoiserOutput`` with ``cond`` fixed: what a sampler calls."""
 
-        @torch.no_grad()
+        @torch.inference_mode()
         def fn(x_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
             return self(x_t, t, cond)
 
