@@ -110,3 +110,13 @@ def test_real_interferograms(tmp_path):
     assert r.nan_fraction == pytest.approx((raws == 0).mean())
     assert (r.value_min, r.value_max) == (v.min(), v.max())
     assert r.units == "rad" and r.kind == "insar_unwrapped"
+
+
+def test_preview_must_be_named_png(tmp_path):
+    from radardiff.data.inspect import inspect
+    from radardiff.errors import DataError
+
+    data = write_dataset(tmp_path / "d.h5", np.zeros((2, 1, 8, 8)), kind="generic", units="")
+    with pytest.raises(DataError, match=r"p.h5: the preview is a PNG picture"):
+        inspect(data, preview=tmp_path / "p.h5")
+    assert not (tmp_path / "p.h5").exists()

@@ -279,6 +279,7 @@ def test_malformed_inputs_give_one_clean_line(work, tmp_path, capsys):
         (["data", "inspect", f["bad_labels"]], None),
         (["data", "inspect", f["huge"]], None),
         (["data", "inspect", tmp_path / "missing.h5"], None),
+        (["data", "inspect", work / "t.h5", "--preview", o / "p.h5"], o / "p.h5"),
         (["data", "synth", "insar_noise", "--n", "0", "--out", o / "a.h5"], o / "a.h5"),
         (["data", "synth", "insar_noise", "--n", "2", "--size", "0", "--out", o / "b.h5"], o / "b.h5"),
         (["data", "synth", "insar_noise", "--n", "2", "--out", o / "c.png"], o / "c.png"),

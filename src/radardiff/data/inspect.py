@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from radardiff.data.dataset_file import DatasetFile
+from radardiff.errors import DataError
 
 VALUE_PERCENTILES = (0.1, 1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0, 99.9)
 RANGE_PERCENTILES = (0.0, 5.0, 25.0, 50.0, 75.0, 95.0, 100.0)
@@ -93,6 +94,8 @@ def inspect(
     seed: int = 0,
 ) -> InspectResult:
     """Summarise the dataset file at ``path``; write a PNG preview grid when ``preview`` is set."""
+    if preview is not None and Path(preview).suffix.lower() != ".png":
+        raise DataError(f"{preview}: the preview is a PNG picture; name it .png")
     with DatasetFile(path) as ds:
         info = ds.info
         labels = ds.labels()
