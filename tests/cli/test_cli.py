@@ -20,6 +20,7 @@ VERBS = [
     "data prepare",
     "data inspect",
     "train",
+    "distill",
     "sample",
     "evaluate",
     "features",

@@ -240,6 +240,45 @@ class EvalConfig(_Section):
     seed: int = 0
 
 
+DistillMethod = Literal["none", "progressive"]
+
+
+class DistillConfig(_Section):
+    """Distillation of a teacher run into a student that samples in few steps
+    (``radardiff distill``); ``method = "none"`` for every other run."""
+
+    method: DistillMethod = Field(
+        "none", description="progressive: Salimans and Ho 2022 (halve the steps per stage)"
+    )
+    teacher: str = Field("", description="the teacher's run directory")
+    teacher_checkpoint: str = Field("", description="the teacher's checkpoint (name)")
+    steps: int = Field(4, ge=1, description="the student's sampling steps at the end")
+    teacher_steps: int = Field(
+        256, ge=2, description="DDIM steps of the teacher that the first stage halves"
+    )
+    steps_per_stage: int = Field(2000, ge=1, description="training steps of each halving")
+    lr: float = Field(1e-4, gt=0.0, description="learning rate, annealed to 0 in each stage")
+    guidance: float = Field(
+        1.0, ge=0.0, description="classifier-free guidance of a class-conditional teacher"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.method == "progressive":
+            ratio = self.teacher_steps // self.steps
+            if self.teacher_steps % self.steps or ratio & (ratio - 1) or ratio < 2:
+                raise ValueError(
+                    f"steps = {self.steps} does not divide the teacher's {self.teacher_steps} "
+                    "steps by a power of two (progressive distillation halves them per stage)"
+                )
+        return self
+
+    @property
+    def stages(self) -> int:
+        """Halvings from teacher_steps down to steps."""
+        return (self.teacher_steps // self.steps).bit_length() - 1
+
+
 class RunConfig(_Section):
     """Everything a run needs, as written to ``config.toml`` in the run directory."""
 
@@ -250,3 +289,4 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     evaluate: EvalConfig = EvalConfig()
+    distill: DistillConfig = DistillConfig()

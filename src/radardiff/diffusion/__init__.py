@@ -5,9 +5,10 @@ from radardiff.diffusion.denoiser import (
     Denoiser,
     DenoiserOutput,
     clip_x0,
+    default_clip,
     x0_and_eps,
 )
-from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms, masked_mean
+from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms, fill_invalid, masked_mean
 from radardiff.diffusion.likelihood import (
     BitsPerDim,
     DatasetBitsPerDim,
@@ -37,6 +38,8 @@ __all__ = [
     "Denoiser",
     "DenoiserOutput",
     "clip_x0",
+    "default_clip",
+    "fill_invalid",
     "x0_and_eps",
     "SAMPLERS",
     "BitsPerDim",

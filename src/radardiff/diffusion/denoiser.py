@@ -38,6 +38,17 @@ if TYPE_CHECKING:
 
 ClipMode = Literal["none", "static", "dynamic"]
 CLIP_MODES = ("none", "static", "dynamic")
+# normalisations that put every sample into [-1, 1] (or [0, 1]): their x0 estimates are clipped
+BOUNDED = ("minmax_pm1", "minmax_01", "global_minmax")
+
+
+def default_clip(cfg: RunConfig, normalizer) -> str:
+    """``static`` when the run's normalisation bounds the data to [-1, 1] (per-sample or global
+    min-max, wrapped phase), ``none`` otherwise and for super-resolution, whose target lives in
+    the condition's frame, past +-1."""
+    if cfg.model.superres_low_size:
+        return "none"
+    return "static" if normalizer.phase or normalizer.method in BOUNDED else "none"
 
 
 def _shaped(abar: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

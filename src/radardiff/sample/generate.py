@@ -29,7 +29,7 @@ import torch
 from radardiff.config.schema import SampleConfig
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noise, make_sampler
-from radardiff.diffusion.denoiser import CLIP_MODES
+from radardiff.diffusion.denoiser import CLIP_MODES, default_clip
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
 from radardiff.models import LoadedRun, condition_frame, upsample
@@ -114,19 +114,10 @@ class SampleResult:
     reused: int
 
 
-BOUNDED = ("minmax_pm1", "minmax_01", "global_minmax")
-
-
 def clip_mode(run: LoadedRun, opts: SampleOptions) -> str:
-    """How x0 estimates are clipped: as requested, else ``static`` (to [-1, 1]) when the run's
-    normalisation bounds the data there, ``none`` otherwise and for super-resolution (whose
-    target lives in the condition's frame, past +-1)."""
-    if opts.clip is not None:
-        return opts.clip
-    if run.cfg.model.superres_low_size:
-        return "none"
-    bounded = run.normalizer.phase or run.normalizer.method in BOUNDED
-    return "static" if bounded else "none"
+    """How x0 estimates are clipped: as requested, else the run's default
+    (:func:`radardiff.diffusion.denoiser.default_clip`)."""
+    return default_clip(run.cfg, run.normalizer) if opts.clip is None else opts.clip
 
 
 def _validate(run: LoadedRun, opts: SampleOptions) -> None:

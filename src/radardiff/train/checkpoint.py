@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class CheckpointState:
     best_val: float | None = None
     best_step: int | None = None
     val_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # state of a subclass's objective
 
 
 def save_checkpoint(
@@ -43,6 +44,7 @@ def save_checkpoint(
     halflives_kimg: tuple[float, ...],
     optimizer: torch.optim.Optimizer,
     keep_last: int,
+    extras: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
     final = run.checkpoint(state.step)
     tmp = final.with_name(f".{final.name}.tmp")
@@ -52,6 +54,8 @@ def save_checkpoint(
         model.save_pretrained(tmp / "model", safe_serialization=True)
         for i, (ema, hl) in enumerate(zip(emas, halflives_kimg, strict=True)):
             ema.save_pretrained(tmp / ema_dirname(i, hl), safe_serialization=True)
+        for name, extra in (extras or {}).items():
+            extra.save_pretrained(tmp / name, safe_serialization=True)
         torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
     except BaseException as err:

@@ -150,8 +150,15 @@ def _check_labels(cfg: RunConfig, data: DatasetFile) -> None:
 class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
+    METHOD = "none"  # the distillation method this trainer continues (none: plain training)
+
     def __init__(self, cfg: RunConfig, out: str | Path, resume: bool = False):
         self.cfg, self.run_dir, self.resume = cfg, RunDir(out), resume
+        if cfg.distill.method != self.METHOD:
+            raise ConfigError(
+                f"distill.method = '{cfg.distill.method}': this is a distillation config; run it "
+                "with radardiff distill"
+            )
         tc = cfg.train
         if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
@@ -194,11 +201,7 @@ class Trainer:
                 )
         self.diffusion = GaussianDiffusion(cfg.diffusion).to(self.acc.device)
         torch.manual_seed(tc.seed)
-        model = build_unet(
-            cfg.model,
-            self.normalizer.channels * (2 if self.normalizer.phase else 1),
-            self.diffusion.learned_variance,
-        )
+        model = self._build_model()
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = EMA(model, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
@@ -236,6 +239,34 @@ class Trainer:
             schedule=self.diffusion.schedule,
         )
 
+    # ---- what a subclass (distillation) changes -------------------------------------------------
+    def _build_model(self) -> torch.nn.Module:
+        """The network a fresh run starts from."""
+        return build_unet(
+            self.cfg.model,
+            self.normalizer.channels * (2 if self.normalizer.phase else 1),
+            self.diffusion.learned_variance,
+        )
+
+    def _loss(self, batch, gen, noise_gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scalar loss, per-sample loss, per-sample timesteps) of one micro-batch."""
+        return train_step(
+            self.denoiser, self.diffusion, self.ts_sampler, batch, gen, self.acc.device, noise_gen
+        )
+
+    def _lr(self, step: int) -> float:
+        return lr_at(self.cfg, step)
+
+    def _after_step(self) -> None:
+        """Called after each optimizer step and EMA update, before logging and checkpoints."""
+
+    def _checkpoint_extras(self) -> dict[str, torch.nn.Module]:
+        """More networks saved in each checkpoint (diffusers folders named by the keys)."""
+        return {}
+
+    def _load_extras(self, ckpt: Path) -> None:
+        """Restore what :meth:`_checkpoint_extras` saved."""
+
     # ---- set-up -------------------------------------------------------------------------------
     def _abandon(self, existed: bool, fresh: bool) -> None:
         """A set-up that failed leaves no half-made run: what this start created goes."""
@@ -261,6 +292,12 @@ class Trainer:
         if self.resume:
             run.require()
             saved = load_config(run.config)
+            if saved.distill.method != self.METHOD:
+                how = "radardiff train" if saved.distill.method == "none" else "radardiff distill"
+                raise RunDirError(
+                    f"{run.config}: a run of distill.method '{saved.distill.method}'; "
+                    f"continue it with {how} --resume"
+                )
             if _architecture(saved) != _architecture(self.cfg):
                 raise RunDirError(
                     f"{run.config}: cannot resume: the model or diffusion settings differ from the "
@@ -309,6 +346,7 @@ class Trainer:
         load_optimizer(opt, ckpt)
         self.ts_sampler.load_state_dict(state.timestep_sampler)
         self.state = state
+        self._load_extras(ckpt)
         if self.acc.is_main_process:
             _truncate_stats(self.run_dir.stats, state.step)
 
@@ -352,7 +390,7 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         for step in range(self.state.step, tc.steps):
-            lr = lr_at(cfg, step)
+            lr = self._lr(step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             for k in range(accum):
@@ -363,10 +401,7 @@ class Trainer:
                 gen = torch.Generator().manual_seed(seed)
                 noise_gen = noise_generator(seed, acc.device, gen)
                 with acc.accumulate(self.model):
-                    loss, per_sample, t = train_step(
-                        self.denoiser, self.diffusion, self.ts_sampler, batch, gen, acc.device,
-                        noise_gen,
-                    )  # fmt: skip
+                    loss, per_sample, t = self._loss(batch, gen, noise_gen)
                     watch.loss(loss, step)
                     acc.backward(loss)
                     grad_norm = None
@@ -385,6 +420,7 @@ class Trainer:
             self.state.images_seen += batch_images
             self.state.step = step + 1
             self.ema.update(self.raw_model, self.state.images_seen, batch_images)
+            self._after_step()
             if grad_norm is not None:
                 log.grad_norm = grad_norm
             done = self.state.step
@@ -479,6 +515,7 @@ class Trainer:
                 self.cfg.train.ema_halflife_kimg,
                 self.opt,
                 self.cfg.train.keep_last,
+                extras=self._checkpoint_extras(),
             )
         self.acc.wait_for_everyone()
         return path or self.run_dir.checkpoint(self.state.step)
