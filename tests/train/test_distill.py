@@ -155,3 +155,19 @@ def test_cli_distill(teacher, tmp_path, capsys):
           "--steps-per-stage", "2"])  # fmt: skip
     assert "samples with DDIM in 4 steps" in capsys.readouterr().out
     assert load_run(out).cfg.sample.steps == 4
+
+
+def test_sampler_study_has_student_rows(teacher, noise_files, tmp_path):
+    from radardiff.config import EvalConfig
+    from radardiff.evaluate.study import study_samplers
+
+    student = tmp_path / "st"
+    distill(_cfg(teacher), student)
+    res = study_samplers(
+        teacher, ["ddpm"], [4], 2, noise_files[1], tmp_path / "study", batch_size=2,
+        eval_cfg=EvalConfig(metrics=("semivariogram",), bootstrap=0), students=[student],
+    )  # fmt: skip
+    row = res.rows[-1]
+    assert row["sampler"] == "student st (ddim)" and row["student"] == str(student)
+    assert row["steps"] == 2 and row["nfe"] == 2 and row["semivariogram_rel_error"] is not None
+    assert res.settings["students"] == [str(student)]

@@ -51,15 +51,24 @@ def study() -> None:
 @click.option(
     "--features", type=click.Path(), default=None, help="Feature extractor for FID/KID/P&R."
 )
+@click.option(
+    "--students",
+    default=None,
+    help="Comma-separated distilled runs of RUN_DIR (radardiff distill): a row each, sampled "
+    "with its own sampler and steps.",
+)
 def samplers(
-    run_dir, samplers, steps, n, real, floor, out, checkpoint, seed, batch_size, precision, features
-) -> None:
+    run_dir, samplers, steps, n, real, floor, out, checkpoint, seed, batch_size, precision,
+    features, students,
+) -> None:  # fmt: skip
     """Metrics and wall time for each sampler and step count: do fast samplers fail?
 
     \b
     Example:
       radardiff study samplers runs/noise --samplers ddpm,ddim,ddim:eta=1,dpmsolver++ \\
           --steps 10,25,50,100,250,1000 --n 256 --real data/val.h5
+      radardiff study samplers runs/noise --samplers ddpm --steps 1000 --n 256 \\
+          --real data/val.h5 --students runs/noise_4,runs/noise_2
     Writes RUN_DIR/study/samplers.json and samplers.csv; 'radardiff report' plots them.
     """
     from radardiff.evaluate.study import study_samplers
@@ -78,6 +87,7 @@ def samplers(
         run_dir, names, counts, n, real, out, seed, batch_size=batch_size,
         extractor=features, device=pick_device(), on_row=show, checkpoint=checkpoint,
         floor=floor, precision=precision,
+        students=[x.strip() for x in (students or "").split(",") if x.strip()],
     )  # fmt: skip
     st, ref = result.settings, result.reference
     if ref is not None:

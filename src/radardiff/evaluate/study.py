@@ -9,6 +9,8 @@ not from the initial noise.
 A sampler is given as ``NAME`` or ``NAME:key=value:key=value`` (:func:`parse_sampler`): its
 options (``ddim:eta=1``, ``ddpm:variance=fixed_large``, ``dpmsolver++:solver_order=3``) and the
 denoiser's x0 clipping (``clip=static|dynamic|none``); the row's ``sampler`` is that text.
+Distilled students of the run (``students``) add one row each, sampled with their own default
+sampler and steps (``sampler`` reads ``student NAME (SAMPLER)``, ``student`` holds the run).
 
 Output (``out_dir``, by default ``RUN/study``)
 ---------------------------------------------
@@ -66,7 +68,9 @@ from radardiff.diffusion import make_sampler
 from radardiff.diffusion.denoiser import CLIP_MODES
 from radardiff.errors import ConfigError
 from radardiff.evaluate.metrics import SCALAR_KEYS, evaluate_files
+from radardiff.models import LoadedRun
 from radardiff.sample import SampleOptions, denoise_batch, generate, load_run
+from radardiff.sample.generate import request
 
 SCHEMA = "radardiff.study/1"
 ROW_KEYS = ("sampler", "steps", "n", "wall_s", "s_per_sample", "nfe", *SCALAR_KEYS)
@@ -186,6 +190,7 @@ def study_samplers(
     checkpoint: int | str | None = None,
     floor: str | os.PathLike | None = None,
     precision: str = "no",
+    students: Sequence[str | os.PathLike] = (),
 ) -> StudyResult:
     """Generate, time and evaluate ``n`` samples for every (sampler, steps); write the table.
 
@@ -206,6 +211,8 @@ def study_samplers(
     checkpoint : a step number or checkpoint name of the run (default: the latest).
     floor : the file the reference images come from (default: the run's training file).
     precision : ``no``, ``bf16`` or ``fp16`` autocast of the network.
+    students : distilled runs of this run (``radardiff distill``): one row each, with its own
+        default sampler and steps, the same seeds, real and floor files.
 
     Returns
     -------
@@ -232,28 +239,34 @@ def study_samplers(
         for v in variants
         for k in steps_list
     ]
-    for _, _, opts in requests:  # check every request before the first long generation
-        make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)
+    student_runs = [load_run(s, device=device) for s in students]
+    for st in student_runs:
+        requests.append(
+            (st, st.cfg.sample.steps, _student_options(st, n, seed, batch_size, precision))
+        )
+    for who, _, opts in requests:  # check every request before the first long generation
+        diffusion = (who if isinstance(who, LoadedRun) else run).cfg.diffusion
+        make_sampler(opts.sampler, diffusion, opts.steps, opts.sampler_options)
     denoise_batch(run, replace(requests[0][2], n=1), np.arange(1))  # warm-up: pools, kernels
     rows: list[dict[str, Any]] = []
-    batches = -(-n // batch_size)
-    for v, k, opts in requests:
-        tag = _tag(v.text, k)
+    for who, k, opts in requests:
+        student = who if isinstance(who, LoadedRun) else None
+        source = student or run
+        text = _student_label(student) if student else who.text
+        tag = _tag(text, k)
         path = out / "samples" / f"{tag}.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
         _clear(path)
-        counter = _CallCounter(run.model)
-        t0 = time.perf_counter()
-        try:
-            result = generate(run, opts, path, rank=0, world=1)
-        finally:
-            counter.remove()
-        wall = time.perf_counter() - t0
+        wall, calls, result = _timed_generate(source, opts, path)
         metrics = evaluate_files(real, result.path, cfg, out / "eval" / tag, extractor=extractor)
+        how = (
+            {"name": opts.sampler, "options": opts.sampler_options, "clip": opts.clip,
+             "student": str(student.run.root)} if student
+            else {"name": who.name, "options": who.options, "clip": who.clip}
+        )  # fmt: skip
         row = {
-            "sampler": v.text, "name": v.name, "options": v.options, "clip": v.clip,
-            "steps": k, "n": n, "wall_s": wall, "s_per_sample": wall / n,
-            "nfe": counter.calls / batches, **metrics["scalars"],
+            "sampler": text, **how, "steps": k, "n": n, "wall_s": wall, "s_per_sample": wall / n,
+            "nfe": calls / -(-n // batch_size), **metrics["scalars"],
             "samples": str(result.path), "metrics": str(out / "eval" / tag / "metrics.json"),
         }  # fmt: skip
         rows.append(row)
@@ -271,6 +284,7 @@ def study_samplers(
         "floor": None if floor_file is None else str(floor_file), "n": n, "seed": seed,
         "batch_size": batch_size, "device": str(device), "precision": precision,
         "samplers": [v.text for v in variants], "steps": [int(k) for k in steps_list],
+        "students": [str(st.run.root) for st in student_runs],
         "metrics": list(cfg.metrics), "feature_extractor": getattr(extractor, "name", None),
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +295,29 @@ def study_samplers(
     return StudyResult(
         rows=rows, json_path=json_path, csv_path=csv_path, reference=reference, settings=settings
     )
+
+
+def _timed_generate(run: LoadedRun, opts: SampleOptions, path: Path):
+    """Seconds, network calls (counted by a hook) and the result of one generation."""
+    counter = _CallCounter(run.model)
+    t0 = time.perf_counter()
+    try:
+        result = generate(run, opts, path, rank=0, world=1)
+    finally:
+        counter.remove()
+    return time.perf_counter() - t0, counter.calls, result
+
+
+def _student_options(student: LoadedRun, n, seed, batch_size, precision) -> SampleOptions:
+    """A distilled student's own default sampler and steps (its recipe's ``[sample]``)."""
+    return request(
+        student.cfg.sample, n, seed=seed, batch_size=batch_size, mixed_precision=precision
+    )
+
+
+def _student_label(student: LoadedRun) -> str:
+    sc = student.cfg.sample
+    return f"student {student.run.root.name} ({sc.sampler})"
 
 
 def _options(v: SamplerVariant, n, k, seed, batch_size, precision) -> SampleOptions:
