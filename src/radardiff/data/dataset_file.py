@@ -14,6 +14,7 @@ interrupted writer never leaves a half-written dataset. Readers are lazy: chunke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -119,14 +120,15 @@ class DatasetWriter:
             raise DataError(f"{path}: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
         self.path = check_dataset_path(path)
         self._tmp = self.path.with_name(f".{self.path.name}.partial")
-        if self._tmp.exists():
-            log.warning("%s: removed the unfinished file of an interrupted write", self._tmp)
-            self._tmp.unlink()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._tmp.is_file():
+                log.warning("%s: removed the unfinished file of an interrupted write", self._tmp)
+                self._tmp.unlink()
             self._h5 = h5py.File(self._tmp, "w")
         except OSError as err:
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
             if is_disk_full(err):
                 raise DiskFullError(
                     f"{self.path}: disk full while writing the dataset file"
