@@ -79,6 +79,7 @@ class SamplerSpec:
     ends_at_x0: bool = False
     step_options: frozenset[str] = frozenset()
     loop_options: frozenset[str] = frozenset()
+    times_from_sigmas: bool = True  # Karras / log-SNR levels become times t(sigma) (not Heun's)
 
 
 @dataclass
@@ -97,11 +98,6 @@ class PreparedSampler:
     options: dict[str, Any]
     model_times: torch.Tensor
     scheduler: Any = None
-
-    @property
-    def model_calls(self) -> int:
-        """Network evaluations for one sample (x2 with classifier-free guidance)."""
-        return len(self.model_times)
 
     @property
     def stochastic(self) -> bool:
@@ -456,6 +452,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             options={**_SPACING, "use_karras_sigmas": False},
             model_calls_per_step=2,
             cls="HeunDiscreteScheduler",
+            times_from_sigmas=False,
         ),
     ]
 }
@@ -634,7 +631,7 @@ def _continuous_spacing(scheduler, spec: SamplerSpec, schedule: Schedule, merged
     if merged.get("use_lu_lambdas") and "use_lu_lambdas" not in _ctor_params(type(scheduler)):
         sig = np.exp(np.linspace(schedule.log_sigmas[-1], schedule.log_sigmas[0], steps))
         scheduler.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
-    if spec.model_calls_per_step == 1:  # Heun's interleaved times are already t(sigma)
+    if spec.times_from_sigmas:  # Heun's interleaved times are t(sigma) already
         sig = scheduler.sigmas.double().numpy()[: len(scheduler.timesteps)]
         scheduler.timesteps = torch.from_numpy(schedule.time_at(sig))
 
@@ -653,5 +650,7 @@ def describe_samplers() -> list[str]:
     lines = []
     for spec in SAMPLERS.values():
         opts = ", ".join(f"{k}={v}" for k, v in spec.options.items()) or "no options"
-        lines.append(f"{spec.name:24s} {spec.description} [{opts}]")
+        kind = "stochastic" if spec.stochastic else "deterministic"
+        calls = f", {spec.model_calls_per_step} calls/step" if spec.model_calls_per_step > 1 else ""
+        lines.append(f"{spec.name:24s} {spec.description} ({kind}{calls}) [{opts}]")
     return lines
