@@ -368,7 +368,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "dpmsolver++-sde",
-            "SDE-DPM-Solver++ multistep, orders 1-2 (stochastic; Lu et al. 2022, sec. 5)",
+            "SDE-DPM-Solver++ multistep, orders 1-2 (Lu et al. 2022, sec. 5)",
             run_scheduler,
             options={
                 **_SPACING,
@@ -395,8 +395,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec(
             "restart",
             "Restart sampling: Heun ODE steps with `restarts` returns by fresh noise from "
-            "restart_min_t up to restart_max_t, each followed by restart_steps Heun steps "
-            "(~2 network calls a step)",
+            "restart_min_t up to restart_max_t, each followed by restart_steps Heun steps",
             run_restart,
             options={
                 **_SPACING,
@@ -438,7 +437,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "euler_ancestral",
-            "Euler ancestral (stochastic)",
+            "Euler ancestral",
             run_scheduler,
             options={**_SPACING},
             stochastic=True,
@@ -447,7 +446,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "heun",
-            "Heun 2nd order (2 model calls per step)",
+            "Heun 2nd order",
             run_scheduler,
             options={**_SPACING, "use_karras_sigmas": False},
             model_calls_per_step=2,
@@ -650,7 +649,8 @@ def describe_samplers() -> list[str]:
     lines = []
     for spec in SAMPLERS.values():
         opts = ", ".join(f"{k}={v}" for k, v in spec.options.items()) or "no options"
-        kind = "stochastic" if spec.stochastic else "deterministic"
+        stochastic = spec.stochastic and spec.options.get("eta", 1.0) > 0  # DDIM: eta > 0
+        kind = "stochastic" if stochastic else "deterministic"
         calls = f", {spec.model_calls_per_step} calls/step" if spec.model_calls_per_step > 1 else ""
         lines.append(f"{spec.name:24s} {spec.description} ({kind}{calls}) [{opts}]")
     return lines
