@@ -98,9 +98,10 @@ class FnNetwork(torch.nn.Module):
 
 def fn_denoiser(fn, data_channels: int = 1, **diffusion):
     """A :class:`radardiff.diffusion.Denoiser` over :class:`FnNetwork`, unconditional, with the
-    diffusion settings given (clip, guidance... go to ``with_options``)."""
+    diffusion settings given (eps-prediction unless told; clip, guidance... go to
+    ``with_options``)."""
     from radardiff.config.schema import DiffusionConfig, RunConfig
     from radardiff.diffusion import Denoiser
 
-    cfg = RunConfig(diffusion=DiffusionConfig(**diffusion))
+    cfg = RunConfig(diffusion=DiffusionConfig(**{"prediction": "eps", **diffusion}))
     return Denoiser(FnNetwork(fn), cfg, data_channels)

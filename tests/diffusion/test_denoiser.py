@@ -62,7 +62,7 @@ def test_zero_terminal_snr_schedule():
     assert s.zero_terminal_snr and np.isfinite(s.log_sigmas).all()
     assert (np.diff(s.log_sigmas) > 0).all()  # the finite stand-in keeps sigma increasing
     with pytest.raises(ConfigError, match="zero_terminal_snr needs prediction"):
-        tiny_run_config("x", diffusion={"zero_terminal_snr": True})
+        tiny_run_config("x", diffusion={"zero_terminal_snr": True, "prediction": "eps"})
 
 
 def test_zero_terminal_snr_v_model_denoises_pure_noise():

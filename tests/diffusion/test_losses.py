@@ -41,7 +41,7 @@ def scalar(v):
 
 
 def diffusion(**kw):
-    return GaussianDiffusion(DiffusionConfig(timesteps=T, **kw))
+    return GaussianDiffusion(DiffusionConfig(timesteps=T, **{"prediction": "eps", **kw}))
 
 
 # one pixel at t = 40: x0 = 0.5, eps = -1.2, the network says eps_hat = 0.3 (and v_var = 0.4)

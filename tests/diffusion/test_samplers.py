@@ -56,6 +56,7 @@ def exact_model_fn(cfg: DiffusionConfig, mu: float = MU, s: float = S):
 
 
 def gaussian_samples(name, steps, options=None, **diffusion) -> torch.Tensor:
+    diffusion = {"prediction": "eps", **diffusion}
     den = fn_denoiser(exact_model_fn(DiffusionConfig(**diffusion)), **diffusion)
     prepared = make_sampler(name, den.cfg.diffusion, steps, options)
     gens = [torch.Generator().manual_seed(i) for i in range(N_SAMPLES)]
@@ -206,7 +207,7 @@ def test_ddpm_step_matches_hand_computation(variance):
     """One respaced DDPM step equals the improved-diffusion posterior on the respaced schedule:
     mean mu~'_k(x_t, x0_hat), log variance frac log beta'_k + (1 - frac) log beta~'_k for the
     learned range, where beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}; no noise at the last step."""
-    cfg = DiffusionConfig(timesteps=1000, variance=variance)
+    cfg = DiffusionConfig(timesteps=1000, variance=variance, prediction="eps")
     steps = 10
     prepared = make_sampler("ddpm", cfg, steps)
     ts = prepared.scheduler.timesteps.numpy()[::-1].copy()  # increasing trained timesteps

@@ -87,7 +87,9 @@ def toy_data(shape=(16, 1, 64, 64), dtype=torch.float64, seed=0):
 
 
 def learned_diffusion():
-    return GaussianDiffusion(DiffusionConfig(timesteps=T, variance="learned_range"))
+    return GaussianDiffusion(
+        DiffusionConfig(timesteps=T, variance="learned_range", prediction="eps")
+    )
 
 
 def test_closed_form_of_the_toy_is_self_consistent():
@@ -190,7 +192,7 @@ def test_dataset_bits_per_dim_averages_samples():
 
 
 def test_prior_bpd_by_hand():
-    d = GaussianDiffusion(DiffusionConfig(timesteps=T))
+    d = GaussianDiffusion(DiffusionConfig(timesteps=T, prediction="eps"))
     x0 = torch.tensor([0.0, 0.7, -1.0], dtype=torch.float64).reshape(3, 1, 1, 1)
     a = trained_abar()[-1]
     hand = [0.5 * (a * x**2 + (1 - a) - 1 - math.log(1 - a)) / LN2 for x in (0.0, 0.7, -1.0)]

@@ -74,7 +74,7 @@ def test_clipped_denoiser_output_is_coherent(prediction):
 def test_clipped_ddim_follows_the_guided_diffusion_recursion():
     """DDIM (eta 0) with clipping: x_prev = sqrt(abar') x0c + sqrt(1 - abar') eps', eps'
     re-derived from the clipped x0 (diffusers' clip_sample would keep the raw eps)."""
-    cfg = DiffusionConfig(timesteps=100)
+    cfg = DiffusionConfig(timesteps=100, prediction="eps")
     prepared = make_sampler("ddim", cfg, 5)
     abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4 * 10, 0.02 * 10, 100)))
     assert np.allclose(prepared.scheduler.alphas_cumprod.double().numpy(), abar.numpy())

@@ -111,14 +111,18 @@ def test_superres_frame_is_undone_exactly(runs):
     betas = make_betas(run.cfg.diffusion.schedule, run.cfg.diffusion.timesteps)
     abar = torch.from_numpy(np.cumprod(1 - betas)).float()
 
-    class X0Zero(torch.nn.Module):  # eps = x_t / sqrt(1 - abar): the x0 estimate is 0
-        def __init__(self):
+    v_pred = run.cfg.diffusion.prediction == "v"
+    assert v_pred or run.cfg.diffusion.prediction == "eps"
+
+    class X0Zero(torch.nn.Module):  # the x0 estimate is 0: eps = x_t / sqrt(1 - abar),
+        def __init__(self):  # v = sqrt(abar) eps
             super().__init__()
             self.unused = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, x, t, class_labels=None):
             a = abar[t.round().long().clamp(0, len(abar) - 1)].view(-1, 1, 1, 1)
-            return type("O", (), {"sample": x[:, :1] / (1 - a).sqrt()})()
+            eps = x[:, :1] / (1 - a).sqrt()
+            return type("O", (), {"sample": a.sqrt() * eps if v_pred else eps})()
 
     y, _ = denoise_batch(dataclasses.replace(run, model=X0Zero()), o, np.arange(2), cond)
     np.testing.assert_allclose(y, np.broadcast_to(c.numpy(), y.shape), atol=1e-4)

@@ -121,11 +121,13 @@ def test_distillation_resumes_bit_identically(teacher, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), which
 
 
-def test_bad_distillation_input(teacher, noise_files, tmp_path, trained_run):
+def test_bad_distillation_input(teacher, noise_files, tmp_path):
     with pytest.raises(ConfigError, match="steps = 3 does not divide the teacher's 8 steps"):
         _cfg(teacher, steps=3)
+    eps = tmp_path / "eps"
+    train(tiny_run_config(str(noise_files[0]), diffusion={"prediction": "eps"}, train={"steps": 1}), eps)  # fmt: skip
     with pytest.raises(ConfigError, match="it predicts eps") as err:
-        _cfg(trained_run)
+        _cfg(eps)
     assert "\n" not in str(err.value)
     lv = tmp_path / "lv"
     train(tiny_run_config(str(noise_files[0]), diffusion={"prediction": "v", "variance": "learned_range"}, train={"steps": 1}), lv)  # fmt: skip

@@ -150,7 +150,12 @@ class DiffusionConfig(_Section):
         description="rescale the schedule so that its last step holds no signal (Lin et al. "
         "2024); needs v- or x0-prediction",
     )
-    prediction: Prediction = "eps"
+    prediction: Prediction = Field(
+        "v",
+        description="what the network predicts; v (Salimans and Ho 2022) is the default: "
+        "eps-prediction's x0 error grows as 1/sqrt(abar) near t = T, and deterministic fast "
+        "samplers turn it into noise samples (README, Fast sampling)",
+    )
     variance: Variance = "fixed_small"
     loss: LossType = "mse"
     vlb_weight: float = Field(
@@ -210,8 +215,16 @@ class TrainConfig(_Section):
 ClipMode = Literal["auto", "static", "dynamic", "none"]
 
 
+DEFAULT_SAMPLER_OPTIONS = {"dpmsolver++": {"use_karras_sigmas": True}}
+
+
 class SampleConfig(_Section):
-    """Defaults for ``radardiff sample`` (each can be overridden on the command line)."""
+    """Defaults for ``radardiff sample`` (each can be overridden on the command line).
+
+    The default is DPM-Solver++ (2M) at 25 steps on the noise levels of Karras et al. 2022
+    (``use_karras_sigmas``: rho = 7, dense at low noise), the fast path measured in the README:
+    when ``options`` is not given, a sampler listed in ``DEFAULT_SAMPLER_OPTIONS`` gets those.
+    """
 
     sampler: str = "dpmsolver++"
     steps: int = Field(25, ge=1)
@@ -228,6 +241,15 @@ class SampleConfig(_Section):
     batch_size: int = Field(64, ge=1)
     guidance: float = Field(1.0, ge=0.0)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_options(cls, data):
+        if isinstance(data, dict) and "options" not in data:
+            sampler = data.get("sampler", cls.model_fields["sampler"].default)
+            if sampler in DEFAULT_SAMPLER_OPTIONS:
+                data = {**data, "options": dict(DEFAULT_SAMPLER_OPTIONS[sampler])}
+        return data
 
 
 class EvalConfig(_Section):
