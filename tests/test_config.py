@@ -89,3 +89,21 @@ def test_tiny_recipe_file_matches_the_builtin():
 def test_every_recipe_loads(path):
     cfg = load_config(path)
     assert dumps_config(cfg)
+
+
+def test_the_default_sampler_gets_its_default_options_and_no_other_does():
+    """dpmsolver++ without options samples on Karras levels (the measured fast path); options
+    given, even empty, are kept; another sampler gets none; the default prediction is v."""
+    from radardiff.config.schema import DiffusionConfig, SampleConfig
+
+    assert SampleConfig().options == {"use_karras_sigmas": True}
+    assert SampleConfig(sampler="dpmsolver++", steps=10).options == {"use_karras_sigmas": True}
+    assert SampleConfig(options={}).options == {}
+    assert SampleConfig(options={"use_lu_lambdas": True}).options == {"use_lu_lambdas": True}
+    assert SampleConfig(sampler="ddim").options == {}
+    assert DiffusionConfig().prediction == "v"
+    for path in sorted(CONFIGS.glob("*.toml")):
+        cfg = load_config(path)
+        assert cfg.diffusion.prediction == "v", path.name
+        assert cfg.sample.sampler == "dpmsolver++", path.name
+        assert cfg.sample.options == {"use_karras_sigmas": True}, path.name
