@@ -55,9 +55,32 @@ def exact_model_fn(cfg: DiffusionConfig, mu: float = MU, s: float = S):
     return fn
 
 
+def exact_consistency_fn(cfg: DiffusionConfig, mu: float = MU, s: float = S):
+    """The exact consistency function of N(mu, s^2) (the end of the probability-flow ODE
+    trajectory through x_t), in the parameterisation of ``cfg``.
+
+    In the VE view ``y = x_t / a`` at noise level sigma the ideal denoiser is ``mu + s^2 (y - mu)
+    / (s^2 + sigma^2)``, so ``dy/dsigma = (y - D) / sigma`` keeps ``(y - mu) / sqrt(s^2 +
+    sigma^2)`` constant: the trajectory ends at ``mu + (y - mu) s / sqrt(s^2 + sigma^2)``.
+    """
+    schedule = Schedule(cfg)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = float(schedule.abar_at(float(torch.as_tensor(t).reshape(-1)[0])))
+        a, b = ab**0.5, (1.0 - ab) ** 0.5
+        x0 = mu + (x / a - mu) * s / (s * s + b * b / (a * a)) ** 0.5
+        eps = (x - a * x0) / b
+        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[cfg.prediction]
+
+    return fn
+
+
 def gaussian_samples(name, steps, options=None, **diffusion) -> torch.Tensor:
+    """Samples of N(MU, S^2) by sampler ``name`` over its exact network: the ideal denoiser, or
+    for the consistency sampler the exact consistency function."""
     diffusion = {"prediction": "eps", **diffusion}
-    den = fn_denoiser(exact_model_fn(DiffusionConfig(**diffusion)), **diffusion)
+    exact = exact_consistency_fn if name == "consistency" else exact_model_fn
+    den = fn_denoiser(exact(DiffusionConfig(**diffusion)), **diffusion)
     prepared = make_sampler(name, den.cfg.diffusion, steps, options)
     gens = [torch.Generator().manual_seed(i) for i in range(N_SAMPLES)]
     x = initial_noise(gens, (1, SIZE, SIZE)).double()
@@ -83,6 +106,7 @@ CONTRACT_STEPS = {
     "euler": 200,
     "euler_ancestral": 500,
     "heun": 25,
+    "consistency": 4,  # exact at any step count over an exact consistency function
 }
 
 
@@ -164,7 +188,7 @@ def test_higher_order_converges():
     assert errs[2] < 0.02
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", [n for n, spec in SAMPLERS.items() if spec.cls])
 def test_schedulers_use_trained_betas(name):
     """The scheduler's abar is the run's, never a fresh schedule (cosine, T=500 here)."""
     cfg = DiffusionConfig(timesteps=500, schedule="cosine")
@@ -361,3 +385,35 @@ def test_bad_restart_options():
     ):
         with pytest.raises(ConfigError, match=message):
             make_sampler("restart", DiffusionConfig(), 10, opts)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampler_is_exact_over_a_consistency_function(steps):
+    """Multistep consistency sampling of an exact consistency function gives the data law at
+    every step count (re-noising an exact sample to a lower level and mapping it back is
+    exact); over the ideal denoiser instead (not a consistency model) one call gives the
+    posterior mean at the largest noise level: almost no variance."""
+    y = gaussian_samples("consistency", steps, timesteps=1000, prediction="v")
+    assert_matches_gaussian(y)
+    den = fn_denoiser(exact_model_fn(DiffusionConfig(prediction="v")), prediction="v")
+    prepared = make_sampler("consistency", den.cfg.diffusion, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(8)]
+    mean_only = prepared.run(den.bind(), initial_noise(gens, (1, 8, 8)).double(), gens)
+    assert float(mean_only.var()) < 0.01 * S**2
+
+
+def test_consistency_sampler_times_are_karras_levels():
+    from radardiff.diffusion.samplers import karras_sigmas
+
+    cfg = DiffusionConfig(timesteps=1000)
+    sched = Schedule(cfg)
+    times = make_sampler("consistency", cfg, 3).model_times.numpy()
+    assert times[0] == pytest.approx(999.0)  # the first call at the largest noise level
+    want = karras_sigmas(sched.sigma_min, sched.sigma_max, 4)[:3]
+    np.testing.assert_allclose(np.exp(sched.log_sigma_at(times)), want, rtol=1e-9)
+    # sigma^(1/rho) evenly spaced, rho = 7, ending at sigma_min
+    full = karras_sigmas(0.01, 100.0, 5)
+    np.testing.assert_allclose(np.diff(full ** (1 / 7)), np.diff(full ** (1 / 7))[0])
+    assert full[0] == pytest.approx(100.0) and full[-1] == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="rho must be positive"):
+        make_sampler("consistency", cfg, 2, {"rho": 0})

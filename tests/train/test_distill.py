@@ -1,4 +1,5 @@
-"""Progressive distillation: the target, the stages, the student run, resume, bad input."""
+"""Distillation (progressive and consistency): the targets, the stages, the student run, resume,
+bad input."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ from radardiff.diffusion import DenoiserOutput
 from radardiff.errors import ConfigError, RunDirError
 from radardiff.models import load_run
 from radardiff.train import train
+from radardiff.config.schema import DiffusionConfig
+from radardiff.diffusion import Schedule
+from radardiff.diffusion.samplers import karras_sigmas
 from radardiff.train.distill import (
+    ConsistencyDistiller,
     ProgressiveDistiller,
+    consistency_grid,
+    consistency_target,
     distill,
+    pseudo_huber,
     student_config,
     two_step_target,
 )
@@ -155,7 +163,7 @@ def test_cli_distill(teacher, tmp_path, capsys):
     out = tmp_path / "cli"
     main(["distill", str(teacher), "--out", str(out), "--steps", "4", "--teacher-steps", "8",
           "--steps-per-stage", "2"])  # fmt: skip
-    assert "samples with DDIM in 4 steps" in capsys.readouterr().out
+    assert "samples with ddim in 4 steps" in capsys.readouterr().out
     assert load_run(out).cfg.sample.steps == 4
 
 
@@ -173,3 +181,133 @@ def test_sampler_study_has_student_rows(teacher, noise_files, tmp_path):
     assert row["sampler"] == "student st (ddim)" and row["student"] == str(student)
     assert row["steps"] == 2 and row["nfe"] == 2 and row["semivariogram_rel_error"] is not None
     assert res.settings["students"] == [str(student)]
+
+
+# ---- consistency distillation ----------------------------------------------------------------
+
+
+def _cd_cfg(teacher, **distill):
+    opts = {"method": "consistency", "steps": 2, "teacher_steps": 4, "steps_per_stage": 3}
+    return student_config(load_run(teacher), {**opts, **distill}, "cd")
+
+
+def test_consistency_grid_is_karras_levels_after_the_end():
+    sched = Schedule(DiffusionConfig(timesteps=1000))
+    grid = consistency_grid(sched, 6).numpy()
+    assert grid[0] == -1.0 and grid[1] == pytest.approx(0.0) and grid[-1] == pytest.approx(999.0)
+    assert len(grid) == 7 and (np.diff(grid) > 0).all()
+    want = karras_sigmas(sched.sigma_min, sched.sigma_max, 6)[::-1]
+    np.testing.assert_allclose(np.exp(sched.log_sigma_at(grid[1:])), want, rtol=1e-9)
+
+
+def test_pseudo_huber():
+    d = torch.tensor([0.0, 1e-5, 3.0, -3.0], dtype=torch.float64)
+    got = pseudo_huber(d, 1e-3)
+    assert got[0] == 0.0
+    assert float(got[1]) == pytest.approx(1e-10 / 2e-3, rel=1e-3)  # d^2 / 2c below c
+    assert float(got[2]) == pytest.approx(3.0 - 1e-3, rel=1e-6) and got[3] == got[2]
+
+
+def _gaussian_pair(mu=0.3, s=0.5):
+    """The ideal denoiser of N(mu, s^2) and its exact consistency function, VP, T = 1000."""
+    sched = Schedule(DiffusionConfig(timesteps=1000))
+
+    def coefs(t):
+        ab = torch.from_numpy(sched.abar_at(t.numpy())).reshape(-1, 1, 1, 1)
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def teacher(z, t):
+        a, b = coefs(t)
+        x0 = mu + a * s * s * (z - a * mu) / (a * a * s * s + b * b)
+        return DenoiserOutput(x0=x0, eps=(z - a * x0) / b, abar=a * a)
+
+    def exact(z, t):
+        a, b = coefs(t)
+        return mu + (z / a - mu) * s / (s * s + (b / a) ** 2) ** 0.5
+
+    return sched, coefs, teacher, exact
+
+
+def test_consistency_target_of_an_exact_student_is_the_teachers_discretisation_error():
+    """With the ideal denoiser as teacher, the exact consistency function differs from its own
+    target only by one DDIM step's error, which shrinks as the grid is refined; a student that
+    is not consistent (the denoiser's own x0) is far off its target."""
+    sched, coefs, teacher, exact = _gaussian_pair()
+    g = torch.Generator().manual_seed(0)
+
+    def loss(student, intervals):
+        grid = consistency_grid(sched, intervals)
+        n = torch.randint(1, intervals + 1, (512,), generator=g)
+        t_n, t_prev = grid[n], grid[n - 1]
+        a, b = coefs(t_n)
+        z = a * (0.3 + 0.5 * torch.randn(512, 1, 2, 2, generator=g, dtype=torch.float64))
+        z = z + b * torch.randn(512, 1, 2, 2, generator=g, dtype=torch.float64)
+        a_p, b_p = coefs(t_prev.clamp_min(0))
+        end = (t_prev < 0).reshape(-1, 1, 1, 1)
+        prev = (torch.where(end, torch.ones_like(a_p), a_p), torch.where(end, 0 * b_p, b_p))
+        target = consistency_target(teacher, student, z, t_n, t_prev, prev)
+        return float((student(z, t_n) - target).square().mean())
+
+    coarse, fine = loss(exact, 8), loss(exact, 64)
+    assert fine < coarse / 4 and fine < 1e-4
+    assert loss(lambda z, t: teacher(z, t).x0, 64) > 100 * fine
+    # the boundary: from the first level, the target is the teacher's x0 itself
+    t1, t0 = torch.tensor([0.0]), torch.tensor([-1.0])
+    z = torch.randn(1, 1, 2, 2, generator=g, dtype=torch.float64)
+    got = consistency_target(teacher, exact, z, t1, t0, (torch.ones(()), torch.zeros(())))
+    torch.testing.assert_close(got, teacher(z, t1).x0)
+
+
+def test_consistency_student_run_config(teacher):
+    cfg = _cd_cfg(teacher)
+    assert cfg.distill.stages == 1 and cfg.train.steps == 3
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("consistency", 2)
+    default = student_config(load_run(teacher), {"method": "consistency", "steps": 3}, "cd")
+    assert default.distill.teacher_steps == 64 and default.sample.steps == 3  # any step count
+
+
+def test_consistency_distillation_makes_a_normal_run_and_resumes(teacher, tmp_path):
+    cfg = _cd_cfg(teacher)
+    distill(cfg, tmp_path / "straight")
+    run = load_run(tmp_path / "straight")
+    assert run.cfg.distill.method == "consistency"
+    rows = [json.loads(x) for x in (tmp_path / "straight" / "stats.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    original = load_file(
+        teacher / "checkpoints" / "step_0000004" / "ema" / "diffusion_pytorch_model.safetensors"
+    )
+    student_w = load_file(
+        tmp_path / "straight/checkpoints/step_0000003/model/diffusion_pytorch_model.safetensors"
+    )
+    assert any(not torch.equal(student_w[k], original[k]) for k in student_w)  # it learned
+    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
+    ConsistencyDistiller(short, tmp_path / "resumed").run()
+    distill(cfg, tmp_path / "resumed", resume=True)
+    for which in ("model", "ema"):
+        a, b = (
+            load_file(tmp_path / f"{d}/checkpoints/step_0000003/{which}/diffusion_pytorch_model.safetensors")
+            for d in ("straight", "resumed")
+        )  # fmt: skip
+        assert all(torch.equal(a[k], b[k]) for k in a), which
+    from radardiff.data import DatasetFile
+    from radardiff.sample import SampleOptions, generate
+
+    s = generate(run, SampleOptions(n=3, sampler="consistency", steps=2), tmp_path / "s.h5")
+    with DatasetFile(s.path) as f:
+        assert f.images().shape == (3, 1, 16, 16) and np.isfinite(f.images()).all()
+
+
+def test_bad_consistency_input(teacher, noise_files, tmp_path):
+    eps = tmp_path / "eps"
+    train(tiny_run_config(str(noise_files[0]), diffusion={"prediction": "eps"}, train={"steps": 1}), eps)  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot be distilled by consistency distillation: it predicts eps"):
+        _cd_cfg(eps)
+    lv = tmp_path / "lv"
+    train(tiny_run_config(str(noise_files[0]), diffusion={"prediction": "v", "variance": "learned_range"}, train={"steps": 1}), lv)  # fmt: skip
+    with pytest.raises(ConfigError, match="its variance is learned"):
+        _cd_cfg(lv)
+    from radardiff.cli.main import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["distill", str(teacher), "--out", str(tmp_path / "x"), "--method", "latent"])
+    assert err.value.code != 0 and not (tmp_path / "x").exists()

@@ -15,17 +15,25 @@ from radardiff.cli._common import bar_callback, is_main_process, progress
     "--out", type=click.Path(file_okay=False), required=True, help="Student run directory."
 )
 @click.option(
-    "--method", type=click.Choice(["progressive"]), default="progressive", show_default=True
+    "--method",
+    type=click.Choice(["progressive", "consistency"]),
+    default="progressive",
+    show_default=True,
+    help="progressive: halve DDIM's steps per stage; consistency: one stage, any --steps.",
 )
 @click.option("--steps", type=int, default=None, help="The student's sampling steps [default: 4].")
 @click.option(
     "--teacher-steps",
     type=int,
     default=None,
-    help="Teacher DDIM steps the first stage halves [256].",
+    help="Teacher DDIM steps the first stage halves [256]; consistency: intervals of the "
+    "teacher's ODE grid [64].",
 )
 @click.option(
-    "--steps-per-stage", type=int, default=None, help="Training steps per halving [2000]."
+    "--steps-per-stage",
+    type=int,
+    default=None,
+    help="Training steps per halving (consistency: in all) [2000].",
 )
 @click.option("--checkpoint", default=None, help="The teacher's checkpoint step [default: latest].")
 @click.option(
@@ -44,12 +52,17 @@ def distill(
     """Distil a trained TEACHER run into a student run that samples in a few steps.
 
     Progressive distillation (Salimans and Ho 2022): each stage of --steps-per-stage training
-    steps halves the number of DDIM steps, from --teacher-steps down to --steps. The student run
-    is a normal run: 'radardiff sample STUDENT' samples it with DDIM at its steps.
+    steps halves the number of DDIM steps, from --teacher-steps down to --steps. Consistency
+    distillation (Song et al. 2023): one stage of --steps-per-stage training steps teaches the
+    student to map any point of a teacher ODE trajectory to its end; it samples with the
+    'consistency' sampler in any number of calls (--steps is its default). The student run is a
+    normal run: 'radardiff sample STUDENT' samples it with its sampler at its steps.
 
     \b
     Examples:
       radardiff distill runs/noise --out runs/noise_4 --steps 4
+      radardiff distill runs/noise --out runs/noise_cd --method consistency --steps 2 \\
+          --steps-per-stage 4000
       radardiff distill runs/noise --out runs/noise_2 --steps 2 --steps-per-stage 1500 \\
           --set train.batch_size=64
       radardiff distill --out runs/noise_4 --resume        # continue a killed distillation
@@ -78,5 +91,5 @@ def distill(
     if is_main_process():
         click.echo(
             f"distilled {result.steps} steps into {result.run_dir} "
-            f"(samples with DDIM in {cfg.distill.steps} steps)"
+            f"(samples with {cfg.sample.sampler} in {cfg.sample.steps} steps)"
         )

@@ -6,7 +6,7 @@ run. Sections are frozen: a resolved config is a value, written once into the ru
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -262,7 +262,10 @@ class EvalConfig(_Section):
     seed: int = 0
 
 
-DistillMethod = Literal["none", "progressive"]
+DistillMethod = Literal["none", "progressive", "consistency"]
+# the consistency grid's intervals when none are given (Song et al. 2023 used 18-40 with Heun;
+# the teacher's step here is first-order DDIM, so a finer grid)
+CONSISTENCY_TEACHER_STEPS = 64
 
 
 class DistillConfig(_Section):
@@ -270,19 +273,39 @@ class DistillConfig(_Section):
     (``radardiff distill``); ``method = "none"`` for every other run."""
 
     method: DistillMethod = Field(
-        "none", description="progressive: Salimans and Ho 2022 (halve the steps per stage)"
+        "none",
+        description="progressive: Salimans and Ho 2022 (halve the steps per stage); "
+        "consistency: Song et al. 2023 (one stage; any step count)",
     )
     teacher: str = Field("", description="the teacher's run directory")
     teacher_checkpoint: str = Field("", description="the teacher's checkpoint (name)")
     steps: int = Field(4, ge=1, description="the student's sampling steps at the end")
     teacher_steps: int = Field(
-        256, ge=2, description="DDIM steps of the teacher that the first stage halves"
+        256,
+        ge=2,
+        description="progressive: DDIM steps of the teacher that the first stage halves; "
+        "consistency: intervals of the teacher's ODE grid (Karras noise levels), "
+        f"{CONSISTENCY_TEACHER_STEPS} unless given",
     )
-    steps_per_stage: int = Field(2000, ge=1, description="training steps of each halving")
+    steps_per_stage: int = Field(
+        2000, ge=1, description="training steps of each halving (consistency: of its one stage)"
+    )
     lr: float = Field(1e-4, gt=0.0, description="learning rate, annealed to 0 in each stage")
     guidance: float = Field(
         1.0, ge=0.0, description="classifier-free guidance of a class-conditional teacher"
     )
+    huber_c: float = Field(
+        1e-3,
+        gt=0.0,
+        description="consistency: the pseudo-Huber loss's c, in the network's data units",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _consistency_grid(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") == "consistency":
+            data = {"teacher_steps": CONSISTENCY_TEACHER_STEPS, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -297,7 +320,9 @@ class DistillConfig(_Section):
 
     @property
     def stages(self) -> int:
-        """Halvings from teacher_steps down to steps."""
+        """Halvings from teacher_steps down to steps (consistency distillation: one stage)."""
+        if self.method == "consistency":
+            return 1
         return (self.teacher_steps // self.steps).bit_length() - 1
 
 

@@ -80,6 +80,9 @@ class SamplerSpec:
     step_options: frozenset[str] = frozenset()
     loop_options: frozenset[str] = frozenset()
     times_from_sigmas: bool = True  # Karras / log-SNR levels become times t(sigma) (not Heun's)
+    # a native time grid (schedule, options, steps) -> model times, for samplers without a
+    # diffusers scheduler (``cls`` None)
+    times: Callable[[Schedule, dict[str, Any], int], np.ndarray] | None = None
 
 
 @dataclass
@@ -309,6 +312,51 @@ def run_restart(
     return y
 
 
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """``n`` noise levels from ``sigma_max`` down to ``sigma_min``, evenly spaced in
+    ``sigma^(1/rho)`` (Karras et al. 2022, eq. 5); ``n = 1``: ``[sigma_max]``."""
+    if n == 1:
+        return np.array([sigma_max], np.float64)
+    ramp = np.linspace(0.0, 1.0, n)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def consistency_times(schedule: Schedule, options: dict[str, Any], steps: int) -> np.ndarray:
+    """The K evaluation times of multistep consistency sampling: the first K of K + 1 Karras
+    noise levels from the schedule's largest to its smallest (the last would be data)."""
+    sig = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps + 1, options["rho"])
+    return schedule.time_at(sig[:steps])
+
+
+def run_consistency(
+    prepared: PreparedSampler,
+    denoise: Denoise,
+    x: torch.Tensor,
+    generators: list[torch.Generator],
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
+
+    A consistency model maps a state at any noise level to the start of its ODE trajectory, so
+    its x0 estimate is already a sample: one call at the largest noise level gives one. Each
+    further step re-noises that sample to the next, lower level with fresh noise, ``x_t = a_t x0
+    + s_t z``, and maps it back; the fresh noise restores the fine texture a one-call map loses.
+    For a model that is not a consistency model this is a crude ancestral sampler.
+    """
+    times = _on(prepared.model_times, x.device)
+    abar = prepared.schedule.abar_at(prepared.model_times.double().numpy())
+    for i in range(len(times)):
+        if i > 0:
+            x = float(np.sqrt(abar[i])) * x + float(np.sqrt(1.0 - abar[i])) * _noise_like(
+                x, generators
+            )
+        x = denoise(x, times[i]).x0.to(x.dtype)
+        if callback is not None:
+            callback(i)
+    return x
+
+
 def _vp_std(log_sigma: float) -> float:
     """s = sigma / sqrt(1 + sigma^2)."""
     return float(1.0 / np.sqrt(1.0 + np.exp(-2.0 * log_sigma)))
@@ -412,6 +460,15 @@ SAMPLERS: dict[str, SamplerSpec] = {
             loop_options=frozenset({"restart_min_t", "restart_max_t", "restarts", "restart_steps"}),
         ),
         SamplerSpec(
+            "consistency",
+            "multistep consistency sampling: x0 of a consistency-distilled student, re-noised "
+            "to each next Karras level (rho) with fresh noise",
+            run_consistency,
+            options={"rho": 7.0},
+            stochastic=True,  # from the second step on
+            times=consistency_times,
+        ),
+        SamplerSpec(
             "dpmsolver++-singlestep",
             "DPM-Solver++ singlestep, orders 1-3 (linspace timesteps)",
             run_scheduler,
@@ -495,6 +552,8 @@ def _check_options(spec: SamplerSpec, options: dict[str, Any]) -> dict[str, Any]
             )
         if isinstance(default, float):
             merged[key] = _number(key, value)
+    if "rho" in merged and merged["rho"] <= 0.0:
+        raise ConfigError(f"sampler option rho must be positive, got {merged['rho']}")
     if "eta" in merged and not 0.0 <= merged["eta"] <= 1.0:
         raise ConfigError(f"sampler option eta must be in [0, 1], got {merged['eta']}")
     for key, low in _WHOLE_OPTIONS.items():
@@ -578,6 +637,9 @@ def make_sampler(
     check_serves(spec, diffusion)
     merged = _check_options(spec, options or {})
     schedule = schedule or Schedule(diffusion)
+    if spec.times is not None:
+        times = torch.from_numpy(np.asarray(spec.times(schedule, merged, int(steps)), np.float64))
+        return PreparedSampler(spec, diffusion, schedule, int(steps), merged, times)
     scheduler = _respaced_scheduler(spec, diffusion, schedule, merged, int(steps))
     times = torch.as_tensor(scheduler.timesteps).double()
     return PreparedSampler(spec, diffusion, schedule, int(steps), merged, times, scheduler)

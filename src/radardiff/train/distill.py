@@ -1,6 +1,10 @@
-"""Progressive distillation (Salimans and Ho 2022): a student that samples in a few steps.
+"""Distillation: a student that samples in a few network calls.
 
-A student starts as a copy of the teacher's EMA network and learns to do in one DDIM step what
+Both methods train through the :class:`Trainer`'s loop (accelerate, EMA, atomic checkpoints,
+bit-identical resume, NaN stop, TensorBoard); the student starts from the teacher's EMA weights on
+the teacher's normalisation, and its run directory is a normal run.
+
+**Progressive distillation** (Salimans and Ho 2022). A student starts as a copy of the teacher's EMA network and learns to do in one DDIM step what
 two DDIM steps of the teacher do. Each stage halves the step count: stage 0 turns the teacher's
 ``teacher_steps`` DDIM steps into half as many, and the student then becomes the teacher of the
 next stage, down to ``steps``.
@@ -18,10 +22,22 @@ of v). The teacher's DDIM steps use its denoiser as sampling does (x0 clipping, 
 learning rate falls linearly to 0 within each stage; at a stage's end the student's EMA becomes
 both the next teacher and the next student's start, with fresh optimizer moments.
 
-The student is a normal run directory: sampled by ``radardiff sample`` with DDIM at ``steps``
-steps (its recipe's default), its weights load with ``UNet2DModel.from_pretrained``; each
-checkpoint also keeps the current stage's teacher (``teacher/``), so a killed distillation
-resumes bit-identically.
+The student is sampled by ``radardiff sample`` with DDIM at ``steps`` steps (its recipe's
+default); each checkpoint also keeps the current stage's teacher (``teacher/``), so a killed
+distillation resumes bit-identically.
+
+**Consistency distillation** (Song et al. 2023, Algorithm 2). The student's x0 estimate
+``f(z, t)`` learns to be the same for every state of one probability-flow ODE trajectory of the
+teacher, so one call at the largest noise level gives a sample. The teacher's ODE is discretised on
+``teacher_steps`` Karras noise levels ``sigma_1 < ... < sigma_N`` (rho = 7, from the schedule's
+smallest to its largest, as trained timesteps ``t_n = t(sigma_n)``) plus the end ``t_0`` (data,
+where ``f`` is the identity: the boundary condition). For a training image, a random n and
+``z_n = a_n x + s_n eps``, one DDIM step of the teacher ``t_n -> t_{n-1}`` gives ``z_{n-1}``, and
+the loss is the pseudo-Huber distance ``sqrt(|f(z_n, t_n) - f^-(z_{n-1}, t_{n-1})|^2 + c^2) - c``
+(per pixel, over valid pixels; Song and Dhariwal 2023), ``f^-`` the student itself without
+gradient (their "improved" target, no EMA target network). The learning rate falls linearly to 0
+over the one stage of ``steps_per_stage`` steps. The student samples by multistep consistency
+sampling (the ``consistency`` sampler) at ``steps`` calls.
 """
 
 from __future__ import annotations
@@ -29,12 +45,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from radardiff.config import DistillConfig, RunConfig, validate_config
 from radardiff.config.io import apply_overrides, config_to_dict
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.diffusion import Denoiser, default_clip, fill_invalid, masked_mean, x0_and_eps
+from radardiff.diffusion.samplers import karras_sigmas
 from radardiff.errors import ConfigError
 from radardiff.models import LoadedRun, load_run
 from radardiff.train.checkpoint import load_weights
@@ -51,11 +69,12 @@ def student_config(
     """The student's run config: the teacher's model, process and data, the distillation
     section (``distill`` over the defaults), the training it implies, DDIM at the student's
     steps as its sampler, then ``--set`` style ``overrides``."""
-    check_teacher(teacher)
+    check_teacher(teacher, distill.get("method", "progressive"))
     t = teacher.cfg
+    defaults = {k: v for k, v in config_to_dict(t.distill).items() if k != "teacher_steps"}
     d = validate_config(
         {
-            **config_to_dict(t.distill),
+            **defaults,
             **distill,
             "teacher": str(teacher.run.root.resolve()),
             "teacher_checkpoint": teacher.checkpoint.name,
@@ -72,8 +91,9 @@ def student_config(
             "checkpoint_every": min(t.train.checkpoint_every, d.steps_per_stage),
         }
     )
+    sampler = "consistency" if d.method == "consistency" else "ddim"
     sample = t.sample.model_copy(
-        update={"sampler": "ddim", "steps": d.steps, "options": {}, "eta": 0.0}
+        update={"sampler": sampler, "steps": d.steps, "options": {}, "eta": 0.0}
     )
     data = t.data.model_copy(update={"val": None})
     cfg = t.model_copy(
@@ -92,12 +112,13 @@ def student_config(
     return cfg
 
 
-def check_teacher(teacher: LoadedRun) -> None:
-    """Refuse, with one line, a teacher that progressive distillation cannot serve."""
+def check_teacher(teacher: LoadedRun, method: str = "progressive") -> None:
+    """Refuse, with one line, a teacher that distillation by ``method`` cannot serve."""
     d = teacher.cfg.diffusion
-    where = f"{teacher.run.root}: cannot be distilled progressively"
+    where = f"{teacher.run.root}: cannot be distilled by {method} distillation"
     if d.variance == "learned_range":
-        raise ConfigError(f"{where}: its variance is learned (the student's steps are DDIM's)")
+        why = "the student's steps are DDIM's" if method == "progressive" else "the student maps to x0"
+        raise ConfigError(f"{where}: its variance is learned ({why}, its variance would not be)")
     if d.prediction == "eps":
         raise ConfigError(
             f"{where}: it predicts eps, whose x0 estimate is unstable at the few-step student's "
@@ -125,14 +146,14 @@ def two_step_target(denoise, z: torch.Tensor, times, coefs) -> torch.Tensor:
     return (z_end - ratio * z) / (a_e - ratio * a_t)
 
 
-class ProgressiveDistiller(Trainer):
-    """A :class:`Trainer` whose objective is progressive distillation of ``teacher``."""
+class _Distiller(Trainer):
+    """A :class:`Trainer` whose student starts as the teacher run's EMA network."""
 
-    METHOD = "progressive"
+    METHOD = ""
 
     def __init__(self, cfg: RunConfig, out, resume: bool = False) -> None:
         self.teacher_run = load_run(cfg.distill.teacher, checkpoint=cfg.distill.teacher_checkpoint)
-        check_teacher(self.teacher_run)
+        check_teacher(self.teacher_run, self.METHOD)
         super().__init__(cfg, out, resume)
 
     # the student starts as the teacher, on the teacher's own normalisation
@@ -160,6 +181,49 @@ class ProgressiveDistiller(Trainer):
             precision=self.cfg.train.mixed_precision,
         )
 
+    _teacher_denoiser: Denoiser | None = None
+
+    @property
+    def teacher_denoiser(self) -> Denoiser:
+        if self._teacher_denoiser is None:
+            self._teacher_denoiser = self._make_teacher_denoiser()
+        return self._teacher_denoiser
+
+    def _lr(self, step: int) -> float:
+        per = self.cfg.distill.steps_per_stage
+        return self.cfg.distill.lr * (1.0 - (step % per) / per)
+
+    def _coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, s) shaped (B, 1, 1, 1), float64; t < 0 is the chain's end (abar = 1)."""
+        end = t < 0
+        abar = self.diffusion.schedule.abar_at_tensor(t.clamp_min(0.0))
+        abar = torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1)
+        return abar.sqrt(), (1.0 - abar).clamp_min(0.0).sqrt()
+
+    def _student_x0(self, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The student's x0 estimate of ``z`` at trained times ``t`` (>= 0), unclipped."""
+        out = self.denoiser.network_output(z, t, cond)
+        abar = (self._coefs(t)[0] ** 2).reshape(-1)
+        c = z.shape[1]
+        return x0_and_eps(out[:, :c].float(), z, abar, self.cfg.diffusion.prediction)[0]
+
+    def _inputs(self, batch, gen, noise_gen):
+        """(clean x0 with invalid pixels filled, mask, conditioning, noise) of a batch."""
+        device = self.acc.device
+        x0, low = target_and_condition(self.cfg, to_device(batch["image"], device))
+        mask = to_device(batch["mask"], device)
+        noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device).to(device)
+        cond = batch_conditioning(
+            self.denoiser, self.diffusion, batch, gen, noise_gen, low, drop_labels=False
+        )
+        return fill_invalid(x0, mask), mask, cond, noise
+
+
+class ProgressiveDistiller(_Distiller):
+    """A :class:`Trainer` whose objective is progressive distillation of ``teacher``."""
+
+    METHOD = "progressive"
+
     # ---- stages -------------------------------------------------------------------------------
     @property
     def stage(self) -> int:
@@ -168,10 +232,6 @@ class ProgressiveDistiller(Trainer):
     def student_steps(self, stage: int | None = None) -> int:
         stage = self.stage if stage is None else stage
         return self.cfg.distill.teacher_steps // 2 ** (stage + 1)
-
-    def _lr(self, step: int) -> float:
-        per = self.cfg.distill.steps_per_stage
-        return self.cfg.distill.lr * (1.0 - (step % per) / per)
 
     def _after_step(self) -> None:
         per = self.cfg.distill.steps_per_stage
@@ -196,57 +256,112 @@ class ProgressiveDistiller(Trainer):
             load_weights(self.teacher, ckpt / "teacher")
 
     # ---- the objective ------------------------------------------------------------------------
-    _teacher_denoiser: Denoiser | None = None
-
     def _loss(self, batch, gen, noise_gen):
-        if self._teacher_denoiser is None:
-            self._teacher_denoiser = self._make_teacher_denoiser()
         device = self.acc.device
         n_steps = self.student_steps()
         T = self.cfg.diffusion.timesteps
-        x0, low = target_and_condition(self.cfg, to_device(batch["image"], device))
-        mask = to_device(batch["mask"], device)
-        b = x0.shape[0]
+        b = batch["image"].shape[0]
         i = to_device(torch.randint(1, n_steps + 1, (b,), generator=gen), device).double()
         t, t_mid, t_end = (T * (i - k) / n_steps - 1.0 for k in (0.0, 0.5, 1.0))
+        x0, mask, cond, noise = self._inputs(batch, gen, noise_gen)
         a_t, s_t = self._coefs(t)
         a_m, s_m = self._coefs(t_mid)
         a_e, s_e = self._coefs(t_end)
-        noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device).to(device)
-        x0 = fill_invalid(x0, mask)
         z = (a_t * x0 + s_t * noise).float()
-        cond = batch_conditioning(
-            self.denoiser, self.diffusion, batch, gen, noise_gen, low, drop_labels=False
-        )
         with torch.no_grad():
-            teacher = self._teacher_denoiser
+            teacher = self.teacher_denoiser
             target = two_step_target(
                 lambda x, tt: teacher(x, tt, cond),
                 z,
                 (t, t_mid),
                 ((a_t, s_t), (a_m, s_m), (a_e, s_e)),
             )
-        out = self.denoiser.network_output(z, t, cond)
-        c = x0.shape[1]
+        x_hat = self._student_x0(z, t, cond)
         abar = (a_t**2).reshape(-1)
-        x_hat, _ = x0_and_eps(out[:, :c].float(), z, abar, self.cfg.diffusion.prediction)
         weight = (1.0 + abar / (1.0 - abar)).float()  # 1 + SNR: the MSE of v
         per_sample = masked_mean((x_hat - target.float()) ** 2, mask) * weight
         return per_sample.mean(), per_sample.detach(), t.float()
 
-    def _coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, s) shaped (B, 1, 1, 1), float64; t < 0 is the chain's end (abar = 1)."""
-        end = t < 0
-        abar = self.diffusion.schedule.abar_at_tensor(t.clamp_min(0.0))
-        abar = torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1)
-        return abar.sqrt(), (1.0 - abar).clamp_min(0.0).sqrt()
+
+def consistency_grid(schedule, intervals: int) -> torch.Tensor:
+    """The consistency distillation's times ``t_0 < t_1 < ... < t_N`` (``N = intervals``):
+    ``t_0 = -1`` is the end of the chain (data), ``t_1..t_N`` the trained timesteps of N Karras
+    noise levels (rho = 7) from the schedule's smallest to its largest, float64."""
+    sig = karras_sigmas(schedule.sigma_min, schedule.sigma_max, intervals)[::-1]
+    return torch.from_numpy(np.append(-1.0, schedule.time_at(sig.copy())))
+
+
+def consistency_target(
+    teacher, student, z: torch.Tensor, t_n: torch.Tensor, t_prev: torch.Tensor, coefs_prev
+) -> torch.Tensor:
+    """The consistency distillation's target for ``z`` at times ``t_n``: the student's x0
+    estimate ``f(z_prev, t_prev)`` of one DDIM step of the teacher's ODE to ``t_prev``,
+    ``z_prev = a_prev x0 + s_prev eps``; where ``t_prev < 0`` (the end: data), ``z_prev`` itself
+    (``f(x, end) = x``, the boundary condition).
+
+    ``teacher(z, t)`` returns a coherent (x0, eps) pair, ``student(z, t)`` an x0 estimate;
+    ``coefs_prev = (a_prev, s_prev)`` broadcastable to ``z``.
+    """
+    out = teacher(z, t_n)
+    a_p, s_p = coefs_prev
+    z_prev = (a_p * out.x0 + s_p * out.eps).to(z.dtype)
+    end = (t_prev < 0).reshape(-1, *([1] * (z.dim() - 1)))
+    return torch.where(end, z_prev, student(z_prev, t_prev.clamp_min(0.0)).to(z.dtype))
+
+
+def pseudo_huber(diff: torch.Tensor, c: float) -> torch.Tensor:
+    """``sqrt(diff^2 + c^2) - c`` per element: squared error below c, absolute error above."""
+    return (diff.square() + c * c).sqrt() - c
+
+
+class ConsistencyDistiller(_Distiller):
+    """A :class:`Trainer` whose objective is consistency distillation of ``teacher``."""
+
+    METHOD = "consistency"
+
+    _grid: torch.Tensor | None = None
+
+    def _loss(self, batch, gen, noise_gen):
+        device = self.acc.device
+        if self._grid is None:
+            self._grid = consistency_grid(self.diffusion.schedule, self.cfg.distill.teacher_steps)
+        b = batch["image"].shape[0]
+        n = torch.randint(1, self.cfg.distill.teacher_steps + 1, (b,), generator=gen)
+        t_n, t_prev = (to_device(self._grid[k], device) for k in (n, n - 1))
+        x0, mask, cond, noise = self._inputs(batch, gen, noise_gen)
+        a_n, s_n = self._coefs(t_n)
+        z = (a_n * x0 + s_n * noise).float()
+        with torch.no_grad():
+            target = consistency_target(
+                lambda x, tt: self.teacher_denoiser(x, tt, cond),
+                lambda x, tt: self._student_x0(x, tt, cond),
+                z,
+                t_n,
+                t_prev,
+                self._coefs(t_prev),
+            )
+        x_hat = self._student_x0(z, t_n, cond)
+        per_sample = masked_mean(pseudo_huber(x_hat - target, self.cfg.distill.huber_c), mask)
+        return per_sample.mean(), per_sample.detach(), t_n.float()
 
 
 def distill(cfg: RunConfig, out, resume: bool = False, on_progress=None):
     """Distil ``cfg.distill.teacher`` into the student run ``out`` (or resume it)."""
-    if cfg.distill.method != "progressive":
-        raise ConfigError(f"distill.method '{cfg.distill.method}': use 'progressive'")
-    return ProgressiveDistiller(cfg, out, resume).run(on_progress)
+    methods = {"progressive": ProgressiveDistiller, "consistency": ConsistencyDistiller}
+    if cfg.distill.method not in methods:
+        raise ConfigError(
+            f"distill.method '{cfg.distill.method}': use 'progressive' or 'consistency'"
+        )
+    return methods[cfg.distill.method](cfg, out, resume).run(on_progress)
 
 
-__all__ = ["ProgressiveDistiller", "check_teacher", "distill", "student_config"]
+__all__ = [
+    "ConsistencyDistiller",
+    "ProgressiveDistiller",
+    "check_teacher",
+    "consistency_grid",
+    "consistency_target",
+    "distill",
+    "pseudo_huber",
+    "student_config",
+]
