@@ -13,13 +13,12 @@ from safetensors.torch import load_file
 
 from conftest import tiny_run_config
 from radardiff.config import RunDir
-from radardiff.diffusion import DenoiserOutput
+from radardiff.config.schema import DiffusionConfig
+from radardiff.diffusion import DenoiserOutput, Schedule
+from radardiff.diffusion.samplers import karras_sigmas
 from radardiff.errors import ConfigError, RunDirError
 from radardiff.models import load_run
 from radardiff.train import train
-from radardiff.config.schema import DiffusionConfig
-from radardiff.diffusion import Schedule
-from radardiff.diffusion.samplers import karras_sigmas
 from radardiff.train.distill import (
     ConsistencyDistiller,
     ProgressiveDistiller,
@@ -300,7 +299,9 @@ def test_consistency_distillation_makes_a_normal_run_and_resumes(teacher, tmp_pa
 def test_bad_consistency_input(teacher, noise_files, tmp_path):
     eps = tmp_path / "eps"
     train(tiny_run_config(str(noise_files[0]), diffusion={"prediction": "eps"}, train={"steps": 1}), eps)  # fmt: skip
-    with pytest.raises(ConfigError, match="cannot be distilled by consistency distillation: it predicts eps"):
+    with pytest.raises(
+        ConfigError, match="cannot be distilled by consistency distillation: it predicts eps"
+    ):
         _cd_cfg(eps)
     lv = tmp_path / "lv"
     train(tiny_run_config(str(noise_files[0]), diffusion={"prediction": "v", "variance": "learned_range"}, train={"steps": 1}), lv)  # fmt: skip

@@ -117,7 +117,11 @@ def check_teacher(teacher: LoadedRun, method: str = "progressive") -> None:
     d = teacher.cfg.diffusion
     where = f"{teacher.run.root}: cannot be distilled by {method} distillation"
     if d.variance == "learned_range":
-        why = "the student's steps are DDIM's" if method == "progressive" else "the student maps to x0"
+        why = (
+            "the student's steps are DDIM's"
+            if method == "progressive"
+            else "the student maps to x0"
+        )
         raise ConfigError(f"{where}: its variance is learned ({why}, its variance would not be)")
     if d.prediction == "eps":
         raise ConfigError(
