@@ -210,3 +210,22 @@ def test_quiet_silences_progress_bars(noise_files, tmp_path: Path, capsys):
     assert code == 0 and "train" not in err
     code, _, err = run_cli(["train", cfg, "--out", tmp_path / "loud"], capsys)
     assert code == 0 and "train" in err and "2/2" in err
+
+
+def test_threads_option_sets_torch_threads(tmp_path, capsys):
+    """--threads (or $RADARDIFF_THREADS) sets torch's CPU threads before the command runs."""
+    import torch
+
+    from radardiff.cli.main import main
+
+    before = torch.get_num_threads()
+    try:
+        main(["--threads", "1", "data", "synth", "insar_noise", "--n", "2", "--size", "16",
+              "--out", str(tmp_path / "a.h5")])  # fmt: skip
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as err:
+        main(["--threads", "-1", "demo"])
+    assert err.value.code == 2
+    assert "Invalid value for '--threads'" in capsys.readouterr().err

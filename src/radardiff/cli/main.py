@@ -15,6 +15,7 @@ from radardiff.errors import RadarDiffError, Terminated, is_disk_full
 EPILOG = """\b
 Examples:
   radardiff demo                                   # the whole pipeline on synthetic data
+  radardiff --threads 1 demo                       # one torch thread (a busy machine)
   radardiff data synth insar_noise --n 2000 --out data/train.h5
   radardiff train configs/insar_noise_32.toml --out runs/noise --set data.train=data/train.h5
   radardiff sample runs/noise --n 64 --out runs/noise/samples/s.h5 --sampler ddim --steps 50
@@ -28,9 +29,22 @@ Examples:
 @click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
-def cli(verbose: int, quiet: bool, debug: bool) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar="RADARDIFF_THREADS",
+    show_default=True,
+    help="Torch CPU threads (also $RADARDIFF_THREADS; 0: torch's default, one per core). On a "
+    "machine busy with other jobs fewer threads can be much faster.",
+)
+def cli(verbose: int, quiet: bool, debug: bool, threads: int) -> None:
     """radardiff: diffusion models for radar satellite imagery (SAR, InSAR)."""
     setup_logging(-1 if quiet else verbose)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _register() -> None:

@@ -391,6 +391,7 @@ def generate(
     _validate(run, opts)
     output_format(Path(out))  # a bad extension fails now, not after the last batch
     sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
+    log.info("torch CPU threads: %d (radardiff --threads N to change)", torch.get_num_threads())
     try:
         return _generate(run, opts, Path(out), sampling, on_progress, rank, world, merge)
     except OSError as err:
