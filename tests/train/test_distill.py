@@ -259,6 +259,7 @@ def test_consistency_target_of_an_exact_student_is_the_teachers_discretisation_e
 
 def test_consistency_student_run_config(teacher):
     cfg = _cd_cfg(teacher)
+    assert cfg.distill.target_ema == 0.95
     assert cfg.distill.stages == 1 and cfg.train.steps == 3
     assert (cfg.sample.sampler, cfg.sample.steps) == ("consistency", 2)
     default = student_config(load_run(teacher), {"method": "consistency", "steps": 3}, "cd")
@@ -282,7 +283,13 @@ def test_consistency_distillation_makes_a_normal_run_and_resumes(teacher, tmp_pa
     short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
     ConsistencyDistiller(short, tmp_path / "resumed").run()
     distill(cfg, tmp_path / "resumed", resume=True)
-    for which in ("model", "ema"):
+    target_w = load_file(
+        tmp_path / "straight/checkpoints/step_0000003/target/diffusion_pytorch_model.safetensors"
+    )
+    # the target network trails the student: between the start and the student's weights
+    assert any(not torch.equal(target_w[k], original[k]) for k in target_w)
+    assert any(not torch.equal(target_w[k], student_w[k]) for k in target_w)
+    for which in ("model", "ema", "target"):
         a, b = (
             load_file(tmp_path / f"{d}/checkpoints/step_0000003/{which}/diffusion_pytorch_model.safetensors")
             for d in ("straight", "resumed")
@@ -312,3 +319,17 @@ def test_bad_consistency_input(teacher, noise_files, tmp_path):
     with pytest.raises(SystemExit) as err:
         main(["distill", str(teacher), "--out", str(tmp_path / "x"), "--method", "latent"])
     assert err.value.code != 0 and not (tmp_path / "x").exists()
+
+
+def test_consistency_without_target_network(teacher, tmp_path):
+    """target_ema = 0: the student itself is the target; no target network is kept."""
+    cfg = student_config(
+        load_run(teacher),
+        {"method": "consistency", "steps": 1, "teacher_steps": 4, "steps_per_stage": 2},
+        "cd0",
+        ["distill.target_ema=0"],
+    )
+    d = ConsistencyDistiller(cfg, tmp_path / "cd0")
+    assert d.target is None
+    d.run()
+    assert not (tmp_path / "cd0" / "checkpoints" / "step_0000002" / "target").exists()

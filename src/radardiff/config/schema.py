@@ -294,6 +294,13 @@ class DistillConfig(_Section):
     guidance: float = Field(
         1.0, ge=0.0, description="classifier-free guidance of a class-conditional teacher"
     )
+    target_ema: float = Field(
+        0.95,
+        ge=0.0,
+        lt=1.0,
+        description="consistency: EMA decay of the target network per step (Song et al. 2023: "
+        "0.95); 0: the student itself without gradient (Song and Dhariwal 2023)",
+    )
     huber_c: float = Field(
         1e-3,
         gt=0.0,

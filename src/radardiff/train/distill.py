@@ -34,9 +34,10 @@ smallest to its largest, as trained timesteps ``t_n = t(sigma_n)``) plus the end
 where ``f`` is the identity: the boundary condition). For a training image, a random n and
 ``z_n = a_n x + s_n eps``, one DDIM step of the teacher ``t_n -> t_{n-1}`` gives ``z_{n-1}``, and
 the loss is the pseudo-Huber distance ``sqrt(|f(z_n, t_n) - f^-(z_{n-1}, t_{n-1})|^2 + c^2) - c``
-(per pixel, over valid pixels; Song and Dhariwal 2023), ``f^-`` the student itself without
-gradient (their "improved" target, no EMA target network). The learning rate falls linearly to 0
-over the one stage of ``steps_per_stage`` steps. The student samples by multistep consistency
+(per pixel, over valid pixels; Song and Dhariwal 2023), ``f^-`` the target network: an EMA of
+the student with decay ``target_ema`` per step (0.95, Song et al. 2023), kept in each checkpoint
+(``target/``), or with ``target_ema = 0`` the student itself without gradient (Song and Dhariwal
+2023). The learning rate falls linearly to 0 over the one stage of ``steps_per_stage`` steps. The student samples by multistep consistency
 sampling (the ``consistency`` sampler) at ``steps`` calls.
 """
 
@@ -204,9 +205,10 @@ class _Distiller(Trainer):
         abar = torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1)
         return abar.sqrt(), (1.0 - abar).clamp_min(0.0).sqrt()
 
-    def _student_x0(self, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-        """The student's x0 estimate of ``z`` at trained times ``t`` (>= 0), unclipped."""
-        out = self.denoiser.network_output(z, t, cond)
+    def _student_x0(self, z: torch.Tensor, t: torch.Tensor, cond, denoiser=None) -> torch.Tensor:
+        """The student's (or ``denoiser``'s) x0 estimate of ``z`` at trained times ``t`` (>= 0),
+        unclipped."""
+        out = (denoiser or self.denoiser).network_output(z, t, cond)
         abar = (self._coefs(t)[0] ** 2).reshape(-1)
         c = z.shape[1]
         return x0_and_eps(out[:, :c].float(), z, abar, self.cfg.diffusion.prediction)[0]
@@ -324,6 +326,39 @@ class ConsistencyDistiller(_Distiller):
     METHOD = "consistency"
 
     _grid: torch.Tensor | None = None
+    target: torch.nn.Module | None = None
+    _target_denoiser: Denoiser | None = None
+
+    def _build_model(self) -> torch.nn.Module:
+        model = super()._build_model()
+        if self.cfg.distill.target_ema > 0:
+            self.target = copy.deepcopy(self.teacher).float().eval()
+            self.target.requires_grad_(False)
+        return model
+
+    def _after_step(self) -> None:
+        if self.target is None:
+            return
+        dst = list(self.target.parameters())
+        src = [p.detach().float() for p in self.raw_model.parameters()]
+        torch._foreach_lerp_(dst, src, 1.0 - self.cfg.distill.target_ema)
+
+    def _checkpoint_extras(self) -> dict[str, torch.nn.Module]:
+        return {} if self.target is None else {"target": self.target}
+
+    def _load_extras(self, ckpt: Path) -> None:
+        if self.target is not None and (ckpt / "target").is_dir():
+            load_weights(self.target, ckpt / "target")
+
+    def _target_x0(self, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """f^-: the target network's x0 estimate (the student itself when target_ema = 0)."""
+        if self.target is None:
+            return self._student_x0(z, t, cond)
+        if self._target_denoiser is None:
+            self._target_denoiser = self.denoiser.with_options(
+                network=self.target.to(self.acc.device)
+            )
+        return self._student_x0(z, t, cond, self._target_denoiser)
 
     def _loss(self, batch, gen, noise_gen):
         device = self.acc.device
@@ -338,7 +373,7 @@ class ConsistencyDistiller(_Distiller):
         with torch.no_grad():
             target = consistency_target(
                 lambda x, tt: self.teacher_denoiser(x, tt, cond),
-                lambda x, tt: self._student_x0(x, tt, cond),
+                lambda x, tt: self._target_x0(x, tt, cond),
                 z,
                 t_n,
                 t_prev,
