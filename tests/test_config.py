@@ -107,3 +107,23 @@ def test_the_default_sampler_gets_its_default_options_and_no_other_does():
         assert cfg.diffusion.prediction == "v", path.name
         assert cfg.sample.sampler == "dpmsolver++", path.name
         assert cfg.sample.options == {"use_karras_sigmas": True}, path.name
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    """Files written through a temporary file get the mode a plain open() would give them
+    (mkstemp alone makes them 0600), directories likewise (mkdtemp: 0700)."""
+    import os
+    import stat
+
+    from radardiff._files import temp_dir_for
+    from radardiff.config.io import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.toml", "x = 1\n")
+        d = temp_dir_for(tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.toml").stat().st_mode) == mode
+    assert stat.S_IMODE(d.stat().st_mode) == mode | 0o111 & ~umask

@@ -59,7 +59,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -71,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radardiff._files import temp_dir_for
 from radardiff.data import DatasetFile
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import DataError, RadarDiffError
@@ -259,7 +259,7 @@ def _save(path: Path, cfg: ExtractorConfig, norm: Normalizer, model: _Trainable,
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_dir_for(path)
     try:
         state = {k: v.detach().contiguous() for k, v in model.encoder.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))

@@ -98,7 +98,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +105,7 @@ from typing import Any
 
 import numpy as np
 
+from radardiff._files import temp_file_for
 from radardiff._version import __version__
 from radardiff.config import EvalConfig
 from radardiff.config.io import atomic_write_text
@@ -491,7 +491,7 @@ def _likelihood_scalars(lik, settings: dict, scalars: dict) -> None:
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_for(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.getvalue())
