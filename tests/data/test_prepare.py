@@ -177,6 +177,22 @@ def test_db_conversion(tmp_path):
         assert ds.info.units == "dB" and np.isnan(ds.images()[:, 0, 1, 1]).all()
 
 
+def test_db_refused_on_values_already_in_db(tmp_path):
+    """BigEarthNet-S1 patches are dB already (mostly negative): --db would take the log of
+    negative values and leave almost nothing; it is refused with one line, nothing written."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "db.npy", rng.normal(-15.0, 4.0, (3, 1, 8, 8)).astype(np.float32))
+    with pytest.raises(DataError, match=r"db.npy.*--db: 100 % of the values are negative") as err:
+        prepare(tmp_path / "db.npy", tmp_path / "o.h5", db=True)
+    assert "\n" not in str(err.value) and "drop --db" in str(err.value)
+    assert not list(tmp_path.glob("o*.h5*"))
+    # a linear image with a few negative pixels (noise subtraction) still converts
+    lin = rng.gamma(1.0, 0.05, (3, 1, 8, 8)).astype(np.float32)
+    lin[:, 0, 0, :2] = -1e-4
+    np.save(tmp_path / "lin.npy", lin)
+    assert prepare(tmp_path / "lin.npy", tmp_path / "l.h5", db=True).units == "dB"
+
+
 def test_hdf5_labels_round_trip(tmp_path):
     folder = tmp_path / "h5"
     folder.mkdir()

@@ -161,6 +161,22 @@ def to_db(img: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+# the share of negative values above which an image cannot be linear intensity or amplitude
+DB_NEGATIVE_FRACTION = 0.05
+
+
+def _check_linear(img: np.ndarray, name: str) -> None:
+    """Refuse ``--db`` on values that are already logarithmic: linear intensity or amplitude is
+    never negative (beyond a few pixels of noise subtraction), dB values mostly are."""
+    finite = img[np.isfinite(img)]
+    if finite.size and np.mean(finite < 0) > DB_NEGATIVE_FRACTION:
+        raise DataError(
+            f"{name}: --db: {100 * np.mean(finite < 0):.0f} % of the values are negative "
+            f"(min {finite.min():.3g}): these are not linear intensities but logarithmic (dB) "
+            "already; drop --db and give --units dB"
+        )
+
+
 @dataclass
 class _Counts:
     all_nan: int = 0
@@ -308,6 +324,7 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
     for i in range(len(reader)):
         img = reader.read(i)
         if plan.db:
+            _check_linear(img, reader.name(i))
             img = to_db(img)
         lab = None if labels is None else int(labels[i])
         rows = plan.tile or img.shape[1]
