@@ -9,7 +9,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "radardiff"
 LAYERS = ["config", "data", "models", "diffusion", "train", "sample", "evaluate", "report", "cli"]
-BASE = {"errors", "_version", "_malloc", "_files", "__init__", "__main__"}  # importable from every layer
+BASE = {
+    "errors",
+    "_version",
+    "_malloc",
+    "_files",
+    "__init__",
+    "__main__",
+}  # importable from every layer
 MATH = {"data", "models", "diffusion"}
 FORBIDDEN_IN_MATH = ("torch.distributed", "matplotlib", "click", "typer", "accelerate")
 # evaluate's metric functions are math too; its driver (metrics.py) does the file I/O
