@@ -121,6 +121,18 @@ def test_tengeop_class_folders(tmp_path):
     for i, p in enumerate(reader.items):
         np.testing.assert_array_equal(reader.read(i)[0], data[p])  # float backscatter kept
         assert reader.labels[i] == p.parent.name
+    # --classes none: the sub-folders are not classes (BigEarthNet-S1: one folder per patch)
+    assert open_reader(root, classes="none").labels is None
+    assert len(open_reader(root, classes="none")) == 6
+
+
+def test_classes_none_reads_image_sub_folders_without_labels(tmp_path):
+    for patch in ("S1A_patch_0", "S1A_patch_1"):
+        (tmp_path / patch).mkdir()
+        Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / patch / "a.png")
+    assert open_reader(tmp_path, classes="folder").class_names == ["S1A_patch_0", "S1A_patch_1"]
+    reader = open_reader(tmp_path, classes="none")
+    assert reader.labels is None and len(reader) == 2
 
 
 def test_geotiff_nodata_and_projected_spacing(tmp_path):

@@ -123,7 +123,7 @@ def open_reader(
     if fmt == "images":
         return image_folder_reader(src, classes, nodata)  # type: ignore[arg-type]
     if fmt == "tengeop":
-        return tengeop_reader(src, nodata)
+        return tengeop_reader(src, nodata, classes)
     if fmt == "geotiff":
         if classes == "folder":
             raise ConfigError("--classes folder: use --format tengeop or images for class folders")

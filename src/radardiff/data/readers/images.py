@@ -93,9 +93,9 @@ def image_folder_reader(
                 )
         else:
             classes = "folder"
-    if classes == "folder":
-        files = folder_class_files(src, IMAGE_EXTS)
-        labels = [p.relative_to(src).parts[0] for p in files]
+    if classes == "folder" or (classes == "none" and not top):
+        files = folder_class_files(src, IMAGE_EXTS)  # without classes: sub-folders of images
+        labels = [p.relative_to(src).parts[0] for p in files] if classes == "folder" else None
     else:
         files = top
         if not files:

@@ -13,7 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from radardiff.data.readers.base import TIFF_EXTS
-from radardiff.data.readers.images import RasterFilesReader, folder_class_files
+from radardiff.data.readers.images import (
+    RasterFilesReader,
+    class_from_filename,
+    folder_class_files,
+)
 from radardiff.errors import DataError
 
 CLASS_DESCRIPTIONS = {
@@ -46,10 +50,19 @@ class TenGeoPReader(RasterFilesReader):
         return info
 
 
-def tengeop_reader(src: Path, nodata: float | None = None) -> TenGeoPReader:
-    """Class folders of GeoTIFFs under ``src`` (the folder name is the class)."""
+def tengeop_reader(
+    src: Path, nodata: float | None = None, classes: str = "folder"
+) -> TenGeoPReader:
+    """Class folders of GeoTIFFs under ``src``: the folder name is the class (``classes``
+    ``auto`` or ``folder``), or the file name's prefix (``filename``), or there are no classes
+    (``none``: sub-folders that are not classes, such as BigEarthNet-S1's one per patch)."""
     if not src.is_dir():
         raise DataError(f"{src}: TenGeoP-SARwv expects a folder of class folders")
     files = folder_class_files(src, TIFF_EXTS)
-    labels = [p.relative_to(src).parts[0] for p in files]
+    if classes == "none":
+        labels = None
+    elif classes == "filename":
+        labels = [class_from_filename(p, required=True) for p in files]
+    else:
+        labels = [p.relative_to(src).parts[0] for p in files]
     return TenGeoPReader(src, files, labels, nodata)
