@@ -324,3 +324,23 @@ def test_png_class_folders_and_gdal_units(tmp_path):
     tifffile.imwrite(p, np.ones((4, 4), np.float32), extratags=[(42112, "s", 0, meta, True)])
     info = open_reader(p).info
     assert (info.units, info.kind) == ("rad", "insar_unwrapped")
+
+
+def test_numpy_channels_last_arrays(tmp_path):
+    """(H, W, C) with C <= 4 is one sample of C channels, (N, H, W, C) N samples; the usual
+    (N, H, W) and (N, C, H, W) stay as they are."""
+    rng = np.random.default_rng(0)
+    iq = rng.normal(size=(16, 16, 2)).astype(np.float32)  # real, imaginary parts
+    np.save(tmp_path / "iq.npy", iq)
+    r = open_reader(tmp_path / "iq.npy")
+    assert len(r) == 1
+    np.testing.assert_array_equal(r.read(0), np.moveaxis(iq, -1, 0))
+    stack = rng.normal(size=(3, 8, 8, 2)).astype(np.float32)
+    np.save(tmp_path / "nhwc.npy", stack)
+    r = open_reader(tmp_path / "nhwc.npy")
+    assert len(r) == 3 and r.read(2).shape == (2, 8, 8)
+    np.testing.assert_array_equal(r.read(2)[1], stack[2, :, :, 1])
+    np.save(tmp_path / "nchw.npy", np.zeros((5, 2, 8, 8), np.float32))
+    np.save(tmp_path / "nhw.npy", np.zeros((5, 8, 8), np.float32))
+    assert open_reader(tmp_path / "nchw.npy").read(0).shape == (2, 8, 8)
+    assert len(open_reader(tmp_path / "nhw.npy")) == 5

@@ -1,7 +1,9 @@
 """NumPy stacks: ``.npy`` (memory-mapped, never loaded whole) and ``.npz`` archives.
 
 An array of shape ``(H, W)`` is one sample, ``(N, H, W)`` N one-channel samples, ``(N, C, H, W)``
-N samples of C channels. In an ``.npz`` the data key defaults to ``images``, ``data``, ``x`` or
+N samples of C channels. Channels-last arrays are recognised by a last axis of at most 4 behind
+larger ones: ``(H, W, C)`` is one sample of C channels (a complex image saved as real and imaginary
+parts, ``(256, 256, 2)``, is not 256 samples of 256 x 2 pixels), ``(N, H, W, C)`` N samples. In an ``.npz`` the data key defaults to ``images``, ``data``, ``x`` or
 the only array; the label key (``labels`` / ``y`` when present, or as given) holds one integer or
 string label per sample. An ``.npz`` member is read whole when first used (zip members cannot be
 memory-mapped): save large stacks as ``.npy``.
@@ -12,11 +14,15 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import logging
+
 import numpy as np
 
 from radardiff.data.readers.base import Reader, SourceInfo, as_float
 from radardiff.data.readers.hdf5 import _label_text
 from radardiff.errors import DataError
+
+log = logging.getLogger(__name__)
 
 NPZ_KEYS = ("images", "data", "x", "X")
 NPZ_LABEL_KEYS = ("labels", "y", "Y")
@@ -69,7 +75,10 @@ class NumpyReader(Reader):
             raise DataError(
                 f"{src}: array of shape {shape} is not (H, W), (N, H, W) or (N, C, H, W)"
             )
-        n = 1 if self.array.ndim == 2 else shape[0]
+        self.layout = _layout(shape)
+        n = 1 if self.layout in ("HW", "HWC") else shape[0]
+        if self.layout in ("HWC", "NHWC"):
+            log.info("%s: array %s read as channels-last (%s)", src, shape, self.layout)
         if labels is not None and len(labels) != n:
             raise DataError(f"{src}: {len(labels)} labels for {n} images")
         self.items = list(range(n))
@@ -80,8 +89,26 @@ class NumpyReader(Reader):
         return f"{self.src}[{i}]"
 
     def read(self, i: int) -> np.ndarray:
-        arr = np.asarray(self.array if self.array.ndim == 2 else self.array[i])
+        single = self.layout in ("HW", "HWC")
+        arr = np.asarray(self.array if single else self.array[i])
+        if self.layout in ("HWC", "NHWC"):
+            arr = np.moveaxis(arr, -1, 0)
         return as_float(arr[None] if arr.ndim == 2 else arr, self.name(i), self.nodata)
+
+
+# the largest channel count of a channels-last array (VV/VH, real/imaginary, RGB(A))
+MAX_LAST_CHANNELS = 4
+
+
+def _layout(shape: tuple[int, ...]) -> str:
+    """``HW``, ``NHW``, ``NCHW``, or channels-last ``HWC`` / ``NHWC`` (a last axis of at most
+    4 behind two larger ones: no image is 4 pixels wide)."""
+    last_is_channels = shape[-1] <= MAX_LAST_CHANNELS < min(shape[-3:-1], default=0)
+    if len(shape) == 3 and last_is_channels:
+        return "HWC"
+    if len(shape) == 4 and last_is_channels and shape[1] > MAX_LAST_CHANNELS:
+        return "NHWC"
+    return {2: "HW", 3: "NHW", 4: "NCHW"}[len(shape)]
 
 
 def numpy_reader(
