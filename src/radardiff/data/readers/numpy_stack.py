@@ -11,10 +11,9 @@ memory-mapped): save large stacks as ``.npy``.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
-
-import logging
 
 import numpy as np
 
