@@ -350,3 +350,36 @@ def test_pixel_spacing_follows_resize(tmp_path):
     with DatasetFile(tmp_path / "a.h5") as ds:
         assert ds.info.pixel_spacing_m == pytest.approx(20.0) and len(ds) == 8
     assert prepare(folder, tmp_path / "b.h5").pixel_spacing_m == pytest.approx(10.0)
+
+
+def test_complex_data_to_intensity_amplitude_db_phase(tmp_path):
+    """A complex stack (complex dtype) and the same data as real/imaginary channels-last pairs
+    give |z|^2, |z|, 10 log10 |z|^2 and arg z, with the units each implies; complex data
+    without --complex are refused with one line."""
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(2, 8, 8)) + 1j * rng.normal(size=(2, 8, 8))).astype(np.complex64)
+    np.save(tmp_path / "c.npy", z)
+    np.save(tmp_path / "iq.npy", np.stack([z.real, z.imag], axis=-1).astype(np.float32))
+    want = {
+        "intensity": (np.abs(z) ** 2, "linear"),
+        "amplitude": (np.abs(z), "linear"),
+        "db": (10 * np.log10(np.abs(z) ** 2), "dB"),
+        "phase": (np.angle(z), "rad"),
+    }
+    for mode, (values, units) in want.items():
+        res = prepare(tmp_path / "c.npy", tmp_path / f"{mode}.h5", complex_mode=mode)
+        assert res.units == units and res.shape == (1, 8, 8)
+        with DatasetFile(tmp_path / f"{mode}.h5") as ds:
+            np.testing.assert_allclose(ds.images()[:, 0], values, rtol=1e-5, atol=1e-5)
+    pairs = prepare(tmp_path / "iq.npy", tmp_path / "iq_amp.h5", complex_mode="amplitude")
+    assert pairs.n_written == 2 and pairs.shape == (1, 8, 8)
+    with DatasetFile(tmp_path / "iq_amp.h5") as ds:
+        np.testing.assert_allclose(ds.images()[:, 0], np.abs(z), rtol=1e-5)
+    with pytest.raises(DataError, match=r"c.npy\[0\]: complex values; give --complex") as err:
+        prepare(tmp_path / "c.npy", tmp_path / "refused.h5")
+    assert "\n" not in str(err.value) and not list(tmp_path.glob("refused*"))
+    np.save(tmp_path / "three.npy", np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(DataError, match="3 real channel"):
+        prepare(tmp_path / "three.npy", tmp_path / "t.h5", complex_mode="phase")
+    with pytest.raises(ConfigError, match="use --complex db"):
+        prepare(tmp_path / "c.npy", tmp_path / "t.h5", complex_mode="intensity", db=True)

@@ -89,6 +89,13 @@ def _parse_split(ctx, param, value: str | None):
 @click.option("--units", help="Physical units [default: from the source].")
 @click.option("--db", is_flag=True, help="Convert intensity to dB (10 log10) first.")
 @click.option(
+    "--complex",
+    "complex_mode",
+    type=click.Choice(["intensity", "amplitude", "db", "phase"]),
+    help="Complex SAR data (a complex type, or real/imaginary channel pairs) to |z|^2, |z|, "
+    "dB or phase (rad).",
+)
+@click.option(
     "--split", callback=_parse_split, help="Train,val[,test] fractions, e.g. 0.8,0.1,0.1."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
@@ -107,6 +114,7 @@ def prepare_cmd(
     kind,
     units,
     db,
+    complex_mode,
     split,
     seed,
 ):
@@ -118,6 +126,7 @@ def prepare_cmd(
       radardiff data prepare TenGeoP-SARwv/ --out sar.h5 --resize 128 --db
       radardiff data prepare ifgs/ --format hdf5 --key unwrap --out unw.h5
       radardiff data prepare scenes/ --nodata 0 --tile 32 --stride 16 --out tiles.h5
+      radardiff data prepare slc_iq.npy --complex db --tile 64 --out slc_db.h5
     """
     from radardiff.cli._common import bar_callback
     from radardiff.cli._common import progress as progress_bar
@@ -139,6 +148,7 @@ def prepare_cmd(
             kind=kind,
             units=units,
             db=db,
+            complex_mode=complex_mode,
             split=split,
             seed=seed,
             progress=bar_callback(bar),

@@ -177,6 +177,31 @@ def _check_linear(img: np.ndarray, name: str) -> None:
         )
 
 
+COMPLEX_MODES = ("intensity", "amplitude", "db", "phase")
+COMPLEX_UNITS = {"intensity": "linear", "amplitude": "linear", "db": "dB", "phase": "rad"}
+
+
+def from_complex(img: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """Complex SAR values to real ones: ``intensity`` ``|z|^2``, ``amplitude`` ``|z|``, ``db``
+    ``10 log10 |z|^2``, ``phase`` ``arg z`` (radians). ``img`` is complex (C, H, W), or real with
+    channels (real, imaginary) pairs: 2 channels make one, 2k channels k."""
+    if not np.iscomplexobj(img):
+        if img.shape[0] % 2:
+            raise DataError(
+                f"{name}: --complex {mode}: {img.shape[0]} real channel(s) cannot be (real, "
+                "imaginary) pairs; complex data are a complex type or an even number of channels"
+            )
+        img = img[0::2] + 1j * img[1::2]
+    if mode == "phase":
+        return np.angle(img).astype(np.float32)
+    power = (img.real.astype(np.float64) ** 2 + img.imag.astype(np.float64) ** 2).astype(np.float32)
+    if mode == "intensity":
+        return power
+    if mode == "amplitude":
+        return np.sqrt(power)
+    return to_db(power)
+
+
 @dataclass
 class _Counts:
     all_nan: int = 0
@@ -200,6 +225,7 @@ def prepare(
     kind: str | None = None,
     units: str | None = None,
     db: bool = False,
+    complex_mode: str | None = None,
     split: Sequence[float] | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -225,6 +251,10 @@ def prepare(
         Dataset attributes; default to what the source suggests.
     db
         Convert intensities to dB first (:func:`to_db`); ``units`` then defaults to ``dB``.
+    complex_mode
+        ``intensity``, ``amplitude``, ``db`` or ``phase`` of complex data (a complex type, or
+        (real, imaginary) channel pairs): :func:`from_complex`; ``units`` then default to
+        ``linear``, ``linear``, ``dB`` or ``rad``. Complex data without it are refused.
     split, seed
         Train/val[/test] fractions and the seed of the split.
     progress
@@ -243,7 +273,14 @@ def prepare(
         if n == 0:
             raise DataError(f"{src}: no samples found")
         kind = kind or reader.info.kind
-        units = units or ("dB" if db else reader.info.units)
+        if complex_mode is not None and complex_mode not in COMPLEX_MODES:
+            raise ConfigError(
+                f"--complex: unknown mode '{complex_mode}'; use one of {', '.join(COMPLEX_MODES)}"
+            )
+        if complex_mode is not None and db:
+            raise ConfigError("--complex and --db: use --complex db for dB of complex data")
+        implied = COMPLEX_UNITS.get(complex_mode or "", "dB" if db else None)
+        units = units or implied or reader.info.units
         names = [s for s, f in zip(SPLIT_NAMES, split, strict=False) if f > 0] if split else ["all"]
         fracs = [f for f in split if f > 0] if split else [1.0]
         paths = split_paths(out, names) if split else [out]
@@ -260,12 +297,13 @@ def prepare(
             "max_nan_fraction": max_nan,
             "resize": size,
             "db": db,
+            "complex": complex_mode,
             "split": list(split) if split else None,
             "seed": seed,
             "nodata": nodata,
         }
         sink = _Sink(paths, names, reader, kind, units, size, options, batch_size)
-        plan = _Plan(tile, stride, max_nan, size, db)
+        plan = _Plan(tile, stride, max_nan, size, db, complex_mode)
         counts = _Counts()
         with ExitStack() as stack:
             stack.callback(sink.abort_unclosed)
@@ -308,6 +346,7 @@ class _Plan:
     max_nan: float
     size: tuple[int, int] | None
     db: bool
+    complex_mode: str | None = None
 
 
 def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) -> None:
@@ -323,6 +362,13 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
         progress(0, len(reader))
     for i in range(len(reader)):
         img = reader.read(i)
+        if plan.complex_mode is not None:
+            img = from_complex(img, plan.complex_mode, reader.name(i))
+        elif np.iscomplexobj(img):
+            raise DataError(
+                f"{reader.name(i)}: complex values; give --complex intensity, amplitude, db or "
+                "phase"
+            )
         if plan.db:
             _check_linear(img, reader.name(i))
             img = to_db(img)

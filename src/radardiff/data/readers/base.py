@@ -140,7 +140,14 @@ def to_chw(arr: np.ndarray, where: str | os.PathLike) -> np.ndarray:
 
 
 def as_float(arr: np.ndarray, where: str | os.PathLike, nodata: float | None = None) -> np.ndarray:
-    """float32 copy with ``nodata`` and non-finite values set to NaN."""
+    """float32 copy with ``nodata`` and non-finite values set to NaN (complex64 for complex
+    data, which :func:`radardiff.data.prepare.from_complex` turns into real values)."""
+    if arr.dtype.kind == "c":  # complex SAR: kept complex; data prepare --complex converts it
+        out = np.array(arr, dtype=np.complex64)
+        if nodata is not None and not np.isnan(nodata):
+            out[arr == nodata] = np.nan
+        out[~np.isfinite(out)] = np.nan
+        return out
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where}: unsupported data type {arr.dtype}")
     out = np.array(arr, dtype=np.float32)  # always a copy: never write into a memory map
