@@ -370,3 +370,25 @@ def test_params_override_and_errors(tmp_path):
     with pytest.raises(DataError, match="--size"):
         synthesize("sar", 1, 4, tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_pixel_spacing_option(tmp_path):
+    """--pixel-spacing: recorded for the scale-free insar_noise (same pixels), the extent of a
+    deformation scene (elastic sources in metres: other pixels); bad values refused."""
+
+    a = synthesize("insar_noise", 3, 16, tmp_path / "a.h5", seed=1)
+    b = synthesize("insar_noise", 3, 16, tmp_path / "b.h5", seed=1, pixel_spacing_m=150.0)
+    with DatasetFile(a) as fa, DatasetFile(b) as fb:
+        assert (fa.info.pixel_spacing_m, fb.info.pixel_spacing_m) == (100.0, 150.0)
+        np.testing.assert_array_equal(fa.images(), fb.images())
+    c = synthesize("insar_unwrapped", 2, 16, tmp_path / "c.h5", pixel_spacing_m=50.0)
+    d = synthesize("insar_unwrapped", 2, 16, tmp_path / "d.h5", params={"extent_m": 800.0})
+    with DatasetFile(c) as fc, DatasetFile(d) as fd:
+        assert fc.info.pixel_spacing_m == 50.0
+        np.testing.assert_array_equal(fc.images(), fd.images())  # extent = 50 m x 16
+    with pytest.raises(DataError, match="give one"):
+        synthesize("insar_unwrapped", 2, 16, tmp_path / "e.h5", params={"extent_m": 1.0},
+                   pixel_spacing_m=50.0)  # fmt: skip
+    with pytest.raises(DataError, match="--pixel-spacing must be a positive"):
+        synthesize("insar_noise", 2, 16, tmp_path / "f.h5", pixel_spacing_m=0.0)
+    assert not (tmp_path / "e.h5").exists() and not (tmp_path / "f.h5").exists()

@@ -32,8 +32,21 @@ def data() -> None:
     metavar="KEY=VALUE",
     help="Generator parameter, e.g. --param looks=4 --param db=true (repeatable).",
 )
+@click.option(
+    "--pixel-spacing",
+    type=float,
+    default=None,
+    help="Metres per pixel: the scene's extent for deformation kinds, the recorded spacing of "
+    "the scale-free ones [insar_noise 100, sar 20000/size].",
+)
 def synth(
-    kind: str, n: int, size: int | None, out: str, seed: int, params: tuple[str, ...]
+    kind: str,
+    n: int,
+    size: int | None,
+    out: str,
+    seed: int,
+    params: tuple[str, ...],
+    pixel_spacing: float | None,
 ) -> None:
     """Generate synthetic radar scenes of KIND into a dataset file.
 
@@ -47,6 +60,7 @@ def synth(
     Examples:
       radardiff data synth insar_noise --n 2000 --size 32 --out data/noise_train.h5 --seed 0
       radardiff data synth sar --n 500 --size 64 --out data/sar.h5 --param looks=4 --param db=true
+      radardiff data synth insar_noise --n 500 --out data/noise150.h5 --pixel-spacing 150
     """
     from radardiff.data.synth import GENERATORS, synthesize
 
@@ -54,7 +68,10 @@ def synth(
         raise click.BadParameter(
             f"unknown kind '{kind}'; expected one of {', '.join(GENERATORS)}", param_hint="KIND"
         )
-    path = synthesize(kind, n, size, out, seed, params=parse_kv(params, "--param") or None)
+    path = synthesize(
+        kind, n, size, out, seed, params=parse_kv(params, "--param") or None,
+        pixel_spacing_m=pixel_spacing,
+    )  # fmt: skip
     click.echo(f"wrote {n} {kind} scenes to {path}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class SynthKind:
     class_names: list[str] | None = None
     extras: Callable[[Any], tuple[str, ...]] = lambda p: ()
     pixel_spacing_m: Callable[[Any, int], float | None] = lambda p, size: None
+    # the parameter that a requested pixel spacing sets (the scene's extent, spacing * size);
+    # None: the generator is scale free and the spacing is only recorded
+    extent_param: str | None = None
 
 
 def _noise(n, size, seed, p, start) -> SynthResult:
@@ -112,6 +116,7 @@ GENERATORS: dict[str, SynthKind] = {
         SOURCE_CLASSES,
         lambda p: ("deformation",),
         lambda p, size: p.extent_m / size,
+        extent_param="extent_m",
     ),
     "insar_wrapped": SynthKind(
         "insar_wrapped",
@@ -123,6 +128,7 @@ GENERATORS: dict[str, SynthKind] = {
         SOURCE_CLASSES,
         lambda p: ("unwrapped", "coherence"),
         lambda p, size: p.deformation.extent_m / size,
+        extent_param="deformation.extent_m",
     ),
     "sar": SynthKind(
         "sar",
@@ -215,11 +221,15 @@ def synthesize(
     out: str | os.PathLike,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    pixel_spacing_m: float | None = None,
 ) -> Path:
     """Generate ``n`` scenes of generator ``name`` and write them as a dataset file at ``out``.
 
     ``size`` None takes the generator's default. ``params`` overrides generator parameters
-    (dotted keys, see :func:`build_params`). The file appears only when complete.
+    (dotted keys, see :func:`build_params`). ``pixel_spacing_m`` sets the scene's extent of
+    the generators with a physical one (deformation: the elastic sources are in metres), and is
+    recorded as the spacing of the scale-free ones (``insar_noise``, ``sar``; default 100 m and
+    20 km / size). The file appears only when complete.
     """
     gen = _kind(name)
     if n < 1:
@@ -228,6 +238,21 @@ def synthesize(
     check_dataset_path(out)
     if size < 8:
         raise DataError(f"--size must be at least 8, got {size}")
+    spacing = None
+    if pixel_spacing_m is not None:
+        if not (math.isfinite(pixel_spacing_m) and pixel_spacing_m > 0):
+            raise DataError(
+                f"--pixel-spacing must be a positive number of metres, got {pixel_spacing_m}"
+            )
+        if gen.extent_param and gen.extent_param in (params or {}):
+            raise DataError(
+                f"--pixel-spacing and --param {gen.extent_param}: give one (the extent is "
+                "spacing x size)"
+            )
+        if gen.extent_param:
+            params = {**(params or {}), gen.extent_param: pixel_spacing_m * size}
+        else:
+            spacing = float(pixel_spacing_m)
     p = build_params(name, params)
     extras = {k: ((1, size, size), "<f4") for k in gen.extras(p)}
     with DatasetWriter(
@@ -237,7 +262,7 @@ def synthesize(
         units=gen.units(p),
         class_names=gen.class_names,
         with_labels=gen.class_names is not None,
-        pixel_spacing_m=gen.pixel_spacing_m(p, size),
+        pixel_spacing_m=spacing or gen.pixel_spacing_m(p, size),
         source=f"radardiff synth {name} seed={seed}",
         extras=extras,
         attrs={"synth_params": json.dumps(dataclasses.asdict(p)), "seed": int(seed)},
