@@ -159,6 +159,29 @@ def test_incomparable_sets_name_both_files(tmp_path, fake_kwargs, match):
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
+def test_allow_mismatch_compares_other_kinds_and_spacings(tmp_path):
+    """--allow-mismatch: an insar_unwrapped real set at 150 m against insar_noise samples at
+    100 m is compared (same numbers as matching sets) and the differences are recorded; shapes
+    and units are still refused."""
+    imgs_r, imgs_f = _noise(6, 0), _noise(6, 1)
+    real = _write(tmp_path / "real.h5", imgs_r, kind="insar_unwrapped", spacing=150.0)
+    fake = _write(tmp_path / "fake.h5", imgs_f, spacing=100.0)
+    with pytest.raises(DataError, match="kinds differ.*--allow-mismatch compares them anyway"):
+        evaluate_files(real, fake, EvalConfig(), tmp_path / "refused")
+    got = evaluate_files(real, fake, EvalConfig(), tmp_path / "o", allow_mismatch=True)
+    notes = got["settings"]["mismatch_allowed"]
+    assert len(notes) == 2 and "insar_unwrapped" in notes[0] and "150.0 m vs 100.0 m" in notes[1]
+    assert got["semivariogram"]["lags_m"][0] == pytest.approx(150.0)
+    same = evaluate_files(
+        _write(tmp_path / "r2.h5", imgs_r, spacing=100.0), fake, EvalConfig(), tmp_path / "o2"
+    )
+    assert same["settings"]["mismatch_allowed"] == []
+    assert got["scalars"]["semivariogram_rel_error"] == same["scalars"]["semivariogram_rel_error"]
+    with pytest.raises(DataError, match="units differ"):
+        evaluate_files(real, _write(tmp_path / "mm.h5", imgs_f, units="mm"), EvalConfig(),
+                       tmp_path / "o3", allow_mismatch=True)  # fmt: skip
+
+
 def test_too_few_samples_says_the_minimum(tmp_path):
     real = _write(tmp_path / "real.h5", _noise(1, 0))
     fake = _write(tmp_path / "fake.h5", _noise(5, 1))

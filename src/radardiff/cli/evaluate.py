@@ -50,6 +50,12 @@ import click
 @click.option(
     "--likelihood-n", type=int, default=256, show_default=True, help="Real samples in bits/dim."
 )
+@click.option(
+    "--allow-mismatch",
+    is_flag=True,
+    help="Compare sets of different kinds or pixel spacings (e.g. real insar_unwrapped at 150 m "
+    "with insar_noise samples at 100 m); recorded in metrics.json. Shapes and units must agree.",
+)
 def evaluate(
     real: str,
     fake: str,
@@ -61,6 +67,7 @@ def evaluate(
     likelihood_run: str | None,
     likelihood_steps: int | None,
     likelihood_n: int,
+    allow_mismatch: bool,
 ) -> None:
     """Compare generated data with real data in radar terms; writes OUT/metrics.json.
 
@@ -70,6 +77,7 @@ def evaluate(
       radardiff evaluate --real a.h5 --fake b.h5 --out eval --metrics semivariogram,psd
       radardiff evaluate --real data/val.h5 --fake runs/demo/samples/s.h5 --out runs/demo/eval \\
           --features features/demo --likelihood-run runs/demo --likelihood-steps 100
+      radardiff evaluate --real data/unw.h5 --fake noise.h5 --out eval --allow-mismatch
     The schema of metrics.json is documented in radardiff.evaluate.metrics.
     """
     from radardiff.config import EvalConfig, RunDir, load_config, validate_config
@@ -97,7 +105,9 @@ def evaluate(
         lik = run_bits_per_dim(
             likelihood_run, real, steps=likelihood_steps, n=likelihood_n, device=pick_device()
         )
-    result = evaluate_files(real, fake, cfg, out, extractor=extractor, likelihood=lik)
+    result = evaluate_files(
+        real, fake, cfg, out, extractor=extractor, likelihood=lik, allow_mismatch=allow_mismatch
+    )
     shown = {k: v for k, v in result["scalars"].items() if v is not None}
     for key, value in shown.items():
         click.echo(f"{key:28s} {value:.6g}")

@@ -29,7 +29,9 @@ numbers are written as ``null``.
       "settings": {"max_samples": int, "seed": int, "bootstrap": int, "max_lag": int | null,
                    "curve_channel": 0, "histogram_max_pixels": int, "metrics": [str, ...],
                    "feature_extractor": str | null (name and path of the extractor),
-                   "likelihood_run": str | null (run directory of bits_per_dim)},
+                   "likelihood_run": str | null (run directory of bits_per_dim),
+                   "mismatch_allowed": [str, ...] (differences of kind or pixel spacing
+                       accepted by --allow-mismatch; empty when the sets agree)},
       "scalars": {
         "semivariogram_rel_error": mean over lags of |g_fake - g_real| / g_real (unitless),
         "lag1_ratio":      mean lag-1 semivariance of the fake set / that of the real set (1 is
@@ -170,24 +172,35 @@ class _SetStats:
         return np.concatenate(self.parts[key], axis=0)
 
 
-def _check_comparable(real: DatasetFile, fake: DatasetFile) -> float | None:
+def _check_comparable(
+    real: DatasetFile, fake: DatasetFile, allow_mismatch: bool = False
+) -> tuple[float | None, list[str]]:
+    """The pixel spacing the lags are reported in (the real set's when both have one) and the
+    differences of kind and pixel spacing accepted by ``allow_mismatch`` (else refused); shapes
+    and units must always agree."""
     r, f = real.info, fake.info
     where = f"{r.path} vs {f.path}"
     if r.shape != f.shape:
         raise DataError(f"{where}: image shapes differ, (C, H, W) {r.shape} vs {f.shape}")
-    if r.kind != f.kind:
-        raise DataError(f"{where}: kinds differ, '{r.kind}' vs '{f.kind}'")
     if r.units != f.units:
         raise DataError(f"{where}: units differ, '{r.units}' vs '{f.units}'")
+    differ = []  # (what differs, as recorded)
+    if r.kind != f.kind:
+        differ.append(f"kinds differ, '{r.kind}' vs '{f.kind}'")
     if (
         r.pixel_spacing_m is not None
         and f.pixel_spacing_m is not None
         and not math.isclose(r.pixel_spacing_m, f.pixel_spacing_m, rel_tol=1e-6)
     ):
-        raise DataError(
-            f"{where}: pixel spacings differ, {r.pixel_spacing_m} m vs {f.pixel_spacing_m} m"
+        differ.append(
+            f"pixel spacings differ, {r.pixel_spacing_m} m vs {f.pixel_spacing_m} m "
+            "(lags in the real set's metres)"
         )
-    return r.pixel_spacing_m if r.pixel_spacing_m is not None else f.pixel_spacing_m
+    if differ and not allow_mismatch:
+        raise DataError(f"{where}: {differ[0]}; --allow-mismatch compares them anyway")
+    accepted = differ
+    spacing = r.pixel_spacing_m if r.pixel_spacing_m is not None else f.pixel_spacing_m
+    return spacing, accepted
 
 
 def _check_metrics(metrics: tuple[str, ...], ds: DatasetFile, n_used: int) -> None:
@@ -340,6 +353,7 @@ def empty_metrics() -> dict[str, Any]:
                 "metrics",
                 "feature_extractor",
                 "likelihood_run",
+                "mismatch_allowed",
             )
         ),
         "scalars": dict.fromkeys(SCALAR_KEYS),
@@ -514,6 +528,7 @@ def evaluate_files(
     k: int = 3,
     extractor: Any = None,
     likelihood: Any = None,
+    allow_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Compare a generated dataset file with a real one; write metrics.json and arrays.npz.
 
@@ -542,6 +557,9 @@ def evaluate_files(
     likelihood : RunBitsPerDim, optional
         From :func:`radardiff.evaluate.likelihood.run_bits_per_dim`; fills the ``bits_per_dim*``
         scalars.
+    allow_mismatch : bool
+        Compare sets of different kinds or pixel spacings (shapes and units must still agree);
+        the differences are listed in ``settings.mismatch_allowed``.
 
     Returns
     -------
@@ -559,7 +577,7 @@ def evaluate_files(
     out = Path(out_dir)
     rset, fset = DatasetFile(real), DatasetFile(fake)
     try:
-        spacing = _check_comparable(rset, fset)
+        spacing, mismatch = _check_comparable(rset, fset, allow_mismatch)
         cap = max_samples or cfg.max_samples
         metrics = tuple(dict.fromkeys(cfg.metrics))
         side = min(rset.info.shape[1:])
@@ -595,6 +613,7 @@ def evaluate_files(
             "metrics": list(metrics),
             "feature_extractor": None,
             "likelihood_run": None,
+            "mismatch_allowed": mismatch,
         }
         scalars, arrays = result["scalars"], {}
         if "semivariogram" in metrics:
