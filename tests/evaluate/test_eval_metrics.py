@@ -182,6 +182,24 @@ def test_allow_mismatch_compares_other_kinds_and_spacings(tmp_path):
                        tmp_path / "o3", allow_mismatch=True)  # fmt: skip
 
 
+def test_unwrapped_phase_histogram_ignores_each_samples_reference(tmp_path):
+    """Unwrapped phase has an arbitrary reference per interferogram: the same scenes with other
+    constant offsets have histogram_w1 0 (centred), while for a generic kind it is the
+    offsets' distance."""
+    base = _noise(8, 3)
+    rng = np.random.default_rng(0)
+    shift_r = rng.uniform(-10, 10, (8, 1, 1, 1)).astype(np.float32)
+    shift_f = rng.uniform(-10, 10, (8, 1, 1, 1)).astype(np.float32)
+    cfg = EvalConfig(metrics=("histogram",))
+    for kind, centred in (("insar_unwrapped", True), ("generic", False)):
+        real = _write(tmp_path / f"r_{kind}.h5", base + shift_r, kind=kind)
+        fake = _write(tmp_path / f"f_{kind}.h5", base + shift_f, kind=kind)
+        got = evaluate_files(real, fake, cfg, tmp_path / kind)
+        assert got["settings"]["histogram_centred"] is centred
+        w1 = got["scalars"]["histogram_w1"]
+        assert (w1 < 1e-3) if centred else (w1 > 0.5), (kind, w1)
+
+
 def test_too_few_samples_says_the_minimum(tmp_path):
     real = _write(tmp_path / "real.h5", _noise(1, 0))
     fake = _write(tmp_path / "fake.h5", _noise(5, 1))
@@ -193,9 +211,11 @@ def test_too_few_samples_says_the_minimum(tmp_path):
 
 def test_multichannel_scalars_average_channels(tmp_path):
     imgs = _noise(10, 6, c=2)
-    real = _write(tmp_path / "r.h5", imgs)
+    real = _write(tmp_path / "r.h5", imgs, kind="generic")  # values with a meaningful zero
     fake = _write(
-        tmp_path / "f.h5", imgs + np.array([0.0, 2.0], dtype=np.float32)[None, :, None, None]
+        tmp_path / "f.h5",
+        imgs + np.array([0.0, 2.0], dtype=np.float32)[None, :, None, None],
+        kind="generic",
     )
     d = evaluate_files(
         real, fake, EvalConfig(metrics=("histogram", "semivariogram")), tmp_path / "o"

@@ -31,7 +31,9 @@ numbers are written as ``null``.
                    "feature_extractor": str | null (name and path of the extractor),
                    "likelihood_run": str | null (run directory of bits_per_dim),
                    "mismatch_allowed": [str, ...] (differences of kind or pixel spacing
-                       accepted by --allow-mismatch; empty when the sets agree)},
+                       accepted by --allow-mismatch; empty when the sets agree),
+                   "histogram_centred": bool (the histogram and histogram_w1 are of values
+                       minus each sample's mean: unwrapped phase, whose reference is arbitrary)},
       "scalars": {
         "semivariogram_rel_error": mean over lags of |g_fake - g_real| / g_real (unitless),
         "lag1_ratio":      mean lag-1 semivariance of the fake set / that of the real set (1 is
@@ -41,7 +43,9 @@ numbers are written as ``null``.
                            look like pixel-scale noise (the failure of fast samplers on radar data),
         "noise_fraction_real": the same fraction in the real set (what a perfect sampler shows),
         "psd_log_rmse":    RMSE of log10 mean PSDs over frequency bins (decades),
-        "histogram_w1":    Wasserstein-1 between pixel values (physical units),
+        "histogram_w1":    Wasserstein-1 between pixel values (physical units); for unwrapped
+                           phase (kinds insar_unwrapped, insar_noise: an arbitrary reference per
+                           interferogram) between values minus each sample's mean,
         "range_w1":        Wasserstein-1 between per-sample ranges max - min (physical units),
         "std_w1":          Wasserstein-1 between per-sample standard deviations (physical units),
         "enl_real", "enl_fake":   median over images of the median 8x8-window ENL (linear
@@ -154,6 +158,9 @@ NOISE_FACTOR = 3.0
 NOISE_PERCENTILE = 95.0
 WORST_SHOWN = 16
 # Fewest samples per set for which each statistic (and its band or distribution) is defined.
+# kinds whose values have an arbitrary reference per sample (unwrapped phase): their pixel-value
+# distribution is compared after removing each sample's mean
+CENTRED_KINDS = ("insar_unwrapped", "insar_noise")
 MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1}
 # Budget for one block of images; the padded complex FFTs take ~16x the float32 image bytes.
 _BLOCK_BYTES = 32 << 20
@@ -249,6 +256,7 @@ def _collect(
     metrics: tuple[str, ...],
     max_lag: int | None,
     rng: np.random.Generator,
+    centre: bool = False,
 ) -> _SetStats:
     info = ds.info
     c, h, w = info.shape
@@ -269,6 +277,10 @@ def _collect(
             stats.add("range", spread["range"])
             stats.add("std", spread["std"])
         if "histogram" in metrics:
+            if centre:  # the reference of unwrapped phase is arbitrary: each sample's mean goes
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels stay NaN
+                    x = x - np.nanmean(x, axis=(2, 3), keepdims=True)
             for ch, v in enumerate(_pixel_subset(x, per_image, rng)):
                 pixels[ch].append(v)
         if "speckle" in metrics:
@@ -354,6 +366,7 @@ def empty_metrics() -> dict[str, Any]:
                 "feature_extractor",
                 "likelihood_run",
                 "mismatch_allowed",
+                "histogram_centred",
             )
         ),
         "scalars": dict.fromkeys(SCALAR_KEYS),
@@ -598,8 +611,9 @@ def evaluate_files(
             ext = extractor if hasattr(extractor, "features") else load_extractor(extractor)
             ext.check_fits(rset.info)  # before the long statistics, not after
             ext.check_fits(fset.info)
-        r = _collect(rset, idx["real"], metrics, cfg.max_lag, rng)
-        f = _collect(fset, idx["fake"], metrics, cfg.max_lag, rng)
+        centre = rset.info.kind in CENTRED_KINDS
+        r = _collect(rset, idx["real"], metrics, cfg.max_lag, rng, centre)
+        f = _collect(fset, idx["fake"], metrics, cfg.max_lag, rng, centre)
         result = empty_metrics()
         result["real"] = _set_info(rset, len(idx["real"]))
         result["fake"] = _set_info(fset, len(idx["fake"]))
@@ -614,6 +628,7 @@ def evaluate_files(
             "feature_extractor": None,
             "likelihood_run": None,
             "mismatch_allowed": mismatch,
+            "histogram_centred": centre and "histogram" in metrics,
         }
         scalars, arrays = result["scalars"], {}
         if "semivariogram" in metrics:
