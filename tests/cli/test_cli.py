@@ -229,3 +229,11 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
         main(["--threads", "-1", "demo"])
     assert err.value.code == 2
     assert "Invalid value for '--threads'" in capsys.readouterr().err
+
+
+def test_a_leading_double_dash_is_ignored(tmp_path):
+    """`torchrun ... -m radardiff -- sample --n N`: the `--` that keeps torchrun off
+    radardiff's options reaches radardiff, which runs the command after it."""
+    main(["--", "data", "synth", "insar_noise", "--n", "2", "--size", "16",
+          "--out", str(tmp_path / "a.h5")])  # fmt: skip
+    assert (tmp_path / "a.h5").is_file()
