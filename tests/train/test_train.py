@@ -229,3 +229,21 @@ def test_conditioning_combinations_are_refused():
         tiny_run_config("x", model={"num_classes": 3, "range_conditioning": True})
     with pytest.raises(ConfigError, match="must divide"):
         tiny_run_config("x", model={"superres_low_size": 5})
+
+
+def test_validation_vlb_is_the_mean_term(tmp_path, noise_files):
+    """val_vlb_term_bpd is the mean per-timestep term L_t (bits/dim) at the validation's
+    timesteps: what `evaluate --likelihood-run` finds for those terms (another noise draw), and
+    far from the whole bound, which the old name val_vlb_bpd suggested."""
+    from radardiff.evaluate.likelihood import run_bits_per_dim
+    from radardiff.train.validate import validation_timesteps
+
+    cfg = _cfg(noise_files, steps=2, val_every=2, val_samples=16)
+    train(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
+    val = next(r for r in rows if "val_loss" in r)
+    assert "val_vlb_bpd" not in val
+    full = run_bits_per_dim(tmp_path / "run", noise_files[1], n=16)
+    ts = validation_timesteps(cfg.diffusion.timesteps)
+    assert val["val_vlb_term_bpd"] == pytest.approx(float(full.terms[ts].mean()), rel=0.2)
+    assert full.bits_per_dim > 5 * val["val_vlb_term_bpd"]

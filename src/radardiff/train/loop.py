@@ -489,7 +489,7 @@ class Trainer:
                 "step": self.state.step,
                 "val_loss": loss,
                 "val_mse": res.mse,
-                "val_vlb_bpd": res.vlb_bpd,
+                "val_vlb_term_bpd": res.vlb_term_bpd,
             }
         )
 
