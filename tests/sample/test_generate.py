@@ -293,3 +293,29 @@ def test_zero_steps_and_batch_size_are_refused(trained_run, tmp_path):
     with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
         generate(run, SampleOptions(n=2, sampler="ddim", steps=2, batch_size=0), tmp_path / "b.h5")
     assert not list(tmp_path.iterdir())
+
+
+def test_samples_far_outside_the_training_range_are_reported(run, tmp_path, caplog, monkeypatch):
+    """A broken model's samples (here: the network's output scaled 1e4, as a super-resolution
+    run's +-5000 dB) are kept but reported with their seeds; normal samples are not."""
+    import importlib
+    import logging
+
+    gen_mod = importlib.import_module("radardiff.sample.generate")
+
+    with caplog.at_level(logging.WARNING, logger="radardiff"):
+        generate(run, opts(n=2, sampler="ddim", steps=2), tmp_path / "ok.h5")
+    assert "far outside" not in caplog.text
+    real = gen_mod.denoise_batch
+
+    def broken(*args, **kw):
+        y, extra = real(*args, **kw)
+        y = y.copy()
+        y[1] *= 1e4
+        return y, extra
+
+    monkeypatch.setattr(gen_mod, "denoise_batch", broken)
+    with caplog.at_level(logging.WARNING, logger="radardiff"):
+        generate(run, opts(n=2, sampler="ddim", steps=2), tmp_path / "bad.h5")
+    assert "1 of 2 samples (seeds 1) lie far outside the training data's range" in caplog.text
+    assert len(DatasetFile(tmp_path / "bad.h5")) == 2

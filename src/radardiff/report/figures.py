@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -72,6 +73,16 @@ def loss_curves(rows: list[dict]) -> bytes:
     return _png(fig)
 
 
+def log_ticks(x) -> list[float]:
+    """The 1-2-5 values (..., 0.05, 0.1, 0.2, ...) within the positive finite range of ``x``."""
+    xs = np.asarray(x, dtype=float)
+    xs = xs[np.isfinite(xs) & (xs > 0)]
+    if not xs.size:
+        return []
+    nice = [m * 10.0**e for e in range(-6, 7) for m in (1, 2, 5)]
+    return [v for v in nice if xs.min() * (1 - 1e-9) <= v <= xs.max() * (1 + 1e-9)]
+
+
 def band_plot(
     x,
     real: dict,
@@ -93,6 +104,12 @@ def band_plot(
     ax.set_title(title)
     if logx:
         ax.set_xscale("log")
+        # a PSD's axis spans about one decade: matplotlib labels its minor ticks (2x10^-1,
+        # 3x10^-1...) and they overlapped; plain 1-2-5 ticks instead
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ticks = log_ticks(x)
+        if len(ticks) >= 2:
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     if logy:
         ax.set_yscale("log")
     ax.legend()

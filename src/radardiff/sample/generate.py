@@ -353,6 +353,7 @@ def generate_batch(
     cond = batch_conditions(run, opts, idx, condition)
     y, _ = denoise_batch(run, opts, idx, cond, sampling)
     images = run.normalizer.inverse(y, cond.stats)
+    _warn_far_outside(run, y, images, idx)
     out = {
         "images": images,
         "seeds": np.asarray(idx, np.int64),
@@ -361,6 +362,40 @@ def generate_batch(
     if cond.labels is not None:
         out["labels"] = cond.labels
     return out
+
+
+# where the network-space values of training data lie, per normalisation, and how far beyond
+# (in widths of that interval) a sample must reach to be reported as broken
+_NETWORK_RANGE = {
+    "minmax_pm1": (-1.0, 1.0),
+    "global_minmax": (-1.0, 1.0),
+    "minmax_01": (0.0, 1.0),
+    "standardize": (-5.0, 5.0),
+    "global_standardize": (-5.0, 5.0),
+}
+FAR_OUTSIDE_WIDTHS = 2.0
+
+
+def _warn_far_outside(run: LoadedRun, y: np.ndarray, images: np.ndarray, idx: np.ndarray) -> None:
+    """Warn about samples whose network-space values reach more than FAR_OUTSIDE_WIDTHS widths of
+    the training data's range beyond it (a diverged model or a wrong condition: a
+    super-resolution run's +-5000 dB). They are kept: the warning names their seeds."""
+    span = _NETWORK_RANGE.get(run.normalizer.method)
+    if span is None:
+        return
+    lo, hi = span
+    margin = FAR_OUTSIDE_WIDTHS * (hi - lo)
+    with np.errstate(invalid="ignore"):
+        far = ((y < lo - margin) | (y > hi + margin)).reshape(len(y), -1).any(axis=1)
+    if far.any():
+        worst = float(np.nanmax(np.abs(images[far])))
+        seeds = ", ".join(str(int(i)) for i in np.asarray(idx)[far][:5])
+        log.warning(
+            "%d of %d samples (seeds %s%s) lie far outside the training data's range "
+            "(|value| up to %.4g in physical units): the model or its condition is off; check "
+            "them before use",
+            int(far.sum()), len(y), seeds, "..." if far.sum() > 5 else "", worst,
+        )  # fmt: skip
 
 
 ProgressFn = Callable[[int, int], None]
