@@ -145,7 +145,7 @@ def test_mixed_shapes_and_resize(tmp_path):
     folder.mkdir()
     Image.fromarray(np.full((8, 8), 10, np.uint8)).save(folder / "a_1.png")
     Image.fromarray(np.full((16, 12), 20, np.uint8)).save(folder / "b_2.png")
-    with pytest.raises(DataError, match=r"b_2\.png: shape \(1, 16, 12\) differs from \(1, 8, 8\)"):
+    with pytest.raises(DataError, match=r"b_2\.png: size \(16, 12\) differs from \(8, 8\)"):
         prepare(folder, tmp_path / "m.h5")
     assert not (tmp_path / "m.h5").exists()
     res = prepare(folder, tmp_path / "m.h5", resize=4)
@@ -383,3 +383,34 @@ def test_complex_data_to_intensity_amplitude_db_phase(tmp_path):
         prepare(tmp_path / "three.npy", tmp_path / "t.h5", complex_mode="phase")
     with pytest.raises(ConfigError, match="use --complex db"):
         prepare(tmp_path / "c.npy", tmp_path / "t.h5", complex_mode="intensity", db=True)
+
+
+def test_crop_or_pad_mixed_sizes_and_channel_mismatch(tmp_path):
+    """--crop centre-crops larger images and pads smaller ones with no data (pixels never
+    resampled); samples of other channel counts are refused as such, not as a size."""
+    from radardiff.data.prepare import crop_or_pad
+
+    img = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+    np.testing.assert_array_equal(crop_or_pad(img, (3, 2)), img[:, 1:4, 2:4])
+    padded = crop_or_pad(img, (7, 6))
+    assert np.isnan(padded[:, 0]).all() and np.isnan(padded[:, 6]).all()
+    np.testing.assert_array_equal(padded[:, 1:6], img)
+    folder = tmp_path / "chips"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(10, 12), (8, 8), (12, 9)]):
+        tifffile.imwrite(folder / f"ship_{i}.tif", np.full((h, w), float(i + 1), np.float32))
+    with pytest.raises(DataError, match=r"size \(8, 8\) differs.*--resize, --crop or --tile"):
+        prepare(folder, tmp_path / "no.h5")
+    res = prepare(folder, tmp_path / "c.h5", crop=8, max_nan_fraction=0.5)
+    assert res.n_written == 3 and res.shape == (1, 8, 8)
+    with DatasetFile(tmp_path / "c.h5") as ds:
+        assert np.nanmax(ds.images(), axis=(1, 2, 3)).tolist() == [1.0, 2.0, 3.0]
+    two = tmp_path / "two"
+    two.mkdir()
+    np.save(two / "a.npy", np.zeros((1, 8, 8), np.float32))
+    tifffile.imwrite(two / "a.tif", np.zeros((8, 8), np.float32))
+    tifffile.imwrite(two / "b.tif", np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(DataError, match=r"2 channel\(s\), but .*a.tif has 1"):
+        prepare(two, tmp_path / "t.h5", format="geotiff")
+    with pytest.raises(ConfigError, match="--crop and --resize"):
+        prepare(folder, tmp_path / "x.h5", crop=8, resize=8)

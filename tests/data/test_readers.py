@@ -344,3 +344,52 @@ def test_numpy_channels_last_arrays(tmp_path):
     np.save(tmp_path / "nhw.npy", np.zeros((5, 8, 8), np.float32))
     assert open_reader(tmp_path / "nchw.npy").read(0).shape == (2, 8, 8)
     assert len(open_reader(tmp_path / "nhw.npy")) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "units"),
+    [
+        ("20200101_20200113.geo.unw.tif", "insar_unwrapped", "rad"),
+        ("20200101_20200113.geo.diff_pha.tif", "insar_wrapped", "rad"),
+        ("20200101_20200113.geo.cc.tif", "generic", "coherence"),
+        ("filt_topophase.unw.geo.tif", "insar_unwrapped", "rad"),
+        ("Sigma0_VV_db.tif", "sar_backscatter", "dB"),
+        ("Sigma0_VV.tif", "sar_backscatter", "linear"),
+        ("scene.tif", "generic", "unknown"),
+    ],
+)
+def test_kind_and_units_from_product_names(tmp_path, name, kind, units):
+    """LiCSAR / ISCE / SNAP names give the kind and units that their untagged files lack."""
+    tifffile.imwrite(tmp_path / name, np.ones((8, 8), np.float32))
+    info = open_reader(tmp_path / name).info
+    assert (info.kind, info.units) == (kind, units)
+
+
+def _bigearthnet(root: Path, n: int = 3) -> np.ndarray:
+    """BigEarthNet-S1-like patches: one folder per patch with _VV and _VH GeoTIFFs in dB."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(-15.0, 3.0, (n, 2, 8, 8)).astype(np.float32)
+    for i in range(n):
+        patch = root / f"S1A_IW_GRDH_patch_{i}"
+        patch.mkdir(parents=True)
+        for c, pol in enumerate(("VV", "VH")):
+            tifffile.imwrite(patch / f"S1A_IW_GRDH_patch_{i}_{pol}.tif", data[i, c])
+    return data
+
+
+def test_polarisations_of_a_patch_are_channels(tmp_path):
+    """VV and VH files of one patch are one 2-channel sample (VV first); mostly negative
+    values make the set dB, not the linear a backscatter reader assumes."""
+    from radardiff.data.prepare import prepare
+
+    data = _bigearthnet(tmp_path / "ben")
+    reader = open_reader(tmp_path / "ben", classes="none")
+    assert len(reader) == 3 and reader.labels is None
+    assert reader.info.kind == "sar_backscatter" and reader.info.attrs["polarisations"] == [
+        "VV",
+        "VH",
+    ]
+    np.testing.assert_array_equal(reader.read(1), data[1])
+    assert reader.name(1).endswith("S1A_IW_GRDH_patch_1_VV+VH")
+    res = prepare(tmp_path / "ben", tmp_path / "ben.h5", classes="none")
+    assert (res.units, res.shape, res.n_written, res.class_names) == ("dB", (2, 8, 8), 3, None)

@@ -85,6 +85,12 @@ def _parse_split(ctx, param, value: str | None):
     callback=_parse_resize,
     help="Resize each sample to S or HxW (no-data aware bilinear).",
 )
+@click.option(
+    "--crop",
+    callback=_parse_resize,
+    help="Centre-crop each sample to S or HxW, padding smaller ones with no data (mixed sizes "
+    "without resampling).",
+)
 @click.option("--kind", type=click.Choice(KINDS), help="Dataset kind [default: from the source].")
 @click.option("--units", help="Physical units [default: from the source].")
 @click.option("--db", is_flag=True, help="Convert intensity to dB (10 log10) first.")
@@ -111,6 +117,7 @@ def prepare_cmd(
     stride,
     max_nan,
     resize,
+    crop,
     kind,
     units,
     db,
@@ -127,6 +134,7 @@ def prepare_cmd(
       radardiff data prepare ifgs/ --format hdf5 --key unwrap --out unw.h5
       radardiff data prepare scenes/ --nodata 0 --tile 32 --stride 16 --out tiles.h5
       radardiff data prepare slc_iq.npy --complex db --tile 64 --out slc_db.h5
+      radardiff data prepare ship_chips/ --crop 64 --classes filename --out ships.h5
     """
     from radardiff.cli._common import bar_callback
     from radardiff.cli._common import progress as progress_bar
@@ -145,6 +153,7 @@ def prepare_cmd(
             stride=stride,
             max_nan_fraction=max_nan,
             resize=resize,
+            crop=crop,
             kind=kind,
             units=units,
             db=db,

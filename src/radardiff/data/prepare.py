@@ -202,6 +202,25 @@ def from_complex(img: np.ndarray, mode: str, name: str) -> np.ndarray:
     return to_db(power)
 
 
+def _checked_units(reader) -> str:
+    """The source's units, checked against its first item's values: intensity said to be
+    linear (a reader's default, or a product name) whose values are mostly negative is dB."""
+    units = reader.info.units
+    if units != "linear" or len(reader) == 0:
+        return units
+    first = reader.read(0)
+    finite = first[np.isfinite(first)] if not np.iscomplexobj(first) else np.array([])
+    if finite.size and np.mean(finite < 0) > 0.5:
+        log.info(
+            "%s: %.0f %% of the values are negative: intensities in dB, not linear "
+            "(--units to say otherwise)",
+            reader.name(0),
+            100 * np.mean(finite < 0),
+        )
+        return "dB"
+    return units
+
+
 @dataclass
 class _Counts:
     all_nan: int = 0
@@ -222,6 +241,7 @@ def prepare(
     stride: int | None = None,
     max_nan_fraction: float | None = None,
     resize: int | tuple[int, int] | None = None,
+    crop: int | tuple[int, int] | None = None,
     kind: str | None = None,
     units: str | None = None,
     db: bool = False,
@@ -247,6 +267,9 @@ def prepare(
     resize
         Output size ``S`` or ``(H, W)`` of each sample (tile, or whole item), see
         :func:`resize_nan`.
+    crop
+        Centre-crop each sample to S or (H, W), padding smaller ones with no data
+        (:func:`crop_or_pad`): mixed sizes without resampling. Excludes ``resize``.
     kind, units
         Dataset attributes; default to what the source suggests.
     db
@@ -265,6 +288,9 @@ def prepare(
     tile, stride, max_nan, size = _check_options(
         tile, stride, max_nan_fraction, resize, kind, batch_size
     )
+    if crop is not None and resize is not None:
+        raise ConfigError("--crop and --resize: give one (crop keeps pixels, resize resamples)")
+    crop_size = _size_option(crop, "--crop")
     if split is not None:
         _check_split(split)
     reader = open_reader(src, format, key=key, label_key=label_key, classes=classes, nodata=nodata)
@@ -280,7 +306,7 @@ def prepare(
         if complex_mode is not None and db:
             raise ConfigError("--complex and --db: use --complex db for dB of complex data")
         implied = COMPLEX_UNITS.get(complex_mode or "", "dB" if db else None)
-        units = units or implied or reader.info.units
+        units = units or implied or _checked_units(reader)
         names = [s for s, f in zip(SPLIT_NAMES, split, strict=False) if f > 0] if split else ["all"]
         fracs = [f for f in split if f > 0] if split else [1.0]
         paths = split_paths(out, names) if split else [out]
@@ -296,6 +322,7 @@ def prepare(
             "stride": stride,
             "max_nan_fraction": max_nan,
             "resize": size,
+            "crop": list(crop_size) if crop_size else None,
             "db": db,
             "complex": complex_mode,
             "split": list(split) if split else None,
@@ -303,7 +330,7 @@ def prepare(
             "nodata": nodata,
         }
         sink = _Sink(paths, names, reader, kind, units, size, options, batch_size)
-        plan = _Plan(tile, stride, max_nan, size, db, complex_mode)
+        plan = _Plan(tile, stride, max_nan, size, db, complex_mode, crop_size)
         counts = _Counts()
         with ExitStack() as stack:
             stack.callback(sink.abort_unclosed)
@@ -347,6 +374,7 @@ class _Plan:
     size: tuple[int, int] | None
     db: bool
     complex_mode: str | None = None
+    crop: tuple[int, int] | None = None
 
 
 def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) -> None:
@@ -374,6 +402,8 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
             img = to_db(img)
         lab = None if labels is None else int(labels[i])
         rows = plan.tile or img.shape[1]
+        if plan.crop is not None:
+            img = crop_or_pad(img, plan.crop)
         for sample in _samples(img, plan.tile, plan.stride, plan.max_nan, plan.size, counts):
             if assign is not None:
                 sink.add(int(assign[i]), sample, lab, reader.name(i), rows)
@@ -384,6 +414,28 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
     order = split_assignment(len(pending), fracs, seed)
     for s, (sample, lab) in zip(order, pending, strict=True):
         sink.add(int(s), sample, lab, reader.name(0), rows)
+
+
+def _size_option(value, option: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    size = (value, value) if isinstance(value, int) else tuple(value)
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"{option}: expected a positive size S or HxW, got {value}")
+    return size  # type: ignore[return-value]
+
+
+def crop_or_pad(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(C, H, W)`` centre-cropped to ``size = (h, w)``, smaller sides padded with NaN (no
+    data) around the centre; no pixel is resampled."""
+    h, w = size
+    out = np.full((img.shape[0], h, w), np.nan, np.float32)
+    H, W = img.shape[1:]
+    ch, cw = min(h, H), min(w, W)
+    sy, sx = (H - ch) // 2, (W - cw) // 2
+    dy, dx = (h - ch) // 2, (w - cw) // 2
+    out[:, dy : dy + ch, dx : dx + cw] = img[:, sy : sy + ch, sx : sx + cw]
+    return out
 
 
 def _check_options(tile, stride, max_nan_fraction, resize, kind, batch_size):
@@ -482,9 +534,14 @@ class _Sink:
         if not self.writers:
             self._open(sample.shape, name)
         elif sample.shape != self.shape:
+            if sample.shape[0] != self.shape[0]:
+                raise DataError(
+                    f"{name}: {sample.shape[0]} channel(s), but {self.first_name} has "
+                    f"{self.shape[0]}: every sample needs the same channels"
+                )
             raise DataError(
-                f"{name}: shape {sample.shape} differs from {self.shape} of {self.first_name}; "
-                "use --resize or --tile for images of mixed sizes"
+                f"{name}: size {sample.shape[1:]} differs from {self.shape[1:]} of "
+                f"{self.first_name}; use --resize, --crop or --tile for images of mixed sizes"
             )
         if self.size is not None:
             # source pixels per output pixel, to rescale the pixel spacing

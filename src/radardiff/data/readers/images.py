@@ -22,6 +22,7 @@ from radardiff.data.readers.base import (
     class_from_filename,
     list_files,
 )
+from radardiff.data.readers.products import POLARISATION, polarisation_groups, product_hint
 from radardiff.data.readers.raster import read_raster, units_name
 from radardiff.errors import DataError
 
@@ -47,29 +48,55 @@ class RasterFilesReader(Reader):
         nodata: float | None = None,
     ) -> None:
         super().__init__(src)
-        self.items = files
-        self.labels = labels
+        groups = polarisation_groups(files)
+        if groups is not None:  # VV and VH files of one scene: one sample of two channels
+            by_file = dict(zip(files, labels, strict=True)) if labels is not None else None
+            self.items = groups
+            self.labels = None if by_file is None else [by_file[g[0]] for g in groups]
+        else:
+            self.items = files
+            self.labels = labels
         self.nodata = nodata
         self.info = self._source_info()
 
     def name(self, i: int) -> str:
-        return str(self.items[i])
+        item = self.items[i]
+        if isinstance(item, list):  # a scene in several polarisations: stem_VV+VH
+            pols = [POLARISATION.match(f.name) for f in item]
+            return f"{item[0].parent / pols[0]['stem']}_{'+'.join(m['pol'] for m in pols)}"
+        return str(item)
 
     def read(self, i: int) -> np.ndarray:
-        return read_raster(self.items[i], self.nodata).data
+        item = self.items[i]
+        if not isinstance(item, list):
+            return read_raster(item, self.nodata).data
+        bands = [read_raster(f, self.nodata).data for f in item]
+        if len({b.shape[1:] for b in bands}) > 1:
+            shapes = ", ".join(f"{f.name} {b.shape[1:]}" for f, b in zip(item, bands, strict=True))
+            raise DataError(f"{self.name(i)}: polarisations of different sizes ({shapes})")
+        return np.concatenate(bands, axis=0)
 
     def _source_info(self) -> SourceInfo:
-        first = self.items[0]
+        first = self.items[0][0] if isinstance(self.items[0], list) else self.items[0]
         kind, units, spacing, attrs = self.default_kind, self.default_units, None, {}
+        if isinstance(self.items[0], list):
+            attrs["polarisations"] = [
+                POLARISATION.match(f.name)["pol"].upper() for f in self.items[0]
+            ]
         if first.suffix.lower() in TIFF_EXTS:
             # GeoTIFF tags of the first file describe the set (one sensor, one processing)
             r = read_raster(first, self.nodata)
             spacing = r.pixel_spacing_m
             stored_float = np.dtype(r.stored_dtype).kind == "f"
-            units = units_name(r.units) or (self.float_units if stored_float else units)
+            tagged = units_name(r.units)
+            units = tagged or (self.float_units if stored_float else units)
             if r.data_type:
                 attrs["source_data_type"] = r.data_type
             kind = self._kind_hint(first, units, r.data_type) or kind
+            hint = product_hint(first)
+            if hint is not None:  # a product's name: its kind, and its units unless tagged
+                kind, units = hint[0], tagged or hint[1]
+                attrs["product_from_name"] = first.name
         return SourceInfo(self.format_name, kind, units, spacing, attrs)
 
     def _kind_hint(self, path: Path, units: str, data_type: str | None) -> str | None:
