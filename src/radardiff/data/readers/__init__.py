@@ -8,6 +8,7 @@ tengeop    TenGeoP-SARwv as distributed: one folder of GeoTIFFs per class
 hdf5       an HDF5 file or a folder of them, with a data key (``unwrap``, ``real_data``...)
 geotiff    a GeoTIFF scene or a folder of scenes, no-data value -> NaN
 numpy      a ``.npy`` stack (memory-mapped) or an ``.npz`` archive
+csv        a table of flattened square images, one per row (``.csv``, ``.csv.gz``, ``.tsv``)
 =========  ==============================================================================
 
 :func:`open_reader` picks the format from what ``src`` holds unless told; every reader gives
@@ -30,6 +31,7 @@ from radardiff.data.readers.base import (
     SourceInfo,
     class_names_of,
 )
+from radardiff.data.readers.csv_table import csv_reader, is_csv
 from radardiff.data.readers.geotiff import geotiff_reader
 from radardiff.data.readers.hdf5 import KNOWN_KEYS, hdf5_reader
 from radardiff.data.readers.images import CLASS_MODES, ClassMode, image_folder_reader
@@ -37,7 +39,7 @@ from radardiff.data.readers.numpy_stack import numpy_reader
 from radardiff.data.readers.tengeop import CLASS_DESCRIPTIONS, tengeop_reader
 from radardiff.errors import ConfigError, DataError
 
-Format = Literal["auto", "images", "tengeop", "hdf5", "geotiff", "numpy"]
+Format = Literal["auto", "images", "tengeop", "hdf5", "geotiff", "numpy", "csv"]
 FORMATS: tuple[str, ...] = Format.__args__  # type: ignore[attr-defined]
 
 __all__ = [
@@ -59,6 +61,8 @@ def detect_format(src: str | os.PathLike) -> str:
     """The format of ``src`` from its file extensions (see the module docstring)."""
     src = Path(src)
     if src.is_file():
+        if is_csv(src):
+            return "csv"
         ext = src.suffix.lower()
         for exts, fmt in ((NUMPY_EXTS, "numpy"), (HDF5_EXTS, "hdf5"), (TIFF_EXTS, "geotiff")):
             if ext in exts:
@@ -116,10 +120,14 @@ def open_reader(
             f"--classes: unknown mode '{classes}'; expected one of {', '.join(CLASS_MODES)}"
         )
     fmt = detect_format(src) if format == "auto" else format
-    if (key or label_key) and fmt not in ("hdf5", "numpy"):
+    if key and fmt not in ("hdf5", "numpy"):
+        raise ConfigError(f"--key: applies to hdf5 and numpy sources, not to {fmt} ({src})")
+    if label_key and fmt not in ("hdf5", "numpy", "csv"):
         raise ConfigError(
-            f"--key/--label-key: apply to hdf5 and numpy sources, not to {fmt} ({src})"
+            f"--label-key: applies to hdf5, numpy and csv sources, not to {fmt} ({src})"
         )
+    if fmt == "csv":
+        return csv_reader(src, label_key, nodata)
     if fmt == "images":
         return image_folder_reader(src, classes, nodata)  # type: ignore[arg-type]
     if fmt == "tengeop":
