@@ -333,3 +333,36 @@ def test_consistency_without_target_network(teacher, tmp_path):
     assert d.target is None
     d.run()
     assert not (tmp_path / "cd0" / "checkpoints" / "step_0000002" / "target").exists()
+
+
+def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path):
+    """Classes (with the teacher's guidance) go through consistency distillation: the student
+    is class-conditional, samples per class, and its samples depend on the class."""
+    from radardiff.data.synth import SAR_CLASSES, synthesize
+    from radardiff.sample import SampleOptions, generate
+
+    data = synthesize("sar", 24, 16, tmp_path / "sar.h5", seed=0)
+    cfg = tiny_run_config(
+        str(data), model={"num_classes": len(SAR_CLASSES)}, diffusion={"prediction": "v"}
+    )
+    train(cfg, tmp_path / "teacher")
+    student = student_config(
+        load_run(tmp_path / "teacher"),
+        {"method": "consistency", "steps": 2, "teacher_steps": 4, "steps_per_stage": 2,
+         "guidance": 2.0},
+        "cd",
+    )  # fmt: skip
+    distill(student, tmp_path / "cd")
+    run = load_run(tmp_path / "cd")
+    assert run.cfg.model.num_classes == len(SAR_CLASSES) and run.cfg.distill.guidance == 2.0
+    a = generate(
+        run, SampleOptions(n=2, sampler="consistency", steps=2, classes=(1,)), tmp_path / "a.h5"
+    )
+    b = generate(
+        run, SampleOptions(n=2, sampler="consistency", steps=2, classes=(7,)), tmp_path / "b.h5"
+    )
+    from radardiff.data import DatasetFile
+
+    with DatasetFile(a.path) as fa, DatasetFile(b.path) as fb:
+        assert fa.labels().tolist() == [1, 1] and fb.labels().tolist() == [7, 7]
+        assert not np.allclose(fa.images(), fb.images())
