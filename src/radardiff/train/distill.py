@@ -4,8 +4,8 @@ Both methods train through the :class:`Trainer`'s loop (accelerate, EMA, atomic 
 bit-identical resume, NaN stop, TensorBoard); the student starts from the teacher's EMA weights on
 the teacher's normalisation, and its run directory is a normal run.
 
-**Progressive distillation** (Salimans and Ho 2022). A student starts as a copy of the teacher's EMA network and learns to do in one DDIM step what
-two DDIM steps of the teacher do. Each stage halves the step count: stage 0 turns the teacher's
+**Progressive distillation** (Salimans and Ho 2022). A student starts as a copy of the
+teacher's EMA network and learns to do in one DDIM step what two DDIM steps of the teacher do. Each stage halves the step count: stage 0 turns the teacher's
 ``teacher_steps`` DDIM steps into half as many, and the student then becomes the teacher of the
 next stage, down to ``steps``.
 
@@ -37,8 +37,9 @@ the loss is the pseudo-Huber distance ``sqrt(|f(z_n, t_n) - f^-(z_{n-1}, t_{n-1}
 (per pixel, over valid pixels; Song and Dhariwal 2023), ``f^-`` the target network: an EMA of
 the student with decay ``target_ema`` per step (0.95, Song et al. 2023), kept in each checkpoint
 (``target/``), or with ``target_ema = 0`` the student itself without gradient (Song and Dhariwal
-2023). The learning rate falls linearly to 0 over the one stage of ``steps_per_stage`` steps. The student samples by multistep consistency
-sampling (the ``consistency`` sampler) at ``steps`` calls.
+2023). The learning rate falls linearly to 0 over the one stage of ``steps_per_stage`` steps.
+The student samples by multistep consistency sampling (the ``consistency`` sampler) at ``steps``
+calls.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def student_config(
     overrides: list[str] | None = None,
 ) -> RunConfig:
     """The student's run config: the teacher's model, process and data, the distillation
-    section (``distill`` over the defaults), the training it implies, DDIM at the student's
-    steps as its sampler, then ``--set`` style ``overrides``."""
+    section (``distill`` over the defaults), the training it implies, its sampler at the
+    student's steps (DDIM, or the consistency sampler), then ``--set`` style ``overrides``."""
     check_teacher(teacher, distill.get("method", "progressive"))
     t = teacher.cfg
     defaults = {k: v for k, v in config_to_dict(t.distill).items() if k != "teacher_steps"}
@@ -118,12 +119,10 @@ def check_teacher(teacher: LoadedRun, method: str = "progressive") -> None:
     d = teacher.cfg.diffusion
     where = f"{teacher.run.root}: cannot be distilled by {method} distillation"
     if d.variance == "learned_range":
-        why = (
-            "the student's steps are DDIM's"
-            if method == "progressive"
-            else "the student maps to x0"
+        raise ConfigError(
+            f"{where}: its variance is learned (the student learns only the mean; a variance "
+            "would not be distilled)"
         )
-        raise ConfigError(f"{where}: its variance is learned ({why}, its variance would not be)")
     if d.prediction == "eps":
         raise ConfigError(
             f"{where}: it predicts eps, whose x0 estimate is unstable at the few-step student's "
