@@ -1,0 +1,245 @@
+"""Throughput against the hardware: radardiff's loops, the bare diffusers loops, the machine's peaks.
+
+One command, one process per configuration (so that one configuration's allocator state, thread
+pools and caches do not colour the next), printing for training and sampling at 32 and 64 px:
+
+* ``bare``: the plainest loop a user would write with the same network (UNet2DModel, default
+  AdamW, MSE on eps; for sampling, the network called on the same inputs, autocast per call);
+* ``ours``: radardiff's ``Trainer`` (data file, normaliser, EMA, timestep sampler, masks,
+  logging) and a prepared ``dpmsolver++`` sampler over the ``Denoiser``;
+* the effective GFLOP/s of each (FLOPs of the network's convolutions and matmuls counted once by
+  ``torch.utils.flop_counter``; a training step counted as 3 forwards) and their share of the
+  machine's measured peak: a large bf16 / fp32 3x3 convolution, NCHW and channels-last, the best
+  layout taken.
+
+Ratios are ours / bare measured in the same command; the load average is printed at the start and
+the end (a loaded machine makes every number meaningless: run it alone).
+
+Usage::
+
+    python benchmarks/bench_throughput.py                         # CPU, bf16, 32 and 64 px
+    python benchmarks/bench_throughput.py --sizes 32 --threads 2 --steps 6
+    python benchmarks/bench_throughput.py --device cuda --precision fp16 --batch-scale 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# the issue's configurations: batch 32 at 32 px, 16 at 64 px (times --batch-scale)
+BATCH = {32: 32, 64: 16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def conv_peak(precision: str, device: torch.device, reps: int = 8) -> dict:
+    """GFLOP/s of a large 3x3 convolution (256 -> 256 channels, 32 x 32, batch 32), the best of
+    NCHW and channels-last."""
+    dtype = _dtype(precision)
+    x = torch.randn(32, 256, 32, 32, device=device, dtype=dtype)
+    w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
+    flops = 2 * 32 * 256 * 32 * 32 * 256 * 9
+    best = {}
+    for layout, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        xi, wi = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            for _ in range(2):
+                torch.nn.functional.conv2d(xi, wi, padding=1)
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.nn.functional.conv2d(xi, wi, padding=1)
+            _sync(device)
+        best[layout] = flops * reps / (time.perf_counter() - t0) / 1e9
+    return {"gflops": max(best.values()), **{f"gflops_{k}": v for k, v in best.items()}}
+
+
+def forward_flops(model_cfg, size: int) -> float:
+    """FLOPs of one image's forward pass of the network (convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from radardiff.models import build_unet
+
+    model = build_unet(model_cfg, 1, False).eval()
+    x, t = torch.randn(1, 1, size, size), torch.tensor([500])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return float(counter.get_total_flops())
+
+
+def _train_cfg(size: int, batch: int, precision: str, total: int, data: Path):
+    from bench_train import model_section
+
+    from radardiff.config import validate_config
+
+    amp = {"fp32": "no"}.get(precision, precision)
+    return validate_config(
+        {
+            "data": {"train": str(data)},
+            "model": model_section(size),
+            "train": {
+                "steps": total,
+                "batch_size": batch,
+                "mixed_precision": amp,
+                "checkpoint_every": 10_000,
+                "log_every": 10_000,
+                "val_every": 10_000,
+                "tensorboard": False,
+            },
+        },  # fmt: skip
+        "bench",
+    )
+
+
+def train_worker(which: str, size: int, batch: int, precision: str, steps: int, device) -> dict:
+    from bench_train import bare_loop, our_loop
+
+    from radardiff.data.synth import synthesize
+
+    warmup = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthesize("insar_noise", 256, size, Path(tmp) / "d.h5", seed=0)
+        cfg = _train_cfg(size, batch, precision, warmup + steps + 1, data)
+        if which == "bare":
+            img_s = bare_loop(cfg, steps, warmup, device)
+        else:
+            img_s = our_loop(cfg, Path(tmp) / "run", steps, warmup)
+    return {"img_s": img_s, "flops_per_img": 3 * forward_flops(cfg.model, size)}
+
+
+def sample_worker(which: str, size: int, batch: int, precision: str, steps: int, device) -> dict:
+    from bench_train import model_section
+
+    from radardiff.config import RunConfig, validate_config
+    from radardiff.config.schema import DiffusionConfig, ModelConfig
+    from radardiff.diffusion import Denoiser, make_sampler
+    from radardiff.models import build_unet
+
+    mcfg = validate_config(model_section(size), "model", ModelConfig)
+    torch.manual_seed(0)
+    model = build_unet(mcfg, 1, False).to(device).eval()
+    diffusion = DiffusionConfig(prediction="v")
+    x = torch.randn(batch, 1, size, size, device=device)
+    amp = _dtype(precision)
+
+    def bare() -> float:
+        times = torch.linspace(999, 0, steps, device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for t in times:
+                with torch.autocast(device.type, dtype=amp, enabled=precision != "fp32"):
+                    model(x, t.expand(batch)).sample.float()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    def ours() -> float:
+        prepared = make_sampler("dpmsolver++", diffusion, steps, {"use_karras_sigmas": True})
+        den = Denoiser(model, RunConfig(diffusion=diffusion), 1,
+                       precision={"fp32": "no"}.get(precision, precision))  # fmt: skip
+        gens = [torch.Generator().manual_seed(i) for i in range(batch)]
+        _sync(device)
+        t0 = time.perf_counter()
+        prepared.run(den.bind(), x.clone(), gens)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    fn = bare if which == "bare" else ours
+    fn()  # warm-up
+    seconds = float(np.median([fn() for _ in range(3)]))
+    return {"img_s": batch * steps / seconds, "flops_per_img": forward_flops(mcfg, size)}
+
+
+def worker(spec: dict) -> dict:
+    from radardiff._malloc import tune_malloc
+
+    tune_malloc()
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    kind = spec["kind"]
+    if kind == "peak":
+        return conv_peak(spec["precision"], device)
+    fn = train_worker if kind == "train" else sample_worker
+    return fn(spec["which"], spec["size"], spec["batch"], spec["precision"], spec["steps"], device)
+
+
+def _run(spec: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench_throughput: {spec['kind']} {spec.get('which', '')} failed: {tail}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="32,64")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--steps", type=int, default=6, help="timed training steps / sampler calls")
+    ap.add_argument(
+        "--batch-scale", type=int, default=1, help="batch = 32 (32 px), 16 (64 px) x this"
+    )
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    base = {"device": args.device, "threads": args.threads, "precision": args.precision}
+    print(
+        f"torch {torch.__version__}, device {args.device}, precision {args.precision}, threads "
+        f"{args.threads or torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} at start"
+    )
+    peaks = {p: _run({**base, "kind": "peak", "precision": p}) for p in dict.fromkeys(
+        [args.precision, "fp32"])}  # fmt: skip
+    for p, r in peaks.items():
+        print(
+            f"peak 3x3 conv {p}: {r['gflops_nchw']:.0f} GFLOP/s NCHW, "
+            f"{r['gflops_channels_last']:.0f} channels-last"
+        )
+    peak = peaks[args.precision]["gflops"]
+    print(
+        f"{'':26s} {'bare':>9s} {'ours':>9s} {'ours/bare':>9s} {'GFLOP/s':>15s} {'% of peak':>13s}"
+    )
+    for kind, unit in (("train", "img/s"), ("sample", "img-steps/s")):
+        for size in map(int, args.sizes.split(",")):
+            batch = BATCH[size] * args.batch_scale
+            spec = {**base, "kind": kind, "size": size, "batch": batch, "steps": args.steps}
+            bare, ours = (_run({**spec, "which": w}) for w in ("bare", "ours"))
+            gf = [r["img_s"] * r["flops_per_img"] / 1e9 for r in (bare, ours)]
+            print(
+                f"{kind} {size} px, batch {batch:<4d} {bare['img_s']:9.2f} {ours['img_s']:9.2f} "
+                f"{ours['img_s'] / bare['img_s']:9.3f} {gf[0]:7.0f} {gf[1]:7.0f} "
+                f"{100 * gf[0] / peak:6.0f} {100 * gf[1] / peak:6.0f}   ({unit})"
+            )
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()
