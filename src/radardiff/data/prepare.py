@@ -30,7 +30,7 @@ import numpy as np
 
 from radardiff.data.dataset_file import KINDS, DatasetWriter, check_dataset_path
 from radardiff.data.readers import open_reader
-from radardiff.data.readers.base import Reader
+from radardiff.data.readers.base import Reader, negative_fraction
 from radardiff.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,11 @@ DB_NEGATIVE_FRACTION = 0.05
 def _check_linear(img: np.ndarray, name: str) -> None:
     """Refuse ``--db`` on values that are already logarithmic: linear intensity or amplitude is
     never negative (beyond a few pixels of noise subtraction), dB values mostly are."""
-    finite = img[np.isfinite(img)]
-    if finite.size and np.mean(finite < 0) > DB_NEGATIVE_FRACTION:
+    negative = negative_fraction(img)
+    if negative > DB_NEGATIVE_FRACTION:
         raise DataError(
-            f"{name}: --db: {100 * np.mean(finite < 0):.0f} % of the values are negative "
-            f"(min {finite.min():.3g}): these are not linear intensities but logarithmic (dB) "
+            f"{name}: --db: {100 * negative:.0f} % of the values are negative "
+            f"(min {np.nanmin(img):.3g}): these are not linear intensities but logarithmic (dB) "
             "already; drop --db and give --units dB"
         )
 
@@ -200,25 +200,6 @@ def from_complex(img: np.ndarray, mode: str, name: str) -> np.ndarray:
     if mode == "amplitude":
         return np.sqrt(power)
     return to_db(power)
-
-
-def _checked_units(reader) -> str:
-    """The source's units, checked against its first item's values: intensity said to be
-    linear (a reader's default, or a product name) whose values are mostly negative is dB."""
-    units = reader.info.units
-    if units != "linear" or len(reader) == 0:
-        return units
-    first = reader.read(0)
-    finite = first[np.isfinite(first)] if not np.iscomplexobj(first) else np.array([])
-    if finite.size and np.mean(finite < 0) > 0.5:
-        log.info(
-            "%s: %.0f %% of the values are negative: intensities in dB, not linear "
-            "(--units to say otherwise)",
-            reader.name(0),
-            100 * np.mean(finite < 0),
-        )
-        return "dB"
-    return units
 
 
 @dataclass
@@ -306,7 +287,7 @@ def prepare(
         if complex_mode is not None and db:
             raise ConfigError("--complex and --db: use --complex db for dB of complex data")
         implied = COMPLEX_UNITS.get(complex_mode or "", "dB" if db else None)
-        units = units or implied or _checked_units(reader)
+        units = units or implied or reader.info.units
         names = [s for s, f in zip(SPLIT_NAMES, split, strict=False) if f > 0] if split else ["all"]
         fracs = [f for f in split if f > 0] if split else [1.0]
         paths = split_paths(out, names) if split else [out]
@@ -449,11 +430,7 @@ def _check_options(tile, stride, max_nan_fraction, resize, kind, batch_size):
     max_nan = max_nan_fraction if max_nan_fraction is not None else (0.5 if tile else 1.0)
     if not 0.0 <= max_nan <= 1.0:
         raise ConfigError(f"--max-nan: must lie in [0, 1], got {max_nan}")
-    size = None
-    if resize is not None:
-        size = (resize, resize) if isinstance(resize, int) else tuple(resize)
-        if len(size) != 2 or min(size) < 1:
-            raise ConfigError(f"--resize: expected a positive size S or HxW, got {resize}")
+    size = _size_option(resize, "--resize")
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"--kind: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
     if batch_size < 1:

@@ -123,6 +123,18 @@ def list_files(folder: Path, exts: tuple[str, ...], *, recursive: bool = False) 
     )
 
 
+# the largest channel count of a channels-last array (VV/VH, real/imaginary, RGB(A)): no image
+# is that few pixels wide
+MAX_LAST_CHANNELS = 4
+
+
+def negative_fraction(img: np.ndarray) -> float:
+    """The share of the finite values of ``img`` below 0 (0 when none is finite): linear
+    intensity or amplitude is never negative beyond noise, dB values mostly are."""
+    finite = img[np.isfinite(img)]
+    return float(np.mean(finite < 0)) if finite.size else 0.0
+
+
 def to_chw(arr: np.ndarray, where: str | os.PathLike) -> np.ndarray:
     """Bring a 2-D or 3-D raster to ``(C, H, W)``.
 
@@ -132,9 +144,9 @@ def to_chw(arr: np.ndarray, where: str | os.PathLike) -> np.ndarray:
     if arr.ndim == 2:
         return arr[None]
     if arr.ndim == 3:
-        if arr.shape[-1] <= 4 and arr.shape[0] > 4:
+        if arr.shape[-1] <= MAX_LAST_CHANNELS < arr.shape[0]:
             return np.moveaxis(arr, -1, 0)
-        if arr.shape[0] <= 4:
+        if arr.shape[0] <= MAX_LAST_CHANNELS:
             return arr
     raise DataError(f"{where}: array of shape {arr.shape} is not an image (H, W) or (H, W, C)")
 

@@ -21,6 +21,7 @@ from radardiff.data.readers.base import (
     SourceInfo,
     class_from_filename,
     list_files,
+    negative_fraction,
 )
 from radardiff.data.readers.products import POLARISATION, polarisation_groups, product_hint
 from radardiff.data.readers.raster import read_raster, units_name
@@ -97,6 +98,14 @@ class RasterFilesReader(Reader):
             if hint is not None:  # a product's name: its kind, and its units unless tagged
                 kind, units = hint[0], tagged or hint[1]
                 attrs["product_from_name"] = first.name
+            if units == "linear" and negative_fraction(r.data) > 0.5:
+                log.info(
+                    "%s: %.0f %% of the values are negative: intensities in dB, not linear "
+                    "(--units to say otherwise)",
+                    first,
+                    100 * negative_fraction(r.data),
+                )
+                units = "dB"
         return SourceInfo(self.format_name, kind, units, spacing, attrs)
 
     def _kind_hint(self, path: Path, units: str, data_type: str | None) -> str | None:

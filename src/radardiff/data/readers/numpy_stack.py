@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radardiff.data.readers.base import Reader, SourceInfo, as_float
+from radardiff.data.readers.base import MAX_LAST_CHANNELS, Reader, SourceInfo, as_float
 from radardiff.data.readers.hdf5 import _label_text
 from radardiff.errors import DataError
 
@@ -93,10 +93,6 @@ class NumpyReader(Reader):
         if self.layout in ("HWC", "NHWC"):
             arr = np.moveaxis(arr, -1, 0)
         return as_float(arr[None] if arr.ndim == 2 else arr, self.name(i), self.nodata)
-
-
-# the largest channel count of a channels-last array (VV/VH, real/imaginary, RGB(A))
-MAX_LAST_CHANNELS = 4
 
 
 def _layout(shape: tuple[int, ...]) -> str:
