@@ -191,7 +191,7 @@ def _check_comparable(
         raise DataError(f"{where}: image shapes differ, (C, H, W) {r.shape} vs {f.shape}")
     if r.units != f.units:
         raise DataError(f"{where}: units differ, '{r.units}' vs '{f.units}'")
-    differ = []  # (what differs, as recorded)
+    differ = []  # what differs, as recorded
     if r.kind != f.kind:
         differ.append(f"kinds differ, '{r.kind}' vs '{f.kind}'")
     if (
@@ -205,9 +205,8 @@ def _check_comparable(
         )
     if differ and not allow_mismatch:
         raise DataError(f"{where}: {differ[0]}; --allow-mismatch compares them anyway")
-    accepted = differ
     spacing = r.pixel_spacing_m if r.pixel_spacing_m is not None else f.pixel_spacing_m
-    return spacing, accepted
+    return spacing, differ
 
 
 def _check_metrics(metrics: tuple[str, ...], ds: DatasetFile, n_used: int) -> None:
