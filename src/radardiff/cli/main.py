@@ -51,6 +51,7 @@ def _register() -> None:
     from radardiff.cli.data import data
     from radardiff.cli.demo import demo
     from radardiff.cli.distill import distill
+    from radardiff.cli.downstream import downstream
     from radardiff.cli.evaluate import evaluate
     from radardiff.cli.features import features
     from radardiff.cli.report import report
@@ -58,7 +59,7 @@ def _register() -> None:
     from radardiff.cli.study import study
     from radardiff.cli.train import train
 
-    for cmd in (data, train, distill, sample, evaluate, features, study, report, demo):
+    for cmd in (data, train, distill, sample, evaluate, features, study, downstream, report, demo):
         cli.add_command(cmd)
 
 

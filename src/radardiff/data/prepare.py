@@ -9,6 +9,8 @@ Splits are seeded and exact: with ``split=(0.8, 0.1, 0.1)`` the source items are
 ``fraction * n_items``. Every tile of an item goes to the item's split, so overlapping tiles of
 one scene never leak between train and test. A single source item (one scene) is split by
 tile instead, which can leak where tiles overlap (``stride < tile``): a warning says so.
+Each output names its source items (attribute ``items``, a JSON list, when under 60,000
+characters), so that a later step can check that two files share no scene.
 
 Each output is written to a temporary file and renamed when complete
 (:class:`~radardiff.data.dataset_file.DatasetWriter`): an interrupted run leaves no
@@ -472,6 +474,9 @@ def _check_written(src: Path, sink: _Sink, counts: _Counts, max_nan: float) -> N
     raise DataError(f"{src}: no samples found")
 
 
+MAX_ITEMS_ATTR = 60_000  # characters of the JSON list of source items kept as attribute 'items'
+
+
 class _Sink:
     """Batched writers, one per split, opened at the first sample (its shape fixes the file's)."""
 
@@ -485,6 +490,7 @@ class _Sink:
         self.first_name = ""
         self.total = 0
         self.class_counts = [dict() for _ in names]
+        self.items: list[dict[str, None]] = [dict() for _ in names]  # source items per split
         self._scales: set[float] = set()
         self._closed = False
 
@@ -524,6 +530,7 @@ class _Sink:
             # source pixels per output pixel, to rescale the pixel spacing
             self._scales.add(round(rows / self.size[0], 9))
         self.buffers[s].append((sample, label))
+        self.items[s].setdefault(name, None)
         self.total += 1
         if label is not None:
             cname = (self.reader.class_names or [])[label]
@@ -553,6 +560,9 @@ class _Sink:
             self._flush(s)
             if spacing is not None:
                 w.update_attrs({"pixel_spacing_m": spacing})
+            items = json.dumps(list(self.items[s]))
+            if len(items) <= MAX_ITEMS_ATTR:  # HDF5 keeps attributes under 64 KiB
+                w.update_attrs({"items": items})
             if w.n == 0:
                 log.warning("%s: split '%s' is empty", self.paths[s], self.names[s])
             outputs.append(

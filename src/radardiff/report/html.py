@@ -255,6 +255,42 @@ def _study_table(study: dict) -> str:
     )
 
 
+def _downstream(run: RunDir) -> str:
+    """The train-on-generated / test-on-real table of ``radardiff downstream experiment``."""
+    from radardiff.evaluate.downstream import COLUMNS, RESULTS, table_rows
+
+    path = run.root / "downstream" / RESULTS
+    if not path.is_file():
+        return '<p class="note">No downstream experiment yet (radardiff downstream experiment).</p>'
+    result = json.loads(path.read_text(encoding="utf-8"))
+    parts = []
+    for task, summary in result.get("summary", {}).items():
+        head = "".join(f"<th>{html.escape(h)}</th>" for _, h in COLUMNS[task])
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            + "</tr>"
+            for t, name, cells in table_rows(result)
+            if t == task
+        )
+        crit = ", ".join(
+            f"{k.replace('_', ' ')}: {v:.3f}"
+            if isinstance(v, float)
+            else f"{k.replace('_', ' ')}: {v}"
+            for k, v in summary.get("criteria", {}).items()
+        )
+        parts.append(
+            f"<h3>{html.escape(task)}</h3><table><tr><th>training noise</th>{head}"
+            f'<th>seeds</th></tr>{body}</table><p class="note">{html.escape(crit)}</p>'
+        )
+    cfg = result.get("config", {})
+    note = (
+        f"Tested on {cfg.get('n_test')} pairs of {cfg.get('test_real')}; {cfg.get('n_train')} "
+        f"training pairs per set and seed; mean ± standard deviation over seeds."
+    )
+    return "".join(parts) + f'<p class="note">{html.escape(note)}</p>'
+
+
 def write_report(run_dir: str | Path, real: str | None = None, samples: str | None = None) -> Path:
     """Build ``RUN/report/index.html`` from the files of the run directory."""
     run = RunDir(run_dir)
@@ -290,6 +326,8 @@ def write_report(run_dir: str | Path, real: str | None = None, samples: str | No
         _metrics_table(metrics) if metrics else "",
         "<h2>Sampler study</h2>",
         _study(run),
+        "<h2>Downstream value: trained on generated, tested on real</h2>",
+        _downstream(run),
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(run.config.read_text(encoding='utf-8'))}</pre>",
     ]

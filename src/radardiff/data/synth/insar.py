@@ -290,6 +290,15 @@ class WrappedParams:
         _require(self.looks >= 1, "looks", ">= 1", self.looks)
 
 
+def coherence_fields(
+    n: int, size: int, rng: np.random.Generator, mean: tuple[float, float], std: float
+) -> np.ndarray:
+    """(n, size, size) coherence: a mean uniform in ``mean`` per scene plus a smooth power-law
+    field (beta 3) of standard deviation ``std``, clipped to [0.02, 0.99]."""
+    level = rng.uniform(*mean, size=(n, 1, 1))
+    return np.clip(level + powerlaw_field(n, size, 3.0, rng, std), 0.02, 0.99)
+
+
 def correlated_phase_noise(
     coherence: np.ndarray, looks: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -335,9 +344,7 @@ def insar_wrapped(
     for b in iter_blocks(n, seed, start):
         sl, rng = b.out, b.rng
         labels, dphi, clean = _clean_scene(b.index, size, rng, p.deformation)
-        k = labels.size
-        mean = rng.uniform(*p.coherence, size=(k, 1, 1))
-        gamma = np.clip(mean + powerlaw_field(k, size, 3.0, rng, p.coherence_std), 0.02, 0.99)
+        gamma = coherence_fields(labels.size, size, rng, p.coherence, p.coherence_std)
         eps = correlated_phase_noise(gamma, p.looks, rng)
         out.labels[sl], out.deformation[sl, 0], out.unwrapped[sl, 0] = labels, dphi, clean
         out.coherence[sl, 0] = gamma

@@ -1,0 +1,428 @@
+"""Downstream value of generated data: train on one noise source, test on held-out real noise.
+
+:func:`score_task` tests one trained network on a pairs file. :func:`run_experiment` trains each
+reference task (:mod:`radardiff.evaluate.tasks`) on pairs made from each training noise set
+
+- ``physics``: the physics generator ``insar_noise`` (its parameters fitted to the real training
+  tiles by :func:`calibrate_physics`, or a file the user made),
+- ``generated``: a radardiff run's samples (the model trained on the training scenes only),
+- ``real``: the real tiles of the training scenes,
+- ``real+generated``: both, in equal shares,
+
+with the same number of pairs, the same signals' distribution and the same optimisation, for
+each seed (the seed draws the pairs' signals and tiles, the network's initialisation and its
+batches), and tests every network on one set of pairs made from the real tiles of the held-out
+scenes. Results go to ``downstream.json`` (and a table in ``downstream.md``); a finished network
+is not trained again, so an interrupted experiment resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from radardiff._files import temp_file_for
+from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
+from radardiff.data.synth.fields import spectral_slope
+from radardiff.errors import DataError
+from radardiff.evaluate.skill import detection_score, recovery_score
+from radardiff.evaluate.tasks import TaskConfig, load_pairs, predict, train_task
+from radardiff.models.downstream import TASK_FILE, load_task
+
+log = logging.getLogger(__name__)
+SETS = ("physics", "generated", "real", "real+generated")
+RESULTS = "downstream.json"
+
+
+def score_task(net, meta: dict, pairs_path) -> dict:
+    """The network's skill on a pairs file: recovery RMSE (the pairs' units), RMSE as a fraction
+    of the signal's RMS and skill ``1 - fraction``; detection ROC AUC and accuracy at the
+    network's validation threshold."""
+    p = load_pairs(pairs_path, meta["task"])
+    if p.wrapped != meta["wrapped"]:
+        raise DataError(
+            f"{pairs_path}: {'wrapped' if p.wrapped else 'unwrapped'} inputs, but the network "
+            f"was trained on {'wrapped' if meta['wrapped'] else 'unwrapped'} ones"
+        )
+    if p.units.strip().lower() != str(meta["units"]).strip().lower():
+        raise DataError(
+            f"{pairs_path}: units '{p.units}' differ from the network's '{meta['units']}'"
+        )
+    out = predict(net, meta, p.inputs)
+    if meta["task"] == "detection":
+        d = detection_score(out, p.targets, meta["threshold"])
+        return {"auc": d.auc, "accuracy": d.accuracy, "threshold": d.threshold, "skill": d.auc,
+                "n_present": d.n_present, "n_absent": d.n_absent}  # fmt: skip
+    r = recovery_score(out, p.targets, p.valid)
+    return {"rmse": r.rmse, "signal_rms": r.signal_rms, "rmse_fraction": r.fraction,
+            "skill": r.skill, "units": p.units, "n": r.n}  # fmt: skip
+
+
+def score_saved(model_dir, pairs_path) -> dict:
+    net, meta = load_task(model_dir)
+    return score_task(net, meta, pairs_path)
+
+
+def calibrate_physics(path) -> dict:
+    """``insar_noise`` parameters fitted to the tiles of ``path`` (those without no data):
+    ``beta`` the spectral slope of the mean-removed tiles, ``turb_std`` the median tile standard
+    deviation, ``turb_std_spread`` the standard deviation of its logarithm; no stratified delay
+    or ramp (the turbulent field carries the long wavelengths at these tile sizes), white noise
+    0.1 rad. What a careful user of the physics simulator would do with these data."""
+    f = DatasetFile(path)
+    tiles = []
+    for _, block in f.iter_blocks(1024):
+        ok = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        tiles.append(block[ok, 0].astype(np.float64))
+    x = np.concatenate(tiles) if tiles else np.empty((0,))
+    if len(x) < 8:
+        raise DataError(f"{path}: fewer than 8 tiles without no data; cannot fit the generator")
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    std = x.std(axis=(1, 2))
+    std = std[std > 0]
+    beta = float(np.clip(spectral_slope(x), 0.0, 6.0))
+    return {"beta": round(beta, 4), "turb_std": round(float(np.median(std)), 4),
+            "turb_std_spread": round(float(np.std(np.log(std))), 4), "strat_k": 0.0,
+            "ramp_rad": 0.0, "noise_std": 0.1}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment (module docstring). ``pairs``: pair parameters per task (their label is
+    set by the task); ``masks``: give the no-data patterns of the real training tiles to noise
+    tiles without any (physics and generated noise)."""
+
+    train_real: str
+    test_real: str
+    generated: str
+    physics: str
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_train: int = 4000
+    n_test: int = 2000
+    tasks: tuple[str, ...] = ("recovery", "detection")
+    pairs: dict[str, PairParams] = field(default_factory=dict)
+    training: dict[str, TaskConfig] = field(default_factory=dict)
+    masks: bool = True
+    test_seed: int = 12345
+    run: str | None = None  # the run behind ``generated``: checked not to know the test scenes
+
+
+def default_pairs(task: str, **given) -> PairParams:
+    """The experiment's pairs of ``task`` (``given`` overrides): recovery of Mogi or Okada
+    deformation of 5-50 mm peak LOS from unwrapped phase; detection, on wrapped phase with
+    decorrelation noise (mean coherence 0.3-0.9), of deformation of at least 10 mm among
+    sources of 2-50 mm and tiles without any."""
+    if task == "detection":
+        base = {"label": "presence", "source": "mix", "wrap": True, "coherence": (0.3, 0.9),
+                "peak_los_m": (0.002, 0.05), "threshold_m": 0.01}  # fmt: skip
+    elif task == "recovery":
+        base = {"label": "deformation", "source": "mix", "peak_los_m": (0.005, 0.05)}
+    else:
+        raise DataError(f"--tasks: unknown task '{task}'; expected recovery, detection")
+    return PairParams(**{**base, **given})
+
+
+def default_training(task: str, seed: int = 0, **given) -> TaskConfig:
+    batch = 32 if task == "recovery" else 64
+    return TaskConfig(**{"task": task, "seed": seed, "steps": 1200, "batch_size": batch, **given})
+
+
+def _noise(cfg: ExperimentConfig, name: str) -> list[DatasetFile]:
+    files = {"physics": [cfg.physics], "generated": [cfg.generated], "real": [cfg.train_real],
+             "real+generated": [cfg.train_real, cfg.generated]}[name]  # fmt: skip
+    return [DatasetFile(f) for f in files]
+
+
+def check_inputs(cfg: ExperimentConfig) -> float:
+    """Refuse sets that cannot be compared; returns the common pixel spacing (m)."""
+    if not cfg.seeds:
+        raise DataError("--seeds: at least one seed")
+    for name, path in (("--train-real", cfg.train_real), ("--test-real", cfg.test_real)):
+        if DatasetFile(path).info.kind not in ("insar_unwrapped", "insar_noise"):
+            raise DataError(f"{path} ({name}): unwrapped interferograms (rad) expected")
+    if Path(cfg.train_real).resolve() == Path(cfg.test_real).resolve():
+        raise DataError(f"{cfg.test_real}: the test scenes are the training scenes")
+    _check_scenes(cfg.train_real, cfg.test_real)
+    if cfg.run is not None:
+        _check_run(Path(cfg.run), cfg.test_real)
+    every = [DatasetFile(p) for p in (cfg.test_real, cfg.train_real, cfg.generated, cfg.physics)]
+    return NoiseSource(every).spacing_m
+
+
+def _check_scenes(train: str, test: str) -> None:
+    """Tiles of one scene on both sides would test on training noise: refused where the files
+    name their scenes (``data prepare --split`` records them)."""
+    a, b = (DatasetFile(p).attrs().get("items") for p in (train, test))
+    if a is None or b is None:
+        log.warning(
+            "%s / %s: scenes not recorded; cannot check that they do not overlap", train, test
+        )
+        return
+    shared = sorted(set(json.loads(a)) & set(json.loads(b)))
+    if shared:
+        raise DataError(f"{test}: scenes also in {train}: {', '.join(shared[:3])}")
+
+
+def _check_run(run_dir: Path, test: str) -> None:
+    """A generative model that saw the held-out scenes would leak them into its noise."""
+    from radardiff.config import load_config
+
+    train = load_config(run_dir / "config.toml").data.train
+    if not train:
+        return
+    path = Path(train) if Path(train).is_absolute() else run_dir / train
+    if not path.is_file():
+        path = Path(train)
+    if path.is_file() and path.resolve() == Path(test).resolve():
+        raise DataError(f"{run_dir}: trained on {test}, the held-out scenes")
+    if path.is_file():
+        _check_scenes(str(path), test)
+
+
+def experiment_inputs(
+    tasks: tuple[str, ...], overrides: dict, wavelength: float | None, precision: str
+) -> tuple[dict[str, PairParams], dict[str, TaskConfig]]:
+    """Pair and training parameters per task from ``TASK.KEY`` / ``TASK.train.KEY`` overrides."""
+    from radardiff.errors import ConfigError
+
+    pairs: dict[str, dict] = {t: {} for t in tasks}
+    training: dict[str, dict] = {t: {"precision": precision} for t in tasks}
+    for key, value in overrides.items():
+        task, _, rest = key.partition(".")
+        if task not in pairs or not rest:
+            raise ConfigError(f"--set {key}: expected TASK.KEY with TASK one of {', '.join(tasks)}")
+        value = tuple(value) if isinstance(value, list) else value
+        if rest.startswith("train."):
+            training[task][rest[len("train.") :]] = value
+        else:
+            pairs[task][rest] = value
+    try:
+        pp = {t: default_pairs(t, **({"wavelength_m": wavelength} if wavelength else {}), **v)
+              for t, v in pairs.items()}  # fmt: skip
+        tc = {t: default_training(t, **v) for t, v in training.items()}
+    except TypeError as err:
+        raise ConfigError(f"--set: {err}") from None
+    return pp, tc
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out,
+    on_progress: Callable[[str], None] | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Run (or resume) the experiment into the directory ``out``; returns the results."""
+    out = Path(out)
+    spacing = check_inputs(cfg)
+    (out / "pairs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task in cfg.tasks:
+        pp = cfg.pairs.get(task) or default_pairs(task)
+        test = _pairs(out / "pairs" / f"{task}_test.h5", [DatasetFile(cfg.test_real)],
+                      cfg.n_test, cfg.test_seed, pp, None, spacing)  # fmt: skip
+        masks = DatasetFile(cfg.train_real) if cfg.masks else None
+        for k, name in enumerate(SETS):
+            for seed in cfg.seeds:
+                tag = f"{task}_{name.replace('+', '_')}_s{seed}"
+                if on_progress is not None:
+                    on_progress(tag)
+                pairs = _pairs(out / "pairs" / f"{tag}.h5", _noise(cfg, name), cfg.n_train,
+                               1000 * seed + k, pp, masks, spacing)  # fmt: skip
+                tc = cfg.training.get(task) or default_training(task)
+                tc = dataclasses.replace(tc, seed=seed)
+                net_dir = out / "nets" / tag
+                if (net_dir / TASK_FILE).is_file():
+                    net, meta = load_task(net_dir)
+                else:
+                    trained = train_task(load_pairs(pairs, task), tc, net_dir, device=device)
+                    net, meta = trained.net, trained.meta
+                score = score_task(net, meta, test)
+                rows.append({"task": task, "set": name, "seed": seed, **score,
+                             "val_score": meta["val_score"], "best_step": meta["best_step"]})  # fmt: skip
+    result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise(rows)}
+    _write_json(out / RESULTS, result)
+    (out / "downstream.md").write_text(markdown_table(result), encoding="utf-8")
+    return result
+
+
+def _pairs(path: Path, files, n, seed, pp, masks, spacing) -> Path:
+    """The pairs file at ``path``, made unless a complete one with the same record is there."""
+    noise = NoiseSource(files, spacing)
+    if path.is_file():
+        record = json.loads(DatasetFile(path).attrs().get("pairs", "{}"))
+        want = {"seed": seed, "noise": [str(f.path) for f in files], "params": _plain(pp),
+                "masks": str(masks.path) if masks is not None else None}  # fmt: skip
+        if all(record.get(k) == v for k, v in want.items()) and DatasetFile(path).info.n == n:
+            return path
+    return write_pairs(noise, n, path, seed, pp, masks)
+
+
+def _plain(p: PairParams) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(p), default=_jsonable))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per task and set: mean, standard deviation (ddof 1) and count over seeds of each score,
+    and the experiment's three comparisons on the mean skill."""
+    out: dict = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        sets = {}
+        for name in dict.fromkeys(r["set"] for r in rows if r["task"] == task):
+            mine = [r for r in rows if r["task"] == task and r["set"] == name]
+            keys = [k for k, v in mine[0].items() if isinstance(v, float) and k != "threshold"]
+            sets[name] = {k: _spread([r[k] for r in mine]) for k in keys}
+            sets[name]["seeds"] = len(mine)
+        skill = {name: s["skill"]["mean"] for name, s in sets.items()}
+        out[task] = {"sets": sets, "criteria": _criteria(skill)}
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+def _criteria(skill: dict) -> dict:
+    c: dict = {}
+    if "generated" in skill and "real" in skill and skill["real"] > 0:
+        c["generated_over_real"] = skill["generated"] / skill["real"]
+        c["generated_reaches_90pct_of_real"] = bool(c["generated_over_real"] >= 0.9)
+    if "generated" in skill and "physics" in skill:
+        c["generated_beats_physics"] = bool(skill["generated"] > skill["physics"])
+    if "real+generated" in skill and "real" in skill:
+        c["real_plus_generated_beats_real"] = bool(skill["real+generated"] > skill["real"])
+    return c
+
+
+def _describe(cfg: ExperimentConfig, spacing: float) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["pairs"] = {t: dataclasses.asdict(cfg.pairs.get(t) or default_pairs(t)) for t in cfg.tasks}
+    d["training"] = {t: dataclasses.asdict(cfg.training.get(t) or default_training(t))
+                     for t in cfg.tasks}  # fmt: skip
+    d["pixel_spacing_m"] = spacing
+    d["physics_params"] = DatasetFile(cfg.physics).attrs().get("synth_params")
+    return d
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    import os
+
+    fd, tmp = temp_file_for(path)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, tuple | set):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+COLUMNS = {"recovery": [("skill", "skill"), ("rmse", "RMSE"), ("rmse_fraction", "RMSE / signal")],
+            "detection": [("auc", "ROC AUC"), ("accuracy", "accuracy")]}  # fmt: skip
+
+
+def table_rows(result: dict) -> list[tuple[str, str, list[str]]]:
+    """(task, set, cells "mean +- std") of the summary, for the Markdown and HTML tables."""
+    rows = []
+    for task, s in result["summary"].items():
+        for name, stats in s["sets"].items():
+            cells = [f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k, _ in COLUMNS[task]]
+            rows.append((task, name, cells + [str(stats["seeds"])]))
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    lines = []
+    for task, s in result["summary"].items():
+        head = [h for _, h in COLUMNS[task]]
+        lines += [f"### {task}", "", "| training noise | " + " | ".join(head) + " | seeds |",
+                  "|---" * (len(head) + 2) + "|"]  # fmt: skip
+        lines += [f"| {name} | " + " | ".join(cells) + " |"
+                  for t, name, cells in table_rows(result) if t == task]  # fmt: skip
+        crit = s["criteria"]
+        lines += ["", ", ".join(f"{k}: {_fmt(v)}" for k, v in crit.items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else str(v)
+
+
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and (path / "config.toml").is_file()
+
+
+def noise_file(
+    spec: str,
+    n: int,
+    store: Path,
+    *,
+    size: int | None = None,
+    pixel_spacing_m: float | None = None,
+    seed: int = 0,
+    physics_params: dict | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    checkpoint: str | None = None,
+    precision: str = "no",
+    on_progress=None,
+) -> Path:
+    """The dataset file of the noise source ``spec``: the file itself, or ``n`` tiles made
+    into ``store`` (kept; reused when complete) from a run directory (sampled with its own
+    sampler unless given; seeds ``seed, 0 .. n-1``) or the physics generator ``insar_noise``
+    (``size`` and ``pixel_spacing_m`` required, ``physics_params`` its parameters)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if spec == "insar_noise":
+        if size is None or pixel_spacing_m is None:
+            raise DataError("insar_noise as noise: give --size and --pixel-spacing (the tiles')")
+        if not _complete(store, n, physics_params):
+            from radardiff.data.synth import synthesize
+
+            synthesize("insar_noise", n, size, store, seed, physics_params, pixel_spacing_m)
+        return store
+    if _is_run(path):
+        return _sample_run(path, n, store, seed, sampler, steps, checkpoint, precision, on_progress)
+    raise DataError(
+        f"{spec}: not a dataset file, a run directory or 'insar_noise'"
+        + (" (a directory without config.toml)" if path.is_dir() else "")
+    )
+
+
+def _complete(path: Path, n: int, params: dict | None) -> bool:
+    """Whether ``path`` holds ``n`` tiles made with ``params`` (a subset of its recorded ones)."""
+    try:
+        if not path.is_file() or DatasetFile(path).info.n != n:
+            return False
+        made = json.loads(DatasetFile(path).attrs().get("synth_params", "{}"))
+    except (DataError, ValueError):
+        return False
+    return all(made.get(k) == v for k, v in (params or {}).items())
+
+
+def _sample_run(run_dir, n, store, seed, sampler, steps, checkpoint, precision, on_progress):
+    from radardiff.sample import generate, load_run
+    from radardiff.sample.generate import request
+
+    run = load_run(run_dir, checkpoint=checkpoint)
+    if run.data_info.get("kind") not in ("insar_unwrapped", "insar_noise", "insar_wrapped"):
+        raise DataError(
+            f"{run_dir}: a model of {run.data_info.get('kind')} data, not of InSAR noise"
+        )
+    opts = request(run.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
+                   mixed_precision=precision)  # fmt: skip
+    generate(run, opts, store, on_progress=on_progress)
+    return Path(store)

@@ -1,0 +1,101 @@
+"""Skill scores of the downstream reference tasks (pure functions of arrays).
+
+- deformation recovery: RMSE over valid pixels, and the same as a fraction of the signal's RMS;
+  skill ``1 - RMSE / RMS(signal)`` (1: perfect, 0: no better than predicting no deformation);
+- detection: ROC AUC (Mann-Whitney), and accuracy at a threshold chosen on validation data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+@dataclass(frozen=True)
+class RecoveryScore:
+    """``rmse`` and ``signal_rms`` in the label's units; ``fraction = rmse / signal_rms``."""
+
+    rmse: float
+    signal_rms: float
+    fraction: float
+    skill: float
+    n: int
+
+
+def recovery_score(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> RecoveryScore:
+    """Pooled RMSE over valid pixels of a set of fields.
+
+    ``RMSE = sqrt(sum_valid (pred - target)**2 / n_valid)``, ``RMS = sqrt(sum_valid
+    target**2 / n_valid)``; both pooled over all pixels of all fields, so a field counts by its
+    number of valid pixels.
+    """
+    v = np.asarray(valid, bool)
+    err = (np.asarray(pred, np.float64) - np.asarray(target, np.float64))[v]
+    tgt = np.asarray(target, np.float64)[v]
+    if err.size == 0:
+        raise ValueError("no valid pixels to score")
+    rmse = float(np.sqrt(np.mean(err**2)))
+    rms = float(np.sqrt(np.mean(tgt**2)))
+    frac = rmse / rms if rms > 0 else float("inf")
+    return RecoveryScore(rmse, rms, frac, 1.0 - frac, int(len(pred)))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve, ``P(s+ > s-) + P(s+ = s-) / 2`` (Mann-Whitney U / (n+ n-)).
+
+    Computed from mid-ranks (Hanley and McNeil 1982), so ties count a half; needs both classes.
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels).astype(bool)
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if npos == 0 or nneg == 0:
+        raise ValueError("ROC AUC needs both classes")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold ``t`` (predict 1 where ``score >= t``) of highest accuracy on these data.
+
+    Candidates are midpoints between consecutive distinct scores and the two ends; ties of
+    accuracy go to the threshold nearest the middle of the tied range.
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels).astype(bool)
+    u = np.unique(s)
+    cand = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
+    # accuracy of each candidate from sorted cumulative counts
+    order = np.argsort(s, kind="stable")
+    ys = y[order]
+    below = np.searchsorted(s[order], cand, side="left")  # predicted 0
+    neg_below = np.concatenate([[0], np.cumsum(~ys)])[below]
+    pos_above = int(y.sum()) - np.concatenate([[0], np.cumsum(ys)])[below]
+    acc = (neg_below + pos_above) / y.size
+    best = np.flatnonzero(acc == acc.max())
+    return float(cand[best[len(best) // 2]])
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """Fraction of ``(score >= threshold) == label``."""
+    y = np.asarray(labels).astype(bool)
+    return float(np.mean((np.asarray(scores) >= threshold) == y))
+
+
+@dataclass(frozen=True)
+class DetectionScore:
+    auc: float
+    accuracy: float
+    threshold: float
+    n_present: int
+    n_absent: int
+
+
+def detection_score(scores: np.ndarray, labels: np.ndarray, threshold: float) -> DetectionScore:
+    """ROC AUC and accuracy at ``threshold`` (chosen beforehand, on validation data)."""
+    y = np.asarray(labels).astype(bool)
+    return DetectionScore(
+        roc_auc(scores, y), accuracy(scores, y, threshold), float(threshold),
+        int(y.sum()), int((~y).sum()),
+    )  # fmt: skip

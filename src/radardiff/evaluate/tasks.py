@@ -1,0 +1,209 @@
+"""The downstream reference tasks: their networks trained and run on pairs files
+(:mod:`radardiff.data.pairs`).
+
+- ``recovery``: :class:`~radardiff.models.downstream.SmallUNet`, input -> deformation field,
+  mean squared error over the input's valid pixels;
+- ``detection``: :class:`~radardiff.models.downstream.SmallCNN`, input -> logit of "deformation
+  present", binary cross-entropy.
+
+AdamW with a linear warm-up and cosine decay (bf16 autocast with ``precision='bf16'``); a validation share of the pairs (``val_fraction``,
+drawn with the seed) picks the best step (lowest validation RMSE, highest validation AUC) and,
+for detection, the decision threshold (highest validation accuracy). Everything random comes
+from the seed: the same file, config and seed give the same network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from radardiff.data.dataset_file import DatasetFile
+from radardiff.errors import ConfigError, DataError
+from radardiff.evaluate.skill import best_threshold, recovery_score, roc_auc
+from radardiff.models.downstream import build, encode, save_task
+
+TASKS = {"recovery": "unet", "detection": "cnn"}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    task: str
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    width: int = 16
+    levels: int = 3
+    val_fraction: float = 0.1
+    val_every: int = 100
+    seed: int = 0
+    precision: str = "no"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"--task: unknown task '{self.task}'; expected {', '.join(TASKS)}")
+        for key in ("steps", "batch_size", "width", "levels", "val_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')}: must be at least 1")
+        if self.precision not in ("no", "bf16"):
+            raise ConfigError(f"--precision: 'no' or 'bf16', got '{self.precision}'")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction: must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class Pairs:
+    """A pairs file in memory: inputs (N, 1, H, W) with NaN, and the task's targets."""
+
+    path: str
+    inputs: np.ndarray
+    targets: np.ndarray  # (N, 1, H, W) deformation, or (N,) 0/1 presence
+    wrapped: bool
+    units: str
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.isfinite(self.inputs)
+
+
+def load_pairs(path, task: str) -> Pairs:
+    """Read a pairs file for ``task``; a file that cannot serve the task is refused."""
+    f = DatasetFile(path)
+    if "pairs" not in f.attrs() or "deformation" not in f.info.extras:
+        raise DataError(f"{path}: not a pairs file (make one with 'radardiff downstream pairs')")
+    if task == "detection":
+        labels = f.labels()
+        if labels is None:
+            raise DataError(
+                f"{path}: no presence labels; detection needs pairs made with --label presence"
+            )
+        if np.unique(labels).size < 2:
+            raise DataError(f"{path}: every pair has the same presence label; detection needs both")
+        targets = labels.astype(np.float32)
+    else:
+        targets = f.extra("deformation").astype(np.float32)
+    inputs = f.images().astype(np.float32)
+    if not np.isfinite(inputs).reshape(len(inputs), -1).any(axis=1).all():
+        raise DataError(f"{path}: some pairs have no valid pixel")
+    return Pairs(str(path), inputs, targets, f.info.kind == "insar_wrapped", f.info.units)
+
+
+def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: ``round(fraction * n)`` for validation, at least one each."""
+    k = int(round(fraction * n))
+    if k < 1 or n - k < 1:
+        raise DataError(
+            f"{n} pairs with --val-fraction {fraction} leave an empty training or validation set"
+        )
+    order = np.random.default_rng([seed, 3]).permutation(n)
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def _input_scale(p: Pairs, idx: np.ndarray) -> float:
+    if p.wrapped:
+        return 1.0
+    x = p.inputs[idx]
+    s = float(np.nanstd(x))
+    return s if math.isfinite(s) and s > 0 else 1.0
+
+
+def _loss(task: str, out: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    if task == "detection":
+        return torch.nn.functional.binary_cross_entropy_with_logits(out, target)
+    m = valid.to(out.dtype)
+    return ((out - target) ** 2 * m).sum() / m.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, meta: dict, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Deformation fields (N, 1, H, W) in the pairs' units, or detection logits (N,)."""
+    net.eval()
+    dev = next(net.parameters()).device
+    outs = []
+    for i in range(0, len(inputs), batch):
+        x = encode(torch.from_numpy(inputs[i : i + batch]).to(dev), meta["wrapped"], meta["scale"])
+        y = net(x).float().cpu()
+        outs.append((y * meta["scale"]).numpy() if meta["task"] == "recovery" else y.numpy())
+    return np.concatenate(outs)
+
+
+def _validate(net, meta, p: Pairs, idx: np.ndarray) -> float:
+    """The validation score to maximise: -RMSE (recovery) or AUC (detection)."""
+    out = predict(net, meta, p.inputs[idx])
+    if meta["task"] == "detection":
+        return roc_auc(out, p.targets[idx])
+    return -recovery_score(out, p.targets[idx], p.valid[idx]).rmse
+
+
+@dataclass
+class TrainedTask:
+    net: torch.nn.Module
+    meta: dict
+
+
+def train_task(
+    pairs: Pairs,
+    cfg: TaskConfig,
+    out=None,
+    on_progress: Callable[[int], None] | None = None,
+    device: str = "cpu",
+) -> TrainedTask:
+    """Train the task's network on ``pairs`` (on ``device``); saved to the directory ``out``
+    when given. The network does not depend on the device beyond floating-point rounding."""
+    dev = torch.device(device)
+    tr, va = split(len(pairs.inputs), cfg.val_fraction, cfg.seed)
+    if cfg.task == "detection" and np.unique(pairs.targets[va]).size < 2:
+        raise DataError(f"{pairs.path}: the validation share holds one class only; add pairs")
+    scale = _input_scale(pairs, tr)
+    meta = {"task": cfg.task, "arch": TASKS[cfg.task], "wrapped": pairs.wrapped,
+            "width": cfg.width, "levels": cfg.levels, "scale": scale, "units": pairs.units,
+            "config": asdict(cfg), "train_pairs": pairs.path}  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build(TASKS[cfg.task], pairs.wrapped, cfg.width, cfg.levels).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    rng = np.random.default_rng([cfg.seed, 4])
+    x_all = torch.from_numpy(pairs.inputs)
+    t_all = torch.from_numpy(pairs.targets)
+    best, best_state, history = -math.inf, None, []
+    for step in range(1, cfg.steps + 1):
+        net.train()
+        b = torch.from_numpy(rng.choice(tr, size=min(cfg.batch_size, tr.size), replace=False))
+        x = x_all[b].to(dev)
+        target = (t_all[b] if cfg.task == "detection" else t_all[b] / scale).to(dev)
+        with torch.autocast(dev.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+            pred = net(encode(x, pairs.wrapped, scale)).float()
+        loss = _loss(cfg.task, pred, target, torch.isfinite(x))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            score = _validate(net, meta, pairs, va)
+            history.append({"step": step, "loss": loss.item(), "val": score})
+            if score > best:
+                best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+                meta["best_step"] = step
+        if on_progress is not None:
+            on_progress(1)
+    net.load_state_dict(best_state)
+    meta["val_score"] = best
+    meta["history"] = history
+    if cfg.task == "detection":
+        meta["threshold"] = best_threshold(predict(net, meta, pairs.inputs[va]), pairs.targets[va])
+    if out is not None:
+        save_task(net.cpu(), meta, out)
+    return TrainedTask(net.cpu().eval(), meta)
+
+
+def _lr_factor(step: int, cfg: TaskConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
