@@ -27,6 +27,11 @@ VERBS = [
     "features train",
     "study",
     "study samplers",
+    "downstream",
+    "downstream pairs",
+    "downstream train",
+    "downstream test",
+    "downstream experiment",
     "report",
     "demo",
 ]

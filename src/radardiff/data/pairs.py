@@ -103,10 +103,11 @@ class PairParams:
         if self.coherence is not None:
             c0, c1 = self.coherence
             _check(0 <= c0 <= c1 < 1, "coherence", "a pair 0 <= lo <= hi < 1", self.coherence)
-            _check(self.wrap, "coherence", "used with wrapping (--wrap)", self.coherence)
+            if not self.wrap:
+                raise DataError("pairs: coherence noise is added before wrapping; add --wrap")
         _check(1 <= self.looks <= 100, "looks", "in 1-100", self.looks)
-        if self.label == "unwrapped":
-            _check(self.wrap, "label", "'unwrapped' only for wrapped inputs (--wrap)", self.label)
+        if self.label == "unwrapped" and not self.wrap:
+            raise DataError("pairs: label 'unwrapped' is the truth of wrapped inputs; add --wrap")
 
     @property
     def present_fraction(self) -> float:

@@ -31,7 +31,6 @@ import numpy as np
 from radardiff._files import temp_file_for
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
-from radardiff.data.synth.fields import spectral_slope
 from radardiff.errors import DataError
 from radardiff.evaluate.skill import detection_score, recovery_score
 from radardiff.evaluate.tasks import TaskConfig, load_pairs, predict, train_task
@@ -72,26 +71,58 @@ def score_saved(model_dir, pairs_path) -> dict:
 
 
 def calibrate_physics(path) -> dict:
-    """``insar_noise`` parameters fitted to the tiles of ``path`` (those without no data):
-    ``beta`` the spectral slope of the mean-removed tiles, ``turb_std`` the median tile standard
-    deviation, ``turb_std_spread`` the standard deviation of its logarithm; no stratified delay
-    or ramp (the turbulent field carries the long wavelengths at these tile sizes), white noise
-    0.1 rad. What a careful user of the physics simulator would do with these data."""
+    """``insar_noise`` parameters fitted to the tiles of ``path`` without no data.
+
+    The radially averaged spectrum of the mean-removed tiles is fitted with a power law plus
+    white noise, ``P(k) = A k**-beta + s**2`` (least squares in log P over a grid of beta and
+    s**2): ``beta`` and ``noise_std = s`` come from the fit; ``turb_std`` is the median tile
+    variance less ``s**2`` (square root), ``turb_std_spread`` the standard deviation of the
+    logarithm of the tiles' standard deviations; no stratified delay or ramp (the turbulent
+    field carries the long wavelengths at these tile sizes). What a careful user of the physics
+    simulator would do with these data.
+    """
+    from radardiff.data.synth.fields import radial_psd
+
     f = DatasetFile(path)
     tiles = []
     for _, block in f.iter_blocks(1024):
         ok = np.isfinite(block).reshape(len(block), -1).all(axis=1)
         tiles.append(block[ok, 0].astype(np.float64))
     x = np.concatenate(tiles) if tiles else np.empty((0,))
-    if len(x) < 8:
-        raise DataError(f"{path}: fewer than 8 tiles without no data; cannot fit the generator")
+    if len(x) < 8 or x.shape[-1] != x.shape[-2]:
+        raise DataError(
+            f"{path}: fewer than 8 square tiles without no data; cannot fit the generator"
+        )
     x = x - x.mean(axis=(1, 2), keepdims=True)
     std = x.std(axis=(1, 2))
+    if not (std > 0).sum() >= 8:
+        raise DataError(f"{path}: the tiles are constant; cannot fit the generator")
+    spec = radial_psd(x)
+    beta, white = fit_powerlaw_white(spec.k, spec.psd)
+    var = float(np.median(std**2))
     std = std[std > 0]
-    beta = float(np.clip(spectral_slope(x), 0.0, 6.0))
-    return {"beta": round(beta, 4), "turb_std": round(float(np.median(std)), 4),
+    return {"beta": round(beta, 3), "turb_std": round(float(np.sqrt(max(var - white, 0.01 * var))), 4),
             "turb_std_spread": round(float(np.std(np.log(std))), 4), "strat_k": 0.0,
-            "ramp_rad": 0.0, "noise_std": 0.1}  # fmt: skip
+            "ramp_rad": 0.0, "noise_std": round(float(np.sqrt(white)), 4)}  # fmt: skip
+
+
+def fit_powerlaw_white(k: np.ndarray, psd: np.ndarray) -> tuple[float, float]:
+    """``(beta, N)`` of ``P(k) = A k**-beta + N`` by least squares in ``log P``: beta on a grid
+    of 0.05 in [0, 6], N on a grid of fractions of min P, A in closed form for each."""
+    k, p = np.asarray(k, np.float64), np.asarray(psd, np.float64)
+    ok = (k > 0) & (p > 0)
+    k, p = k[ok], p[ok]
+    logp, logk = np.log(p), np.log(k)
+    best = (np.inf, 0.0, 0.0)
+    for noise in p.min() * np.linspace(0.0, 0.98, 50):
+        rest = np.log(p - noise)
+        for beta in np.arange(0.0, 6.0001, 0.05):
+            log_a = np.mean(rest + beta * logk)
+            model = np.log(np.exp(log_a - beta * logk) + noise)
+            err = float(np.sum((logp - model) ** 2))
+            if err < best[0]:
+                best = (err, float(beta), float(noise))
+    return best[1], best[2]
 
 
 @dataclass(frozen=True)
@@ -117,14 +148,14 @@ class ExperimentConfig:
 
 def default_pairs(task: str, **given) -> PairParams:
     """The experiment's pairs of ``task`` (``given`` overrides): recovery of Mogi or Okada
-    deformation of 5-50 mm peak LOS from unwrapped phase; detection, on wrapped phase with
-    decorrelation noise (mean coherence 0.3-0.9), of deformation of at least 10 mm among
-    sources of 2-50 mm and tiles without any."""
+    deformation of 2-20 mm peak LOS (comparable to the atmospheric noise) from unwrapped phase;
+    detection, on wrapped phase with decorrelation noise (mean coherence 0.5-0.95), of
+    deformation of at least 10 mm among sources of 2-50 mm and tiles without any."""
     if task == "detection":
-        base = {"label": "presence", "source": "mix", "wrap": True, "coherence": (0.3, 0.9),
+        base = {"label": "presence", "source": "mix", "wrap": True, "coherence": (0.5, 0.95),
                 "peak_los_m": (0.002, 0.05), "threshold_m": 0.01}  # fmt: skip
     elif task == "recovery":
-        base = {"label": "deformation", "source": "mix", "peak_los_m": (0.005, 0.05)}
+        base = {"label": "deformation", "source": "mix", "peak_los_m": (0.002, 0.02)}
     else:
         raise DataError(f"--tasks: unknown task '{task}'; expected recovery, detection")
     return PairParams(**{**base, **given})

@@ -93,15 +93,28 @@ def load_pairs(path, task: str) -> Pairs:
     return Pairs(str(path), inputs, targets, f.info.kind == "insar_wrapped", f.info.units)
 
 
-def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) indices: ``round(fraction * n)`` for validation, at least one each."""
-    k = int(round(fraction * n))
-    if k < 1 or n - k < 1:
-        raise DataError(
-            f"{n} pairs with --val-fraction {fraction} leave an empty training or validation set"
-        )
-    order = np.random.default_rng([seed, 3]).permutation(n)
-    return np.sort(order[k:]), np.sort(order[:k])
+def split(
+    n: int, fraction: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices, ``round(fraction * n)`` for validation; with ``labels``,
+    stratified (that share of each class), so both classes reach both sides."""
+    rng = np.random.default_rng([seed, 3])
+    groups = (
+        [np.arange(n)]
+        if labels is None
+        else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    )
+    val = []
+    for g in groups:
+        k = int(round(fraction * g.size))
+        if k < 1 or g.size - k < 1:
+            raise DataError(
+                f"{n} pairs with --val-fraction {fraction} leave an empty training or validation "
+                "set" + ("" if labels is None else " for one class")
+            )
+        val.append(rng.permutation(g)[:k])
+    va = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(n), va), va
 
 
 def _input_scale(p: Pairs, idx: np.ndarray) -> float:
@@ -156,9 +169,8 @@ def train_task(
     """Train the task's network on ``pairs`` (on ``device``); saved to the directory ``out``
     when given. The network does not depend on the device beyond floating-point rounding."""
     dev = torch.device(device)
-    tr, va = split(len(pairs.inputs), cfg.val_fraction, cfg.seed)
-    if cfg.task == "detection" and np.unique(pairs.targets[va]).size < 2:
-        raise DataError(f"{pairs.path}: the validation share holds one class only; add pairs")
+    labels = pairs.targets if cfg.task == "detection" else None
+    tr, va = split(len(pairs.inputs), cfg.val_fraction, cfg.seed, labels)
     scale = _input_scale(pairs, tr)
     meta = {"task": cfg.task, "arch": TASKS[cfg.task], "wrapped": pairs.wrapped,
             "width": cfg.width, "levels": cfg.levels, "scale": scale, "units": pairs.units,
