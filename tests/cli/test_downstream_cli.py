@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import one_line_error, run_cli
 
 from radardiff.data.dataset_file import DatasetFile, write_dataset
-from test_cli import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
