@@ -85,7 +85,7 @@ def test_bad_input_one_line(tiles, tmp_path, capsys):
         (["downstream", "pairs", db, "--n", 4, "--out", out], "cannot carry"),
         (
             ["downstream", "pairs", tiles["train"], "--n", 4, "--out", out, "--label", "unwrapped"],
-            "only for wrapped inputs",
+            "truth of wrapped inputs",
         ),  # fmt: skip
         (["downstream", "pairs", run, "--n", 4, "--out", out], "checkpoint"),
         (["downstream", "pairs", tmp_path / "nope", "--n", 4, "--out", out], "not a dataset file"),
