@@ -182,3 +182,18 @@ def test_experiment_refuses_leaks(noise, tmp_path):
     with pytest.raises(DataError, match="at least one seed"):
         run_experiment(_cfg(noise, seeds=()), tmp_path / "x")
     assert not (tmp_path / "x" / "downstream.json").exists()
+
+
+def test_criteria_count_detection_skill_above_chance():
+    from radardiff.evaluate.downstream import _criteria
+
+    det = _criteria({"physics": 0.6, "generated": 0.87, "real": 0.9, "real+generated": 0.95}, 0.5)
+    assert det["generated_over_real"] == pytest.approx(0.87 / 0.9)  # 0.967: flattering
+    assert det["generated_over_real_above_chance"] == pytest.approx(0.37 / 0.4)
+    assert det["generated_reaches_90pct_of_real"] is True
+    assert (
+        _criteria({"generated": 0.85, "real": 0.9}, 0.5)["generated_reaches_90pct_of_real"] is False
+    )
+    rec = _criteria({"physics": 0.5, "generated": 0.4, "real": 0.5, "real+generated": 0.45})
+    assert rec == {"generated_over_real": 0.8, "generated_reaches_90pct_of_real": False,
+                   "generated_beats_physics": False, "real_plus_generated_beats_real": False}  # fmt: skip
