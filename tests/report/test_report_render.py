@@ -40,7 +40,25 @@ def report_page(trained_run, noise_files, tmp_path_factory) -> Path:
     evaluate_files(noise_files[1], samples, cfg, run_dir / "eval")
     study_samplers(run_dir, ["ddim", "dpmsolver++"], [2, 3], 2, noise_files[1], seed=0,
                    batch_size=2, eval_cfg=EvalConfig(metrics=("semivariogram",), bootstrap=0))  # fmt: skip
+    _downstream(run_dir, noise_files, samples)
     return write_report(run_dir)
+
+
+def _downstream(run_dir, noise_files, samples) -> None:
+    from radardiff.evaluate.downstream import (
+        ExperimentConfig,
+        default_training,
+        run_experiment,
+    )
+
+    tiny = {"steps": 2, "batch_size": 4, "val_every": 1, "width": 4, "levels": 2,
+            "val_fraction": 0.25}  # fmt: skip
+    cfg = ExperimentConfig(
+        train_real=str(noise_files[0]), test_real=str(noise_files[1]), generated=str(samples),
+        physics=str(noise_files[0]), seeds=(0, 1), n_train=32, n_test=16,
+        training={t: default_training(t, **tiny) for t in ("recovery", "detection")},
+    )  # fmt: skip
+    run_experiment(cfg, run_dir / "downstream")
 
 
 def test_report_is_self_contained(report_page):
@@ -57,6 +75,11 @@ def test_report_is_self_contained(report_page):
     assert 'alt="roughest generated"' in page and 'alt="roughest real"' in page
     assert "Noise samples (lag-1 semivariance above 3 x" in page
     assert "training images (floor)" in page and "<th>noise samples</th>" in page
+    # the downstream experiment's tables: both tasks, the four training sets, the comparisons
+    assert "No downstream experiment yet" not in page
+    assert "<h3>recovery</h3>" in page and "<h3>detection</h3>" in page
+    assert page.count("<td>real+generated</td>") == 2 and "<th>ROC AUC</th>" in page
+    assert "generated beats physics:" in page
 
 
 def test_report_renders_in_headless_chromium(report_page, tmp_path):
