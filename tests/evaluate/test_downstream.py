@@ -197,3 +197,22 @@ def test_criteria_count_detection_skill_above_chance():
     rec = _criteria({"physics": 0.5, "generated": 0.4, "real": 0.5, "real+generated": 0.45})
     assert rec == {"generated_over_real": 0.8, "generated_reaches_90pct_of_real": False,
                    "generated_beats_physics": False, "real_plus_generated_beats_real": False}  # fmt: skip
+
+
+def test_experiment_retrains_what_changed(noise, tmp_path):
+    """A saved network is reused only for the same pairs and training config."""
+    from radardiff.evaluate.downstream import default_training
+
+    out = tmp_path / "exp"
+    cfg = _cfg(noise, tasks=("recovery",), seeds=(0,))
+    run_experiment(cfg, out)
+    net = out / "nets" / "recovery_real_s0" / "model.safetensors"
+    stamp = net.stat().st_mtime_ns
+    longer = dict(cfg.training)
+    longer["recovery"] = default_training("recovery", steps=5, batch_size=8, val_every=2,
+                                          width=4, levels=2, val_fraction=0.25)  # fmt: skip
+    run_experiment(_cfg(noise, tasks=("recovery",), seeds=(0,), training=longer), out)
+    assert net.stat().st_mtime_ns != stamp
+    stamp = net.stat().st_mtime_ns
+    run_experiment(_cfg(noise, tasks=("recovery",), seeds=(0,), training=longer, n_train=72), out)
+    assert net.stat().st_mtime_ns != stamp

@@ -269,12 +269,7 @@ def run_experiment(
                                1000 * seed + k, pp, masks, spacing)  # fmt: skip
                 tc = cfg.training.get(task) or default_training(task)
                 tc = dataclasses.replace(tc, seed=seed)
-                net_dir = out / "nets" / tag
-                if (net_dir / TASK_FILE).is_file():
-                    net, meta = load_task(net_dir)
-                else:
-                    trained = train_task(load_pairs(pairs, task), tc, net_dir, device=device)
-                    net, meta = trained.net, trained.meta
+                net, meta = _network(out / "nets" / tag, load_pairs(pairs, task), tc, device)
                 score = score_task(net, meta, test)
                 rows.append({"task": task, "set": name, "seed": seed, **score,
                              "val_score": meta["val_score"], "best_step": meta["best_step"]})  # fmt: skip
@@ -282,6 +277,18 @@ def run_experiment(
     _write_json(out / RESULTS, result)
     (out / "downstream.md").write_text(markdown_table(result), encoding="utf-8")
     return result
+
+
+def _network(net_dir: Path, pairs, tc: TaskConfig, device: str):
+    """The network trained on ``pairs`` with ``tc``: the saved one when it was made from the
+    same pairs and config, else trained now."""
+    if (net_dir / TASK_FILE).is_file():
+        net, meta = load_task(net_dir)
+        same = json.loads(json.dumps(dataclasses.asdict(tc))) == meta.get("config")
+        if same and meta.get("train_pairs_record") == pairs.record:
+            return net, meta
+    trained = train_task(pairs, tc, net_dir, device=device)
+    return trained.net, trained.meta
 
 
 def _pairs(path: Path, files, n, seed, pp, masks, spacing) -> Path:

@@ -14,6 +14,7 @@ from the seed: the same file, config and seed give the same network.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -65,6 +66,7 @@ class Pairs:
     targets: np.ndarray  # (N, 1, H, W) deformation, or (N,) 0/1 presence
     wrapped: bool
     units: str
+    record: str = ""  # identifies the pairs: a hash of their recipe and count
 
     @property
     def valid(self) -> np.ndarray:
@@ -90,7 +92,9 @@ def load_pairs(path, task: str) -> Pairs:
     inputs = f.images().astype(np.float32)
     if not np.isfinite(inputs).reshape(len(inputs), -1).any(axis=1).all():
         raise DataError(f"{path}: some pairs have no valid pixel")
-    return Pairs(str(path), inputs, targets, f.info.kind == "insar_wrapped", f.info.units)
+    text = f"{f.attrs()['pairs']}|{f.info.n}"
+    record = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Pairs(str(path), inputs, targets, f.info.kind == "insar_wrapped", f.info.units, record)
 
 
 def split(
@@ -174,7 +178,8 @@ def train_task(
     scale = _input_scale(pairs, tr)
     meta = {"task": cfg.task, "arch": TASKS[cfg.task], "wrapped": pairs.wrapped,
             "width": cfg.width, "levels": cfg.levels, "scale": scale, "units": pairs.units,
-            "config": asdict(cfg), "train_pairs": pairs.path}  # fmt: skip
+            "config": asdict(cfg), "train_pairs": pairs.path,
+            "train_pairs_record": pairs.record}  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = build(TASKS[cfg.task], pairs.wrapped, cfg.width, cfg.levels).to(dev)
