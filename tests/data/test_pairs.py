@@ -224,3 +224,12 @@ def test_bad_noise_is_refused_before_writing(tmp_path, zero_noise):
         with pytest.raises(DataError, match=match):
             make()
         assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
+
+
+def test_all_nan_noise_tile_is_refused(tmp_path):
+    x = np.zeros((3, 1, 16, 16))
+    x[1] = np.nan
+    bad = _noise(tmp_path / "nan.h5", x)
+    with pytest.raises(DataError, match="tile 1 has no valid pixel"):
+        _pairs(tmp_path / "p.h5", bad, n=3)
+    assert not (tmp_path / "p.h5").exists()

@@ -195,6 +195,10 @@ class NoiseSource:
                 )
             if (i.kind == "insar_wrapped") != (first.kind == "insar_wrapped"):
                 raise DataError(f"{i.path}: wrapped and unwrapped noise cannot be mixed")
+        try:
+            units_factor(first.units, C_BAND_WAVELENGTH_M)
+        except DataError as err:
+            raise DataError(f"{first.path}: {err}") from None
         self.files = list(files)
         self.size = first.height
         self.units = first.units
@@ -232,7 +236,11 @@ class NoiseSource:
             order = np.random.default_rng([seed, 2, s]).permutation(f.info.n)
             rows = order[(index[sel] // k) % f.info.n]
             uniq, inv = np.unique(rows, return_inverse=True)
-            out[sel] = f.images(uniq)[inv, 0]
+            tiles = f.images(uniq)[:, 0]
+            empty = ~np.isfinite(tiles).reshape(len(tiles), -1).any(axis=1)
+            if empty.any():
+                raise DataError(f"{f.path}: tile {uniq[empty][0]} has no valid pixel (all NaN)")
+            out[sel] = tiles[inv]
         return out
 
 
