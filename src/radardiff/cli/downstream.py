@@ -132,9 +132,13 @@ def pairs_cmd(noise, n, out, label, source, peak_los, threshold, present, wavele
              "wrap": wrap, "coherence": _pair(coherence, "--coherence"), "looks": looks,
              "augment": not no_augment}  # fmt: skip
     p = _pair_params(given, params)
-    store = Path(out).with_suffix(".noise.h5")
-    files = [DatasetFile(noise_file(s, noise_n or n, store, size=size, seed=seed,
-                                    pixel_spacing_m=pixel_spacing)) for s in noise]  # fmt: skip
+    made = [k for k, s in enumerate(noise) if not Path(s).is_file()]  # kept beside OUT
+    files = []
+    for k, spec in enumerate(noise):
+        suffix = ".noise.h5" if len(made) == 1 else f".noise{made.index(k) if k in made else k}.h5"
+        store = Path(out).with_suffix(suffix)
+        files.append(DatasetFile(noise_file(spec, noise_n or n, store, size=size, seed=seed + k,
+                                            pixel_spacing_m=pixel_spacing)))  # fmt: skip
     source_ = NoiseSource(files, pixel_spacing)
     mask_file = DatasetFile(masks) if masks else None
     with progress(n, "pairs", unit="pair") as bar:
