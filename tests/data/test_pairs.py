@@ -166,13 +166,19 @@ def test_coherence_noise_grows_as_coherence_falls(zero_noise, tmp_path):
     assert spread(0.95) < 0.5 * spread(0.5)
 
 
-def test_masks_go_to_clean_tiles_only(zero_noise, rough_noise, tmp_path):
+def test_masks_go_to_clean_tiles_of_other_files_only(zero_noise, rough_noise, tmp_path):
     f = _pairs(tmp_path / "p.h5", zero_noise, n=40, masks=DatasetFile(rough_noise))
     holes = ~np.isfinite(f.images()).reshape(40, -1)
     assert 0 < holes.any(axis=1).mean() < 1 and holes.sum(axis=1).max() == 16
+    # the mask file's own tiles keep exactly their holes, clean ones included
     g = _pairs(tmp_path / "q.h5", rough_noise, n=30, masks=DatasetFile(rough_noise), augment=False)
     own = ~np.isfinite(DatasetFile(rough_noise).images()).reshape(30, -1)
-    assert (~np.isfinite(g.images())).reshape(30, -1).sum(axis=1).max() == own.sum(axis=1).max()
+    got = ~np.isfinite(g.images()).reshape(30, -1)
+    assert sorted(got.sum(axis=1)) == sorted(own.sum(axis=1))
+    # mixed with a clean file: only the clean file's tiles get holes
+    m = _pairs(tmp_path / "m.h5", [rough_noise, zero_noise], n=60, masks=DatasetFile(rough_noise))
+    per = (~np.isfinite(m.images())).reshape(60, -1).any(axis=1)
+    assert per[0::2].mean() == pytest.approx(own.any(axis=1).mean()) and per[1::2].any()
 
 
 def test_dihedral_is_the_eight_symmetries():

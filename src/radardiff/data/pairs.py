@@ -29,6 +29,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -225,6 +226,10 @@ class NoiseSource:
             )
         return float(given)
 
+    def source_of(self, index: np.ndarray) -> np.ndarray:
+        """Which file each pair's noise tile comes from (files take turns)."""
+        return np.asarray(index) % len(self.files)
+
     def tiles(self, seed: int, index: np.ndarray) -> np.ndarray:
         """Noise tiles (k, H, W) float64 of pairs ``index`` (module docstring's assignment)."""
         k = len(self.files)
@@ -279,8 +284,9 @@ def make_pairs(
 ) -> Iterator[PairBlock]:
     """Pairs ``0 .. n-1`` in blocks of 256 (module docstring).
 
-    ``masks``: a dataset file whose tiles' no-data patterns are given to the noise tiles that
-    have none (e.g. synthetic or generated noise), so that networks see the holes of real data.
+    ``masks``: a dataset file whose tiles' no-data patterns are given to the noise tiles of other
+    files that have none (e.g. synthetic or generated noise), so that networks see the holes of
+    real data; tiles of the mask file itself are left as they are.
     """
     _check_compatible(noise, p, masks)
     factor = units_factor(noise.units, p.wavelength_m)
@@ -324,7 +330,12 @@ def _block(noise, index, rng, p: PairParams, factor, masks, seed) -> PairBlock:
         holes = ~np.isfinite(masks.images(uniq)[inv, 0])
         holes = dihedral(holes, rng.integers(0, 8, k))
         clean = np.isfinite(base).reshape(k, -1).all(axis=1)
-        base[holes & clean[:, None, None]] = np.nan
+        # the mask file's own tiles keep their holes as they are (a clean real tile stays clean)
+        same = Path(masks.path).resolve()
+        other = np.array(
+            [Path(noise.files[s].path).resolve() != same for s in noise.source_of(index)]
+        )
+        base[holes & (clean & other)[:, None, None]] = np.nan
     valid = np.isfinite(base)
     signal = sig.los_m.astype(np.float64) * factor
     total = base + signal
