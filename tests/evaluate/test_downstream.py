@@ -216,3 +216,22 @@ def test_experiment_retrains_what_changed(noise, tmp_path):
     stamp = net.stat().st_mtime_ns
     run_experiment(_cfg(noise, tasks=("recovery",), seeds=(0,), training=longer, n_train=72), out)
     assert net.stat().st_mtime_ns != stamp
+
+
+def test_experiment_remakes_pairs_of_remade_noise(noise, tmp_path):
+    import os
+    import shutil
+
+    gen = tmp_path / "gen.h5"
+    shutil.copy(noise["gen"], gen)
+    cfg = _cfg(noise, tasks=("recovery",), seeds=(0,), generated=str(gen))
+    run_experiment(cfg, tmp_path / "exp")
+    pairs = tmp_path / "exp" / "pairs" / "recovery_generated_s0.h5"
+    stamp = pairs.stat().st_mtime_ns
+    run_experiment(cfg, tmp_path / "exp")
+    assert pairs.stat().st_mtime_ns == stamp
+    os.utime(gen, ns=(stamp + 10**9, stamp + 10**9))  # the noise was made again
+    net = tmp_path / "exp" / "nets" / "recovery_generated_s0" / "model.safetensors"
+    net_stamp = net.stat().st_mtime_ns
+    run_experiment(cfg, tmp_path / "exp")
+    assert pairs.stat().st_mtime_ns != stamp and net.stat().st_mtime_ns != net_stamp

@@ -369,6 +369,11 @@ def extras_layout(p: PairParams, size: int) -> dict[str, tuple[tuple[int, ...], 
     return out
 
 
+def _made(path) -> str:
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
 def write_pairs(
     noise: NoiseSource,
     n: int,
@@ -396,6 +401,7 @@ def write_pairs(
         "params": dataclasses.asdict(p),
         "label": p.label,
         "noise": [str(f.path) for f in noise.files],
+        "noise_made": [_made(f.path) for f in noise.files],  # tells remade noise files apart
         "noise_units": noise.units,
         "masks": str(masks.path) if masks is not None else None,
         "seed": int(seed),

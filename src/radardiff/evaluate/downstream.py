@@ -71,36 +71,40 @@ def score_saved(model_dir, pairs_path) -> dict:
 
 
 def calibrate_physics(path) -> dict:
-    """``insar_noise`` parameters fitted to the tiles of ``path`` without no data.
+    """``insar_noise`` parameters fitted to the tiles of ``path``.
 
-    The radially averaged spectrum of the mean-removed tiles is fitted with a power law plus
-    white noise, ``P(k) = A k**-beta + s**2`` (least squares in log P over a grid of beta and
-    s**2): ``beta`` and ``noise_std = s`` come from the fit; ``turb_std`` is the median tile
-    variance less ``s**2`` (square root), ``turb_std_spread`` the standard deviation of the
-    logarithm of the tiles' standard deviations; no stratified delay or ramp (the turbulent
-    field carries the long wavelengths at these tile sizes). What a careful user of the physics
-    simulator would do with these data.
+    The spectrum's shape comes from the tiles without no data: their radially averaged spectrum
+    (mean removed) is fitted with a power law plus white noise, ``P(k) = A k**-beta + s**2``
+    (least squares in log P over a grid of beta and s**2), giving ``beta`` and ``noise_std =
+    s``. The amplitude comes from every tile (valid pixels, mean removed), since tiles with
+    holes are often the rougher ones: ``turb_std`` is the square root of the median tile
+    variance less ``s**2``, ``turb_std_spread`` the standard deviation of the logarithm of the
+    tiles' standard deviations. No stratified delay or ramp (the turbulent field carries the
+    long wavelengths at these tile sizes). What a careful user of the physics simulator would do
+    with these data.
     """
     from radardiff.data.synth.fields import radial_psd
 
     f = DatasetFile(path)
-    tiles = []
+    clean, stds = [], []
     for _, block in f.iter_blocks(1024):
-        ok = np.isfinite(block).reshape(len(block), -1).all(axis=1)
-        tiles.append(block[ok, 0].astype(np.float64))
-    x = np.concatenate(tiles) if tiles else np.empty((0,))
+        x = block[:, 0].astype(np.float64)
+        ok = np.isfinite(x).reshape(len(x), -1)
+        clean.append(x[ok.all(axis=1)])
+        some = ok.sum(axis=1) > 1
+        stds.append(np.nanstd(x[some], axis=(1, 2)))
+    x = np.concatenate(clean)
+    std = np.concatenate(stds)
     if len(x) < 8 or x.shape[-1] != x.shape[-2]:
         raise DataError(
             f"{path}: fewer than 8 square tiles without no data; cannot fit the generator"
         )
-    x = x - x.mean(axis=(1, 2), keepdims=True)
-    std = x.std(axis=(1, 2))
-    if not (std > 0).sum() >= 8:
+    std = std[std > 0]
+    if std.size < 8:
         raise DataError(f"{path}: the tiles are constant; cannot fit the generator")
-    spec = radial_psd(x)
+    spec = radial_psd(x - x.mean(axis=(1, 2), keepdims=True))
     beta, white = fit_powerlaw_white(spec.k, spec.psd)
     var = float(np.median(std**2))
-    std = std[std > 0]
     return {"beta": round(beta, 3), "turb_std": round(float(np.sqrt(max(var - white, 0.01 * var))), 4),
             "turb_std_spread": round(float(np.std(np.log(std))), 4), "strat_k": 0.0,
             "ramp_rad": 0.0, "noise_std": round(float(np.sqrt(white)), 4)}  # fmt: skip
@@ -292,13 +296,16 @@ def _network(net_dir: Path, pairs, tc: TaskConfig, device: str):
 
 
 def _pairs(path: Path, files, n, seed, pp, masks, spacing) -> Path:
-    """The pairs file at ``path``, made unless a complete one with the same record is there."""
+    """The pairs file at ``path``, made unless a complete one with the same record, newer than
+    its noise files, is there."""
     noise = NoiseSource(files, spacing)
     if path.is_file():
         record = json.loads(DatasetFile(path).attrs().get("pairs", "{}"))
         want = {"seed": seed, "noise": [str(f.path) for f in files], "params": _plain(pp),
                 "masks": str(masks.path) if masks is not None else None}  # fmt: skip
-        if all(record.get(k) == v for k, v in want.items()) and DatasetFile(path).info.n == n:
+        newer = max(Path(f.path).stat().st_mtime_ns for f in files) > path.stat().st_mtime_ns
+        if all(record.get(k) == v for k, v in want.items()) and DatasetFile(path).info.n == n \
+                and not newer:  # fmt: skip
             return path
     return write_pairs(noise, n, path, seed, pp, masks)
 
