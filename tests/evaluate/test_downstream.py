@@ -235,3 +235,19 @@ def test_experiment_remakes_pairs_of_remade_noise(noise, tmp_path):
     net_stamp = net.stat().st_mtime_ns
     run_experiment(cfg, tmp_path / "exp")
     assert pairs.stat().st_mtime_ns != stamp and net.stat().st_mtime_ns != net_stamp
+
+
+def test_run_noise_is_sampled_once(trained_run, tmp_path):
+    """A run as noise source: sampled into the store, and a complete file of the same request
+    is kept as it is (not sampled again)."""
+    from radardiff.evaluate.downstream import noise_file
+
+    store = tmp_path / "gen.h5"
+    path = noise_file(str(trained_run), 6, store, sampler="ddim", steps=2)
+    f = DatasetFile(path)
+    assert f.info.n == 6 and f.attrs()["sampler"] == "ddim"
+    stamp = store.stat().st_mtime_ns
+    noise_file(str(trained_run), 6, store, sampler="ddim", steps=2)
+    assert store.stat().st_mtime_ns == stamp
+    noise_file(str(trained_run), 6, store, sampler="ddim", steps=3)  # another request
+    assert store.stat().st_mtime_ns != stamp

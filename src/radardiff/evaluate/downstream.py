@@ -470,7 +470,7 @@ def _complete(path: Path, n: int, params: dict | None) -> bool:
 
 def _sample_run(run_dir, n, store, seed, sampler, steps, checkpoint, precision, on_progress):
     from radardiff.sample import generate, load_run
-    from radardiff.sample.generate import request
+    from radardiff.sample.generate import finished, request
 
     run = load_run(run_dir, checkpoint=checkpoint)
     if run.data_info.get("kind") not in ("insar_unwrapped", "insar_noise", "insar_wrapped"):
@@ -479,5 +479,6 @@ def _sample_run(run_dir, n, store, seed, sampler, steps, checkpoint, precision, 
         )
     opts = request(run.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
                    mixed_precision=precision)  # fmt: skip
-    generate(run, opts, store, on_progress=on_progress)
+    if not finished(Path(store), run, opts):  # the same request's complete file is kept
+        generate(run, opts, store, on_progress=on_progress)
     return Path(store)

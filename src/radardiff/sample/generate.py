@@ -520,7 +520,7 @@ def generate_cascade(
         return lambda done, total: on_progress(k * total + done, 2 * total)
 
     low_out = lowres_path(out)
-    if _finished(low_out, low_run, low_opts):
+    if finished(low_out, low_run, low_opts):
         first = SampleResult(path=low_out, n=low_opts.n, seconds=0.0, reused=low_opts.n)
     else:
         first = generate(low_run, low_opts, low_out, stage(0))
@@ -534,7 +534,7 @@ def generate_cascade(
     return first, generate(sr_run, second_opts, out, stage(1))
 
 
-def _finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
+def finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
     """Whether ``path`` is a complete output of this very request and checkpoint."""
     if not path.is_file():
         return False
