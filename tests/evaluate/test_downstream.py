@@ -154,6 +154,11 @@ def test_experiment_table_and_resume(noise, tmp_path):
     saved = json.loads((out / "downstream.json").read_text())
     assert saved["results"] == json.loads(json.dumps(rows))
     assert "| real+generated |" in (out / "downstream.md").read_text()
+    # the noise sets' radar statistics against the training tiles, the held-out scenes for scale
+    realism = result["noise_realism"]
+    assert list(realism) == ["physics", "generated", "held-out scenes"]
+    assert all(0 <= v["semivariogram_rel_error"] < 10 for v in realism.values())
+    assert "| held-out scenes |" in (out / "downstream.md").read_text()
     # the mixed set draws from both noise files, the test pairs from the test scenes only
     mixed = json.loads(
         DatasetFile(out / "pairs" / "recovery_real_generated_s0.h5").attrs()["pairs"]

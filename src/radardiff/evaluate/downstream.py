@@ -277,10 +277,38 @@ def run_experiment(
                 score = score_task(net, meta, test)
                 rows.append({"task": task, "set": name, "seed": seed, **score,
                              "val_score": meta["val_score"], "best_step": meta["best_step"]})  # fmt: skip
-    result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise(rows)}
+    result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise(rows),
+              "noise_realism": noise_realism(cfg, out / "realism")}  # fmt: skip
     _write_json(out / RESULTS, result)
     (out / "downstream.md").write_text(markdown_table(result), encoding="utf-8")
     return result
+
+
+REALISM = ("semivariogram_rel_error", "lag1_ratio", "noise_fraction", "psd_log_rmse",
+            "histogram_w1")  # fmt: skip
+
+
+def noise_realism(cfg: ExperimentConfig, out: Path) -> dict:
+    """How each noise set (and the held-out scenes, for scale) compares with the real training
+    tiles in radar statistics (:func:`radardiff.evaluate.evaluate_files`, no bootstrap): where a
+    training set's skill falls short, this says whether its noise does."""
+    from radardiff.config import EvalConfig
+    from radardiff.evaluate.metrics import evaluate_files
+
+    ecfg = EvalConfig(metrics=("semivariogram", "psd", "histogram", "ranges"), bootstrap=0)
+    found = {}
+    for name, path in (("physics", cfg.physics), ("generated", cfg.generated),
+                       ("held-out scenes", cfg.test_real)):  # fmt: skip
+        where = out / name.replace(" ", "_")
+        done = where / "metrics.json"
+        newer = max(Path(p).stat().st_mtime_ns for p in (path, cfg.train_real))
+        if done.is_file() and done.stat().st_mtime_ns > newer:
+            metrics = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            metrics = evaluate_files(cfg.train_real, path, ecfg, where, allow_mismatch=True)
+        scalars = metrics.get("scalars", {})
+        found[name] = {k: scalars.get(k) for k in REALISM}
+    return found
 
 
 def _network(net_dir: Path, pairs, tc: TaskConfig, device: str):
@@ -408,6 +436,13 @@ def markdown_table(result: dict) -> str:
                   for t, name, cells in table_rows(result) if t == task]  # fmt: skip
         crit = s["criteria"]
         lines += ["", ", ".join(f"{k}: {_fmt(v)}" for k, v in crit.items()), ""]
+    realism = result.get("noise_realism") or {}
+    if realism:
+        lines += ["### noise against the real training tiles", "",
+                  "| noise | " + " | ".join(REALISM) + " |", "|---" * (len(REALISM) + 1) + "|"]  # fmt: skip
+        lines += [f"| {name} | " + " | ".join(_fmt(v.get(k)) for k in REALISM) + " |"
+                  for name, v in realism.items()]  # fmt: skip
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
