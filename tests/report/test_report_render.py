@@ -80,6 +80,7 @@ def test_report_is_self_contained(report_page):
     assert "<h3>recovery</h3>" in page and "<h3>detection</h3>" in page
     assert page.count("<td>real+generated</td>") == 2 and "<th>ROC AUC</th>" in page
     assert "generated beats physics:" in page
+    assert "noise against the real training tiles" in page and "<td>held-out scenes</td>" in page
 
 
 def test_report_renders_in_headless_chromium(report_page, tmp_path):

@@ -283,6 +283,20 @@ def _downstream(run: RunDir) -> str:
             f"<h3>{html.escape(task)}</h3><table><tr><th>training noise</th>{head}"
             f'<th>seeds</th></tr>{body}</table><p class="note">{html.escape(crit)}</p>'
         )
+    realism = result.get("noise_realism") or {}
+    if realism:
+        keys = list(next(iter(realism.values())))
+        head = "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in keys)
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{_cell('{:.3f}', v.get(k))}</td>" for k in keys)
+            + "</tr>"
+            for name, v in realism.items()
+        )
+        parts.append(
+            f"<h3>noise against the real training tiles</h3><table><tr><th>noise</th>{head}"
+            f"</tr>{body}</table>"
+        )
     cfg = result.get("config", {})
     note = (
         f"Tested on {cfg.get('n_test')} pairs of {cfg.get('test_real')}; {cfg.get('n_train')} "
