@@ -9,7 +9,9 @@ mode that ``open()`` would give a new file under the process's umask.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -33,3 +35,19 @@ def temp_dir_for(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp.chmod(umask_mode(directory=True))
     return tmp
+
+
+def replace_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """Make the folder ``path`` whole or not at all: ``write(tmp)`` fills a temporary sibling,
+    which then replaces ``path`` (an existing one is removed first); on any failure the
+    temporary folder is removed and ``path`` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_for(path)
+    try:
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

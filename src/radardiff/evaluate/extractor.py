@@ -58,7 +58,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radardiff._files import temp_dir_for
+from radardiff._files import replace_dir
 from radardiff.data import DatasetFile
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import DataError, RadarDiffError
@@ -258,9 +257,7 @@ def _save(path: Path, cfg: ExtractorConfig, norm: Normalizer, model: _Trainable,
     """Write into a temporary sibling folder, then rename: a folder is complete or absent."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_for(path)
-    try:
+    def write(tmp: Path) -> None:
         state = {k: v.detach().contiguous() for k, v in model.encoder.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
         nd = norm.to_dict()
@@ -268,12 +265,8 @@ def _save(path: Path, cfg: ExtractorConfig, norm: Normalizer, model: _Trainable,
         nd["sample_stats"] = nd["sample_labels"] = None
         doc = {"format": FORMAT, "config": asdict(cfg), "normalizer": nd, "training": extra}
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    replace_dir(path, write)
 
 
 # ---- training -----------------------------------------------------------------------------------

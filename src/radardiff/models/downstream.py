@@ -106,32 +106,23 @@ def save_task(model: nn.Module, meta: dict, out) -> None:
     """Weights (safetensors) and ``task.json`` into the directory ``out`` (replaced whole: the
     new one is written beside it and renamed into place)."""
     import json
-    import os
-    import shutil
     from pathlib import Path
 
     from safetensors.torch import save_file
 
-    from radardiff._files import temp_dir_for
+    from radardiff._files import replace_dir
     from radardiff.errors import DiskFullError, is_disk_full
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_for(out)
-    try:
+    def write(tmp: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / TASK_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+
+    try:
+        replace_dir(Path(out), write)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(err):
             raise DiskFullError(f"{out}: disk full while writing the network") from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
