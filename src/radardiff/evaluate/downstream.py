@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from radardiff._files import temp_file_for
+from radardiff.config.io import atomic_write_text
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
 from radardiff.errors import DataError
 from radardiff.evaluate.skill import detection_score, recovery_score
-from radardiff.evaluate.tasks import TaskConfig, load_pairs, predict, train_task
+from radardiff.evaluate.tasks import Pairs, TaskConfig, load_pairs, predict, train_task
 from radardiff.models.downstream import TASK_FILE, load_task
 
 log = logging.getLogger(__name__)
@@ -41,20 +41,18 @@ SETS = ("physics", "generated", "real", "real+generated")
 RESULTS = "downstream.json"
 
 
-def score_task(net, meta: dict, pairs_path) -> dict:
-    """The network's skill on a pairs file: recovery RMSE (the pairs' units), RMSE as a fraction
-    of the signal's RMS and skill ``1 - fraction``; detection ROC AUC and accuracy at the
-    network's validation threshold."""
-    p = load_pairs(pairs_path, meta["task"])
+def score_task(net, meta: dict, pairs: str | Path | Pairs) -> dict:
+    """The network's skill on a pairs file (or pairs already read): recovery RMSE (the pairs'
+    units), RMSE as a fraction of the signal's RMS and skill ``1 - fraction``; detection ROC AUC
+    and accuracy at the network's validation threshold."""
+    p = pairs if isinstance(pairs, Pairs) else load_pairs(pairs, meta["task"])
     if p.wrapped != meta["wrapped"]:
         raise DataError(
-            f"{pairs_path}: {'wrapped' if p.wrapped else 'unwrapped'} inputs, but the network "
+            f"{p.path}: {'wrapped' if p.wrapped else 'unwrapped'} inputs, but the network "
             f"was trained on {'wrapped' if meta['wrapped'] else 'unwrapped'} ones"
         )
     if p.units.strip().lower() != str(meta["units"]).strip().lower():
-        raise DataError(
-            f"{pairs_path}: units '{p.units}' differ from the network's '{meta['units']}'"
-        )
+        raise DataError(f"{p.path}: units '{p.units}' differ from the network's '{meta['units']}'")
     out = predict(net, meta, p.inputs)
     if meta["task"] == "detection":
         d = detection_score(out, p.targets, meta["threshold"])
@@ -261,8 +259,9 @@ def run_experiment(
     rows = []
     for task in cfg.tasks:
         pp = cfg.pairs.get(task) or default_pairs(task)
-        test = _pairs(out / "pairs" / f"{task}_test.h5", [DatasetFile(cfg.test_real)],
-                      cfg.n_test, cfg.test_seed, pp, None, spacing)  # fmt: skip
+        test_path = _pairs(out / "pairs" / f"{task}_test.h5", [DatasetFile(cfg.test_real)],
+                           cfg.n_test, cfg.test_seed, pp, None, spacing)  # fmt: skip
+        test = load_pairs(test_path, task)  # read once, scored by every network
         masks = DatasetFile(cfg.train_real) if cfg.masks else None
         for k, name in enumerate(SETS):
             for seed in cfg.seeds:
@@ -279,8 +278,8 @@ def run_experiment(
                              "val_score": meta["val_score"], "best_step": meta["best_step"]})  # fmt: skip
     result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise(rows),
               "noise_realism": noise_realism(cfg, out / "realism")}  # fmt: skip
-    _write_json(out / RESULTS, result)
-    (out / "downstream.md").write_text(markdown_table(result), encoding="utf-8")
+    atomic_write_text(out / RESULTS, json.dumps(result, indent=1, default=_jsonable) + "\n")
+    atomic_write_text(out / "downstream.md", markdown_table(result))
     return result
 
 
@@ -328,11 +327,12 @@ def _pairs(path: Path, files, n, seed, pp, masks, spacing) -> Path:
     its noise files, is there."""
     noise = NoiseSource(files, spacing)
     if path.is_file():
-        record = json.loads(DatasetFile(path).attrs().get("pairs", "{}"))
+        made = DatasetFile(path)
+        record = json.loads(made.attrs().get("pairs", "{}"))
         want = {"seed": seed, "noise": [str(f.path) for f in files], "params": _plain(pp),
                 "masks": str(masks.path) if masks is not None else None}  # fmt: skip
         newer = max(Path(f.path).stat().st_mtime_ns for f in files) > path.stat().st_mtime_ns
-        if all(record.get(k) == v for k, v in want.items()) and DatasetFile(path).info.n == n \
+        if all(record.get(k) == v for k, v in want.items()) and made.info.n == n \
                 and not newer:  # fmt: skip
             return path
     return write_pairs(noise, n, path, seed, pp, masks)
@@ -393,15 +393,6 @@ def _describe(cfg: ExperimentConfig, spacing: float) -> dict:
     d["pixel_spacing_m"] = spacing
     d["physics_params"] = DatasetFile(cfg.physics).attrs().get("synth_params")
     return d
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    import os
-
-    fd, tmp = temp_file_for(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, default=_jsonable)
-    os.replace(tmp, path)
 
 
 def _jsonable(o):
