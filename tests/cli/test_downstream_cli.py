@@ -81,6 +81,7 @@ def test_bad_input_one_line(tiles, tmp_path, capsys):
     run.mkdir()
     (run / "config.toml").write_text('name = "x"\n')
     out = tmp_path / "p.h5"
+    exp = ["downstream", "experiment", "--train-real", tiles["train"], "--out", tmp_path / "e"]
     cases = [
         (["downstream", "pairs", db, "--n", 4, "--out", out], "cannot carry"),
         (
@@ -102,45 +103,17 @@ def test_bad_input_one_line(tiles, tmp_path, capsys):
             "not a pairs file",
         ),  # fmt: skip
         (
-            [
-                "downstream",
-                "experiment",
-                "--train-real",
-                tiles["train"],
-                "--test-real",
-                tiles["train"],
-                "--generated",
-                tiles["gen"],
-                "--out",
-                tmp_path / "e",
-            ],
+            [*exp, "--test-real", tiles["train"], "--generated", tiles["gen"]],
             "test scenes are the training scenes",
         ),  # fmt: skip
+        ([*exp, "--test-real", tiles["test"]], "one of --run and --generated"),
         (
             [
-                "downstream",
-                "experiment",
-                "--train-real",
-                tiles["train"],
-                "--test-real",
-                tiles["test"],
-                "--out",
-                tmp_path / "e",
-            ],
-            "one of --run and --generated",
-        ),  # fmt: skip
-        (
-            [
-                "downstream",
-                "experiment",
-                "--train-real",
-                tiles["train"],
+                *exp,
                 "--test-real",
                 tiles["test"],
                 "--generated",
                 tiles["gen"],
-                "--out",
-                tmp_path / "e",
                 "--set",
                 "recovery.nonsense=1",
             ],
