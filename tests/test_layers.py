@@ -14,6 +14,7 @@ BASE = {
     "_version",
     "_malloc",
     "_files",
+    "_hardware",
     "__init__",
     "__main__",
 }  # importable from every layer

@@ -170,7 +170,9 @@ def _pair(value: str | None, option: str):
 @click.option("--width", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["no", "bf16"]), default="no", show_default=True)
+@click.option(
+    "--precision", type=click.Choice(["no", "bf16", "auto"]), default="no", show_default=True
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 def train_cmd(pairs, task, out, steps, batch_size, lr, width, val_fraction, seed, precision,
               device) -> None:  # fmt: skip

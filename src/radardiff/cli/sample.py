@@ -42,7 +42,12 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
     help="Sampler option, e.g. --option solver_order=3 (repeatable).",
 )
 @click.option(
-    "--precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True
+    "--precision",
+    type=click.Choice(["no", "bf16", "fp16", "auto"]),
+    default="no",
+    show_default=True,
+    help="Autocast of the network: no (fp32), bf16, fp16 (GPU), auto (bf16 where the device "
+    "computes it fast: a GPU with bf16, a CPU with AVX-512 bf16 kernels; else fp32).",
 )
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option(

@@ -19,7 +19,8 @@ Prediction = Literal["eps", "v", "x0"]
 Variance = Literal["fixed_small", "fixed_large", "learned_range"]
 LossType = Literal["mse", "rescaled_mse", "kl", "rescaled_kl"]
 TimestepSampler = Literal["uniform", "loss_second_moment"]
-MixedPrecision = Literal["no", "bf16", "fp16"]
+# auto: bf16 where the device computes it fast (radardiff._hardware), else fp32
+MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from radardiff._hardware import resolve_precision
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError, DataError
 from radardiff.evaluate.skill import best_threshold, recovery_score, roc_auc
@@ -51,8 +52,8 @@ class TaskConfig:
         for key in ("steps", "batch_size", "width", "levels", "val_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')}: must be at least 1")
-        if self.precision not in ("no", "bf16"):
-            raise ConfigError(f"--precision: 'no' or 'bf16', got '{self.precision}'")
+        if self.precision not in ("no", "bf16", "auto"):
+            raise ConfigError(f"--precision: 'no', 'bf16' or 'auto', got '{self.precision}'")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction: must be in (0, 1), got {self.val_fraction}")
 
@@ -173,6 +174,7 @@ def train_task(
     """Train the task's network on ``pairs`` (on ``device``); saved to the directory ``out``
     when given. The network does not depend on the device beyond floating-point rounding."""
     dev = torch.device(device)
+    bf16 = resolve_precision(cfg.precision, dev, "--precision") == "bf16"
     labels = pairs.targets if cfg.task == "detection" else None
     tr, va = split(len(pairs.inputs), cfg.val_fraction, cfg.seed, labels)
     scale = _input_scale(pairs, tr)
@@ -194,7 +196,7 @@ def train_task(
         b = torch.from_numpy(rng.choice(tr, size=min(cfg.batch_size, tr.size), replace=False))
         x = x_all[b].to(dev)
         target = (t_all[b] if cfg.task == "detection" else t_all[b] / scale).to(dev)
-        with torch.autocast(dev.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
             pred = net(encode(x, pairs.wrapped, scale)).float()
         loss = _loss(cfg.task, pred, target, torch.isfinite(x))
         opt.zero_grad(set_to_none=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radardiff._hardware import PRECISIONS, describe_cpu, resolve_precision
 from radardiff.config.schema import SampleConfig
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noise, make_sampler
@@ -47,7 +48,7 @@ class SampleOptions:
     scale w, ``eps = eps_null + w (eps_class - eps_null)`` (Ho and Salimans 2022); 1 is plain
     conditional sampling, 0 the unconditional (null-label) model. ``sampler_options``: see
     :func:`radardiff.diffusion.describe_samplers`. ``mixed_precision``: ``no``, ``bf16``, ``fp16``
-    autocast of the network. ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None:
+    autocast of the network, or ``auto`` (bf16 where the device computes it fast, else fp32). ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None:
     :func:`clip_mode` decides from the run).
     """
 
@@ -137,8 +138,10 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         raise ConfigError(f"--guidance must be >= 0, got {opts.guidance}")
     if opts.guidance != 1.0 and not k:
         raise ConfigError("--guidance needs a class-conditional model; this one is unconditional")
-    if opts.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"--precision must be no, bf16 or fp16, got '{opts.mixed_precision}'")
+    if opts.mixed_precision not in PRECISIONS:
+        raise ConfigError(
+            f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.mixed_precision}'"
+        )
     if opts.clip is not None and opts.clip not in CLIP_MODES:
         raise ConfigError(f"--clip must be one of {', '.join(CLIP_MODES)}, got '{opts.clip}'")
 
@@ -284,6 +287,10 @@ def _superres_conditions(
     )
 
 
+def _device_of(run: LoadedRun) -> torch.device:
+    return next(run.model.parameters()).device
+
+
 @dataclass
 class Sampling:
     """The sampler and the denoiser of one request (built once, used for every batch)."""
@@ -298,7 +305,7 @@ class Sampling:
             run,
             clip=clip_mode(run, opts),
             guidance=opts.guidance,
-            precision=opts.mixed_precision,
+            precision=resolve_precision(opts.mixed_precision, _device_of(run), "--precision"),
             schedule=prepared.schedule,
         )
         return cls(prepared, denoiser)
@@ -424,9 +431,13 @@ def generate(
     merges all parts once every process is done. ``rank`` / ``world`` may be given explicitly.
     """
     _validate(run, opts)
+    # auto is resolved here, so that the file records (and a resume compares) what autocast ran
+    precision = resolve_precision(opts.mixed_precision, _device_of(run), "--precision")
+    opts = replace(opts, mixed_precision=precision)
     output_format(Path(out))  # a bad extension fails now, not after the last batch
     sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
     log.info("torch CPU threads: %d (radardiff --threads N to change)", torch.get_num_threads())
+    log.info("precision: %s (CPU %s)", {"no": "fp32"}.get(precision, precision), describe_cpu())
     try:
         return _generate(run, opts, Path(out), sampling, on_progress, rank, world, merge)
     except OSError as err:

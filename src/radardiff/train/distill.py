@@ -182,7 +182,7 @@ class _Distiller(Trainer):
             network=self.teacher.to(self.acc.device),
             clip=default_clip(self.cfg, self.normalizer),
             guidance=self.cfg.distill.guidance,
-            precision=self.cfg.train.mixed_precision,
+            precision=self.precision,
         )
 
     _teacher_denoiser: Denoiser | None = None

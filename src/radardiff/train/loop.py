@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from radardiff._hardware import describe_cpu, resolve_precision
 from radardiff.config import RunConfig, RunDir, atomic_write_text, load_config, save_config
 from radardiff.config.io import config_to_dict
 from radardiff.data.dataset_file import DatasetFile
@@ -178,10 +179,16 @@ class Trainer:
         if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on the CPU")
         _single_process_reset()
+        # what autocast runs: auto resolves to bf16 where the device computes it fast, else fp32
+        self.precision = resolve_precision(
+            tc.mixed_precision,
+            "cuda" if torch.cuda.is_available() else "cpu",
+            "train.mixed_precision",
+        )
         # cpu=True where there is no GPU: accelerate then runs several processes over gloo
         # (torchrun on a CPU-only machine), where it would otherwise fall back to one process
         self.acc = Accelerator(
-            mixed_precision=tc.mixed_precision,
+            mixed_precision=self.precision,
             gradient_accumulation_steps=tc.grad_accum,
             cpu=not torch.cuda.is_available(),
         )
@@ -216,6 +223,12 @@ class Trainer:
                 )
         self.diffusion = GaussianDiffusion(cfg.diffusion).to(self.acc.device)
         log.info("torch CPU threads: %d (radardiff --threads N to change)", torch.get_num_threads())
+        log.info(
+            "precision: %s (train.mixed_precision = %s; CPU %s)",
+            {"no": "fp32"}.get(self.precision, self.precision),
+            self.cfg.train.mixed_precision,
+            describe_cpu(),
+        )
         torch.manual_seed(tc.seed)
         model = self._build_model()
         if tc.channels_last:
