@@ -319,3 +319,30 @@ def test_samples_far_outside_the_training_range_are_reported(run, tmp_path, capl
         generate(run, opts(n=2, sampler="ddim", steps=2), tmp_path / "bad.h5")
     assert "1 of 2 samples (seeds 1) lie far outside the training data's range" in caplog.text
     assert len(DatasetFile(tmp_path / "bad.h5")) == 2
+
+
+def test_cpu_sampling_runs_channels_last_with_the_same_samples(trained_run):
+    """On the CPU the network samples in channels-last layout (measured faster there); the
+    samples are those of the contiguous layout up to fp32 rounding."""
+    import copy
+
+    import torch
+
+    from radardiff.sample.generate import Sampling
+
+    run, o = load_run(trained_run), opts(n=4, batch_size=4)
+    flat = dataclasses.replace(run, model=copy.deepcopy(run.model))
+    fast = Sampling.of(run, o)
+    assert fast.denoiser.channels_last
+    convs = [m.weight for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    wide = [w for w in convs if w.shape[1] > 1 and w.shape[2] > 1]
+    assert wide and all(w.is_contiguous(memory_format=torch.channels_last) for w in wide)
+    assert not any(w.is_contiguous() for w in wide)
+    plain = Sampling(
+        fast.prepared, fast.denoiser.with_options(network=flat.model, channels_last=False)
+    )
+    idx = np.arange(4)
+    a = denoise_batch(run, o, idx, sampling=fast)[0]
+    b = denoise_batch(flat, o, idx, sampling=plain)[0]
+    assert not np.array_equal(a, np.zeros_like(a))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
