@@ -4,20 +4,26 @@ One command, one process per configuration (so that one configuration's allocato
 pools and caches do not colour the next), printing for training and sampling at 32 and 64 px:
 
 * ``bare``: the plainest loop a user would write with the same network (UNet2DModel, default
-  AdamW, MSE on eps; for sampling, the network called on the same inputs, autocast per call);
+  AdamW, MSE on eps; for sampling, the network called on the same inputs, autocast per call, in
+  the contiguous layout);
 * ``ours``: radardiff's ``Trainer`` (data file, normaliser, EMA, timestep sampler, masks,
-  logging) and a prepared ``dpmsolver++`` sampler over the ``Denoiser``;
+  logging) and a prepared ``dpmsolver++`` sampler over the ``Denoiser`` (channels-last on the
+  CPU, as ``radardiff sample`` runs it);
 * the effective GFLOP/s of each (FLOPs of the network's convolutions and matmuls counted once by
   ``torch.utils.flop_counter``; a training step counted as 3 forwards) and their share of the
-  machine's measured peak: a large bf16 / fp32 3x3 convolution, NCHW and channels-last, the best
-  layout taken.
+  machine's measured peak: bf16 / fp32 3x3 convolutions (a large one and the networks' main
+  levels), NCHW and channels-last, the best of them (on a VM whose speed drifts the loops can
+  exceed a peak probed minutes earlier: trust the ratios of one run).
 
 Ratios are ours / bare measured in the same command; the load average is printed at the start and
-the end (a loaded machine makes every number meaningless: run it alone).
+the end (a loaded machine makes every number meaningless: run it alone). ``--precision auto`` (the
+default) takes bf16 where the device computes it fast and fp32 elsewhere (on an AVX2-only CPU a
+bf16 convolution is ~60x slower than fp32: its peak is still measured and printed, with fewer
+repeats).
 
 Usage::
 
-    python benchmarks/bench_throughput.py                         # CPU, bf16, 32 and 64 px
+    python benchmarks/bench_throughput.py                         # CPU, auto precision, 32 and 64 px
     python benchmarks/bench_throughput.py --sizes 32 --threads 2 --steps 6
     python benchmarks/bench_throughput.py --device cuda --precision fp16 --batch-scale 8
 """
@@ -25,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -35,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from radardiff._hardware import bf16_fast, describe_cpu
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -52,26 +61,40 @@ def _dtype(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def conv_peak(precision: str, device: torch.device, reps: int = 8) -> dict:
-    """GFLOP/s of a large 3x3 convolution (256 -> 256 channels, 32 x 32, batch 32), the best of
-    NCHW and channels-last."""
+# (channels, size) of the peak probes, batch 32: the issue's large convolution, then the two
+# levels that carry most of the networks' FLOPs (on the AVX2 EPYC the large one, whose tensors
+# outgrow the cache, ran at 100-104 GFLOP/s fp32 while the networks' own levels ran faster)
+PEAK_SHAPES = ((256, 32), (128, 32), (256, 16))
+
+
+def conv_peak(precision: str, device: torch.device, reps: int = 8, shapes=PEAK_SHAPES) -> dict:
+    """GFLOP/s of 3x3 convolutions (batch 32, C -> C channels, S x S) for each (C, S) of
+    ``shapes``, NCHW and channels-last; ``gflops`` is the best of all. Fewer repeats where one call
+    takes over a second (bf16 on a CPU without bf16 kernels)."""
     dtype = _dtype(precision)
-    x = torch.randn(32, 256, 32, 32, device=device, dtype=dtype)
-    w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
-    flops = 2 * 32 * 256 * 32 * 32 * 256 * 9
-    best = {}
-    for layout, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        xi, wi = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
-        with torch.inference_mode():
-            for _ in range(2):
+    out = {}
+    for c, size in shapes:
+        x = torch.randn(32, c, size, size, device=device, dtype=dtype)
+        w = torch.randn(c, c, 3, 3, device=device, dtype=dtype)
+        flops = 2 * 32 * c * size * size * c * 9
+        for layout, fmt in (
+            ("nchw", torch.contiguous_format),
+            ("channels_last", torch.channels_last),
+        ):
+            xi, wi = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
                 torch.nn.functional.conv2d(xi, wi, padding=1)
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(reps):
+                _sync(device)
+                n = reps if time.perf_counter() - t0 < 1.0 else 1
                 torch.nn.functional.conv2d(xi, wi, padding=1)
-            _sync(device)
-        best[layout] = flops * reps / (time.perf_counter() - t0) / 1e9
-    return {"gflops": max(best.values()), **{f"gflops_{k}": v for k, v in best.items()}}
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    torch.nn.functional.conv2d(xi, wi, padding=1)
+                _sync(device)
+            out[f"{c}ch {size}px {layout}"] = flops * n / (time.perf_counter() - t0) / 1e9
+    return {"gflops": max(out.values()), "by_shape": out}
 
 
 def forward_flops(model_cfg, size: int) -> float:
@@ -155,7 +178,9 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
 
     def ours() -> float:
         prepared = make_sampler("dpmsolver++", diffusion, steps, {"use_karras_sigmas": True})
-        den = Denoiser(model, RunConfig(diffusion=diffusion), 1,
+        cl = device.type == "cpu"  # as radardiff.sample runs it
+        net = copy.deepcopy(model).to(memory_format=torch.channels_last) if cl else model
+        den = Denoiser(net, RunConfig(diffusion=diffusion), 1, channels_last=cl,
                        precision={"fp32": "no"}.get(precision, precision))  # fmt: skip
         gens = [torch.Generator().manual_seed(i) for i in range(batch)]
         _sync(device)
@@ -179,7 +204,7 @@ def worker(spec: dict) -> dict:
     device = torch.device(spec["device"])
     kind = spec["kind"]
     if kind == "peak":
-        return conv_peak(spec["precision"], device)
+        return conv_peak(spec["precision"], device, shapes=[tuple(x) for x in spec["shapes"]])
     fn = train_worker if kind == "train" else sample_worker
     return fn(spec["which"], spec["size"], spec["batch"], spec["precision"], spec["steps"], device)
 
@@ -199,7 +224,7 @@ def _run(spec: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="32,64")
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--steps", type=int, default=6, help="timed training steps / sampler calls")
@@ -211,18 +236,21 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    if args.precision == "auto":
+        args.precision = "bf16" if bf16_fast(args.device) else "fp32"
     base = {"device": args.device, "threads": args.threads, "precision": args.precision}
     print(
-        f"torch {torch.__version__}, device {args.device}, precision {args.precision}, threads "
-        f"{args.threads or torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} at start"
+        f"torch {torch.__version__}, device {args.device}, CPU {describe_cpu()}, precision "
+        f"{args.precision}, threads {args.threads or torch.get_num_threads()}, load average "
+        f"{os.getloadavg()[0]:.2f} at start"
     )
-    peaks = {p: _run({**base, "kind": "peak", "precision": p}) for p in dict.fromkeys(
-        [args.precision, "fp32"])}  # fmt: skip
+    # the precision in use is probed at every shape; the other one only at the large shape
+    peaks = {p: _run({**base, "kind": "peak", "precision": p,
+                      "shapes": PEAK_SHAPES if p == args.precision else PEAK_SHAPES[:1]})
+             for p in dict.fromkeys([args.precision, "bf16", "fp32"])}  # fmt: skip
     for p, r in peaks.items():
-        print(
-            f"peak 3x3 conv {p}: {r['gflops_nchw']:.0f} GFLOP/s NCHW, "
-            f"{r['gflops_channels_last']:.0f} channels-last"
-        )
+        shapes = ", ".join(f"{k} {v:.0f}" for k, v in r["by_shape"].items())
+        print(f"peak 3x3 conv {p} (GFLOP/s, batch 32): {shapes}")
     peak = peaks[args.precision]["gflops"]
     print(
         f"{'':26s} {'bare':>9s} {'ours':>9s} {'ours/bare':>9s} {'GFLOP/s':>15s} {'% of peak':>13s}"
