@@ -17,7 +17,7 @@ autocast:
 
 Usage::
 
-    python benchmarks/bench_sample.py                  # both sizes, fp32 + bf16
+    python benchmarks/bench_sample.py                  # both sizes, fp32 (+ bf16 where fast)
     python benchmarks/bench_sample.py --sizes 32 --precisions fp32 --steps 5 --repeats 3
 """
 
@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 import torch
 
+from radardiff._hardware import bf16_fast
 from radardiff.config import load_config
 from radardiff.config.schema import DiffusionConfig, ModelConfig, RunConfig
 from radardiff.diffusion import Denoiser, initial_noise, make_sampler
@@ -157,7 +158,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     p.add_argument(
-        "--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"]
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="default: fp32, and bf16 where the device computes it fast",
     )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=2, help="network calls per timed loop")
@@ -173,6 +178,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16"] if bf16_fast(device) else ["fp32"]
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, "
         f"{args.steps} network calls per loop, {args.repeats} interleaved repeats (median)"

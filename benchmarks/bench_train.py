@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from radardiff._hardware import bf16_fast
 from radardiff._malloc import tune_malloc
 from radardiff.config import load_config, validate_config
 from radardiff.config.io import config_to_dict
@@ -116,7 +117,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="32,64")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
-    ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
+    ap.add_argument(
+        "--precisions",
+        default=None,
+        help="comma list of fp32, bf16, fp16 (default: fp32, and bf16 where the device computes "
+        "it fast)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-malloc-tuning", action="store_true")
     args = ap.parse_args()
@@ -125,7 +131,8 @@ def main() -> None:
     device = torch.device(args.device)
     if (device.type == "cuda") != torch.cuda.is_available():
         raise SystemExit("--device: the Trainer uses the GPU exactly when one is available")
-    precisions = args.precisions.split(",")
+    default = "fp32,bf16" if bf16_fast(device) else "fp32"
+    precisions = (args.precisions or default).split(",")
     print(
         f"torch {torch.__version__}, device {device}"
         f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
