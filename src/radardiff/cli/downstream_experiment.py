@@ -51,8 +51,9 @@ from radardiff.cli._common import parse_int_list, parse_kv
 @click.option("--sampler", default=None, help="Sampler of --run [the run's].")
 @click.option("--steps", "sample_steps", type=int, default=None, help="Its steps [the run's].")
 @click.option("--checkpoint", default=None, help="Checkpoint of --run [latest].")
-@click.option("--precision", type=click.Choice(["no", "bf16", "auto"]), default="no", show_default=True,
-              help="Autocast of sampling and of the task networks' training.")  # fmt: skip
+@click.option("--precision", type=click.Choice(["no", "bf16", "auto"]), default="no",
+              show_default=True, help="Autocast of sampling and of the task networks' training "
+              "(auto: bf16 where the device computes it fast, else fp32).")  # fmt: skip
 @click.option("--no-masks", is_flag=True, help="Do not give the real tiles' no-data patterns to "
               "physics and generated noise.")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE",

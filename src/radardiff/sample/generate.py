@@ -48,8 +48,9 @@ class SampleOptions:
     scale w, ``eps = eps_null + w (eps_class - eps_null)`` (Ho and Salimans 2022); 1 is plain
     conditional sampling, 0 the unconditional (null-label) model. ``sampler_options``: see
     :func:`radardiff.diffusion.describe_samplers`. ``mixed_precision``: ``no``, ``bf16``, ``fp16``
-    autocast of the network, or ``auto`` (bf16 where the device computes it fast, else fp32). ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None:
-    :func:`clip_mode` decides from the run).
+    autocast of the network, or ``auto`` (bf16 where the device computes it fast, else fp32).
+    ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None: :func:`clip_mode` decides
+    from the run).
     """
 
     n: int
@@ -329,7 +330,7 @@ def denoise_batch(
     labels; ``cond`` defaults to :func:`batch_conditions`."""
     cond = cond or batch_conditions(run, opts, idx)
     sampling = sampling or Sampling.of(run, opts)
-    device = next(run.model.parameters()).device
+    device = _device_of(run)
     gens = _generators(opts, idx)
     size = run.cfg.model.image_size
     x = initial_noise(gens, (run.data_channels, size, size)).to(device)
