@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import click
 
+from radardiff._hardware import PRECISIONS
+
 
 def setup_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
@@ -78,3 +80,17 @@ def parse_kv(items: tuple[str, ...], option: str) -> dict:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = raw.strip()
     return out
+
+
+def precision_option(choices: tuple[str, ...] = PRECISIONS, subject: str = "the network"):
+    """``--precision`` (default ``no``): autocast of ``subject``, one of ``choices``."""
+    names = {"no": "no (fp32)", "fp16": "fp16 (GPU)"}
+    listed = ", ".join(names.get(c, c) for c in choices if c != "auto")
+    return click.option(
+        "--precision",
+        type=click.Choice(list(choices)),
+        default="no",
+        show_default=True,
+        help=f"Autocast of {subject}: {listed}, auto (bf16 where the device computes it fast: a "
+        "GPU with bf16, a CPU with AVX-512 bf16 kernels; else fp32).",
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from radardiff.cli._common import parse_kv, progress
+from radardiff.cli._common import parse_kv, precision_option, progress
 
 _PAIR_KEYS = ("label", "source", "present", "peak_los_m", "threshold_m", "wavelength_m", "wrap",
               "coherence", "coherence_std", "looks", "augment", "geometry")  # fmt: skip
@@ -170,9 +170,7 @@ def _pair(value: str | None, option: str):
 @click.option("--width", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--precision", type=click.Choice(["no", "bf16", "auto"]), default="no", show_default=True
-)
+@precision_option(("no", "bf16", "auto"), "the network's training")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 def train_cmd(pairs, task, out, steps, batch_size, lr, width, val_fraction, seed, precision,
               device) -> None:  # fmt: skip
@@ -185,7 +183,7 @@ def train_cmd(pairs, task, out, steps, batch_size, lr, width, val_fraction, seed
     \b
     Examples:
       radardiff downstream train rec.h5 --task recovery --out nets/rec
-      radardiff downstream train det.h5 --task detection --out nets/det --precision bf16
+      radardiff downstream train det.h5 --task detection --out nets/det --precision auto
     """
     from radardiff.evaluate.downstream import default_training
     from radardiff.evaluate.tasks import load_pairs, train_task

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from radardiff.cli._common import parse_int_list, parse_kv
+from radardiff.cli._common import parse_int_list, parse_kv, precision_option
 
 
 @click.command()
@@ -51,9 +51,7 @@ from radardiff.cli._common import parse_int_list, parse_kv
 @click.option("--sampler", default=None, help="Sampler of --run [the run's].")
 @click.option("--steps", "sample_steps", type=int, default=None, help="Its steps [the run's].")
 @click.option("--checkpoint", default=None, help="Checkpoint of --run [latest].")
-@click.option("--precision", type=click.Choice(["no", "bf16", "auto"]), default="no",
-              show_default=True, help="Autocast of sampling and of the task networks' training "
-              "(auto: bf16 where the device computes it fast, else fp32).")  # fmt: skip
+@precision_option(("no", "bf16", "auto"), "sampling and of the task networks' training")
 @click.option("--no-masks", is_flag=True, help="Do not give the real tiles' no-data patterns to "
               "physics and generated noise.")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE",
@@ -75,7 +73,7 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
           --out scenes.h5
       radardiff train configs/tiny.toml --out runs/ifg --set data.train=scenes_train.h5
       radardiff downstream experiment --run runs/ifg --train-real scenes_train.h5 \\
-          --test-real scenes_val.h5 --wavelength 0.0562 --precision bf16
+          --test-real scenes_val.h5 --wavelength 0.0562 --precision auto
     """
     from radardiff.evaluate.downstream import ExperimentConfig, experiment_inputs, run_experiment
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progress
+from radardiff.cli._common import (
+    bar_callback,
+    parse_int_list,
+    parse_kv,
+    precision_option,
+    progress,
+)
 
 
 @click.command()
@@ -41,14 +47,7 @@ from radardiff.cli._common import bar_callback, parse_int_list, parse_kv, progre
     metavar="KEY=VALUE",
     help="Sampler option, e.g. --option solver_order=3 (repeatable).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["no", "bf16", "fp16", "auto"]),
-    default="no",
-    show_default=True,
-    help="Autocast of the network: no (fp32), bf16, fp16 (GPU), auto (bf16 where the device "
-    "computes it fast: a GPU with bf16, a CPU with AVX-512 bf16 kernels; else fp32).",
-)
+@precision_option()
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option(
     "--checkpoint", default=None, help="Step number of the checkpoint to sample [default: latest]."

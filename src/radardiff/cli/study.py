@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from radardiff.cli._common import parse_int_list
+from radardiff.cli._common import parse_int_list, precision_option
 
 
 @click.group()
@@ -45,14 +45,7 @@ def study() -> None:
 @click.option("--checkpoint", default=None, help="Step number of the checkpoint [default: latest].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(["no", "bf16", "fp16", "auto"]),
-    default="no",
-    show_default=True,
-    help="Autocast of the network: no (fp32), bf16, fp16 (GPU), auto (bf16 where the device "
-    "computes it fast: a GPU with bf16, a CPU with AVX-512 bf16 kernels; else fp32).",
-)
+@precision_option()
 @click.option(
     "--features", type=click.Path(), default=None, help="Feature extractor for FID/KID/P&R."
 )
