@@ -8,7 +8,8 @@ pools and caches do not colour the next), printing for training and sampling at 
   the contiguous layout);
 * ``ours``: radardiff's ``Trainer`` (data file, normaliser, EMA, timestep sampler, masks,
   logging) and a prepared ``dpmsolver++`` sampler over the ``Denoiser`` (channels-last on the
-  CPU, as ``radardiff sample`` runs it);
+  CPU, as ``radardiff sample`` runs it); with ``--compile`` also that sampler on the network
+  compiled as ``radardiff sample --compile`` runs it, and the compile time;
 * the effective GFLOP/s of each (FLOPs of the network's convolutions and matmuls counted once by
   ``torch.utils.flop_counter``; a training step counted as 3 forwards) and their share of the
   machine's measured peak: bf16 / fp32 3x3 convolutions (a large one and the networks' main
@@ -26,6 +27,7 @@ Usage::
     python benchmarks/bench_throughput.py                         # CPU, auto precision, 32 and 64 px
     python benchmarks/bench_throughput.py --sizes 32 --threads 2 --steps 6
     python benchmarks/bench_throughput.py --device cuda --precision fp16 --batch-scale 8
+    python benchmarks/bench_throughput.py --sizes 32 --compile      # + sampling compiled
 """
 
 from __future__ import annotations
@@ -176,10 +178,15 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
         _sync(device)
         return time.perf_counter() - t0
 
+    cl = device.type == "cpu"  # as radardiff.sample runs it
+    net = copy.deepcopy(model).to(memory_format=torch.channels_last) if cl else model
+    if which == "compiled":  # as radardiff sample --compile runs it
+        from radardiff.models.compiled import FixedBatchNetwork
+
+        net = FixedBatchNetwork(net)
+
     def ours() -> float:
         prepared = make_sampler("dpmsolver++", diffusion, steps, {"use_karras_sigmas": True})
-        cl = device.type == "cpu"  # as radardiff.sample runs it
-        net = copy.deepcopy(model).to(memory_format=torch.channels_last) if cl else model
         den = Denoiser(net, RunConfig(diffusion=diffusion), 1, channels_last=cl,
                        precision={"fp32": "no"}.get(precision, precision))  # fmt: skip
         gens = [torch.Generator().manual_seed(i) for i in range(batch)]
@@ -190,9 +197,12 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
         return time.perf_counter() - t0
 
     fn = bare if which == "bare" else ours
-    fn()  # warm-up
+    fn()  # warm-up (and the compile)
     seconds = float(np.median([fn() for _ in range(3)]))
-    return {"img_s": batch * steps / seconds, "flops_per_img": forward_flops(mcfg, size)}
+    out = {"img_s": batch * steps / seconds, "flops_per_img": forward_flops(mcfg, size)}
+    if which == "compiled":
+        out["compile_s"] = net.compile_seconds
+    return out
 
 
 def worker(spec: dict) -> dict:
@@ -231,6 +241,12 @@ def main() -> None:
     ap.add_argument(
         "--batch-scale", type=int, default=1, help="batch = 32 (32 px), 16 (64 px) x this"
     )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also sample with the network compiled as radardiff sample --compile does (inductor, "
+        "a fresh cache: the compile time is a first run's)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -266,6 +282,17 @@ def main() -> None:
                 f"{ours['img_s'] / bare['img_s']:9.3f} {gf[0]:7.0f} {gf[1]:7.0f} "
                 f"{100 * gf[0] / peak:6.0f} {100 * gf[1] / peak:6.0f}   ({unit})"
             )
+            if kind == "sample" and args.compile:
+                with tempfile.TemporaryDirectory() as cache:
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+                    c = _run({**spec, "which": "compiled"})
+                    del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+                g = c["img_s"] * c["flops_per_img"] / 1e9
+                print(
+                    f"  compiled{'':17s} {'':9s} {c['img_s']:9.2f} {c['img_s'] / bare['img_s']:9.3f}"
+                    f" {'':7s} {g:7.0f} {'':6s} {100 * g / peak:6.0f}   "
+                    f"(after {c['compile_s']:.0f} s compiling; {c['img_s'] / ours['img_s']:.3f}x eager)"
+                )
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 

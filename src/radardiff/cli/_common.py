@@ -55,6 +55,23 @@ def bar_callback(bar) -> Callable[..., None]:
     return update
 
 
+class BatchSize(click.ParamType):
+    """A positive integer, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"expected a positive integer or 'auto', got '{value}'", param, ctx)
+        return n
+
+
 def parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
     if value is None:
         return None

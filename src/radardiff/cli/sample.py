@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from radardiff.cli._common import (
+    BatchSize,
     bar_callback,
     parse_int_list,
     parse_kv,
@@ -39,7 +40,20 @@ from radardiff.cli._common import (
     "--guidance", type=float, default=None, help="Classifier-free guidance scale (1 = none)."
 )
 @click.option("--seed", type=int, default=None, help="Sample i uses seed (SEED, i).")
-@click.option("--batch-size", type=int, default=None)
+@click.option(
+    "--batch-size",
+    type=BatchSize(),
+    default=None,
+    help="Samples per batch, or auto: what fills a GPU's memory (at most 1024), 64 on a CPU "
+    "[default: the run's sample.batch_size, auto].",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Run the network compiled by torch.compile, once, for the first batch (the log says how long "
+    "that took), as CUDA graphs on a GPU. Minutes of compiling on a CPU: pays on long runs.",
+)
 @click.option(
     "--option",
     "options",
@@ -105,6 +119,7 @@ def sample(
     guidance,
     seed,
     batch_size,
+    compile_,
     options,
     precision,
     weights,
@@ -130,6 +145,7 @@ def sample(
       radardiff sample runs/sar_sr --cascade runs/sar128 --n 16 --out sr.h5 --class 3
       radardiff sample runs/sar_sr --low-res data/sar128_val.h5 --n 16 --out sr.h5 --sr-noise 50
       radardiff sample runs/noise_range --n 64 --out amp.h5 --amplitude 0.05
+      radardiff sample runs/demo --n 4096 --out big.h5 --batch-size auto --compile
     Interrupted? Run the same command again: finished batches are kept.
     In a cascade, --class/--guidance go to the low-resolution run; sample i of the output is
     the super-resolution of low-resolution sample i.
@@ -165,6 +181,7 @@ def sample(
         condition=low_res,
         sr_noise=sr_noise,
         amplitude=amplitude,
+        compile=compile_,
     )
     if cascade_run:
         low = load_run(cascade_run, weights=weights, device=device)
@@ -178,6 +195,7 @@ def sample(
             classes=classes,
             guidance=guidance,
             mixed_precision=precision,
+            compile=compile_,
         )
         with progress(2 * n, f"cascade {low_opts.sampler} -> {opts.sampler}", unit="img") as bar:
             lo, result = generate_cascade(low, low_opts, run, opts, out, bar_callback(bar))

@@ -45,8 +45,6 @@ def tiny_config(train: str = "", val: str | None = None, steps: int = 1500) -> R
         ),
         # the fast path of the README's Fast sampling section: v-prediction sampled by
         # DPM-Solver++ (2M) at 25 steps on Karras et al.'s noise levels
-        sample=SampleConfig(
-            sampler="dpmsolver++", steps=25, options={"use_karras_sigmas": True}, batch_size=64
-        ),
+        sample=SampleConfig(sampler="dpmsolver++", steps=25, options={"use_karras_sigmas": True}),
         evaluate=EvalConfig(),
     )

@@ -6,7 +6,7 @@ run. Sections are frozen: a resolved config is a value, written once into the ru
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -239,7 +239,9 @@ class SampleConfig(_Section):
     eta: float = Field(
         0.0, ge=0.0, le=1.0, description="eta of a default sampler that has one (old configs)"
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="samples per batch; auto: what fills a GPU's memory, 64 on a CPU"
+    )
     guidance: float = Field(1.0, ge=0.0)
     seed: int = 0
 

@@ -34,6 +34,8 @@ from radardiff.diffusion.denoiser import CLIP_MODES, default_clip
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
 from radardiff.models import LoadedRun, condition_frame, upsample
+from radardiff.models.compiled import compiled_network
+from radardiff.sample.device import AUTO_BATCH, agree_batch_size, auto_batch_size
 from radardiff.sample.writers import output_format
 
 log = logging.getLogger(__name__)
@@ -50,14 +52,18 @@ class SampleOptions:
     :func:`radardiff.diffusion.describe_samplers`. ``mixed_precision``: ``no``, ``bf16``, ``fp16``
     autocast of the network, or ``auto`` (bf16 where the device computes it fast, else fp32).
     ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None: :func:`clip_mode` decides
-    from the run).
+    from the run). ``batch_size``: samples per batch, or ``auto``
+    (:func:`radardiff.sample.device.auto_batch_size`: what fills a GPU's memory, 64 on a CPU).
+    ``compile``: run the network compiled by ``torch.compile``
+    (:class:`radardiff.models.compiled.FixedBatchNetwork`; CUDA graphs on a GPU). Neither
+    changes the samples beyond floating-point rounding, so neither is in the signature.
     """
 
     n: int
     sampler: str = "dpmsolver++"
     steps: int = 25
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int | str = AUTO_BATCH
     classes: tuple[int, ...] | None = None
     guidance: float = 1.0
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -68,11 +74,13 @@ class SampleOptions:
     amplitude: float | None = None
     stream: int = 0
     condition_id: str = ""  # what made the condition file (a cascade's first-stage request)
+    compile: bool = False
 
     def signature(self) -> str:
         """Identifies the request's options (see :func:`request_signature` for the whole)."""
         d = asdict(self)
-        d.pop("batch_size")
+        d.pop("batch_size")  # neither changes the samples beyond floating-point rounding
+        d.pop("compile")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -125,8 +133,9 @@ def clip_mode(run: LoadedRun, opts: SampleOptions) -> str:
 def _validate(run: LoadedRun, opts: SampleOptions) -> None:
     if opts.n < 1:
         raise ConfigError(f"--n must be at least 1, got {opts.n}")
-    if opts.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    b = opts.batch_size
+    if b != AUTO_BATCH and (isinstance(b, str) or b < 1):
+        raise ConfigError(f"--batch-size must be at least 1 or '{AUTO_BATCH}', got {b!r}")
     _validate_conditioning(run, opts)
     k = run.num_classes
     if opts.classes is not None:
@@ -298,6 +307,10 @@ class Sampling:
 
     prepared: PreparedSampler
     denoiser: Denoiser
+    eager: Denoiser | None = None  # the same on the network as it is (``denoiser``'s: compiled?)
+
+    def __post_init__(self) -> None:
+        self.eager = self.eager or self.denoiser
 
     @classmethod
     def of(cls, run: LoadedRun, opts: SampleOptions) -> Sampling:
@@ -308,7 +321,7 @@ class Sampling:
         channels_last = _device_of(run).type == "cpu"
         if channels_last:
             run.model.to(memory_format=torch.channels_last)
-        denoiser = Denoiser.from_run(
+        eager = Denoiser.from_run(
             run,
             channels_last=channels_last,
             clip=clip_mode(run, opts),
@@ -316,7 +329,24 @@ class Sampling:
             precision=resolve_precision(opts.mixed_precision, _device_of(run), "--precision"),
             schedule=prepared.schedule,
         )
-        return cls(prepared, denoiser)
+        if not opts.compile:
+            return cls(prepared, eager, eager)
+        return cls(prepared, eager.with_options(network=compiled_network(run.model)), eager)
+
+    def probe(self, run: LoadedRun, opts: SampleOptions, condition: DatasetFile | None):
+        """``probe(rows)``: one eager network call on ``rows`` samples of the request, as a batch
+        of it is called (guidance, conditioning), for measuring the memory a sample takes."""
+
+        def call(rows: int) -> None:
+            idx = np.arange(rows)
+            cond = batch_conditions(run, opts, idx, condition)
+            device = _device_of(run)
+            size = run.cfg.model.image_size
+            x = torch.zeros(rows, run.data_channels, size, size, device=device)
+            t = torch.full((rows,), run.cfg.diffusion.timesteps // 2, device=device)
+            self.eager.bind(cond.conditioning(self.eager, device))(x, t)
+
+        return call
 
 
 def denoise_batch(
@@ -468,15 +498,12 @@ def _generate(run, opts, out: Path, sampling, on_progress, rank, world, merge) -
     if state is not None and rank == 0:
         state.wait_for_everyone()
     t0 = time.perf_counter()
-    starts = range(0, opts.n, opts.batch_size)
-    mine = [
-        np.arange(s, min(s + opts.batch_size, opts.n))
-        for k, s in enumerate(starts)
-        if k % world == rank
-    ]
+    condition = open_condition(opts.condition) if opts.condition else None
+    batch = _batch_size(run, opts, sampling, condition, world)
+    starts = range(0, opts.n, batch)
+    mine = [np.arange(s, min(s + batch, opts.n)) for k, s in enumerate(starts) if k % world == rank]
     total = sum(b.size for b in mine)
     done = reused = 0
-    condition = open_condition(opts.condition) if opts.condition else None
     for idx in mine:
         if parts.has(idx):
             reused += idx.size
@@ -492,6 +519,18 @@ def _generate(run, opts, out: Path, sampling, on_progress, rank, world, merge) -
     if state is not None:
         state.wait_for_everyone()
     return SampleResult(path=out, n=opts.n, seconds=time.perf_counter() - t0, reused=reused)
+
+
+def _batch_size(run, opts, sampling: Sampling, condition, world: int) -> int:
+    """``opts.batch_size``, or the device's choice for ``auto``, agreed by all processes."""
+    if opts.batch_size != AUTO_BATCH:
+        log.info("batch size: %d", opts.batch_size)
+        return int(opts.batch_size)
+    device = _device_of(run)
+    batch, why = auto_batch_size(device, sampling.probe(run, opts, condition), -(-opts.n // world))
+    agreed = agree_batch_size(batch, device)
+    log.info("batch size: %d (%s%s)", agreed, why, "" if agreed == batch else "; another process")
+    return agreed
 
 
 def lowres_path(out: str | Path) -> Path:
