@@ -112,6 +112,17 @@ def _agree(rank: int, world: int, store) -> None:
     (store.parent / f"rank{rank}").write_text(str(batch))
 
 
+@pytest.mark.parametrize(
+    ("batch", "n", "expected"), [(64, 80, 40), (64, 64, 64), (64, 1000, 63), (3, 7, 3), (1, 5, 1)]
+)
+def test_balanced_batches_differ_by_one_sample_at_most(batch, n, expected):
+    even = dev.balanced(batch, n)
+    assert even == expected
+    assert -(-n // even) == -(-n // batch)  # as many batches
+    sizes = [min(even, n - s) for s in range(0, n, even)]
+    assert max(sizes) - min(sizes) <= len(sizes)
+
+
 def test_processes_agree_on_the_smallest_batch(tmp_path):
     import torch.multiprocessing as mp
 
@@ -136,12 +147,12 @@ def test_auto_batch_gives_the_samples_of_any_other_batch(run, tmp_path, monkeypa
     import importlib
 
     gen_mod = importlib.import_module("radardiff.sample.generate")
-    monkeypatch.setattr(gen_mod, "auto_batch_size", lambda device, probe, n: (2, "chosen"))
+    monkeypatch.setattr(gen_mod, "auto_batch_size", lambda device, probe, n: (5, "chosen"))
     steps = []
     with caplog.at_level(logging.INFO, logger="radardiff"):
         generate(run, opts(batch_size="auto"), tmp_path / "a.h5", lambda d, t: steps.append(d))
-    assert steps == [2, 4, 6, 7]
-    assert "batch size: 2 (chosen)" in caplog.text
+    assert steps == [4, 7]  # two batches, as 5 a batch makes, of 4 and 3
+    assert "batch size: 4 (chosen; 5 balanced over 7 samples)" in caplog.text
     generate(run, opts(batch_size=3), tmp_path / "b.h5")
     a, b = (DatasetFile(tmp_path / f).images() for f in ("a.h5", "b.h5"))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
@@ -182,7 +193,11 @@ def test_fixed_batch_network_compiles_once_for_every_batch(run, counting):
 
 def test_compiled_sampling_gives_the_eager_samples(run, tmp_path, counting, caplog):
     with caplog.at_level(logging.INFO, logger="radardiff"):
+        denoise_batch(run, opts(compile=True), np.arange(3))  # compiles for batch 3
+        graphs = len(counting.graphs)
+        # batches of 3, 3 and 1 (padded); the samplers' timesteps come as expanded scalars
         generate(run, opts(compile=True), tmp_path / "c.h5")
+    assert len(counting.graphs) == graphs  # no recompile for any of them
     assert "torch.compile (default):" in caplog.text and "for batch 3" in caplog.text
     assert opts(compile=True).signature() == opts().signature()
     generate(run, opts(), tmp_path / "e.h5")

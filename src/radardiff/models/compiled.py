@@ -34,23 +34,19 @@ def default_compile_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-def _pad_rows(v: torch.Tensor, rows: int) -> torch.Tensor:
-    if rows == 0:
-        return v
-    pad = v[-1:].expand(rows, *v.shape[1:])
-    out = torch.cat([v, pad])
-    if v.ndim == 4 and v.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
+def _staged(v: torch.Tensor, rows: int, layout: torch.memory_format) -> torch.Tensor:
+    """``v`` copied into a new tensor of ``rows`` rows in ``layout``, padded with copies of its
+    last row. A graph compiled for one input is guarded on its shape, strides and kind (an
+    inference tensor or not): a sampler's inputs vary in all three (a timestep expanded from a
+    scalar has stride 0, a layout change makes a new tensor), and each variant would compile
+    again; copies made the same way every call are one variant. The copy costs a sliver of a
+    network call."""
+    layout = layout if v.ndim == 4 else torch.contiguous_format
+    out = torch.empty((rows, *v.shape[1:]), dtype=v.dtype, device=v.device, memory_format=layout)
+    out[: v.shape[0]].copy_(v)
+    if v.shape[0] < rows:
+        out[v.shape[0] :].copy_(v[-1:].expand(rows - v.shape[0], *v.shape[1:]))
     return out
-
-
-def _uniform(v: torch.Tensor) -> torch.Tensor:
-    """``v`` as an inference tensor under inference mode: a graph compiled for one kind of tensor
-    is compiled again for the other (a dispatch-key guard), and a sampler's inputs are of both
-    kinds (made outside the network call, or inside it by a layout change)."""
-    if torch.is_inference_mode_enabled() and not v.is_inference():
-        return v.clone()
-    return v
 
 
 class FixedBatchNetwork(torch.nn.Module):
@@ -79,6 +75,7 @@ class FixedBatchNetwork(torch.nn.Module):
         )
         self.cuda_graphs = device.type == "cuda" and self.mode == "reduce-overhead"
         self.batch: int | None = None
+        self.layout = torch.contiguous_format  # of 4-D inputs, the first call's
         self.compile_seconds: float | None = None
 
     def _run(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None):
@@ -94,17 +91,21 @@ class FixedBatchNetwork(torch.nn.Module):
         first = self.batch is None
         if first:
             self.batch = sample.shape[0]
+            cl = (
+                sample.is_contiguous(memory_format=torch.channels_last)
+                and not sample.is_contiguous()
+            )
+            self.layout = torch.channels_last if cl else torch.contiguous_format
             started = time.perf_counter()
         b, outs = self.batch, []
         for s in range(0, sample.shape[0], b):
             rows = min(b, sample.shape[0] - s)
-            pad = b - rows
-            part = [_uniform(_pad_rows(v[s : s + rows], pad)) for v in (sample, t)]
+            x, tt = (_staged(v[s : s + rows], b, self.layout) for v in (sample, t))
             labels = None
             if class_labels is not None:
-                labels = _uniform(_pad_rows(class_labels[s : s + rows], pad))
-            y = self._run(*part, labels)[:rows]
-            outs.append(y.clone() if self.cuda_graphs or pad else y)
+                labels = _staged(class_labels[s : s + rows], b, self.layout)
+            y = self._run(x, tt, labels)[:rows]
+            outs.append(y.clone() if self.cuda_graphs or rows < b else y)
         if first:
             if sample.device.type == "cuda":
                 torch.cuda.synchronize(sample.device)

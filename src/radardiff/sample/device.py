@@ -65,6 +65,14 @@ def auto_batch_size(
     return b, why
 
 
+def balanced(batch: int, n: int) -> int:
+    """The smallest batch size that splits ``n`` samples into as many batches as ``batch`` does,
+    so that the last batch is short by fewer samples than there are batches (80 at most 64 a
+    batch: two of 40, not 64 and 16; a compiled network pads a short batch to the full size)."""
+    batches = -(-n // max(1, batch))
+    return -(-n // batches)
+
+
 def agree_batch_size(batch: int, device: torch.device) -> int:
     """The smallest of every process's batch size (each has measured its own device), so that
     all processes split the request into the same batches."""

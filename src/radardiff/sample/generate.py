@@ -35,7 +35,7 @@ from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
 from radardiff.models import LoadedRun, condition_frame, upsample
 from radardiff.models.compiled import compiled_network
-from radardiff.sample.device import AUTO_BATCH, agree_batch_size, auto_batch_size
+from radardiff.sample.device import AUTO_BATCH, agree_batch_size, auto_batch_size, balanced
 from radardiff.sample.writers import output_format
 
 log = logging.getLogger(__name__)
@@ -529,8 +529,12 @@ def _batch_size(run, opts, sampling: Sampling, condition, world: int) -> int:
     device = _device_of(run)
     batch, why = auto_batch_size(device, sampling.probe(run, opts, condition), -(-opts.n // world))
     agreed = agree_batch_size(batch, device)
-    log.info("batch size: %d (%s%s)", agreed, why, "" if agreed == batch else "; another process")
-    return agreed
+    even = balanced(agreed, opts.n)
+    log.info(
+        "batch size: %d (%s%s%s)", even, why, "" if agreed == batch else "; another process's",
+        "" if even == agreed else f"; {agreed} balanced over {opts.n} samples",
+    )  # fmt: skip
+    return even
 
 
 def lowres_path(out: str | Path) -> Path:
