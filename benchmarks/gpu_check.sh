@@ -2,7 +2,8 @@
 # GPU checks that fit one short lease of a GPU machine (about 9 minutes on an H200):
 #   1. training img/s, fp32 / bf16 / fp16, ours against the bare loop (bench_train.py)
 #   2. sampling image-steps/s and wall times for 64 samples (bench_sample.py --full)
-#   3. a 32x32 InSAR-noise model trained on the GPU (bf16), then the sampler study on it
+#   3. a 32x32 InSAR-noise model trained on the GPU (bf16), then the sampler study on it, and
+#      4096 samples of it with --batch-size auto, eager and --compile
 #   4. the test suite with a GPU present (Trainer and sampling then run on CUDA)
 # Each stage has its own time limit, so a slow stage cannot starve the later ones.
 # Usage (repository root, radardiff importable):  OUT=gpu_out bash benchmarks/gpu_check.sh
@@ -63,6 +64,19 @@ timeout $STUDY_S $RD study samplers "$W/run" --samplers $STUDY \
   --steps $STUDY_STEPS --n 256 --batch-size 256 --real "$W/val.h5" "${FEAT[@]}" \
   --out "$W/study" 2>&1 | tail -25
 cp "$W"/study/samplers.* "$OUT/" 2>/dev/null
+
+stage "sampling: --batch-size auto, eager then --compile (CUDA graphs)"
+for c in "" --compile; do
+  rm -rf "$W/s$c.h5"*
+  timeout 100 $RD sample "$W/run" --n 4096 --out "$W/s$c.h5" --batch-size auto $c 2>&1 \
+    | tr '\r' '\n' | grep -E "batch size|torch.compile|wrote|rror" | tee -a "$OUT/sample_compile.txt"
+done
+python3 -c "
+import sys, numpy as np; sys.path.insert(0, 'src')
+from radardiff.data.dataset_file import DatasetFile
+a, b = (DatasetFile('$W/s' + s + '.h5').images() for s in ('', '--compile'))
+print('compiled vs eager: max |diff|', float(np.abs(a - b).max()), 'of', float(np.abs(a).max()))
+" 2>&1 | tee -a "$OUT/sample_compile.txt"
 
 stage tests with a GPU present
 left=$((530 - SECONDS))

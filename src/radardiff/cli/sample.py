@@ -43,6 +43,7 @@ from radardiff.cli._common import (
 @click.option(
     "--batch-size",
     type=BatchSize(),
+    metavar="N|auto",
     default=None,
     help="Samples per batch, or auto: what fills a GPU's memory (at most 1024), 64 on a CPU "
     "[default: the run's sample.batch_size, auto].",
@@ -52,7 +53,8 @@ from radardiff.cli._common import (
     "compile_",
     is_flag=True,
     help="Run the network compiled by torch.compile, once, for the first batch (the log says how long "
-    "that took), as CUDA graphs on a GPU. Minutes of compiling on a CPU: pays on long runs.",
+    "that took), as CUDA graphs on a GPU. On a CPU it compiles for minutes and pays only for "
+    "small networks on long runs (README, Sampling).",
 )
 @click.option(
     "--option",
