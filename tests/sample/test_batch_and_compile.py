@@ -43,12 +43,13 @@ class CountingBackend:
 
 
 @pytest.fixture
-def counting(monkeypatch):
+def counting(monkeypatch, run):
     torch._dynamo.reset()
     backend = CountingBackend()
     monkeypatch.setattr(compiled, "BACKEND", backend)
-    monkeypatch.setattr(compiled, "_CACHE", type(compiled._CACHE)())
+    run.compiled.clear()  # networks compiled for the counting backend only
     yield backend
+    run.compiled.clear()
     torch._dynamo.reset()
 
 
@@ -205,7 +206,7 @@ def test_compiled_sampling_gives_the_eager_samples(run, tmp_path, counting, capl
     np.testing.assert_allclose(c, e, rtol=1e-4, atol=1e-5 * np.abs(e).max())
     # a second request on the same network reuses the compiled one
     again = Sampling.of(run, dataclasses.replace(opts(compile=True), sampler="ddpm"))
-    assert again.denoiser.network is compiled_network(run.model)
+    assert again.denoiser.network is compiled_network(run.model, run.compiled)
     graphs = len(counting.graphs)
     denoise_batch(run, opts(compile=True, sampler="ddpm"), np.arange(3), sampling=again)
     assert len(counting.graphs) == graphs

@@ -52,9 +52,9 @@ from radardiff.cli._common import (
     "--compile",
     "compile_",
     is_flag=True,
-    help="Run the network compiled by torch.compile, once, for the first batch (the log says how long "
-    "that took), as CUDA graphs on a GPU. On a CPU it compiles for minutes and pays only for "
-    "small networks on long runs (README, Sampling).",
+    help="Run the network compiled by torch.compile, once, for the first batch (the log says "
+    "how long that took), as CUDA graphs on a GPU. On a CPU it compiles for minutes and pays "
+    "only for small networks on long runs (README, Sampling).",
 )
 @click.option(
     "--option",

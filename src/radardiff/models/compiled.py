@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 
 import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -118,16 +117,14 @@ class FixedBatchNetwork(torch.nn.Module):
         return UNet2DOutput(sample=outs[0] if len(outs) == 1 else torch.cat(outs))
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def compiled_network(network: torch.nn.Module, mode: str | None = None) -> FixedBatchNetwork:
-    """The :class:`FixedBatchNetwork` of ``network`` in ``mode``, made once per process and
-    reused by every later request on the same network (a study's samplers, a cascade's second
-    run), so that each network and batch size compiles once."""
+def compiled_network(
+    network: torch.nn.Module, cache: dict, mode: str | None = None
+) -> FixedBatchNetwork:
+    """The :class:`FixedBatchNetwork` of ``network`` in ``mode``, made once and kept in ``cache``
+    (a run's :attr:`LoadedRun.compiled`) for every later request on it (a study's samplers, a
+    cascade run again), so that a network compiles once for as long as its run is loaded."""
     device = next(network.parameters()).device
-    mode = mode or default_compile_mode(device)
-    per_network = _CACHE.setdefault(network, {})
-    if mode not in per_network:
-        per_network[mode] = FixedBatchNetwork(network, mode)
-    return per_network[mode]
+    key = (id(network), mode or default_compile_mode(device))
+    if key not in cache:  # the entry holds the network, so its id is not reused meanwhile
+        cache[key] = FixedBatchNetwork(network, key[1])
+    return cache[key]

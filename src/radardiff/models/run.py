@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,8 @@ class LoadedRun:
     model: UNet2DModel
     weights: str = "ema"
     weights_id: str = ""  # hash of the weights' files: what samples depend on
+    # compiled networks (radardiff.models.compiled) by (id(network), mode), kept as long as the run
+    compiled: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def identity(self) -> str:

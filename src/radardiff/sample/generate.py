@@ -331,7 +331,9 @@ class Sampling:
         )
         if not opts.compile:
             return cls(prepared, eager, eager)
-        return cls(prepared, eager.with_options(network=compiled_network(run.model)), eager)
+        return cls(
+            prepared, eager.with_options(network=compiled_network(run.model, run.compiled)), eager
+        )
 
     def probe(self, run: LoadedRun, opts: SampleOptions, condition: DatasetFile | None):
         """``probe(rows)``: one eager network call on ``rows`` samples of the request, as a batch
