@@ -532,10 +532,11 @@ def _batch_size(run, opts, sampling: Sampling, condition, world: int) -> int:
     batch, why = auto_batch_size(device, sampling.probe(run, opts, condition), -(-opts.n // world))
     agreed = agree_batch_size(batch, device)
     even = balanced(agreed, opts.n)
-    log.info(
-        "batch size: %d (%s%s%s)", even, why, "" if agreed == batch else "; another process's",
-        "" if even == agreed else f"; {agreed} balanced over {opts.n} samples",
-    )  # fmt: skip
+    if agreed != batch:
+        why += f"; {agreed}, another process's choice"
+    if even != agreed:
+        why += f"; {agreed} balanced over {opts.n} samples"
+    log.info("batch size: %d (%s)", even, why)
     return even
 
 
