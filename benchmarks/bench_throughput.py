@@ -226,10 +226,10 @@ def worker(spec: dict) -> dict:
     return fn(spec["which"], spec["size"], spec["batch"], spec["precision"], spec["steps"], device)
 
 
-def _run(spec: dict) -> dict:
+def _run(spec: dict, env: dict | None = None) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
     )  # fmt: skip
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode or not lines:
@@ -294,9 +294,7 @@ def main() -> None:
             )
             if kind == "sample" and args.compile:
                 with tempfile.TemporaryDirectory() as cache:
-                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-                    c = _run({**spec, "which": "compiled"})
-                    del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+                    c = _run({**spec, "which": "compiled"}, {"TORCHINDUCTOR_CACHE_DIR": cache})
                 g = c["img_s"] * c["flops_per_img"] / 1e9
                 print(
                     f"  compiled{'':17s} {'':9s} {c['img_s']:9.2f} {c['img_s'] / bare['img_s']:9.3f}"

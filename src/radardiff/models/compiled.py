@@ -123,8 +123,7 @@ def compiled_network(
     """The :class:`FixedBatchNetwork` of ``network`` in ``mode``, made once and kept in ``cache``
     (a run's :attr:`LoadedRun.compiled`) for every later request on it (a study's samplers, a
     cascade run again), so that a network compiles once for as long as its run is loaded."""
-    device = next(network.parameters()).device
-    key = (id(network), mode or default_compile_mode(device))
+    key = (id(network), mode)
     if key not in cache:  # the entry holds the network, so its id is not reused meanwhile
-        cache[key] = FixedBatchNetwork(network, key[1])
+        cache[key] = FixedBatchNetwork(network, mode)
     return cache[key]
