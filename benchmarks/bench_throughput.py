@@ -10,7 +10,9 @@ pools and caches do not colour the next), printing for training and sampling at 
   logging) and a prepared ``dpmsolver++`` sampler over the ``Denoiser`` (channels-last on the
   CPU, as ``radardiff sample`` runs it); with ``--compile`` also that sampler on the network
   compiled as ``radardiff sample --compile`` runs it, its compile time, and its ratio to the
-  eager network timed interleaved with it in the same process;
+  eager network timed interleaved with it in the same process, and the ``Trainer`` with
+  ``train.compile`` (its first step, the compile, timed apart) between two eager ``Trainer`` runs
+  in one process;
 * the effective GFLOP/s of each (FLOPs of the network's convolutions and matmuls counted once by
   ``torch.utils.flop_counter``; a training step counted as 3 forwards) and their share of the
   machine's measured peak: bf16 / fp32 3x3 convolutions (a large one and the networks' main
@@ -29,6 +31,7 @@ Usage::
     python benchmarks/bench_throughput.py --sizes 32 --threads 2 --steps 6
     python benchmarks/bench_throughput.py --device cuda --precision fp16 --batch-scale 8
     python benchmarks/bench_throughput.py --kinds sample --compile  # + sampling compiled
+    python benchmarks/bench_throughput.py --kinds train --sizes 32 --compile  # + training compiled
 """
 
 from __future__ import annotations
@@ -146,11 +149,21 @@ def train_worker(which: str, size: int, batch: int, precision: str, steps: int, 
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize("insar_noise", 256, size, Path(tmp) / "d.h5", seed=0)
         cfg = _train_cfg(size, batch, precision, warmup + steps + 1, data)
+        out = {"flops_per_img": 3 * forward_flops(cfg.model, size)}
         if which == "bare":
-            img_s = bare_loop(cfg, steps, warmup, device)
-        else:
-            img_s = our_loop(cfg, Path(tmp) / "run", steps, warmup)
-    return {"img_s": img_s, "flops_per_img": 3 * forward_flops(cfg.model, size)}
+            out["img_s"] = bare_loop(cfg, steps, warmup, device)
+        elif which == "ours":
+            out["img_s"] = our_loop(cfg, Path(tmp) / "run", steps, warmup)
+        else:  # compiled, between two eager runs in this process (the VM's speed drifts)
+            compiled = cfg.model_copy(
+                update={"train": cfg.train.model_copy(update={"compile": True})}
+            )
+            info: dict = {}
+            before = our_loop(cfg, Path(tmp) / "before", steps, warmup)
+            out["img_s"] = our_loop(compiled, Path(tmp) / "compiled", steps, warmup, info)
+            after = our_loop(cfg, Path(tmp) / "after", steps, warmup)
+            out.update(compile_s=info["first_step_s"], eager_img_s=(before + after) / 2)
+    return out
 
 
 def sample_worker(which: str, size: int, batch: int, precision: str, steps: int, device) -> dict:
@@ -251,8 +264,8 @@ def main() -> None:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="also sample with the network compiled as radardiff sample --compile does (inductor, "
-        "a fresh cache: the compile time is a first run's)",
+        help="also train and sample with the network compiled as train.compile and radardiff "
+        "sample --compile do (inductor, a fresh cache: the compile time is a first run's)",
     )
     ap.add_argument("--kinds", default="train,sample", help="train, sample or both")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -292,7 +305,7 @@ def main() -> None:
                 f"{ours['img_s'] / bare['img_s']:9.3f} {gf[0]:7.0f} {gf[1]:7.0f} "
                 f"{100 * gf[0] / peak:6.0f} {100 * gf[1] / peak:6.0f}   ({unit})"
             )
-            if kind == "sample" and args.compile:
+            if args.compile:
                 with tempfile.TemporaryDirectory() as cache:
                     c = _run({**spec, "which": "compiled"}, {"TORCHINDUCTOR_CACHE_DIR": cache})
                 g = c["img_s"] * c["flops_per_img"] / 1e9
@@ -300,7 +313,11 @@ def main() -> None:
                     f"  compiled{'':17s} {'':9s} {c['img_s']:9.2f} {c['img_s'] / bare['img_s']:9.3f}"
                     f" {'':7s} {g:7.0f} {'':6s} {100 * g / peak:6.0f}   "
                     f"(after {c['compile_s']:.0f} s compiling; {c['img_s'] / c['eager_img_s']:.3f}x "
-                    "eager, interleaved in its process)"
+                    + (
+                        "eager, interleaved in its process)"
+                        if kind == "sample"
+                        else "the mean of eager runs before and after it in its process)"
+                    )
                 )
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 

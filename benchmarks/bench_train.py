@@ -93,19 +93,23 @@ def bare_loop(cfg, steps: int, warmup: int, device: torch.device) -> float:
     return b / float(np.median(times))
 
 
-def our_loop(cfg, out: Path, steps: int, warmup: int) -> float:
+def our_loop(cfg, out: Path, steps: int, warmup: int, info: dict | None = None) -> float:
     """images/s of Trainer.run, from the time between progress callbacks (the last step, which
-    writes the final checkpoint, is left out)."""
-    stamps = []
+    writes the final checkpoint, is left out). ``info`` receives ``first_step_s``, the first
+    step's time (with ``train.compile``, the compile)."""
     trainer = Trainer(cfg, out)
     device = trainer.acc.device
+    stamps = [time.perf_counter()]
 
     def stamp(done, total, info) -> None:
         sync(device)
         stamps.append(time.perf_counter())
 
     trainer.run(on_progress=stamp)
-    gaps = np.diff(stamps)[warmup : warmup + steps]
+    gaps = np.diff(stamps)
+    if info is not None:
+        info["first_step_s"] = float(gaps[0])
+    gaps = gaps[1 + warmup : 1 + warmup + steps]
     return cfg.train.batch_size / float(np.median(gaps))
 
 

@@ -21,6 +21,10 @@ LossType = Literal["mse", "rescaled_mse", "kl", "rescaled_kl"]
 TimestepSampler = Literal["uniform", "loss_second_moment"]
 # auto: bf16 where the device computes it fast (radardiff._hardware), else fp32
 MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
+# torch.compile's modes; auto: reduce-overhead (CUDA graphs) on a GPU, default elsewhere
+CompileMode = Literal[
+    "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+]
 LrSchedule = Literal["constant", "cosine", "linear"]
 MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
 
@@ -200,7 +204,14 @@ class TrainConfig(_Section):
     val_every: int = Field(1000, ge=1)
     val_samples: int = Field(256, ge=1)
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = Field(
+        False,
+        description="train the network compiled by torch.compile (forward and backward compiled "
+        "once, at the first step)",
+    )
+    compile_mode: CompileMode = Field(
+        "auto", description="torch.compile's mode; auto: reduce-overhead (CUDA graphs) on a GPU"
+    )
     deterministic: bool = False
     tensorboard: bool = Field(
         True, description="also log to RUN/tensorboard when the tensorboard package is installed"

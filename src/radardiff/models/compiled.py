@@ -1,4 +1,4 @@
-"""A network compiled once, by ``torch.compile``, for a fixed-shape sampling loop.
+"""Networks compiled once, by ``torch.compile``: for a fixed-shape sampling loop, and for training.
 
 A sampler calls its network with the same shapes at every step and every batch, except the last
 batch of a request, which is usually smaller, and a compiled graph is specialised to its input
@@ -11,26 +11,59 @@ attention and convolutions are per sample), so this changes nothing but floating
 On a CUDA device the default mode is ``reduce-overhead``: inductor's kernels replayed as CUDA
 graphs, which removes the per-kernel launch cost that bounds small networks; outputs are then
 copied out of the graph's memory before the next replay.
+
+Training (:func:`compiled_for_training`) needs no padding: every step's batch has the same size.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import get_args
 
 import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
+from radardiff.config.schema import CompileMode
+
 log = logging.getLogger("radardiff")
 
 BACKEND: str | object = "inductor"  # torch.compile's backend (tests count graphs with their own)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = tuple(m for m in get_args(CompileMode) if m != "auto")
 
 
 def default_compile_mode(device: torch.device) -> str:
     """CUDA graphs where there is CUDA (small networks are launch-bound there), else inductor's
     default (fused elementwise kernels, oneDNN convolutions on a CPU)."""
     return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def resolve_mode(mode: str | None, device: torch.device) -> str:
+    """``mode`` (None or ``auto``: :func:`default_compile_mode`), checked."""
+    mode = default_compile_mode(device) if mode in (None, "auto") else mode
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode '{mode}': use one of {', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def uses_cuda_graphs(mode: str, device: torch.device) -> bool:
+    """Whether a network compiled in ``mode`` on ``device`` replays CUDA graphs: then each new
+    iteration must be marked (``torch.compiler.cudagraph_mark_step_begin``) so that the graphs'
+    memory of the previous one may be reused."""
+    return device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+
+
+def stable_config(network: torch.nn.Module) -> None:
+    """Complete a diffusers model's config dict in place as saving it would.
+
+    diffusers' ``save_pretrained`` (every checkpoint) adds ``_class_name`` and
+    ``_diffusers_version`` to the model's ``_internal_dict``, and a compiled forward is guarded on
+    that dict's length: the first checkpoint made training compile again (``TORCH_LOGS=recompiles``:
+    ``len(self._internal_dict) != 29``; another minute or more on a CPU). Adding them before
+    compiling makes the later additions no-ops."""
+    to_json = getattr(network, "to_json_string", None)
+    if callable(to_json):
+        to_json()
 
 
 def _staged(v: torch.Tensor, rows: int, layout: torch.memory_format) -> torch.Tensor:
@@ -65,14 +98,13 @@ class FixedBatchNetwork(torch.nn.Module):
     ) -> None:
         super().__init__()
         device = next(network.parameters()).device
-        self.mode = mode or default_compile_mode(device)
-        if self.mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode '{self.mode}': use one of {', '.join(COMPILE_MODES)}")
+        self.mode = resolve_mode(mode, device)
         self.network = network
+        stable_config(network)
         self.compiled = torch.compile(
             network, mode=self.mode, backend=backend or BACKEND, dynamic=False
         )
-        self.cuda_graphs = device.type == "cuda" and self.mode == "reduce-overhead"
+        self.cuda_graphs = uses_cuda_graphs(self.mode, device)
         self.batch: int | None = None
         self.layout = torch.contiguous_format  # of 4-D inputs, the first call's
         self.compile_seconds: float | None = None
@@ -127,3 +159,15 @@ def compiled_network(
     if key not in cache:  # the entry holds the network, so its id is not reused meanwhile
         cache[key] = FixedBatchNetwork(network, mode)
     return cache[key]
+
+
+def compiled_for_training(
+    network: torch.nn.Module, device: torch.device, mode: str | None = None
+) -> tuple[torch.nn.Module, str]:
+    """``network`` (a diffusers model, or the DDP wrapper of one) compiled for training, and the
+    mode it was compiled in. Compiling happens at the first call: forward and backward, for that
+    batch's shapes (``dynamic=False``: a training batch never changes size). The model's config is
+    completed first (:func:`stable_config`) so that checkpoints do not compile it again."""
+    mode = resolve_mode(mode, device)
+    stable_config(getattr(network, "module", network))
+    return torch.compile(network, mode=mode, backend=BACKEND, dynamic=False), mode

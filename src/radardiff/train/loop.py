@@ -26,6 +26,7 @@ from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identit
 from radardiff.diffusion import Denoiser, GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
 from radardiff.models import build_unet, log_range_moments
+from radardiff.models.compiled import compiled_for_training, uses_cuda_graphs
 from radardiff.train.checkpoint import (
     CheckpointState,
     ema_dirname,
@@ -242,11 +243,17 @@ class Trainer:
         if resume and self.run_dir.latest_checkpoint() is not None:
             self._load(model, opt)
         self.model, self.opt = self.acc.prepare(model, opt)
+        self.compile_mode, self.cuda_graphs = None, False
         if tc.compile:
-            self.model = torch.compile(self.model)
+            device = self.acc.device
+            self.model, self.compile_mode = compiled_for_training(
+                self.model, device, tc.compile_mode
+            )
+            self.cuda_graphs = uses_cuda_graphs(self.compile_mode, device)
         for ema in self.ema.models:
             ema.to(self.acc.device)
-        self.raw_model = self.acc.unwrap_model(self.model)
+        # the network itself: out of torch.compile's and DDP's wrappers (EMA, checkpoints)
+        self.raw_model = self.acc.unwrap_model(getattr(self.model, "_orig_mod", self.model))
         self.tb = (
             TensorBoardLog.open(self.run_dir.tensorboard, self.state.step, resume)
             if tc.tensorboard and self.acc.is_main_process
@@ -418,7 +425,8 @@ class Trainer:
         last_loss, last_ckpt = float("nan"), None
         self.model.train()
         t0 = time.perf_counter()
-        for step in range(self.state.step, tc.steps):
+        first_step = self.state.step
+        for step in range(first_step, tc.steps):
             lr = self._lr(step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
@@ -429,6 +437,8 @@ class Trainer:
                 torch.manual_seed(seed)  # dropout draws from the global generator
                 gen = torch.Generator().manual_seed(seed)
                 noise_gen = noise_generator(seed, acc.device, gen)
+                if self.cuda_graphs:  # a new iteration: the graphs' memory of the last is free
+                    torch.compiler.cudagraph_mark_step_begin()
                 with acc.accumulate(self.model):
                     loss, per_sample, t = self._loss(batch, gen, noise_gen)
                     watch.loss(loss, step)
@@ -450,6 +460,8 @@ class Trainer:
             self.state.step = step + 1
             self.ema.update(self.raw_model, self.state.images_seen, batch_images)
             self._after_step()
+            if self.compile_mode is not None and step == first_step:
+                self._log_compile(t0)
             if grad_norm is not None:
                 log.grad_norm = grad_norm
             done = self.state.step
@@ -474,6 +486,17 @@ class Trainer:
                 on_progress(done, tc.steps, {"loss": last_loss} if math.isfinite(last_loss) else {})
         acc.wait_for_everyone()
         return TrainResult(self.run_dir.root, self.state.step, last_ckpt, last_loss)
+
+    def _log_compile(self, started: float) -> None:
+        """The first step's time (since ``started``), which is torch.compile's."""
+        if self.acc.device.type == "cuda":
+            torch.cuda.synchronize(self.acc.device)
+        seconds = time.perf_counter() - started
+        log.info(
+            "torch.compile (%s): %.1f s for the first step, compiling the network's forward and "
+            "backward for batch %d (every later step reuses them)",
+            self.compile_mode, seconds, self.cfg.train.batch_size,
+        )  # fmt: skip
 
     def _write_stats(self, row: dict) -> None:
         if self.acc.is_main_process:
@@ -530,7 +553,7 @@ class Trainer:
         )
 
     def _checkpoint(self) -> Path | None:
-        params = self.acc.unwrap_model(self.model).parameters()
+        params = self.raw_model.parameters()
         if not all(bool(torch.isfinite(p).all()) for p in params):
             self._diverged(self.state.step, "weights are not finite (not checkpointed)")
         self.state.timestep_sampler = self.ts_sampler.state_dict()
@@ -539,7 +562,7 @@ class Trainer:
             path = save_checkpoint(
                 self.run_dir,
                 self.state,
-                self.acc.unwrap_model(self.model),
+                self.raw_model,
                 self.ema.models,
                 self.cfg.train.ema_halflife_kimg,
                 self.opt,
