@@ -13,7 +13,11 @@ Usage:
 
     python benchmarks/bench_train.py [--steps 6] [--batch 16] [--sizes 32,64] [--channels-last]
     python benchmarks/bench_train.py --device cuda --precisions fp32,bf16,fp16 --batch 128 --steps 30
-    python benchmarks/bench_train.py --compile   # torch.compile in both loops
+    python benchmarks/bench_train.py --compile   # ours with train.compile; the bare loop eager
+    python benchmarks/bench_train.py --compile --compile-bare   # torch.compile in both loops
+
+With ``--compile`` the first steps (the compile; CUDA graphs on a GPU) fall in the warm-up: give
+``--warmup`` at least 2.
 """
 
 from __future__ import annotations
@@ -59,15 +63,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(cfg, steps: int, warmup: int, device: torch.device) -> float:
-    """images/s of the plainest training loop of the same network."""
+def bare_loop(cfg, steps: int, warmup: int, device: torch.device, compile: bool = False) -> float:
+    """images/s of the plainest training loop of the same network (``torch.compile``'s default
+    mode on it with ``compile``)."""
     torch.manual_seed(0)
     prec = cfg.train.mixed_precision
     model = build_unet(cfg.model, 1, False).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    fwd = torch.compile(model) if cfg.train.compile else model
+    fwd = torch.compile(model) if compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=prec == "fp16")
     dtype = torch.float16 if prec == "fp16" else torch.bfloat16
     diffusion = GaussianDiffusion(cfg.diffusion).to(device)
@@ -120,7 +125,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--sizes", default="32,64")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the network")
+    ap.add_argument("--compile", action="store_true", help="our loop with train.compile")
+    ap.add_argument("--compile-bare", action="store_true", help="torch.compile the bare loop too")
     ap.add_argument(
         "--precisions",
         default=None,
@@ -142,7 +148,8 @@ def main() -> None:
         f"{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
         f"threads {torch.get_num_threads()}, batch {args.batch}, "
         f"malloc tuning {'off' if args.no_malloc_tuning else 'on'}, "
-        f"channels_last {args.channels_last}, compile {args.compile}"
+        f"channels_last {args.channels_last}, compile ours {args.compile}, bare "
+        f"{args.compile_bare}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for size in map(int, args.sizes.split(",")):
@@ -166,7 +173,7 @@ def main() -> None:
                         },
                     }
                 )
-                bare = bare_loop(cfg, args.steps, args.warmup, device)
+                bare = bare_loop(cfg, args.steps, args.warmup, device, args.compile_bare)
                 ours = our_loop(cfg, Path(tmp) / f"run{size}{prec}", args.steps, args.warmup)
                 results[name] = (bare, ours)
                 print(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks that fit one short lease of a GPU machine (about 9 minutes on an H200):
-#   1. training img/s, fp32 / bf16 / fp16, ours against the bare loop (bench_train.py)
+# GPU checks that fit one short lease of a GPU machine (about 11 minutes on an H200):
+#   1. training img/s, fp32 / bf16 / fp16, ours against the bare loop (bench_train.py), and
+#      ours with train.compile (CUDA graphs) at 32x32 against the bare loop, eager
 #   2. sampling image-steps/s and wall times for 64 samples (bench_sample.py --full)
 #   3. a 32x32 InSAR-noise model trained on the GPU (bf16), then the sampler study on it, and
 #      4096 samples of it with --batch-size auto, eager and --compile
@@ -33,6 +34,10 @@ python3 -c "import torch, diffusers, accelerate, pydantic; print('torch', torch.
 stage bench_train
 timeout 110 python3 benchmarks/bench_train.py --device cuda --precisions fp32,bf16,fp16 \
   --batch 128 --steps $STEPS --warmup 4 --sizes 32,64 2>&1 | tee "$OUT/bench_train.txt"
+
+stage "bench_train: train.compile (reduce-overhead: CUDA graphs) at 32x32, the bare loop eager"
+timeout 150 python3 benchmarks/bench_train.py --device cuda --precisions fp32,bf16 --compile \
+  --batch 128 --steps $STEPS --warmup 4 --sizes 32 2>&1 | tee "$OUT/bench_train_compile.txt"
 
 stage bench_sample
 timeout 140 python3 benchmarks/bench_sample.py --device cuda --precisions fp32 bf16 \

@@ -256,3 +256,31 @@ def test_run_noise_is_sampled_once(trained_run, tmp_path):
     assert store.stat().st_mtime_ns == stamp
     noise_file(str(trained_run), 6, store, sampler="ddim", steps=3)  # another request
     assert store.stat().st_mtime_ns != stamp
+
+
+def test_run_noise_compiled_is_the_eager_noise(trained_run, tmp_path, monkeypatch):
+    """``downstream experiment --compile``: the run's network compiled (here by a backend that
+    counts the graphs it is given and runs them eagerly) gives the eager tiles within float
+    rounding, and its file answers the same request (compiling is not part of it)."""
+    from radardiff.evaluate.downstream import noise_file
+    from radardiff.models import compiled
+
+    graphs = []
+
+    def backend(gm, example_inputs, **kwargs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compiled, "BACKEND", backend)
+    how = {"sampler": "ddim", "steps": 2, "device": "cpu"}
+    eager = DatasetFile(noise_file(str(trained_run), 5, tmp_path / "e.h5", **how)).images()
+    assert not graphs
+    store = tmp_path / "c.h5"
+    made = DatasetFile(noise_file(str(trained_run), 5, store, compile=True, **how)).images()
+    torch._dynamo.reset()
+    assert graphs  # the compiled network made them
+    np.testing.assert_allclose(made, eager, rtol=1e-5, atol=1e-5)
+    stamp = store.stat().st_mtime_ns
+    noise_file(str(trained_run), 5, store, **how)
+    assert store.stat().st_mtime_ns == stamp

@@ -137,3 +137,29 @@ def test_compile_modes():
         compiled.resolve_mode("fast", cpu)
     with pytest.raises(ConfigError, match="compile_mode"):
         validate_config({"train": {"compile": True, "compile_mode": "fast"}}, "test")
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "accum", "procs", "mode", "why"),
+    [
+        ("auto", "cpu", 1, 1, "default", "auto"),
+        ("auto", "cuda", 1, 1, "reduce-overhead", "auto"),
+        ("auto", "cuda", 2, 1, "default", "no CUDA graphs with gradient accumulation"),
+        ("auto", "cuda", 1, 4, "default", "no CUDA graphs with 4 processes"),
+        ("reduce-overhead", "cuda", 1, 4, "reduce-overhead", "reduce-overhead"),
+        ("reduce-overhead", "cpu", 4, 1, "reduce-overhead", "reduce-overhead"),  # no graphs there
+        ("max-autotune-no-cudagraphs", "cuda", 2, 1, "max-autotune-no-cudagraphs", "no-cuda"),
+    ],
+)
+def test_training_compile_mode(requested, device, accum, procs, mode, why):
+    from radardiff.train.loop import training_compile_mode
+
+    got, reason = training_compile_mode(requested, torch.device(device), accum, procs)
+    assert got == mode and why in reason
+
+
+def test_cuda_graphs_with_gradient_accumulation_are_refused():
+    from radardiff.train.loop import training_compile_mode
+
+    with pytest.raises(ConfigError, match="train.grad_accum = 2 are not supported"):
+        training_compile_mode("reduce-overhead", torch.device("cuda"), 2, 1)

@@ -57,10 +57,21 @@ from radardiff.cli._common import parse_int_list, parse_kv, precision_option
 @click.option("--set", "overrides", multiple=True, metavar="TASK.KEY=VALUE",
               help="Pair or training parameter of a task, e.g. --set detection.threshold_m=0.02 "
               "--set recovery.train.steps=2000 (repeatable).")  # fmt: skip
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where --run samples and the task networks train: cpu, cuda, cuda:1 ...",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Sample --run with its network compiled (as radardiff sample --compile).",
+)
 def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seeds, n_train,
                    n_test, n_noise, tasks, wavelength, sampler, sample_steps, checkpoint,
-                   precision, no_masks, overrides, device) -> None:  # fmt: skip
+                   precision, no_masks, overrides, device, compile_) -> None:  # fmt: skip
     """Train each reference task on four noise sets (physics, generated, real, real +
     generated) for each seed and test every network on the held-out real scenes.
 
@@ -85,8 +96,9 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
     task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
     pairs, training = experiment_inputs(task_list, parse_kv(overrides, "--set"), wavelength,
                                         precision)  # fmt: skip
-    gen, phys = _noise(run_dir, generated, physics, train_real, out, n_noise, sampler,
-                       sample_steps, checkpoint, precision)  # fmt: skip
+    sampling = {"sampler": sampler, "steps": sample_steps, "checkpoint": checkpoint,
+                "precision": precision, "device": device, "compile": compile_}  # fmt: skip
+    gen, phys = _noise(run_dir, generated, physics, train_real, out, n_noise, sampling)
     cfg = ExperimentConfig(
         train_real=train_real, test_real=test_real, generated=str(gen), physics=str(phys),
         seeds=parse_int_list(seeds, "--seeds") or (), n_train=n_train, n_test=n_test,
@@ -100,14 +112,13 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
     click.echo(f"wrote {out / 'downstream.json'}")
 
 
-def _noise(run_dir, generated, physics, train_real, out, n, sampler, steps, checkpoint, precision):
+def _noise(run_dir, generated, physics, train_real, out, n, sampling: dict):
     from radardiff.data.dataset_file import DatasetFile
     from radardiff.evaluate.downstream import calibrate_physics, noise_file
 
     out.mkdir(parents=True, exist_ok=True)
     if generated is None:
-        generated = noise_file(str(run_dir), n, out / "noise_generated.h5", sampler=sampler,
-                               steps=steps, checkpoint=checkpoint, precision=precision)  # fmt: skip
+        generated = noise_file(str(run_dir), n, out / "noise_generated.h5", **sampling)
     if physics is None:
         info = DatasetFile(train_real).info
         physics = noise_file("insar_noise", n, out / "noise_physics.h5", size=info.height,

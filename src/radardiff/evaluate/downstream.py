@@ -459,11 +459,14 @@ def noise_file(
     checkpoint: str | None = None,
     precision: str = "no",
     on_progress=None,
+    device: str = "cpu",
+    compile: bool = False,
 ) -> Path:
     """The dataset file of the noise source ``spec``: the file itself, or ``n`` tiles made
     into ``store`` (kept; reused when complete) from a run directory (sampled with its own
-    sampler unless given; seeds ``seed, 0 .. n-1``) or the physics generator ``insar_noise``
-    (``size`` and ``pixel_spacing_m`` required, ``physics_params`` its parameters)."""
+    sampler unless given, on ``device``, the network compiled with ``compile``; seeds ``seed,
+    0 .. n-1``) or the physics generator ``insar_noise`` (``size`` and ``pixel_spacing_m``
+    required, ``physics_params`` its parameters)."""
     path = Path(spec)
     if path.is_file():
         return path
@@ -476,7 +479,9 @@ def noise_file(
             synthesize("insar_noise", n, size, store, seed, physics_params, pixel_spacing_m)
         return store
     if _is_run(path):
-        return _sample_run(path, n, store, seed, sampler, steps, checkpoint, precision, on_progress)
+        how = {"sampler": sampler, "steps": steps, "seed": seed, "mixed_precision": precision,
+               "compile": compile}  # fmt: skip
+        return _sample_run(path, n, store, how, checkpoint, device, on_progress)
     raise DataError(
         f"{spec}: not a dataset file, a run directory or 'insar_noise'"
         + (" (a directory without config.toml)" if path.is_dir() else "")
@@ -494,17 +499,16 @@ def _complete(path: Path, n: int, params: dict | None) -> bool:
     return all(made.get(k) == v for k, v in (params or {}).items())
 
 
-def _sample_run(run_dir, n, store, seed, sampler, steps, checkpoint, precision, on_progress):
+def _sample_run(run_dir, n, store, how: dict, checkpoint, device, on_progress):
     from radardiff.sample import generate, load_run
     from radardiff.sample.generate import finished, request
 
-    run = load_run(run_dir, checkpoint=checkpoint)
+    run = load_run(run_dir, device=device, checkpoint=checkpoint)
     if run.data_info.get("kind") not in ("insar_unwrapped", "insar_noise", "insar_wrapped"):
         raise DataError(
             f"{run_dir}: a model of {run.data_info.get('kind')} data, not of InSAR noise"
         )
-    opts = request(run.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
-                   mixed_precision=precision)  # fmt: skip
+    opts = request(run.cfg.sample, n, **how)
     if not finished(Path(store), run, opts):  # the same request's complete file is kept
         generate(run, opts, store, on_progress=on_progress)
     return Path(store)

@@ -26,7 +26,7 @@ from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identit
 from radardiff.diffusion import Denoiser, GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
 from radardiff.models import build_unet, log_range_moments
-from radardiff.models.compiled import compiled_for_training, uses_cuda_graphs
+from radardiff.models.compiled import compiled_for_training, resolve_mode, uses_cuda_graphs
 from radardiff.train.checkpoint import (
     CheckpointState,
     ema_dirname,
@@ -164,6 +164,30 @@ def make_adamw(params, lr: float, weight_decay: float, device: torch.device) -> 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
+def training_compile_mode(
+    requested: str, device: torch.device, grad_accum: int, processes: int
+) -> tuple[str, str]:
+    """torch.compile's mode for training, and why, from ``train.compile_mode``.
+
+    ``auto`` takes CUDA graphs (``reduce-overhead``) on a GPU for one process that steps after
+    every micro-batch, where a small network's step is bound by kernel launches; with gradient
+    accumulation (the graphs' memory of one micro-batch's gradients would be reused by the next
+    replay) or several processes (DDP's gradient hooks) it takes inductor's default. An explicit
+    CUDA-graph mode with gradient accumulation is refused."""
+    mode = resolve_mode(requested, device)
+    if not uses_cuda_graphs(mode, device):
+        return mode, f"train.compile_mode = {requested}"
+    if requested == "auto" and (grad_accum > 1 or processes > 1):
+        why = "gradient accumulation" if grad_accum > 1 else f"{processes} processes"
+        return "default", f"train.compile_mode = auto; no CUDA graphs with {why}"
+    if grad_accum > 1:
+        raise ConfigError(
+            f"train.compile_mode = {requested}: CUDA graphs with train.grad_accum = {grad_accum} "
+            "are not supported; use default or max-autotune-no-cudagraphs"
+        )
+    return mode, f"train.compile_mode = {requested}"
+
+
 class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
@@ -246,10 +270,12 @@ class Trainer:
         self.compile_mode, self.cuda_graphs = None, False
         if tc.compile:
             device = self.acc.device
-            self.model, self.compile_mode = compiled_for_training(
-                self.model, device, tc.compile_mode
+            mode, why = training_compile_mode(
+                tc.compile_mode, device, tc.grad_accum, self.acc.num_processes
             )
-            self.cuda_graphs = uses_cuda_graphs(self.compile_mode, device)
+            self.model, self.compile_mode = compiled_for_training(self.model, device, mode)
+            self.cuda_graphs = uses_cuda_graphs(mode, device)
+            log.info("torch.compile: mode %s (%s), at the first step", mode, why)
         for ema in self.ema.models:
             ema.to(self.acc.device)
         # the network itself: out of torch.compile's and DDP's wrappers (EMA, checkpoints)
