@@ -163,3 +163,19 @@ def test_cuda_graphs_with_gradient_accumulation_are_refused():
 
     with pytest.raises(ConfigError, match="train.grad_accum = 2 are not supported"):
         training_compile_mode("reduce-overhead", torch.device("cuda"), 2, 1)
+
+
+def test_cuda_graph_iterations_are_marked_once_per_micro_batch(
+    counting, noise_files, tmp_path, monkeypatch
+):
+    """With CUDA graphs each micro-batch begins a new iteration (the graphs' memory of the last
+    one is reused): the loop marks it before the forward. Faked on the CPU: the loop is told the
+    mode replays graphs, and torch's marker is counted."""
+    import radardiff.train.loop as loop
+
+    marks = []
+    monkeypatch.setattr(loop, "uses_cuda_graphs", lambda mode, device: True)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    cfg = _cfg(noise_files, steps=3, grad_accum=2, compile=True, checkpoint_every=10)
+    train(cfg, tmp_path / "run")
+    assert len(marks) == 6  # 3 steps of 2 micro-batches
