@@ -129,3 +129,36 @@ def test_bad_sampler_variants(trained_run, noise_files, tmp_path):
         study_samplers(trained_run, ["ddim:clip=wild"], [2], 2, noise_files[1], tmp_path)
     with pytest.raises(ConfigError, match="unknown option"):
         study_samplers(trained_run, ["ddim:order=2"], [2], 2, noise_files[1], tmp_path)
+
+
+def test_compiled_study_compiles_before_the_first_row(study, trained_run, noise_files, tmp_path,
+                                                       monkeypatch):  # fmt: skip
+    """--compile: the network is compiled in the warm-up, for the study's batch, so no row's time
+    holds a compile; calls are still counted, and the samples are the eager study's."""
+    import numpy as np
+    import torch
+
+    from radardiff.data import DatasetFile
+    from radardiff.models import compiled
+
+    graphs: list[tuple] = []
+
+    def backend(gm, example_inputs, **kwargs):
+        graphs.append(tuple(x.shape for x in example_inputs if hasattr(x, "shape")))
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compiled, "BACKEND", backend)
+    at_rows = []
+    cfg = EvalConfig(metrics=("semivariogram", "ranges"), bootstrap=10)
+    res = study_samplers(
+        trained_run, ["ddim", "dpmsolver++"], [2, 3], 4, noise_files[1], tmp_path, seed=0,
+        batch_size=2, eval_cfg=cfg, compile=True, on_row=lambda r: at_rows.append(len(graphs)),
+    )  # fmt: skip
+    torch._dynamo.reset()
+    assert graphs and at_rows == [len(graphs)] * 4  # all compiled before the first row
+    assert all((2, 1, 16, 16) in g for g in graphs if any(len(s) == 4 for s in g))
+    assert [r["nfe"] for r in res.rows] == [2, 3, 2, 3] and res.settings["compile"] is True
+    for a, b in zip(res.rows, study.rows, strict=True):
+        with DatasetFile(a["samples"]) as fa, DatasetFile(b["samples"]) as fb:
+            np.testing.assert_allclose(fa.images(), fb.images(), rtol=1e-5, atol=1e-5)

@@ -55,9 +55,16 @@ def study() -> None:
     help="Comma-separated distilled runs of RUN_DIR (radardiff distill): a row each, sampled "
     "with its own sampler and steps.",
 )
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="Sample with the network compiled (as radardiff sample --compile), compiled before the "
+    "first row is timed.",
+)
 def samplers(
     run_dir, samplers, steps, n, real, floor, out, checkpoint, seed, batch_size, precision,
-    features, students,
+    features, students, compile_,
 ) -> None:  # fmt: skip
     """Metrics and wall time for each sampler and step count: do fast samplers fail?
 
@@ -84,7 +91,7 @@ def samplers(
     result = study_samplers(
         run_dir, names, counts, n, real, out, seed, batch_size=batch_size,
         extractor=features, device=pick_device(), on_row=show, checkpoint=checkpoint,
-        floor=floor, precision=precision,
+        floor=floor, precision=precision, compile=compile_,
         students=[x.strip() for x in (students or "").split(",") if x.strip()],
     )  # fmt: skip
     st, ref = result.settings, result.reference

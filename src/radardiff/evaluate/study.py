@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from radardiff.config import EvalConfig, RunDir
 from radardiff.config.io import atomic_write_text
@@ -69,6 +70,7 @@ from radardiff.diffusion.denoiser import CLIP_MODES
 from radardiff.errors import ConfigError
 from radardiff.evaluate.metrics import SCALAR_KEYS, evaluate_files
 from radardiff.models import LoadedRun
+from radardiff.models.compiled import compiled_network
 from radardiff.sample import SampleOptions, denoise_batch, generate, load_run
 from radardiff.sample.generate import request
 
@@ -191,6 +193,7 @@ def study_samplers(
     floor: str | os.PathLike | None = None,
     precision: str = "no",
     students: Sequence[str | os.PathLike] = (),
+    compile: bool = False,
 ) -> StudyResult:
     """Generate, time and evaluate ``n`` samples for every (sampler, steps); write the table.
 
@@ -213,6 +216,8 @@ def study_samplers(
     precision : ``no``, ``bf16`` or ``fp16`` autocast of the network.
     students : distilled runs of this run (``radardiff distill``): one row each, with its own
         default sampler and steps, the same seeds, real and floor files.
+    compile : sample with each network compiled (``radardiff sample --compile``), compiled
+        before the first row is timed, for the study's batch size.
 
     Returns
     -------
@@ -234,20 +239,16 @@ def study_samplers(
         from radardiff.evaluate.extractor import load_extractor
 
         extractor = load_extractor(extractor)
-    requests = [
-        (v, int(k), _options(v, n, k, seed, batch_size, precision))
-        for v in variants
-        for k in steps_list
-    ]
+    how = {"seed": seed, "batch_size": batch_size, "mixed_precision": precision,
+           "compile": compile}  # fmt: skip
+    requests = [(v, int(k), _options(v, n, k, how)) for v in variants for k in steps_list]
     student_runs = [load_run(s, device=device) for s in students]
     for st in student_runs:
-        requests.append(
-            (st, st.cfg.sample.steps, _student_options(st, n, seed, batch_size, precision))
-        )
+        requests.append((st, st.cfg.sample.steps, request(st.cfg.sample, n, **how)))
     for who, _, opts in requests:  # check every request before the first long generation
         diffusion = (who if isinstance(who, LoadedRun) else run).cfg.diffusion
         make_sampler(opts.sampler, diffusion, opts.steps, opts.sampler_options)
-    denoise_batch(run, replace(requests[0][2], n=1), np.arange(1))  # warm-up: pools, kernels
+    _warm_up(run, requests[0][2], student_runs)
     rows: list[dict[str, Any]] = []
     for who, k, opts in requests:
         student = who if isinstance(who, LoadedRun) else None
@@ -283,6 +284,7 @@ def study_samplers(
         **training_length(run.run, _step_of(run.checkpoint)), "real": str(real),
         "floor": None if floor_file is None else str(floor_file), "n": n, "seed": seed,
         "batch_size": batch_size, "device": str(device), "precision": precision,
+        "compile": compile,
         "samplers": [v.text for v in variants], "steps": [int(k) for k in steps_list],
         "students": [str(st.run.root) for st in student_runs],
         "metrics": list(cfg.metrics), "feature_extractor": getattr(extractor, "name", None),
@@ -297,9 +299,25 @@ def study_samplers(
     )
 
 
+def _warm_up(run: LoadedRun, opts: SampleOptions, students: Sequence[LoadedRun]) -> None:
+    """One untimed network call through each run's sampling path (thread pools, kernels); with
+    ``opts.compile`` on a full batch, so that each network compiles here, for the batch size the
+    rows run at, and not in the first row's time."""
+    rows = min(int(opts.batch_size), opts.n) if opts.compile else 1
+    warm = replace(opts, n=rows, sampler="ddim", steps=1, sampler_options={})
+    for who in (run, *students):
+        denoise_batch(who, warm, np.arange(rows))
+
+
+def _network(run: LoadedRun, opts: SampleOptions) -> torch.nn.Module:
+    """The network a request calls: the run's, or its compiled one (whose Python-level calls a
+    hook sees: hooks added to a network after torch.compile traced it are not run)."""
+    return compiled_network(run.model, run.compiled) if opts.compile else run.model
+
+
 def _timed_generate(run: LoadedRun, opts: SampleOptions, path: Path):
     """Seconds, network calls (counted by a hook) and the result of one generation."""
-    counter = _CallCounter(run.model)
+    counter = _CallCounter(_network(run, opts))
     t0 = time.perf_counter()
     try:
         result = generate(run, opts, path, rank=0, world=1)
@@ -308,23 +326,15 @@ def _timed_generate(run: LoadedRun, opts: SampleOptions, path: Path):
     return time.perf_counter() - t0, counter.calls, result
 
 
-def _student_options(student: LoadedRun, n, seed, batch_size, precision) -> SampleOptions:
-    """A distilled student's own default sampler and steps (its recipe's ``[sample]``)."""
-    return request(
-        student.cfg.sample, n, seed=seed, batch_size=batch_size, mixed_precision=precision
-    )
-
-
 def _student_label(student: LoadedRun) -> str:
     sc = student.cfg.sample
     return f"student {student.run.root.name} ({sc.sampler})"
 
 
-def _options(v: SamplerVariant, n, k, seed, batch_size, precision) -> SampleOptions:
+def _options(v: SamplerVariant, n, k, how: dict) -> SampleOptions:
     return SampleOptions(
-        n=n, sampler=v.name, steps=int(k), seed=seed, batch_size=batch_size,
-        sampler_options=dict(v.options), clip=v.clip, mixed_precision=precision,
-    )  # fmt: skip
+        n=n, sampler=v.name, steps=int(k), sampler_options=dict(v.options), clip=v.clip, **how
+    )
 
 
 def _tag(text: str, steps: int) -> str:
