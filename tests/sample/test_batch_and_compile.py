@@ -246,3 +246,34 @@ def test_inductor_compiles_a_unet_once_and_matches_eager():
     np.testing.assert_allclose(torch.cat([a, b]), eager, rtol=1e-4, atol=1e-5)
     assert fixed.compile_seconds > 0
     torch._dynamo.reset()
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_and_writes_nothing(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    """inductor compiles C++ on a CPU: without a compiler, --compile is refused before sampling
+    (not in a traceback from the first network call), and train.compile before training."""
+    from conftest import tiny_run_config
+    from radardiff.cli.main import main
+    from radardiff.errors import ConfigError
+    from radardiff.train import train
+
+    def missing():
+        raise RuntimeError("no working C++ compiler found")
+
+    from torch._inductor import cpp_builder
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    out = tmp_path / "s.h5"
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", str(trained_run), "--n", "2", "--out", str(out), "--compile"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("radardiff: error:")]
+    assert exc.value.code != 0 and len(lines) == 1 and "Traceback" not in err
+    assert "needs a C++ compiler" in lines[0] and "install g++" in lines[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
+    data = DatasetFile(load_run(trained_run).cfg.data.train).path
+    cfg = tiny_run_config(str(data), train={"compile": True})
+    with pytest.raises(ConfigError, match="needs a C[+][+] compiler"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -25,6 +25,7 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from radardiff.config.schema import CompileMode
+from radardiff.errors import ConfigError
 
 log = logging.getLogger("radardiff")
 
@@ -51,6 +52,24 @@ def uses_cuda_graphs(mode: str, device: torch.device) -> bool:
     iteration must be marked (``torch.compiler.cudagraph_mark_step_begin``) so that the graphs'
     memory of the previous one may be reused."""
     return device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+
+
+def require_cpp_compiler(device: torch.device) -> None:
+    """On a CPU inductor writes C++ and compiles it: without a compiler it would fail at the
+    first network call, in a long traceback, after the run was set up. Checked before, with the
+    compiler search inductor itself uses (``$CXX``, else ``g++``)."""
+    if device.type != "cpu" or BACKEND != "inductor":
+        return
+    from torch._inductor import config, cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # inductor's InvalidCxxCompiler
+        names = " or ".join(c for c in config.cpp.cxx if c)
+        raise ConfigError(
+            f"torch.compile (--compile, train.compile) on a CPU needs a C++ compiler: {names} was "
+            "not found (install g++, or set CXX)"
+        ) from None
 
 
 def stable_config(network: torch.nn.Module) -> None:
@@ -99,6 +118,8 @@ class FixedBatchNetwork(torch.nn.Module):
         super().__init__()
         device = next(network.parameters()).device
         self.mode = resolve_mode(mode, device)
+        if backend is None:
+            require_cpp_compiler(device)
         self.network = network
         stable_config(network)
         self.compiled = torch.compile(
@@ -169,5 +190,6 @@ def compiled_for_training(
     batch's shapes (``dynamic=False``: a training batch never changes size). The model's config is
     completed first (:func:`stable_config`) so that checkpoints do not compile it again."""
     mode = resolve_mode(mode, device)
+    require_cpp_compiler(device)
     stable_config(getattr(network, "module", network))
     return torch.compile(network, mode=mode, backend=BACKEND, dynamic=False), mode
