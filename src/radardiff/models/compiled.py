@@ -54,11 +54,11 @@ def uses_cuda_graphs(mode: str, device: torch.device) -> bool:
     return device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
 
 
-def require_cpp_compiler(device: torch.device) -> None:
+def require_cpp_compiler(device: torch.device, backend: str | object) -> None:
     """On a CPU inductor writes C++ and compiles it: without a compiler it would fail at the
     first network call, in a long traceback, after the run was set up. Checked before, with the
     compiler search inductor itself uses (``$CXX``, else ``g++``)."""
-    if device.type != "cpu" or BACKEND != "inductor":
+    if device.type != "cpu" or backend != "inductor":
         return
     from torch._inductor import config, cpp_builder
 
@@ -79,10 +79,22 @@ def stable_config(network: torch.nn.Module) -> None:
     ``_diffusers_version`` to the model's ``_internal_dict``, and a compiled forward is guarded on
     that dict's length: the first checkpoint made training compile again (``TORCH_LOGS=recompiles``:
     ``len(self._internal_dict) != 29``; another minute or more on a CPU). Adding them before
-    compiling makes the later additions no-ops."""
+    compiling makes the later additions no-ops. A DDP wrapper's module is completed."""
+    network = getattr(network, "module", network)
     to_json = getattr(network, "to_json_string", None)
     if callable(to_json):
         to_json()
+
+
+def _compile(
+    network: torch.nn.Module, device: torch.device, mode: str, backend: str | object | None
+) -> torch.nn.Module:
+    """``network`` compiled by torch.compile in ``mode`` (resolved) for fixed shapes
+    (``dynamic=False``), once the compiler is known to be there and the config is complete."""
+    backend = backend or BACKEND
+    require_cpp_compiler(device, backend)
+    stable_config(network)
+    return torch.compile(network, mode=mode, backend=backend, dynamic=False)
 
 
 def _staged(v: torch.Tensor, rows: int, layout: torch.memory_format) -> torch.Tensor:
@@ -118,13 +130,8 @@ class FixedBatchNetwork(torch.nn.Module):
         super().__init__()
         device = next(network.parameters()).device
         self.mode = resolve_mode(mode, device)
-        if backend is None:
-            require_cpp_compiler(device)
         self.network = network
-        stable_config(network)
-        self.compiled = torch.compile(
-            network, mode=self.mode, backend=backend or BACKEND, dynamic=False
-        )
+        self.compiled = _compile(network, device, self.mode, backend)
         self.cuda_graphs = uses_cuda_graphs(self.mode, device)
         self.batch: int | None = None
         self.layout = torch.contiguous_format  # of 4-D inputs, the first call's
@@ -184,12 +191,10 @@ def compiled_network(
 
 def compiled_for_training(
     network: torch.nn.Module, device: torch.device, mode: str | None = None
-) -> tuple[torch.nn.Module, str]:
-    """``network`` (a diffusers model, or the DDP wrapper of one) compiled for training, and the
-    mode it was compiled in. Compiling happens at the first call: forward and backward, for that
-    batch's shapes (``dynamic=False``: a training batch never changes size). The model's config is
-    completed first (:func:`stable_config`) so that checkpoints do not compile it again."""
-    mode = resolve_mode(mode, device)
-    require_cpp_compiler(device)
-    stable_config(getattr(network, "module", network))
-    return torch.compile(network, mode=mode, backend=BACKEND, dynamic=False), mode
+) -> torch.nn.Module:
+    """``network`` (a diffusers model, or the DDP wrapper of one) compiled for training in
+    ``mode`` (None or ``auto``: :func:`default_compile_mode`). Compiling happens at the first
+    call: forward and backward, for that batch's shapes (a training batch never changes size).
+    The model's config is completed first (:func:`stable_config`) so that checkpoints do not
+    compile it again."""
+    return _compile(network, device, resolve_mode(mode, device), None)

@@ -273,7 +273,8 @@ class Trainer:
             mode, why = training_compile_mode(
                 tc.compile_mode, device, tc.grad_accum, self.acc.num_processes
             )
-            self.model, self.compile_mode = compiled_for_training(self.model, device, mode)
+            self.model = compiled_for_training(self.model, device, mode)
+            self.compile_mode = mode
             self.cuda_graphs = uses_cuda_graphs(mode, device)
             log.info("torch.compile: mode %s (%s), at the first step", mode, why)
         for ema in self.ema.models:
