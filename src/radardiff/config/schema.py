@@ -25,6 +25,9 @@ MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
 CompileMode = Literal[
     "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
 ]
+# who computes the 3x3 convolutions' weight gradient in training; auto: radardiff's AVX2 kernel
+# where it runs (CPU, fp32, not compiled), torch (oneDNN) elsewhere
+ConvWeightGrad = Literal["auto", "radardiff", "torch"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
 
@@ -211,6 +214,11 @@ class TrainConfig(_Section):
     )
     compile_mode: CompileMode = Field(
         "auto", description="torch.compile's mode; auto: reduce-overhead (CUDA graphs) on a GPU"
+    )
+    conv_weight_grad: ConvWeightGrad = Field(
+        "auto",
+        description="the 3x3 convolutions' weight gradient: radardiff's AVX2 kernel or torch's; "
+        "auto: the kernel on a CPU in fp32 without train.compile",
     )
     deterministic: bool = False
     tensorboard: bool = Field(

@@ -25,7 +25,7 @@ from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
 from radardiff.diffusion import Denoiser, GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
-from radardiff.models import build_unet, log_range_moments
+from radardiff.models import build_unet, conv_kernel, log_range_moments
 from radardiff.models.compiled import compiled_for_training, resolve_mode, uses_cuda_graphs
 from radardiff.train.checkpoint import (
     CheckpointState,
@@ -259,6 +259,16 @@ class Trainer:
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = EMA(model, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
+        use_kernel, why = conv_kernel.choose(
+            tc.conv_weight_grad, self.acc.device, self.precision == "no", tc.compile
+        )
+        if use_kernel:
+            n = conv_kernel.install(model)
+            log.info(
+                "3x3 convolutions' weight gradient: radardiff's AVX2 kernel, %d layers (%s)", n, why
+            )
+        else:
+            log.info("3x3 convolutions' weight gradient: torch's (%s)", why)
         opt = make_adamw(model.parameters(), tc.lr, tc.weight_decay, self.acc.device)
         self.ts_sampler = make_timestep_sampler(
             cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps
