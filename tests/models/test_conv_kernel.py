@@ -304,3 +304,33 @@ def test_training_with_the_kernel_follows_torch_and_resumes_bit_identically(nois
         torch.testing.assert_close(a[key], t[key], rtol=1e-3, atol=2e-4)
     moved = max((a[k] - weights(tmp_path / "straight", step=2)[k]).abs().max() for k in a)
     assert moved > 1e-3  # two steps of lr 1e-3 moved the weights: the comparisons have teeth
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_frozen_input_or_bias_still_gives_the_other_gradients(layout):
+    """Only the gradients asked for are computed, each equal to torch's."""
+    plain, fast = _conv_pair(layout)
+    x = torch.randn(2, 24, 5, 6)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    for layer in (plain, fast):
+        layer.bias.requires_grad_(False)
+        layer(x).square().sum().backward()  # x needs no gradient either
+    assert fast.bias.grad is None
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_posix_thread_build_gives_the_openmp_builds_values(tmp_path):
+    """Where the compiler has no OpenMP the kernel is built with POSIX threads: same sums."""
+    import ctypes
+
+    target = tmp_path / "plain.so"
+    assert conv_kernel._build(conv_kernel.c_compiler(), conv_kernel.FLAGS, target) is None
+    plain = conv_kernel._declare(ctypes.CDLL(str(target)))
+    x, gy = _pair(4, 40, 19, 6, 9, seed=5)
+    for threads in (1, 3):
+        assert torch.equal(
+            conv_kernel.weight_grad(x, gy, threads, lib=plain), conv_kernel.weight_grad(x, gy)
+        )

@@ -79,9 +79,39 @@ def _compiler_id(cc: str) -> str:
         return cc
 
 
+def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
+    """Compiles the kernel into ``target`` (atomically); the compiler's first error line, or None."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        raise KernelUnavailable(f"cannot write to the cache {target.parent}: {err}") from None
+    try:
+        out = subprocess.run(
+            [cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+        )
+        if out.returncode != 0:
+            return (out.stderr.strip().splitlines() or ["no message"])[0]
+        os.replace(tmp, target)  # atomic: a concurrent build leaves one whole file
+        return None
+    except (OSError, subprocess.SubprocessError) as err:
+        return str(err)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 @functools.cache
 def library() -> ctypes.CDLL:
-    """The compiled kernel, built on first use; :class:`KernelUnavailable` where it cannot be."""
+    """The compiled kernel, built on first use; :class:`KernelUnavailable` where it cannot be.
+
+    It is built with OpenMP where the compiler has it: loaded after torch, it then shares the
+    OpenMP runtime torch loaded (the same ``libgomp.so.1``), so it runs on torch's threads. With
+    threads of its own it ran up to 2x slower inside a training step on 2 cores, where torch's
+    idle threads spin for a while after each of torch's parallel regions. Without OpenMP it uses
+    POSIX threads.
+    """
     if not cpu_supported():
         raise KernelUnavailable(
             f"the CPU has no AVX2 (torch dispatches to {torch.backends.cpu.get_cpu_capability()})"
@@ -89,35 +119,18 @@ def library() -> ctypes.CDLL:
     cc = c_compiler()
     if cc is None:
         raise KernelUnavailable("no C compiler found ($CC, cc or gcc)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + _compiler_id(cc).encode() + " ".join(FLAGS).encode())
-    target = cache_dir() / f"conv3x3_wgrad-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-        except OSError as err:
-            raise KernelUnavailable(f"cannot write to the cache {target.parent}: {err}") from None
-        try:
-            out = subprocess.run(
-                [cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
-            )
-            if out.returncode != 0:
-                first = (out.stderr.strip().splitlines() or ["no message"])[0]
-                raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {first}")
-            os.replace(tmp, target)  # atomic: a concurrent build leaves one whole file
-        except (OSError, subprocess.SubprocessError) as err:
-            raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {err}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
-    fn = lib.radardiff_conv3x3_wgrad
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    fn.argtypes += [ctypes.c_void_p] + [ctypes.c_int] * 6
-    return lib
+    source, compiler = SOURCE.read_bytes(), _compiler_id(cc).encode()
+    first_error = None
+    for flags in (FLAGS + ("-fopenmp",), FLAGS):
+        key = hashlib.sha256(source + compiler + " ".join(flags).encode()).hexdigest()[:16]
+        target = cache_dir() / f"conv3x3_wgrad-{key}.so"
+        error = None if target.exists() else _build(cc, flags, target)
+        if error is None:
+            break
+        first_error = first_error or error
+    else:
+        raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {first_error}")
+    return _declare(ctypes.CDLL(str(target)))
 
 
 def available() -> tuple[bool, str]:
@@ -129,13 +142,24 @@ def available() -> tuple[bool, str]:
     return True, "AVX2 kernel"
 
 
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    fn = lib.radardiff_conv3x3_wgrad
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6
+    return lib
+
+
 def weight_grad(
-    x: torch.Tensor, grad_out: torch.Tensor, threads: int | None = None
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    threads: int | None = None,
+    lib: ctypes.CDLL | None = None,
 ) -> torch.Tensor:
     """The weight gradient of ``conv2d(x, w, padding=1)`` for a 3x3 ``w``, given ``grad_out``.
 
     Both are 4-D fp32 CPU tensors of any strides, (N, Ci, H, W) and (N, Co, H, W). Returns a
-    (Co, Ci, 3, 3) tensor in the channels-last layout. ``threads`` defaults to torch's count.
+    (Co, Ci, 3, 3) tensor in the channels-last layout. ``threads`` defaults to torch's count;
+    ``lib`` to :func:`library`.
     """
     if x.dtype != torch.float32 or grad_out.dtype != torch.float32:
         raise TypeError(f"weight_grad takes fp32 tensors, got {x.dtype} and {grad_out.dtype}")
@@ -150,7 +174,7 @@ def weight_grad(
     out = torch.empty((co, 3, 3, ci), dtype=torch.float32)
     xs = (ctypes.c_long * 4)(*x.stride())
     gs = (ctypes.c_long * 4)(*grad_out.stride())
-    rc = library().radardiff_conv3x3_wgrad(
+    rc = (lib or library()).radardiff_conv3x3_wgrad(
         x.data_ptr(), xs, grad_out.data_ptr(), gs, out.data_ptr(),
         n, h, w, ci, co, threads or torch.get_num_threads(),
     )  # fmt: skip
@@ -164,10 +188,12 @@ def weight_grad(
 def input_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The input gradient of ``conv2d(x, weight, padding=1)`` for a 3x3 ``weight``.
 
-    In channels-last it is computed as the forward convolution of ``grad_out`` with the flipped,
-    transposed weight, which oneDNN runs faster than its backward-data primitive there (the 32 px
-    recipe's 128-channel layer at 32 px: 64 against 110 ms, batch 32, AVX2 EPYC); in NCHW the
-    backward-data primitive is as fast or faster, and is used.
+    In channels-last it is the forward convolution of ``grad_out`` with the flipped, transposed
+    weight, which oneDNN runs faster than its backward-data primitive there (the 32 px recipe's
+    128-channel layer at 32 px: 64 against 110 ms, batch 32, AVX2 EPYC); in NCHW the
+    backward-data primitive is as fast or faster. (Asking that primitive for the bias gradient
+    too makes oneDNN compute the weight gradient as well, 2.4x the time: the bias gradient is
+    ``grad_out.sum`` instead.)
     """
     if grad_out.is_contiguous(memory_format=torch.channels_last) and not grad_out.is_contiguous():
         flipped = weight.flip((2, 3)).transpose(0, 1)
@@ -189,13 +215,12 @@ class _Conv3x3(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = input_grad(grad_out, x, weight)
-        if ctx.needs_input_grad[1]:
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = input_grad(grad_out, x, weight) if need_x else None
+        grad_w = None
+        if need_w:
             grad_w = weight_grad(x, grad_out).contiguous(memory_format=_layout(weight))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
+        grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b
 
 

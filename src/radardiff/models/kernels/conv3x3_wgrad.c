@@ -144,6 +144,9 @@ static void compute(const job_t *j) {
   }
 }
 
+#ifdef _OPENMP
+#include <omp.h>
+#else
 static void *pack_worker(void *arg) {
   pack((const job_t *)arg);
   return NULL;
@@ -168,6 +171,7 @@ static void run_phase(void *(*fn)(void *), job_t *jobs, int threads) {
       fn(&jobs[t]);
   }
 }
+#endif
 
 // Returns 0, 1 when the packed panels' memory cannot be had, 2 for a bad size.
 int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, const long *gs,
@@ -185,16 +189,35 @@ int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, con
   }
   if (threads < 1) threads = 1;
   if (threads > 64) threads = 64;
+  const job_t base = {.x = x, .gy = gy, .apack = apack, .bpack = bpack, .out = out, .N = N,
+                      .H = H, .W = W, .Ci = Ci, .Co = Co, .ncb = ncb, .nkb = nkb};
+#ifdef _OPENMP
+  // torch's own OpenMP threads when torch's libgomp is the one loaded (the same soname): they
+  // run this the moment torch's last parallel region hands them over, instead of spinning
+  // beside threads of ours for the same cores
+#pragma omp parallel num_threads(threads)
+  {
+    job_t j = base;
+    memcpy(j.xs, xs, sizeof(j.xs));
+    memcpy(j.gs, gs, sizeof(j.gs));
+    j.t = omp_get_thread_num();
+    j.T = omp_get_num_threads();
+    pack(&j);
+#pragma omp barrier
+    compute(&j);
+  }
+#else
   job_t jobs[64];
   for (int t = 0; t < threads; t++) {
-    jobs[t] = (job_t){.x = x, .gy = gy, .apack = apack, .bpack = bpack, .out = out, .N = N,
-                      .H = H, .W = W, .Ci = Ci, .Co = Co, .ncb = ncb, .nkb = nkb, .t = t,
-                      .T = threads};
+    jobs[t] = base;
     memcpy(jobs[t].xs, xs, sizeof(jobs[t].xs));
     memcpy(jobs[t].gs, gs, sizeof(jobs[t].gs));
+    jobs[t].t = t;
+    jobs[t].T = threads;
   }
   run_phase(pack_worker, jobs, threads);
   run_phase(compute_worker, jobs, threads);
+#endif
   free(apack);
   free(bpack);
   return 0;
