@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
@@ -37,8 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from radardiff.errors import ConfigError
-
-log = logging.getLogger("radardiff")
 
 SOURCE = Path(__file__).with_name("kernels") / "conv3x3_wgrad.c"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread", "-std=c11")
@@ -61,8 +58,9 @@ def cache_dir() -> Path:
 def c_compiler() -> str | None:
     """The C compiler to build the kernel with: ``$CC``, else ``cc`` or ``gcc`` on the PATH."""
     for name in [os.environ.get("CC"), "cc", "gcc"]:
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 
@@ -165,9 +163,11 @@ def weight_grad(
         raise TypeError(f"weight_grad takes fp32 tensors, got {x.dtype} and {grad_out.dtype}")
     if x.device.type != "cpu" or grad_out.device.type != "cpu":
         raise TypeError("weight_grad runs on the CPU")
-    if x.ndim != 4 or grad_out.ndim != 4 or x.shape[0] != grad_out.shape[0]:
-        raise ValueError(f"weight_grad: shapes {tuple(x.shape)} and {tuple(grad_out.shape)}")
-    if x.shape[2:] != grad_out.shape[2:]:
+    if (
+        x.ndim != 4
+        or grad_out.ndim != 4
+        or (x.shape[0], *x.shape[2:]) != (grad_out.shape[0], *grad_out.shape[2:])
+    ):
         raise ValueError(f"weight_grad: shapes {tuple(x.shape)} and {tuple(grad_out.shape)}")
     n, ci, h, w = x.shape
     co = grad_out.shape[1]

@@ -58,6 +58,18 @@ static inline void micro(int nrows, const float *a, long astride, const float *b
 #undef ACC
 }
 
+// d[w * lanes + k] = src[k * cs + w * ws] for W positions and nv channels, read in the order of
+// the smaller stride (channels innermost in channels-last, positions innermost in NCHW)
+static inline void pack_row(float *d, int lanes, const float *src, long cs, long ws, int W, int nv) {
+  if (cs == 1) {
+    for (int w = 0; w < W; w++, d += lanes)
+      for (int k = 0; k < nv; k++) d[k] = src[w * ws + k];
+  } else {
+    for (int k = 0; k < nv; k++)
+      for (int w = 0; w < W; w++) d[w * lanes + k] = src[k * cs + w * ws];
+  }
+}
+
 // apack: [cb][n][h][w][MR]; bpack: [kb][n][h+1][w+1][NR] with a zero border. Each thread packs
 // its share of images.
 static void pack(const job_t *j) {
@@ -72,14 +84,7 @@ static void pack(const job_t *j) {
       if (nv < MR) memset(dst, 0, sizeof(float) * HW * MR);
       for (int h = 0; h < H; h++) {
         const float *src = j->gy + n * gs[0] + (long)co0 * gs[1] + h * gs[2];
-        float *d = dst + (long)h * W * MR;
-        if (gs[1] == 1) {
-          for (int w = 0; w < W; w++, d += MR)
-            for (int m = 0; m < nv; m++) d[m] = src[w * gs[3] + m];
-        } else {
-          for (int m = 0; m < nv; m++)
-            for (int w = 0; w < W; w++) d[w * MR + m] = src[m * gs[1] + w * gs[3]];
-        }
+        pack_row(dst + (long)h * W * MR, MR, src, gs[1], gs[3], W, nv);
       }
     }
   }
@@ -96,14 +101,7 @@ static void pack(const job_t *j) {
         memset(row, 0, sizeof(float) * NR);
         memset(row + (W + 1) * NR, 0, sizeof(float) * NR);
         const float *src = j->x + n * xs[0] + (long)ci0 * xs[1] + h * xs[2];
-        float *d = row + NR;
-        if (xs[1] == 1) {
-          for (int w = 0; w < W; w++, d += NR)
-            for (int k = 0; k < nv; k++) d[k] = src[w * xs[3] + k];
-        } else {
-          for (int k = 0; k < nv; k++)
-            for (int w = 0; w < W; w++) d[w * NR + k] = src[k * xs[1] + w * xs[3]];
-        }
+        pack_row(row + NR, NR, src, xs[1], xs[3], W, nv);
       }
     }
   }
