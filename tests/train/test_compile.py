@@ -98,7 +98,7 @@ def test_compiled_training_resumes_bit_identically_and_follows_eager(
     train(half, tmp_path / "resumed")
     train(cfg, tmp_path / "resumed", resume=True)
     # eager with torch's convolution backward, as the compiled run has it
-    eager_train = {"compile": False, "conv_weight_grad": "torch"}
+    eager_train = {"compile": False, "conv_kernels": "torch"}
     eager_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=eager_train)})
     train(eager_cfg, tmp_path / "eager")
     for which in ("model", "ema"):

@@ -99,6 +99,18 @@ def parse_kv(items: tuple[str, ...], option: str) -> dict:
     return out
 
 
+def conv_kernels_option():
+    """``--conv-kernels`` (default ``auto``): whose 3x3 convolutions the network runs."""
+    return click.option(
+        "--conv-kernels",
+        type=click.Choice(["auto", "radardiff", "torch"]),
+        default="auto",
+        show_default=True,
+        help="The network's 3x3 convolutions: radardiff's AVX2 Winograd kernel (auto: on a CPU "
+        "in fp32 without --compile, where a C compiler builds it; radardiff: insist) or torch's.",
+    )
+
+
 def precision_option(choices: tuple[str, ...] = PRECISIONS, subject: str = "the network"):
     """``--precision`` (default ``no``): autocast of ``subject``, one of ``choices``."""
     names = {"no": "no (fp32)", "fp16": "fp16 (GPU)"}

@@ -7,6 +7,7 @@ import click
 from radardiff.cli._common import (
     BatchSize,
     bar_callback,
+    conv_kernels_option,
     parse_int_list,
     parse_kv,
     precision_option,
@@ -56,6 +57,7 @@ from radardiff.cli._common import (
     "how long that took), as CUDA graphs on a GPU. On a CPU it compiles for minutes and pays "
     "only for small networks on long runs (README, Sampling).",
 )
+@conv_kernels_option()
 @click.option(
     "--option",
     "options",
@@ -122,6 +124,7 @@ def sample(
     seed,
     batch_size,
     compile_,
+    conv_kernels,
     options,
     precision,
     weights,
@@ -184,6 +187,7 @@ def sample(
         sr_noise=sr_noise,
         amplitude=amplitude,
         compile=compile_,
+        conv_kernels=conv_kernels,
     )
     if cascade_run:
         low = load_run(cascade_run, weights=weights, device=device)
@@ -198,6 +202,7 @@ def sample(
             guidance=guidance,
             mixed_precision=precision,
             compile=compile_,
+            conv_kernels=conv_kernels,
         )
         with progress(2 * n, f"cascade {low_opts.sampler} -> {opts.sampler}", unit="img") as bar:
             lo, result = generate_cascade(low, low_opts, run, opts, out, bar_callback(bar))

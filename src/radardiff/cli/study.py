@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from radardiff.cli._common import parse_int_list, precision_option
+from radardiff.cli._common import conv_kernels_option, parse_int_list, precision_option
 
 
 @click.group()
@@ -62,9 +62,10 @@ def study() -> None:
     help="Sample with the network compiled (as radardiff sample --compile), compiled before the "
     "first row is timed.",
 )
+@conv_kernels_option()
 def samplers(
     run_dir, samplers, steps, n, real, floor, out, checkpoint, seed, batch_size, precision,
-    features, students, compile_,
+    features, students, compile_, conv_kernels,
 ) -> None:  # fmt: skip
     """Metrics and wall time for each sampler and step count: do fast samplers fail?
 
@@ -91,7 +92,7 @@ def samplers(
     result = study_samplers(
         run_dir, names, counts, n, real, out, seed, batch_size=batch_size,
         extractor=features, device=pick_device(), on_row=show, checkpoint=checkpoint,
-        floor=floor, precision=precision, compile=compile_,
+        floor=floor, precision=precision, compile=compile_, conv_kernels=conv_kernels,
         students=[x.strip() for x in (students or "").split(",") if x.strip()],
     )  # fmt: skip
     st, ref = result.settings, result.reference

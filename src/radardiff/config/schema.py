@@ -27,7 +27,7 @@ CompileMode = Literal[
 ]
 # who computes the 3x3 convolutions' weight gradient in training; auto: radardiff's AVX2 kernel
 # where it runs (CPU, fp32, not compiled), torch (oneDNN) elsewhere
-ConvWeightGrad = Literal["auto", "radardiff", "torch"]
+ConvKernels = Literal["auto", "radardiff", "torch"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
 
@@ -215,10 +215,11 @@ class TrainConfig(_Section):
     compile_mode: CompileMode = Field(
         "auto", description="torch.compile's mode; auto: reduce-overhead (CUDA graphs) on a GPU"
     )
-    conv_weight_grad: ConvWeightGrad = Field(
+    conv_kernels: ConvKernels = Field(
         "auto",
-        description="the 3x3 convolutions' weight gradient: radardiff's AVX2 kernel or torch's; "
-        "auto: the kernel on a CPU in fp32 without train.compile",
+        description="the 3x3 convolutions: radardiff's AVX2 kernels (Winograd forward pass and "
+        "input gradient, direct weight gradient) or torch's; auto: radardiff's on a CPU in fp32 "
+        "without train.compile",
     )
     deterministic: bool = False
     tensorboard: bool = Field(

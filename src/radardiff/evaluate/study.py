@@ -194,6 +194,7 @@ def study_samplers(
     precision: str = "no",
     students: Sequence[str | os.PathLike] = (),
     compile: bool = False,
+    conv_kernels: str = "auto",
 ) -> StudyResult:
     """Generate, time and evaluate ``n`` samples for every (sampler, steps); write the table.
 
@@ -218,6 +219,8 @@ def study_samplers(
         default sampler and steps, the same seeds, real and floor files.
     compile : sample with each network compiled (``radardiff sample --compile``), compiled
         before the first row is timed, for the study's batch size.
+    conv_kernels : ``auto``, ``radardiff`` or ``torch``: whose 3x3 convolutions the networks
+        run (``radardiff sample --conv-kernels``).
 
     Returns
     -------
@@ -240,7 +243,7 @@ def study_samplers(
 
         extractor = load_extractor(extractor)
     how = {"seed": seed, "batch_size": batch_size, "mixed_precision": precision,
-           "compile": compile}  # fmt: skip
+           "compile": compile, "conv_kernels": conv_kernels}  # fmt: skip
     requests = [(v, int(k), _options(v, n, k, how)) for v in variants for k in steps_list]
     student_runs = [load_run(s, device=device) for s in students]
     for st in student_runs:
@@ -284,7 +287,7 @@ def study_samplers(
         **training_length(run.run, _step_of(run.checkpoint)), "real": str(real),
         "floor": None if floor_file is None else str(floor_file), "n": n, "seed": seed,
         "batch_size": batch_size, "device": str(device), "precision": precision,
-        "compile": compile,
+        "compile": compile, "conv_kernels": conv_kernels,
         "samplers": [v.text for v in variants], "steps": [int(k) for k in steps_list],
         "students": [str(st.run.root) for st in student_runs],
         "metrics": list(cfg.metrics), "feature_extractor": getattr(extractor, "name", None),

@@ -26,6 +26,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from radardiff.config.schema import CompileMode
 from radardiff.errors import ConfigError
+from radardiff.models import conv_kernel
 
 log = logging.getLogger("radardiff")
 
@@ -90,10 +91,13 @@ def _compile(
     network: torch.nn.Module, device: torch.device, mode: str, backend: str | object | None
 ) -> torch.nn.Module:
     """``network`` compiled by torch.compile in ``mode`` (resolved) for fixed shapes
-    (``dynamic=False``), once the compiler is known to be there and the config is complete."""
+    (``dynamic=False``), once the compiler is known to be there and the config is complete.
+    radardiff's convolution kernels, called through ctypes, cannot be traced: any installed on
+    the network are taken off (inductor then runs torch's convolutions)."""
     backend = backend or BACKEND
     require_cpp_compiler(device, backend)
     stable_config(network)
+    conv_kernel.uninstall(network)
     return torch.compile(network, mode=mode, backend=backend, dynamic=False)
 
 

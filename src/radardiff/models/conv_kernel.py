@@ -1,23 +1,33 @@
-"""radardiff's own weight gradient for the networks' 3x3 convolutions, on AVX2 CPUs in fp32.
+"""radardiff's own kernels for the networks' 3x3 convolutions, on AVX2 CPUs in fp32.
 
-A training step of the UNets here spends most of its time in oneDNN's convolutions, and of those
-the weight gradient is the slowest: on the AVX2 EPYC this project runs on it reached 50-120
-GFLOP/s against 135-155 for the forward pass, with the machine's FMA peak at 186 (2 cores). The
-C kernel in ``kernels/conv3x3_wgrad.c`` computes it as a matrix product over every position: the
-output gradient packed in panels of 6 output channels, the zero-bordered input in panels of 16
-input channels, nine 6 x 16 tiles in registers per pair of panels, a few image rows at a time.
-Its sums run in an order fixed by the shapes alone (never by the thread count), so training with
-it stays deterministic and resumes bit-identically.
+The UNets here spend most of their time in 3x3 convolutions, which torch runs with oneDNN's direct
+kernels: on the AVX2 EPYC this project runs on those reached 135-155 GFLOP/s forward and 50-120
+for the weight gradient, with the machine's FMA peak at 186 (2 cores). Two C kernels replace them:
 
-The kernel is C with AVX2 intrinsics and no torch headers. It is compiled at first use by the
-system's C compiler (``$CC``, else ``cc`` or ``gcc``) into radardiff's cache directory
+* ``kernels/conv3x3_wino.c``: the forward pass by Winograd's F(4x4, 3x3) (36 multiplications per
+  4 x 4 outputs and channel pair, against 144), the tiles a block at a time: input transform,
+  36 matrix products with 6 tiles x 16 output channels in registers, output transform and bias.
+  The input gradient is the same kernel on the output gradient with the weight rotated and
+  transposed. Outputs are within 1e-5 of the largest value of oneDNN's (float rounding of the
+  transforms; bf16 rounding is 4e-3).
+* ``kernels/conv3x3_wgrad.c``: the weight gradient as a matrix product over every position: the
+  output gradient packed in panels of 6 output channels, the zero-bordered input in panels of 16
+  input channels, nine 6 x 16 tiles in registers per pair of panels.
+
+Both sum in an order fixed by the shapes alone (never by the thread count, nor, for the forward
+pass, by the other images of a batch), so training stays deterministic and resumes
+bit-identically, and a sample does not depend on its batch.
+
+The kernels are C with AVX2 intrinsics and no torch headers. They are compiled at first use by
+the system's C compiler (``$CC``, else ``cc`` or ``gcc``) into radardiff's cache directory
 (``$RADARDIFF_CACHE``, else ``$XDG_CACHE_HOME/radardiff`` or ``~/.cache/radardiff``), named by a
-hash of the source and the compiler, and loaded with ctypes; nothing is downloaded. The forward
-pass and the input gradient stay oneDNN's.
+hash of the sources and the compiler, and loaded with ctypes; nothing is downloaded.
 
-:func:`install` puts it under the eligible ``nn.Conv2d`` layers of a network (3x3, stride 1,
-zero padding 1, no dilation or groups, at least 16 input channels); such a layer uses it only
-while it trains on the CPU in fp32 (no autocast), and calls oneDNN's convolution otherwise.
+:func:`install` puts them under the eligible ``nn.Conv2d`` layers of a network (3x3, stride 1,
+zero padding 1, no dilation or groups, at least 16 input and output channels): such a layer uses
+them on the CPU in fp32 (no autocast), training (all three products) or without gradients (the
+forward pass, its transformed weight kept until the weight changes), and calls torch's
+convolution otherwise.
 """
 
 from __future__ import annotations
@@ -32,15 +42,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from radardiff.errors import ConfigError
 
-SOURCE = Path(__file__).with_name("kernels") / "conv3x3_wgrad.c"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = (KERNELS / "conv3x3_wgrad.c", KERNELS / "conv3x3_wino.c")
+HEADERS = (KERNELS / "common.h",)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread", "-std=c11")
-CONV_WEIGHT_GRADS = ("auto", "radardiff", "torch")
-MIN_IN_CHANNELS = 16
+CONV_KERNELS = ("auto", "radardiff", "torch")
+MIN_CHANNELS = 16
 
 
 class KernelUnavailable(RuntimeError):
@@ -78,7 +89,7 @@ def _compiler_id(cc: str) -> str:
 
 
 def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
-    """Compiles the kernel into ``target`` (atomically); the compiler's first error line, or None."""
+    """Compiles the kernels into ``target`` (atomically); the compiler's first error line, or None."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -87,7 +98,7 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
         raise KernelUnavailable(f"cannot write to the cache {target.parent}: {err}") from None
     try:
         out = subprocess.run(
-            [cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+            [cc, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=300
         )
         if out.returncode != 0:
             return (out.stderr.strip().splitlines() or ["no message"])[0]
@@ -102,7 +113,7 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
 
 @functools.cache
 def library() -> ctypes.CDLL:
-    """The compiled kernel, built on first use; :class:`KernelUnavailable` where it cannot be.
+    """The compiled kernels, built on first use; :class:`KernelUnavailable` where they cannot be.
 
     It is built with OpenMP where the compiler has it: loaded after torch, it then shares the
     OpenMP runtime torch loaded (the same ``libgomp.so.1``), so it runs on torch's threads. With
@@ -117,34 +128,58 @@ def library() -> ctypes.CDLL:
     cc = c_compiler()
     if cc is None:
         raise KernelUnavailable("no C compiler found ($CC, cc or gcc)")
-    source, compiler = SOURCE.read_bytes(), _compiler_id(cc).encode()
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
+    compiler = _compiler_id(cc).encode()
     first_error = None
     for flags in (FLAGS + ("-fopenmp",), FLAGS):
         key = hashlib.sha256(source + compiler + " ".join(flags).encode()).hexdigest()[:16]
-        target = cache_dir() / f"conv3x3_wgrad-{key}.so"
+        target = cache_dir() / f"conv3x3-{key}.so"
         error = None if target.exists() else _build(cc, flags, target)
         if error is None:
             break
         first_error = first_error or error
     else:
-        raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {first_error}")
+        names = " and ".join(path.name for path in SOURCES)
+        raise KernelUnavailable(f"{cc} could not compile {names}: {first_error}")
     return _declare(ctypes.CDLL(str(target)))
 
 
 def available() -> tuple[bool, str]:
-    """Whether the kernel runs here, and if not, why (one phrase)."""
+    """Whether the kernels run here, and if not, why (one phrase)."""
     try:
         library()
     except KernelUnavailable as err:
         return False, str(err)
-    return True, "AVX2 kernel"
+    return True, "AVX2 kernels"
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    fn = lib.radardiff_conv3x3_wgrad
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6
+    ptr, num = ctypes.c_void_p, ctypes.c_int
+    for name, argtypes in (
+        ("radardiff_conv3x3_wgrad", [ptr] * 5 + [num] * 6),
+        ("radardiff_wino_weights", [ptr, ptr, num, num, num, ptr, num]),
+        ("radardiff_conv3x3_wino", [ptr] * 6 + [num] * 6),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = ctypes.c_int, argtypes
     return lib
+
+
+def _check(what: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise TypeError(f"{what} takes fp32 CPU tensors, got {t.dtype} on {t.device.type}")
+
+
+def _strides(t: torch.Tensor):
+    return (ctypes.c_long * 4)(*t.stride())
+
+
+def _raise_for(rc: int, what: str) -> None:
+    if rc == 1:
+        raise MemoryError(f"{what}: no memory for the kernel's buffers")
+    if rc != 0:
+        raise RuntimeError(f"{what} failed (code {rc})")
 
 
 def weight_grad(
@@ -159,10 +194,7 @@ def weight_grad(
     (Co, Ci, 3, 3) tensor in the channels-last layout. ``threads`` defaults to torch's count;
     ``lib`` to :func:`library`.
     """
-    if x.dtype != torch.float32 or grad_out.dtype != torch.float32:
-        raise TypeError(f"weight_grad takes fp32 tensors, got {x.dtype} and {grad_out.dtype}")
-    if x.device.type != "cpu" or grad_out.device.type != "cpu":
-        raise TypeError("weight_grad runs on the CPU")
+    _check("weight_grad", x, grad_out)
     if (
         x.ndim != 4
         or grad_out.ndim != 4
@@ -172,56 +204,106 @@ def weight_grad(
     n, ci, h, w = x.shape
     co = grad_out.shape[1]
     out = torch.empty((co, 3, 3, ci), dtype=torch.float32)
-    xs = (ctypes.c_long * 4)(*x.stride())
-    gs = (ctypes.c_long * 4)(*grad_out.stride())
     rc = (lib or library()).radardiff_conv3x3_wgrad(
-        x.data_ptr(), xs, grad_out.data_ptr(), gs, out.data_ptr(),
+        x.data_ptr(), _strides(x), grad_out.data_ptr(), _strides(grad_out), out.data_ptr(),
         n, h, w, ci, co, threads or torch.get_num_threads(),
     )  # fmt: skip
-    if rc == 1:
-        raise MemoryError("conv3x3 weight gradient: no memory for the packed panels")
-    if rc != 0:
-        raise RuntimeError(f"conv3x3 weight gradient failed (code {rc})")
+    _raise_for(rc, "conv3x3 weight gradient")
     return out.permute(0, 3, 1, 2)
 
 
-def input_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The input gradient of ``conv2d(x, weight, padding=1)`` for a 3x3 ``weight``.
+def winograd_weight(
+    weight: torch.Tensor,
+    transposed: bool = False,
+    threads: int | None = None,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """The F(4x4, 3x3) transform of a (Co, Ci, 3, 3) fp32 weight of any strides, for
+    :func:`winograd_conv`: a (36, ceil(Co / 16), Ci, 16) tensor, zero past Co.
 
-    In channels-last it is the forward convolution of ``grad_out`` with the flipped, transposed
-    weight, which oneDNN runs faster than its backward-data primitive there (the 32 px recipe's
-    128-channel layer at 32 px: 64 against 110 ms, batch 32, AVX2 EPYC); in NCHW the
-    backward-data primitive is as fast or faster. (Asking that primitive for the bias gradient
-    too makes oneDNN compute the weight gradient as well, 2.4x the time: the bias gradient is
-    ``grad_out.sum`` instead.)
+    ``transposed`` transforms the weight of the input gradient instead, the (Ci, Co, 3, 3) weight
+    rotated by 180 degrees: ``conv2d(grad_out, weight.flip(2, 3).transpose(0, 1), padding=1)`` is
+    the input gradient of ``conv2d(x, weight, padding=1)``.
     """
-    if grad_out.is_contiguous(memory_format=torch.channels_last) and not grad_out.is_contiguous():
-        flipped = weight.flip((2, 3)).transpose(0, 1)
-        return F.conv2d(grad_out, flipped.contiguous(memory_format=torch.channels_last), padding=1)
-    return torch.ops.aten.convolution_backward(
-        grad_out, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
-    )[0]
+    _check("winograd_weight", weight)
+    if weight.ndim != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"winograd_weight: a (Co, Ci, 3, 3) weight, got {tuple(weight.shape)}")
+    if transposed:
+        weight = weight.transpose(0, 1)
+    co, ci = weight.shape[:2]
+    u = torch.empty((36, -(-co // 16), ci, 16), dtype=torch.float32)
+    rc = (lib or library()).radardiff_wino_weights(
+        weight.data_ptr(), _strides(weight), int(transposed), co, ci, u.data_ptr(),
+        threads or torch.get_num_threads(),
+    )  # fmt: skip
+    _raise_for(rc, "winograd_weight")
+    return u
+
+
+def winograd_conv(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    out_channels: int,
+    bias: torch.Tensor | None = None,
+    threads: int | None = None,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """``conv2d(x, w, bias, padding=1)`` for ``u = winograd_weight(w)`` and a 4-D fp32 ``x`` of
+    any strides; the result is channels-last where ``x`` is, else contiguous."""
+    _check("winograd_conv", x, u, *([] if bias is None else [bias]))
+    n, ci, h, w = x.shape if x.ndim == 4 else (0, 0, 0, 0)
+    if u.ndim != 4 or u.shape[0] != 36 or u.shape[2] != ci or u.shape[1] * 16 < out_channels:
+        raise ValueError(
+            f"winograd_conv: input {tuple(x.shape)} and transformed weight {tuple(u.shape)} "
+            f"for {out_channels} output channels do not match"
+        )
+    if not u.is_contiguous():
+        raise ValueError("winograd_conv: the transformed weight must be contiguous")
+    if bias is not None:
+        bias = bias.contiguous()
+    layout = torch.channels_last if x.stride(1) == 1 and ci > 1 else torch.contiguous_format
+    y = torch.empty((n, out_channels, h, w), dtype=torch.float32, memory_format=layout)
+    rc = (lib or library()).radardiff_conv3x3_wino(
+        x.data_ptr(), _strides(x), u.data_ptr(), None if bias is None else bias.data_ptr(),
+        y.data_ptr(), _strides(y), n, h, w, ci, out_channels, threads or torch.get_num_threads(),
+    )  # fmt: skip
+    _raise_for(rc, "winograd_conv")
+    return y
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """``conv2d(x, weight, bias, padding=1)`` by the Winograd kernel."""
+    return winograd_conv(x, winograd_weight(weight), weight.shape[0], bias)
+
+
+def input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The input gradient of ``conv2d(x, weight, padding=1)`` for a 3x3 ``weight``: the forward
+    convolution of ``grad_out`` with the rotated, transposed weight, by the Winograd kernel."""
+    return winograd_conv(grad_out, winograd_weight(weight, transposed=True), weight.shape[1])
 
 
 class _Conv3x3(torch.autograd.Function):
-    """conv2d(x, w, b, padding=1) whose weight gradient is :func:`weight_grad`."""
+    """conv2d(x, w, b, padding=1) computed by radardiff's kernels, forward and backward, given
+    ``u = winograd_weight(w)``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, u):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=1)
+        return winograd_conv(x, u, weight.shape[0], bias)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = input_grad(grad_out, x, weight) if need_x else None
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        grad_x = input_grad(grad_out, weight) if need_x else None
         grad_w = None
         if need_w:
             grad_w = weight_grad(x, grad_out).contiguous(memory_format=_layout(weight))
+        # the bias gradient by itself: asking oneDNN's backward-data primitive for it too made
+        # oneDNN compute the weight gradient as well, 2.4x the time
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
@@ -231,7 +313,9 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
 
 
 def eligible(module: nn.Module) -> bool:
-    """A layer the kernel computes: 3x3, stride 1, zero padding 1, no dilation, no groups."""
+    """A layer the kernels compute: 3x3, stride 1, zero padding 1, no dilation, no groups, at
+    least 16 input and output channels (narrower layers leave most of the kernels' 16 lanes of
+    channels empty)."""
     return (
         type(module) is nn.Conv2d
         and module.kernel_size == (3, 3)
@@ -240,8 +324,22 @@ def eligible(module: nn.Module) -> bool:
         and module.dilation == (1, 1)
         and module.groups == 1
         and module.padding_mode == "zeros"
-        and module.in_channels >= MIN_IN_CHANNELS
+        and min(module.in_channels, module.out_channels) >= MIN_CHANNELS
     )
+
+
+def _transformed(module: nn.Conv2d, weight: torch.Tensor) -> torch.Tensor:
+    """The transformed weight for a pass without gradients, kept on the module with a copy of the
+    weight it came from, and redone when the weight differs from that copy. (A version counter
+    would not do: torch's fused AdamW changes parameters in place without bumping theirs.)"""
+    cached = getattr(module, "_radardiff_winograd", None)
+    if cached is not None and cached[0].shape == weight.shape and torch.equal(cached[0], weight):
+        return cached[1]
+    with torch.inference_mode(False), torch.no_grad():
+        source = weight.detach().clone()
+        cached = (source, winograd_weight(source))
+    module._radardiff_winograd = cached
+    return cached[1]
 
 
 def _forward(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias):
@@ -249,20 +347,22 @@ def _forward(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias):
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and weight.requires_grad
-        and torch.is_grad_enabled()
+        and (bias is None or bias.dtype == torch.float32)
         and not torch.is_autocast_enabled("cpu")
         and x.ndim == 4
     ):
-        return _Conv3x3.apply(x, weight, bias)
+        if not torch.is_grad_enabled():
+            return winograd_conv(x, _transformed(module, weight), weight.shape[0], bias)
+        if weight.requires_grad:
+            return _Conv3x3.apply(x, weight, bias, winograd_weight(weight.detach()))
     return nn.Conv2d._conv_forward(module, x, weight, bias)
 
 
 def install(network: nn.Module) -> int:
-    """Route the eligible 3x3 convolutions' weight gradients to the kernel; returns how many.
+    """Route the eligible 3x3 convolutions to the kernels; returns how many layers.
 
     The layers keep their parameters and state dict; only their ``_conv_forward`` changes.
-    Call :func:`available` first: the kernel is compiled at the first backward pass otherwise.
+    Call :func:`available` first: the kernels are compiled at the first call otherwise.
     """
     count = 0
     for module in network.modules():
@@ -272,11 +372,12 @@ def install(network: nn.Module) -> int:
     return count
 
 
-def uninstall(network: nn.Module) -> None:
-    """Undo :func:`install`."""
+def uninstall(network: nn.Module) -> int:
+    """Undo :func:`install` (and drop the transformed weights kept); returns 0."""
     for module in network.modules():
-        if "_conv_forward" in vars(module):
-            del module._conv_forward
+        vars(module).pop("_conv_forward", None)
+        vars(module).pop("_radardiff_winograd", None)
+    return 0
 
 
 def choose(
@@ -284,25 +385,25 @@ def choose(
     device: torch.device | str,
     fp32: bool,
     compiled: bool,
-    option: str = "train.conv_weight_grad",
+    option: str = "train.conv_kernels",
 ) -> tuple[bool, str]:
-    """Whether training uses the kernel, and why, from ``requested`` (auto, radardiff, torch).
+    """Whether to use the kernels, and why, from ``requested`` (auto, radardiff, torch).
 
-    ``auto`` takes it on a CPU that trains in fp32 without torch.compile, where it compiles and
-    loads; an explicit ``radardiff`` that cannot run there is refused in one line.
+    ``auto`` takes them on a CPU that computes in fp32 without torch.compile, where they compile
+    and load; an explicit ``radardiff`` that cannot run there is refused in one line.
     """
-    if requested not in CONV_WEIGHT_GRADS:
-        raise ConfigError(f"{option}: one of {', '.join(CONV_WEIGHT_GRADS)}, got '{requested}'")
+    if requested not in CONV_KERNELS:
+        raise ConfigError(f"{option}: one of {', '.join(CONV_KERNELS)}, got '{requested}'")
     if requested == "torch":
         return False, f"{option} = torch"
     device = torch.device(device)
     blocker = None
     if device.type != "cpu":
-        blocker = f"it is a CPU kernel and training runs on {device.type}"
+        blocker = f"they are CPU kernels and this runs on {device.type}"
     elif not fp32:
-        blocker = "training runs with autocast (the kernel is fp32)"
+        blocker = "autocast is on (the kernels are fp32)"
     elif compiled:
-        blocker = "train.compile is on"
+        blocker = "torch.compile is on"
     else:
         ok, why = available()
         if not ok:
@@ -312,3 +413,13 @@ def choose(
     if requested == "radardiff":
         raise ConfigError(f"{option} = radardiff cannot run: {blocker}; use auto or torch")
     return False, f"{option} = auto; {blocker}"
+
+
+def describe(used: bool, count: int, why: str) -> str:
+    """The log line of the choice."""
+    if used:
+        return (
+            f"3x3 convolutions: radardiff's AVX2 kernels (Winograd F(4x4, 3x3) forward, direct "
+            f"weight gradient), {count} layers ({why})"
+        )
+    return f"3x3 convolutions: torch's ({why})"

@@ -33,7 +33,7 @@ from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noi
 from radardiff.diffusion.denoiser import CLIP_MODES, default_clip
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
-from radardiff.models import LoadedRun, condition_frame, upsample
+from radardiff.models import LoadedRun, condition_frame, conv_kernel, upsample
 from radardiff.models.compiled import compiled_network
 from radardiff.sample.device import AUTO_BATCH, agree_batch_size, auto_batch_size, balanced
 from radardiff.sample.writers import output_format
@@ -55,8 +55,11 @@ class SampleOptions:
     from the run). ``batch_size``: samples per batch, or ``auto``
     (:func:`radardiff.sample.device.auto_batch_size`: what fills a GPU's memory, 64 on a CPU).
     ``compile``: run the network compiled by ``torch.compile``
-    (:class:`radardiff.models.compiled.FixedBatchNetwork`; CUDA graphs on a GPU). Neither
-    changes the samples beyond floating-point rounding, so neither is in the signature.
+    (:class:`radardiff.models.compiled.FixedBatchNetwork`; CUDA graphs on a GPU).
+    ``conv_kernels``: ``auto`` (radardiff's AVX2 kernels for the 3x3 convolutions on a CPU in
+    fp32 without ``compile``, :mod:`radardiff.models.conv_kernel`), ``radardiff`` (insist) or
+    ``torch``. None of the three changes the samples beyond floating-point rounding, so none is
+    in the signature.
     """
 
     n: int
@@ -75,12 +78,13 @@ class SampleOptions:
     stream: int = 0
     condition_id: str = ""  # what made the condition file (a cascade's first-stage request)
     compile: bool = False
+    conv_kernels: str = "auto"
 
     def signature(self) -> str:
         """Identifies the request's options (see :func:`request_signature` for the whole)."""
         d = asdict(self)
-        d.pop("batch_size")  # neither changes the samples beyond floating-point rounding
-        d.pop("compile")
+        for key in ("batch_size", "compile", "conv_kernels"):  # only floating-point rounding
+            d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -308,6 +312,7 @@ class Sampling:
     prepared: PreparedSampler
     denoiser: Denoiser
     eager: Denoiser | None = None  # the same on the network as it is (``denoiser``'s: compiled?)
+    kernels: str = ""  # which 3x3 convolutions run, and why (the log line)
 
     def __post_init__(self) -> None:
         self.eager = self.eager or self.denoiser
@@ -318,22 +323,29 @@ class Sampling:
         # channels-last convolutions on the CPU: oneDNN's direct kernels are faster there (whole
         # DPM-Solver++ runs, fp32, 2-core AVX2 EPYC, interleaved: tiny 1.14x, insar_noise_32
         # 1.09x, the 64 px network 1.05x; outputs within 1e-5); not measured on a GPU, so off
-        channels_last = _device_of(run).type == "cpu"
+        device = _device_of(run)
+        channels_last = device.type == "cpu"
         if channels_last:
             run.model.to(memory_format=torch.channels_last)
+        precision = resolve_precision(opts.mixed_precision, device, "--precision")
+        # radardiff's Winograd kernels for the 3x3 convolutions (fp32 CPU, eager network)
+        use, why = conv_kernel.choose(
+            opts.conv_kernels, device, precision == "no", opts.compile, "--conv-kernels"
+        )
+        count = conv_kernel.install(run.model) if use else conv_kernel.uninstall(run.model)
+        kernels = conv_kernel.describe(use, count, why)
         eager = Denoiser.from_run(
             run,
             channels_last=channels_last,
             clip=clip_mode(run, opts),
             guidance=opts.guidance,
-            precision=resolve_precision(opts.mixed_precision, _device_of(run), "--precision"),
+            precision=precision,
             schedule=prepared.schedule,
         )
         if not opts.compile:
-            return cls(prepared, eager, eager)
-        return cls(
-            prepared, eager.with_options(network=compiled_network(run.model, run.compiled)), eager
-        )
+            return cls(prepared, eager, eager, kernels)
+        network = compiled_network(run.model, run.compiled)
+        return cls(prepared, eager.with_options(network=network), eager, kernels)
 
     def probe(self, run: LoadedRun, opts: SampleOptions, condition: DatasetFile | None):
         """``probe(rows)``: one eager network call on ``rows`` samples of the request, as a batch
@@ -478,6 +490,7 @@ def generate(
     sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
     log.info("torch CPU threads: %d (radardiff --threads N to change)", torch.get_num_threads())
     log.info("precision: %s (CPU %s)", {"no": "fp32"}.get(precision, precision), describe_cpu())
+    log.info("%s", sampling.kernels)
     try:
         return _generate(run, opts, Path(out), sampling, on_progress, rank, world, merge)
     except OSError as err:

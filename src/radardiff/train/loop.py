@@ -259,16 +259,11 @@ class Trainer:
         if tc.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = EMA(model, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
-        use_kernel, why = conv_kernel.choose(
-            tc.conv_weight_grad, self.acc.device, self.precision == "no", tc.compile
+        use_kernels, why = conv_kernel.choose(
+            tc.conv_kernels, self.acc.device, self.precision == "no", tc.compile
         )
-        if use_kernel:
-            n = conv_kernel.install(model)
-            log.info(
-                "3x3 convolutions' weight gradient: radardiff's AVX2 kernel, %d layers (%s)", n, why
-            )
-        else:
-            log.info("3x3 convolutions' weight gradient: torch's (%s)", why)
+        count = conv_kernel.install(model) if use_kernels else 0
+        log.info("%s", conv_kernel.describe(use_kernels, count, why))
         opt = make_adamw(model.parameters(), tc.lr, tc.weight_decay, self.acc.device)
         self.ts_sampler = make_timestep_sampler(
             cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps

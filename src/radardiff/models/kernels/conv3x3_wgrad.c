@@ -9,9 +9,10 @@
 // run in the same order whatever the thread count, so the result does not depend on it.
 // The output is written as [Co][3][3][Ci], the channels-last layout of a (Co, Ci, 3, 3) weight.
 #include <immintrin.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common.h"
 
 #define MR 6
 #define NR 16
@@ -33,12 +34,7 @@ typedef struct {
 // c[MR][NR] += sum over nrows rows of W positions of a[p][0..MR) (x) b[p][0..NR)
 static inline void micro(int nrows, const float *a, long astride, const float *b, long bstride,
                          int W, float *c) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  ZERO_TILE_6X16;
   for (int r = 0; r < nrows; r++, a += astride, b += bstride) {
     const float *pa = a, *pb = b;
     for (int w = 0; w < W; w++, pa += MR, pb += NR) {
@@ -154,21 +150,6 @@ static void *compute_worker(void *arg) {
   compute((const job_t *)arg);
   return NULL;
 }
-
-// Runs fn over every job: jobs 1.. on threads of their own, job 0 here, and any job whose
-// thread cannot be started here too, after the others (its share is the same either way).
-static void run_phase(void *(*fn)(void *), job_t *jobs, int threads) {
-  pthread_t tid[64];
-  int started[64] = {0};
-  for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, fn, &jobs[t]) == 0;
-  fn(&jobs[0]);
-  for (int t = 1; t < threads; t++) {
-    if (started[t])
-      pthread_join(tid[t], NULL);
-    else
-      fn(&jobs[t]);
-  }
-}
 #endif
 
 // Returns 0, 1 when the packed panels' memory cannot be had, 2 for a bad size.
@@ -186,7 +167,7 @@ int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, con
     return 1;
   }
   if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;
+  if (threads > 64) threads = 64;  // MAX_THREADS
   const job_t base = {.x = x, .gy = gy, .apack = apack, .bpack = bpack, .out = out, .N = N,
                       .H = H, .W = W, .Ci = Ci, .Co = Co, .ncb = ncb, .nkb = nkb};
 #ifdef _OPENMP
@@ -213,8 +194,8 @@ int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, con
     jobs[t].t = t;
     jobs[t].T = threads;
   }
-  run_phase(pack_worker, jobs, threads);
-  run_phase(compute_worker, jobs, threads);
+  run_phase(pack_worker, jobs, sizeof(job_t), threads);
+  run_phase(compute_worker, jobs, sizeof(job_t), threads);
 #endif
   free(apack);
   free(bpack);

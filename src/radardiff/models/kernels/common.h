@@ -1,0 +1,38 @@
+// radardiff's kernels: what both share (the 6 x 16 register tile, threads without OpenMP).
+#ifndef RADARDIFF_COMMON_H
+#define RADARDIFF_COMMON_H
+#include <immintrin.h>
+
+// the twelve accumulators c<row><half> of a 6 x 16 fp32 tile (two 8-lane halves per row), zeroed
+#define ZERO_TILE_6X16                                                    \
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();          \
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();          \
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();          \
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();          \
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();          \
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps()
+
+#ifndef _OPENMP
+#include <pthread.h>
+
+#define MAX_THREADS 64
+
+// Runs fn(jobs + t * size) for t < threads: jobs 1.. on threads of their own, job 0 here, and any
+// job whose thread cannot be started here too, after the others (its share is the same either
+// way, so the result does not depend on which thread ran it).
+static void run_phase(void *(*fn)(void *), void *jobs, size_t size, int threads) {
+  pthread_t tid[MAX_THREADS];
+  int started[MAX_THREADS] = {0};
+  char *base = (char *)jobs;
+  for (int t = 1; t < threads; t++)
+    started[t] = pthread_create(&tid[t], NULL, fn, base + t * size) == 0;
+  fn(base);
+  for (int t = 1; t < threads; t++) {
+    if (started[t])
+      pthread_join(tid[t], NULL);
+    else
+      fn(base + t * size);
+  }
+}
+#endif
+#endif

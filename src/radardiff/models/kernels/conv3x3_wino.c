@@ -1,0 +1,300 @@
+// radardiff: the forward pass of a 3x3, stride-1, zero-padding-1 convolution, fp32, AVX2+FMA,
+// by Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray 2016):
+//
+//   y[n][k][4ty + r][4tx + s] = bias[k] + (A^T [ sum_c (G w[k][c] G^T) (.) (B^T d[n][c] B) ] A)[r][s]
+//
+// for the 6x6 input tile d that starts at (4ty - 1, 4tx - 1), zero outside the image: 36
+// multiplications per 4x4 outputs and input-output channel pair, against 144 directly.
+//
+// The weight is transformed once per call of radardiff_wino_weights into U[36][Co/16][Ci][16].
+// The forward pass takes the tiles a block of TB at a time (each block belongs to one thread):
+// it transforms the block's inputs into V[36][TB][Ci], computes the 36 products
+// M[e] = V[e] U[e] (6 tiles x 16 output channels in registers at a time, summed over the input
+// channels in their order), and transforms M back into the output, adding the bias. Every tile's
+// sums run in an order fixed by the channel counts alone, so an image's result depends neither on
+// the thread count nor on the other images of the batch. Inputs and outputs are read and written
+// through their element strides; the channels-last layout (channel stride 1) is the fast one.
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define ALPHA 6  // input tile side
+#define E 36     // transformed elements per tile
+#define MT 4     // output tile side
+#define MR 6     // tiles per register block
+#define NR 16    // output channels per register block
+#ifndef TB
+#define TB 36  // tiles per block (a multiple of MR)
+#endif
+
+typedef struct {
+  const float *x, *w, *u, *bias;
+  float *y, *uout;
+  long xs[4], ys[4], ws[4];
+  int N, H, W, Ci, Co, nkp, tb, flip;
+  int t, T, failed;
+} job_t;
+
+// 8 channels from p (channel stride cs), nv of them real, the rest zero
+static inline __m256 load8(const float *p, long cs, int nv) {
+  if (cs == 1 && nv == 8) return _mm256_loadu_ps(p);
+  float tmp[8] __attribute__((aligned(32))) = {0};
+  for (int k = 0; k < nv; k++) tmp[k] = p[k * cs];
+  return _mm256_load_ps(tmp);
+}
+
+static inline void store8(float *p, long cs, int nv, __m256 v) {
+  if (cs == 1 && nv == 8) {
+    _mm256_storeu_ps(p, v);
+    return;
+  }
+  float tmp[8] __attribute__((aligned(32)));
+  _mm256_store_ps(tmp, v);
+  for (int k = 0; k < nv; k++) p[k * cs] = tmp[k];
+}
+
+// r = B^T d for one line of 6 (B^T's rows: 4 0 -5 0 1 0 / 0 -4 -4 1 1 0 / 0 4 -4 -1 1 0 /
+// 0 -2 -1 2 1 0 / 0 2 -1 -2 1 0 / 0 4 0 -5 0 1)
+static inline void bt6(const __m256 *d, long ds, __m256 *r, long rs) {
+  const __m256 four = _mm256_set1_ps(4.f), five = _mm256_set1_ps(5.f), two = _mm256_set1_ps(2.f);
+  const __m256 d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds], d5 = d[5 * ds];
+  const __m256 a = _mm256_fnmadd_ps(four, d2, d4), b = _mm256_fnmadd_ps(four, d1, d3);
+  const __m256 c = _mm256_sub_ps(d4, d2), e = _mm256_mul_ps(two, _mm256_sub_ps(d3, d1));
+  r[0] = _mm256_fmadd_ps(four, d0, _mm256_fnmadd_ps(five, d2, d4));
+  r[rs] = _mm256_add_ps(a, b);
+  r[2 * rs] = _mm256_sub_ps(a, b);
+  r[3 * rs] = _mm256_add_ps(c, e);
+  r[4 * rs] = _mm256_sub_ps(c, e);
+  r[5 * rs] = _mm256_fmadd_ps(four, d1, _mm256_fnmadd_ps(five, d3, d5));
+}
+
+// o = A^T m for one line of 6 (A^T's rows: 1 1 1 1 1 0 / 0 1 -1 2 -2 0 / 0 1 1 4 4 0 /
+// 0 1 -1 8 -8 1)
+static inline void at6(const __m256 *m, long ms, __m256 *o, long os) {
+  const __m256 s12 = _mm256_add_ps(m[ms], m[2 * ms]), d12 = _mm256_sub_ps(m[ms], m[2 * ms]);
+  const __m256 s34 = _mm256_add_ps(m[3 * ms], m[4 * ms]), d34 = _mm256_sub_ps(m[3 * ms], m[4 * ms]);
+  o[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12), s34);
+  o[os] = _mm256_fmadd_ps(_mm256_set1_ps(2.f), d34, d12);
+  o[2 * os] = _mm256_fmadd_ps(_mm256_set1_ps(4.f), s34, s12);
+  o[3 * os] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.f), d34, d12), m[5 * ms]);
+}
+
+// o = G g for one line of 3 (G's rows: 1/4 0 0 / -1/6 -1/6 -1/6 / -1/6 1/6 -1/6 /
+// 1/24 1/12 1/6 / 1/24 -1/12 1/6 / 0 0 1)
+static inline void g3(const __m256 *g, long gs, __m256 *o, long os) {
+  const __m256 g0 = g[0], g1 = g[gs], g2 = g[2 * gs], s02 = _mm256_add_ps(g0, g2);
+  const __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), g0, _mm256_mul_ps(_mm256_set1_ps(1.f / 6), g2));
+  const __m256 q = _mm256_mul_ps(_mm256_set1_ps(1.f / 12), g1);
+  o[0] = _mm256_mul_ps(_mm256_set1_ps(1.f / 4), g0);
+  o[os] = _mm256_mul_ps(_mm256_set1_ps(-1.f / 6), _mm256_add_ps(s02, g1));
+  o[2 * os] = _mm256_mul_ps(_mm256_set1_ps(-1.f / 6), _mm256_sub_ps(s02, g1));
+  o[3 * os] = _mm256_add_ps(p, q);
+  o[4 * os] = _mm256_sub_ps(p, q);
+  o[5 * os] = g2;
+}
+
+// U[e][kp][c][16] = (G w[k][c] G^T)[e] for the (kp, c) pairs of this thread; lanes past Co are 0
+static void weights(job_t *j) {
+  const long *ws = j->ws;
+  const long pairs = (long)j->nkp * j->Ci;
+  for (long q = pairs * j->t / j->T; q < pairs * (j->t + 1) / j->T; q++) {
+    const int kp = (int)(q / j->Ci), c = (int)(q % j->Ci);
+    for (int half = 0; half < 2; half++) {
+      const int k0 = kp * NR + half * 8;
+      const int nv = j->Co - k0 < 0 ? 0 : (j->Co - k0 < 8 ? j->Co - k0 : 8);
+      __m256 g[3][3], t[ALPHA][3], u[ALPHA][ALPHA];
+      for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) {
+          const int ka = j->flip ? 2 - a : a, kb = j->flip ? 2 - b : b;
+          g[a][b] = load8(j->w + k0 * ws[0] + c * ws[1] + ka * ws[2] + kb * ws[3], ws[0], nv);
+        }
+      for (int b = 0; b < 3; b++) g3(&g[0][b], 3, &t[0][b], 3);
+      for (int a = 0; a < ALPHA; a++) g3(&t[a][0], 1, &u[a][0], 1);
+      for (int e = 0; e < E; e++)
+        _mm256_storeu_ps(j->uout + (((long)e * j->nkp + kp) * j->Ci + c) * NR + half * 8,
+                         u[e / ALPHA][e % ALPHA]);
+    }
+  }
+}
+
+// c[r][0..16) = sum over k < K of a[r * lda + k] * b[k][0..16), for r < 6
+static inline void micro(int K, const float *a, long lda, const float *b, float *c, long ldc) {
+  ZERO_TILE_6X16;
+  const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda,
+              *a5 = a + 5 * lda;
+  for (int k = 0; k < K; k++, b += NR) {
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), t;
+    t = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
+    t = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
+    t = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
+    t = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
+    t = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
+    t = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
+  }
+#define PUT(row, lo, hi)                        \
+  _mm256_storeu_ps(c + row * ldc, lo);          \
+  _mm256_storeu_ps(c + row * ldc + 8, hi);
+  PUT(0, c00, c01) PUT(1, c10, c11) PUT(2, c20, c21) PUT(3, c30, c31) PUT(4, c40, c41) PUT(5, c50, c51)
+#undef PUT
+}
+
+// V[e][tl][c] for the nt tiles from tile p0 (rows nt.. up to a multiple of MR are zero)
+static void input_transform(const job_t *j, long p0, int nt, float *V) {
+  const int H = j->H, W = j->W, Ci = j->Ci, tb = j->tb;
+  const int th = (H + MT - 1) / MT, tw = (W + MT - 1) / MT;
+  const long *xs = j->xs;
+  for (int tl = 0; tl < nt; tl++) {
+    const long p = p0 + tl;
+    const int n = (int)(p / ((long)th * tw)), ty = (int)(p / tw % th), tx = (int)(p % tw);
+    const int y0 = ty * MT - 1, x0 = tx * MT - 1;
+    for (int c0 = 0; c0 < Ci; c0 += 8) {
+      const int nv = Ci - c0 < 8 ? Ci - c0 : 8;
+      const float *base = j->x + n * xs[0] + c0 * xs[1];
+      __m256 d[ALPHA][ALPHA], t[ALPHA][ALPHA], v[ALPHA][ALPHA];
+      for (int a = 0; a < ALPHA; a++)
+        for (int b = 0; b < ALPHA; b++) {
+          const int iy = y0 + a, ix = x0 + b;
+          d[a][b] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                        ? load8(base + iy * xs[2] + ix * xs[3], xs[1], nv)
+                        : _mm256_setzero_ps();
+        }
+      for (int b = 0; b < ALPHA; b++) bt6(&d[0][b], ALPHA, &t[0][b], ALPHA);
+      for (int a = 0; a < ALPHA; a++) bt6(&t[a][0], 1, &v[a][0], 1);
+      for (int e = 0; e < E; e++)
+        store8(V + ((long)e * tb + tl) * Ci + c0, 1, nv, v[e / ALPHA][e % ALPHA]);
+    }
+  }
+  const int ntr = (nt + MR - 1) / MR * MR;
+  if (ntr > nt)
+    for (int e = 0; e < E; e++)
+      memset(V + ((long)e * tb + nt) * Ci, 0, sizeof(float) * (size_t)(ntr - nt) * Ci);
+}
+
+// the output tiles of the nt tiles from p0, from M[e][tl][kp * 16 + lane], plus the bias
+static void output_transform(const job_t *j, long p0, int nt, const float *Mb) {
+  const int H = j->H, W = j->W, Co = j->Co, tb = j->tb, ldm = j->nkp * NR;
+  const int th = (H + MT - 1) / MT, tw = (W + MT - 1) / MT;
+  const long *ys = j->ys;
+  for (int tl = 0; tl < nt; tl++) {
+    const long p = p0 + tl;
+    const int n = (int)(p / ((long)th * tw)), ty = (int)(p / tw % th), tx = (int)(p % tw);
+    for (int k0 = 0; k0 < Co; k0 += 8) {
+      const int nv = Co - k0 < 8 ? Co - k0 : 8;
+      __m256 m[ALPHA][ALPHA], s[MT][ALPHA], o[MT][MT];
+      for (int e = 0; e < E; e++) m[e / ALPHA][e % ALPHA] = _mm256_load_ps(Mb + ((long)e * tb + tl) * ldm + k0);
+      for (int b = 0; b < ALPHA; b++) at6(&m[0][b], ALPHA, &s[0][b], ALPHA);
+      for (int r = 0; r < MT; r++) at6(&s[r][0], 1, &o[r][0], 1);
+      const __m256 bias = j->bias ? load8(j->bias + k0, 1, nv) : _mm256_setzero_ps();
+      float *base = j->y + n * ys[0] + k0 * ys[1];
+      for (int r = 0; r < MT && ty * MT + r < H; r++)
+        for (int q = 0; q < MT && tx * MT + q < W; q++)
+          store8(base + (ty * MT + r) * ys[2] + (tx * MT + q) * ys[3], ys[1], nv,
+                 _mm256_add_ps(o[r][q], bias));
+    }
+  }
+}
+
+static void forward(job_t *j) {
+  const int Ci = j->Ci, tb = j->tb, nkp = j->nkp, ldm = nkp * NR;
+  const long P = (long)j->N * ((j->H + MT - 1) / MT) * ((j->W + MT - 1) / MT);
+  const long blocks = (P + tb - 1) / tb, b0 = blocks * j->t / j->T, b1 = blocks * (j->t + 1) / j->T;
+  if (b0 >= b1) return;
+  float *V = aligned_alloc(64, ((size_t)E * tb * Ci * sizeof(float) + 63) / 64 * 64);
+  float *Mb = aligned_alloc(64, (size_t)E * tb * ldm * sizeof(float));
+  if (!V || !Mb) {
+    j->failed = 1;
+    free(V);
+    free(Mb);
+    return;
+  }
+  for (long blk = b0; blk < b1; blk++) {
+    const long p0 = blk * tb;
+    const int nt = P - p0 < tb ? (int)(P - p0) : tb;
+    input_transform(j, p0, nt, V);
+    for (int e = 0; e < E; e++)
+      for (int kp = 0; kp < nkp; kp++) {
+        const float *b = j->u + ((long)e * nkp + kp) * Ci * NR;
+        for (int g = 0; g < nt; g += MR)
+          micro(Ci, V + ((long)e * tb + g) * Ci, Ci, b, Mb + ((long)e * tb + g) * ldm + kp * NR, ldm);
+      }
+    output_transform(j, p0, nt, Mb);
+  }
+  free(V);
+  free(Mb);
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+#define NULLABLE_WORKER(f) NULL
+#else
+#define NULLABLE_WORKER(f) f
+static void *weights_worker(void *arg) {
+  weights((job_t *)arg);
+  return NULL;
+}
+
+static void *forward_worker(void *arg) {
+  forward((job_t *)arg);
+  return NULL;
+}
+#endif
+
+static int clamp_threads(int threads) { return threads < 1 ? 1 : (threads > 64 ? 64 : threads); }
+
+// Runs fn over threads copies of base (t = 0..threads-1); returns whether any of them failed.
+static int run(void (*fn)(job_t *), void *(*worker)(void *), const job_t *base, int threads) {
+  int failed = 0;
+#ifdef _OPENMP
+  (void)worker;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+    job_t j = *base;
+    j.t = omp_get_thread_num();
+    j.T = omp_get_num_threads();
+    fn(&j);
+    failed |= j.failed;
+  }
+#else
+  (void)fn;
+  job_t jobs[64];
+  for (int t = 0; t < threads; t++) {
+    jobs[t] = *base;
+    jobs[t].t = t;
+    jobs[t].T = threads;
+  }
+  run_phase(worker, jobs, sizeof(job_t), threads);
+  for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
+#endif
+  return failed;
+}
+
+// u (36 * ceil(Co / 16) * Ci * 16 floats) from the (Co, Ci, 3, 3) weight w read through its
+// strides ws; flip reads the kernel rotated by 180 degrees. Returns 0, or 2 for a bad size.
+int radardiff_wino_weights(const float *w, const long *ws, int flip, int Co, int Ci, float *u,
+                           int threads) {
+  if (Co < 1 || Ci < 1) return 2;
+  job_t base = {.w = w, .uout = u, .Co = Co, .Ci = Ci, .nkp = (Co + NR - 1) / NR, .flip = flip};
+  memcpy(base.ws, ws, sizeof(base.ws));
+  run(weights, NULLABLE_WORKER(weights_worker), &base, clamp_threads(threads));
+  return 0;
+}
+
+// y = conv2d(x, w, bias, padding=1) from u = radardiff_wino_weights(w); bias may be NULL.
+// Returns 0, 1 when a block's buffers cannot be had, 2 for a bad size.
+int radardiff_conv3x3_wino(const float *x, const long *xs, const float *u, const float *bias,
+                           float *y, const long *ys, int N, int H, int W, int Ci, int Co,
+                           int threads) {
+  if (N < 1 || H < 1 || W < 1 || Ci < 1 || Co < 1) return 2;
+  threads = clamp_threads(threads);
+  const long P = (long)N * ((H + MT - 1) / MT) * ((W + MT - 1) / MT);
+  // blocks of TB tiles, smaller where that leaves a thread without one
+  long share = (P + threads - 1) / threads;
+  int tb = share < TB ? (int)((share + MR - 1) / MR * MR) : TB;
+  job_t base = {.x = x, .u = u, .bias = bias, .y = y, .N = N, .H = H, .W = W, .Ci = Ci,
+                .Co = Co, .nkp = (Co + NR - 1) / NR, .tb = tb};
+  memcpy(base.xs, xs, sizeof(base.xs));
+  memcpy(base.ys, ys, sizeof(base.ys));
+  return run(forward, NULLABLE_WORKER(forward_worker), &base, threads) ? 1 : 0;
+}
