@@ -172,7 +172,7 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
     from radardiff.config import RunConfig, validate_config
     from radardiff.config.schema import DiffusionConfig, ModelConfig
     from radardiff.diffusion import Denoiser, make_sampler
-    from radardiff.models import build_unet
+    from radardiff.models import build_unet, conv_kernel
 
     mcfg = validate_config(model_section(size), "model", ModelConfig)
     torch.manual_seed(0)
@@ -194,8 +194,11 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
 
     cl = device.type == "cpu"  # as radardiff.sample runs it
     eager = copy.deepcopy(model).to(memory_format=torch.channels_last) if cl else model
+    # radardiff's convolution kernels where radardiff sample takes them (--conv-kernels auto)
+    use, _ = conv_kernel.choose("auto", device, precision == "fp32", False, "--conv-kernels")
+    kernels = conv_kernel.install(eager) if use else 0
     net = eager
-    if which == "compiled":  # as radardiff sample --compile runs it
+    if which == "compiled":  # as radardiff sample --compile runs it (without the kernels)
         from radardiff.models.compiled import FixedBatchNetwork
 
         net = FixedBatchNetwork(eager)
@@ -220,6 +223,8 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
     else:
         seconds = float(np.median([fn() for _ in range(3)]))
     out = {"img_s": batch * steps / seconds, "flops_per_img": forward_flops(mcfg, size)}
+    if which != "bare":
+        out["kernel_layers"] = kernels
     if which == "compiled":
         out.update(compile_s=net.compile_seconds, eager_img_s=batch * steps / eager_s)
     return out

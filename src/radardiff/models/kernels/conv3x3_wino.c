@@ -140,30 +140,39 @@ static inline void micro(int K, const float *a, long lda, const float *b, float 
 #undef PUT
 }
 
-// V[e][tl][c] for the nt tiles from tile p0 (rows nt.. up to a multiple of MR are zero)
+// V[e][tl][c] for the nt tiles from tile p0 (rows nt.. up to a multiple of MR are zero): each
+// row of the 6 x 6 input tile transformed as it is loaded, then each column
 static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int H = j->H, W = j->W, Ci = j->Ci, tb = j->tb;
   const int th = (H + MT - 1) / MT, tw = (W + MT - 1) / MT;
-  const long *xs = j->xs;
+  const long *xs = j->xs, es = (long)tb * Ci;
   for (int tl = 0; tl < nt; tl++) {
     const long p = p0 + tl;
     const int n = (int)(p / ((long)th * tw)), ty = (int)(p / tw % th), tx = (int)(p % tw);
     const int y0 = ty * MT - 1, x0 = tx * MT - 1;
+    const int inside = y0 >= 0 && y0 + ALPHA <= H && x0 >= 0 && x0 + ALPHA <= W;
     for (int c0 = 0; c0 < Ci; c0 += 8) {
-      const int nv = Ci - c0 < 8 ? Ci - c0 : 8;
+      const int nv = Ci - c0 < 8 ? Ci - c0 : 8, fast = inside && nv == 8 && xs[1] == 1;
       const float *base = j->x + n * xs[0] + c0 * xs[1];
-      __m256 d[ALPHA][ALPHA], t[ALPHA][ALPHA], v[ALPHA][ALPHA];
-      for (int a = 0; a < ALPHA; a++)
-        for (int b = 0; b < ALPHA; b++) {
-          const int iy = y0 + a, ix = x0 + b;
-          d[a][b] = (iy >= 0 && iy < H && ix >= 0 && ix < W)
-                        ? load8(base + iy * xs[2] + ix * xs[3], xs[1], nv)
-                        : _mm256_setzero_ps();
+      float *dst = V + (long)tl * Ci + c0;
+      __m256 t[ALPHA][ALPHA], d[ALPHA], v[ALPHA];
+      for (int a = 0; a < ALPHA; a++) {
+        const float *row = base + (y0 + a) * xs[2] + x0 * xs[3];
+        if (fast) {
+          for (int b = 0; b < ALPHA; b++) d[b] = _mm256_loadu_ps(row + b * xs[3]);
+        } else {
+          const int iy = y0 + a;
+          for (int b = 0; b < ALPHA; b++)
+            d[b] = (iy >= 0 && iy < H && x0 + b >= 0 && x0 + b < W)
+                       ? load8(row + b * xs[3], xs[1], nv)
+                       : _mm256_setzero_ps();
         }
-      for (int b = 0; b < ALPHA; b++) bt6(&d[0][b], ALPHA, &t[0][b], ALPHA);
-      for (int a = 0; a < ALPHA; a++) bt6(&t[a][0], 1, &v[a][0], 1);
-      for (int e = 0; e < E; e++)
-        store8(V + ((long)e * tb + tl) * Ci + c0, 1, nv, v[e / ALPHA][e % ALPHA]);
+        bt6(d, 1, t[a], 1);
+      }
+      for (int b = 0; b < ALPHA; b++) {
+        bt6(&t[0][b], ALPHA, v, 1);
+        for (int a = 0; a < ALPHA; a++) store8(dst + (a * ALPHA + b) * es, 1, nv, v[a]);
+      }
     }
   }
   const int ntr = (nt + MR - 1) / MR * MR;
