@@ -409,9 +409,9 @@ def test_functional_conv_matches_layer():
 
 @needs_kernel
 def test_training_with_the_kernel_follows_torch_and_resumes_bit_identically(noise_files, tmp_path):
-    """Four steps with the kernel end where torch's end, up to float rounding (which AdamW's
-    normalisation of near-zero gradients can amplify to a few per cent of a step's change); stopped
-    at 2 and resumed, they end bit-identical to the unbroken run."""
+    """Four steps with the kernels end where torch's end, up to float rounding (which AdamW's
+    normalisation of near-zero gradients can amplify, for a few weights, to a step's change);
+    stopped at 2 and resumed, they end bit-identical to the unbroken run."""
     from safetensors.torch import load_file
 
     from radardiff.train import train
@@ -434,9 +434,16 @@ def test_training_with_the_kernel_follows_torch_and_resumes_bit_identically(nois
     train(cfg(4, "radardiff"), tmp_path / "resumed", resume=True)
     train(cfg(4, "torch"), tmp_path / "torch")
     a, b, t = (weights(tmp_path / r) for r in ("straight", "resumed", "torch"))
+    far, total = 0, 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
-        torch.testing.assert_close(a[key], t[key], rtol=1e-3, atol=2e-4)
+        diff = (a[key] - t[key]).abs()
+        # a gradient near zero can change sign under float rounding, and AdamW then moves that
+        # weight the other way: at most 2 lr a step, for a handful of weights
+        assert diff.max() <= 2 * 1e-3 * 4, key
+        far += int((diff > 2e-4 + 1e-3 * t[key].abs()).sum())
+        total += diff.numel()
+    assert far <= 1e-3 * total, (far, total)
     moved = max((a[k] - weights(tmp_path / "straight", step=2)[k]).abs().max() for k in a)
     assert moved > 1e-3  # two steps of lr 1e-3 moved the weights: the comparisons have teeth
 
