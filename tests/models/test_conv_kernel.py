@@ -485,3 +485,22 @@ def test_posix_thread_build_gives_the_openmp_builds_values(tmp_path):
             conv_kernel.winograd_conv(x, u, 19, threads=threads, lib=plain),
             conv_kernel.winograd_conv(x, u, 19),
         )
+
+
+@needs_kernel
+def test_trainer_puts_the_kernels_under_its_network_and_its_ema_networks(noise_files, tmp_path):
+    """The EMA networks validate and sample without gradients: on the Winograd forward pass."""
+    from radardiff.train.loop import Trainer
+
+    def patched(network) -> int:
+        return sum("_conv_forward" in vars(m) for m in network.modules())
+
+    for setting, expect in (("auto", True), ("torch", False)):
+        cfg = tiny_run_config(
+            str(noise_files[0]), model={"base_channels": 16}, train={"conv_kernels": setting}
+        )
+        trainer = Trainer(cfg, tmp_path / setting)
+        eligible = sum(conv_kernel.eligible(m) for m in trainer.ema.primary.modules())
+        assert eligible > 0 and trainer.conv_kernels is expect
+        for network in (trainer.acc.unwrap_model(trainer.model), *trainer.ema.models):
+            assert patched(network) == (eligible if expect else 0)

@@ -264,6 +264,10 @@ class Trainer:
         )
         count = conv_kernel.install(model) if use_kernels else 0
         log.info("%s", conv_kernel.describe(use_kernels, count, why))
+        self.conv_kernels = use_kernels  # frozen networks beside it (a teacher) may use them too
+        if use_kernels:  # the EMA networks validate and sample without gradients: Winograd
+            for network in self.ema.models:
+                conv_kernel.install(network)
         opt = make_adamw(model.parameters(), tc.lr, tc.weight_decay, self.acc.device)
         self.ts_sampler = make_timestep_sampler(
             cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps
