@@ -127,3 +127,18 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.toml").stat().st_mode) == mode
     assert stat.S_IMODE(d.stat().st_mode) == mode | 0o111 & ~umask
+
+
+def test_a_renamed_key_of_an_older_run_still_loads(tmp_path):
+    """train.conv_weight_grad (runs of 2026-12-01 and 02) is read as train.conv_kernels; the new
+    name wins where both are given; other sections are untouched."""
+    from radardiff.config.io import load_config, validate_config
+
+    path = tmp_path / "old.toml"
+    path.write_text('[train]\nsteps = 3\nconv_weight_grad = "torch"\n', encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.train.conv_kernels == "torch" and cfg.train.steps == 3
+    both = {"train": {"conv_weight_grad": "torch", "conv_kernels": "radardiff"}}
+    assert validate_config(both).train.conv_kernels == "radardiff"
+    with pytest.raises(ConfigError, match="unknown config key 'model.conv_weight_grad'"):
+        validate_config({"model": {"conv_weight_grad": "torch"}})

@@ -16,6 +16,11 @@ from radardiff.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
+# keys renamed since runs were first written with them: (section, old name) -> new name, so that
+# the config.toml of an older run still loads (train.conv_weight_grad, of the runs of 2026-12-01
+# and 02, became train.conv_kernels when the kernels took the forward pass too)
+RENAMED = {("train", "conv_weight_grad"): "conv_kernels"}
+
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
@@ -59,11 +64,24 @@ def _check_unknown_keys(
 
 def validate_config(data: dict[str, Any], source: str = "config", model: type[M] = RunConfig) -> M:
     """Build a config from plain data, with one-line errors naming the source and key."""
+    if model is RunConfig:
+        data = _renamed(data)
     _check_unknown_keys(data, model, source)
     try:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the keys of :data:`RENAMED` under their new names (a new name given too wins)."""
+    for (section, old), new in RENAMED.items():
+        table = data.get(section)
+        if isinstance(table, dict) and old in table:
+            table = dict(table)
+            table.setdefault(new, table.pop(old))
+            data = {**data, section: table}
+    return data
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
