@@ -55,6 +55,26 @@ static inline void store8(float *p, long cs, int nv, __m256 v) {
   for (int k = 0; k < nv; k++) p[k * cs] = tmp[k];
 }
 
+// r[i] lane l = v[l] lane i: the 8 x 8 transpose (channels in lanes <-> positions in lanes)
+static inline void transpose8(const __m256 *v, __m256 *r) {
+  const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
 // r = B^T d for one line of 6 (B^T's rows: 4 0 -5 0 1 0 / 0 -4 -4 1 1 0 / 0 4 -4 -1 1 0 /
 // 0 -2 -1 2 1 0 / 0 2 -1 -2 1 0 / 0 4 0 -5 0 1)
 static inline void bt6(const __m256 *d, long ds, __m256 *r, long rs) {
@@ -146,6 +166,7 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int H = j->H, W = j->W, Ci = j->Ci, tb = j->tb;
   const int th = (H + MT - 1) / MT, tw = (W + MT - 1) / MT;
   const long *xs = j->xs, es = (long)tb * Ci;
+  const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
   for (int tl = 0; tl < nt; tl++) {
     const long p = p0 + tl;
     const int n = (int)(p / ((long)th * tw)), ty = (int)(p / tw % th), tx = (int)(p % tw);
@@ -153,6 +174,7 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
     const int inside = y0 >= 0 && y0 + ALPHA <= H && x0 >= 0 && x0 + ALPHA <= W;
     for (int c0 = 0; c0 < Ci; c0 += 8) {
       const int nv = Ci - c0 < 8 ? Ci - c0 : 8, fast = inside && nv == 8 && xs[1] == 1;
+      const int rows = inside && nv == 8 && xs[3] == 1;  // NCHW: each channel's row contiguous
       const float *base = j->x + n * xs[0] + c0 * xs[1];
       float *dst = V + (long)tl * Ci + c0;
       __m256 t[ALPHA][ALPHA], d[ALPHA], v[ALPHA];
@@ -160,6 +182,11 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
         const float *row = base + (y0 + a) * xs[2] + x0 * xs[3];
         if (fast) {
           for (int b = 0; b < ALPHA; b++) d[b] = _mm256_loadu_ps(row + b * xs[3]);
+        } else if (rows) {  // 6 positions of each of 8 channels, transposed
+          __m256 line[8], cols[8];
+          for (int c = 0; c < 8; c++) line[c] = _mm256_maskload_ps(row + c * xs[1], six);
+          transpose8(line, cols);
+          for (int b = 0; b < ALPHA; b++) d[b] = cols[b];
         } else {
           const int iy = y0 + a;
           for (int b = 0; b < ALPHA; b++)
@@ -197,6 +224,18 @@ static void output_transform(const job_t *j, long p0, int nt, const float *Mb) {
       for (int r = 0; r < MT; r++) at6(&s[r][0], 1, &o[r][0], 1);
       const __m256 bias = j->bias ? load8(j->bias + k0, 1, nv) : _mm256_setzero_ps();
       float *base = j->y + n * ys[0] + k0 * ys[1];
+      if (nv == 8 && ys[1] != 1 && ys[3] == 1 && ty * MT + MT <= H && tx * MT + MT <= W) {
+        // NCHW: each channel's 4 outputs of a row contiguous, from the transpose
+        for (int r = 0; r < MT; r++) {
+          __m256 line[8], chans[8];
+          for (int q = 0; q < MT; q++) line[q] = _mm256_add_ps(o[r][q], bias);
+          for (int q = MT; q < 8; q++) line[q] = _mm256_setzero_ps();
+          transpose8(line, chans);
+          float *dst = base + (ty * MT + r) * ys[2] + tx * MT;
+          for (int c = 0; c < 8; c++) _mm_storeu_ps(dst + c * ys[1], _mm256_castps256_ps128(chans[c]));
+        }
+        continue;
+      }
       for (int r = 0; r < MT && ty * MT + r < H; r++)
         for (int q = 0; q < MT && tx * MT + q < W; q++)
           store8(base + (ty * MT + r) * ys[2] + (tx * MT + q) * ys[3], ys[1], nv,
