@@ -266,13 +266,18 @@ def test_installed_layer_uses_the_kernels_in_fp32_training_and_inference(monkeyp
         fast(x).float().sum().backward()
     fast.weight.requires_grad_(False)
     fast(x).sum().backward()
+    conv_kernel.forget(fast)
+    assert "_radardiff_winograd" not in vars(fast) and "_conv_forward" in vars(fast)
+    with torch.no_grad():
+        fast(x)  # transformed again
+    assert calls == {"conv": 7, "weight_grad": 1, "transform": 5}
     conv_kernel.uninstall(fast)
     assert "_radardiff_winograd" not in vars(fast)
     fast.weight.requires_grad_(True)
     fast(x).sum().backward()
     with torch.no_grad():
         fast(x)
-    assert calls == {"conv": 6, "weight_grad": 1, "transform": 4}
+    assert calls == {"conv": 7, "weight_grad": 1, "transform": 5}
 
 
 def test_only_plain_3x3_stride_1_layers_are_eligible():

@@ -372,11 +372,18 @@ def install(network: nn.Module) -> int:
     return count
 
 
+def forget(network: nn.Module) -> None:
+    """Drop the transformed weights kept for passes without gradients (about 3x the weights'
+    memory); the next such pass transforms them again."""
+    for module in network.modules():
+        vars(module).pop("_radardiff_winograd", None)
+
+
 def uninstall(network: nn.Module) -> int:
     """Undo :func:`install` (and drop the transformed weights kept); returns 0."""
+    forget(network)
     for module in network.modules():
         vars(module).pop("_conv_forward", None)
-        vars(module).pop("_radardiff_winograd", None)
     return 0
 
 

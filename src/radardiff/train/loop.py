@@ -552,6 +552,7 @@ class Trainer:
             val,
             self.acc.device,
         )
+        conv_kernel.forget(self.ema.primary)  # its weights move on: no transformed copy kept
         loss = res.loss
         self.state.val_loss = loss
         if self.state.best_val is None or loss < self.state.best_val:
