@@ -379,12 +379,11 @@ def forget(network: nn.Module) -> None:
         vars(module).pop("_radardiff_winograd", None)
 
 
-def uninstall(network: nn.Module) -> int:
-    """Undo :func:`install` (and drop the transformed weights kept); returns 0."""
+def uninstall(network: nn.Module) -> None:
+    """Undo :func:`install` (and drop the transformed weights kept)."""
     forget(network)
     for module in network.modules():
         vars(module).pop("_conv_forward", None)
-    return 0
 
 
 def choose(

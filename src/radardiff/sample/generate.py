@@ -332,7 +332,11 @@ class Sampling:
         use, why = conv_kernel.choose(
             opts.conv_kernels, device, precision == "no", opts.compile, "--conv-kernels"
         )
-        count = conv_kernel.install(run.model) if use else conv_kernel.uninstall(run.model)
+        count = 0
+        if use:
+            count = conv_kernel.install(run.model)
+        else:  # a network an earlier request of this process put on them
+            conv_kernel.uninstall(run.model)
         kernels = conv_kernel.describe(use, count, why)
         eager = Denoiser.from_run(
             run,

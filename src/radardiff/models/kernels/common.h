@@ -12,10 +12,15 @@
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();          \
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps()
 
+// at most this many threads (the POSIX-thread path's arrays of jobs are this long)
+#define MAX_THREADS 64
+
+static inline int clamp_threads(int threads) {
+  return threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+}
+
 #ifndef _OPENMP
 #include <pthread.h>
-
-#define MAX_THREADS 64
 
 // Runs fn(jobs + t * size) for t < threads: jobs 1.. on threads of their own, job 0 here, and any
 // job whose thread cannot be started here too, after the others (its share is the same either

@@ -166,8 +166,7 @@ int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, con
     free(bpack);
     return 1;
   }
-  if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;  // MAX_THREADS
+  threads = clamp_threads(threads);
   const job_t base = {.x = x, .gy = gy, .apack = apack, .bpack = bpack, .out = out, .N = N,
                       .H = H, .W = W, .Ci = Ci, .Co = Co, .ncb = ncb, .nkb = nkb};
 #ifdef _OPENMP
@@ -186,7 +185,7 @@ int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, con
     compute(&j);
   }
 #else
-  job_t jobs[64];
+  job_t jobs[MAX_THREADS];
   for (int t = 0; t < threads; t++) {
     jobs[t] = base;
     memcpy(jobs[t].xs, xs, sizeof(jobs[t].xs));

@@ -160,16 +160,21 @@ static inline void micro(int K, const float *a, long lda, const float *b, float 
 #undef PUT
 }
 
+// tile p: image n, tile row ty, tile column tx (tiles numbered image by image, row by row)
+static inline void tile_of(const job_t *j, long p, int *n, int *ty, int *tx) {
+  const int th = (j->H + MT - 1) / MT, tw = (j->W + MT - 1) / MT;
+  *n = (int)(p / ((long)th * tw)), *ty = (int)(p / tw % th), *tx = (int)(p % tw);
+}
+
 // V[e][tl][c] for the nt tiles from tile p0 (rows nt.. up to a multiple of MR are zero): each
 // row of the 6 x 6 input tile transformed as it is loaded, then each column
 static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int H = j->H, W = j->W, Ci = j->Ci, tb = j->tb;
-  const int th = (H + MT - 1) / MT, tw = (W + MT - 1) / MT;
   const long *xs = j->xs, es = (long)tb * Ci;
   const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
   for (int tl = 0; tl < nt; tl++) {
-    const long p = p0 + tl;
-    const int n = (int)(p / ((long)th * tw)), ty = (int)(p / tw % th), tx = (int)(p % tw);
+    int n, ty, tx;
+    tile_of(j, p0 + tl, &n, &ty, &tx);
     const int y0 = ty * MT - 1, x0 = tx * MT - 1;
     const int inside = y0 >= 0 && y0 + ALPHA <= H && x0 >= 0 && x0 + ALPHA <= W;
     for (int c0 = 0; c0 < Ci; c0 += 8) {
@@ -211,11 +216,10 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
 // the output tiles of the nt tiles from p0, from M[e][tl][kp * 16 + lane], plus the bias
 static void output_transform(const job_t *j, long p0, int nt, const float *Mb) {
   const int H = j->H, W = j->W, Co = j->Co, tb = j->tb, ldm = j->nkp * NR;
-  const int th = (H + MT - 1) / MT, tw = (W + MT - 1) / MT;
   const long *ys = j->ys;
   for (int tl = 0; tl < nt; tl++) {
-    const long p = p0 + tl;
-    const int n = (int)(p / ((long)th * tw)), ty = (int)(p / tw % th), tx = (int)(p % tw);
+    int n, ty, tx;
+    tile_of(j, p0 + tl, &n, &ty, &tx);
     for (int k0 = 0; k0 < Co; k0 += 8) {
       const int nv = Co - k0 < 8 ? Co - k0 : 8;
       __m256 m[ALPHA][ALPHA], s[MT][ALPHA], o[MT][MT];
@@ -289,8 +293,6 @@ static void *forward_worker(void *arg) {
 }
 #endif
 
-static int clamp_threads(int threads) { return threads < 1 ? 1 : (threads > 64 ? 64 : threads); }
-
 // Runs fn over threads copies of base (t = 0..threads-1); returns whether any of them failed.
 static int run(void (*fn)(job_t *), void *(*worker)(void *), const job_t *base, int threads) {
   int failed = 0;
@@ -306,7 +308,7 @@ static int run(void (*fn)(job_t *), void *(*worker)(void *), const job_t *base, 
   }
 #else
   (void)fn;
-  job_t jobs[64];
+  job_t jobs[MAX_THREADS];
   for (int t = 0; t < threads; t++) {
     jobs[t] = *base;
     jobs[t].t = t;
