@@ -1,5 +1,6 @@
 """radardiff's AVX2 kernels for 3x3 convolutions (Winograd forward pass and input gradient,
-direct weight gradient): values against float64 references over odd shapes and layouts,
+direct weight gradient) and 1x1 convolutions (matrix products): values against float64
+references over odd shapes and layouts,
 independence from the thread count and from the rest of a batch, the autograd layer and the
 inference path, which layers take them, when training and sampling use them, and the one-line
 refusals."""
@@ -183,10 +184,79 @@ def test_winograd_refuses_what_it_does_not_compute():
         conv_kernel.winograd_conv(x.double(), u, 8)
 
 
-def _conv_pair(layout, bias=True):
+POINTWISE_SHAPES = [
+    (3, 20, 37, 13, 7),  # nothing a multiple of the 6 x 16 tile or of 8 lanes
+    (2, 16, 16, 4, 4),  # exactly one tile of positions
+    (1, 17, 7, 1, 1),  # one pixel
+    (2, 3, 5, 6, 9),  # fewer channels than a vector's lanes
+    (2, 40, 24, 9, 50),  # more positions than a strip (64) or a unit (48)
+    (1, 64, 1, 5, 5),  # one output channel
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,ci,co,h,w", POINTWISE_SHAPES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_conv1x1_and_its_gradients_equal_float64_reference(n, ci, co, h, w, layout):
+    g = torch.Generator().manual_seed(4)
+    x = _layout(torch.randn(n, ci, h, w, generator=g), layout)
+    gy = _layout(torch.randn(n, co, h, w, generator=g), layout)
+    wt, b = torch.randn(co, ci, 1, 1, generator=g), torch.randn(co, generator=g)
+    for bias in (b, None):
+        got = conv_kernel.conv1x1(x, wt, bias)
+        ref = F.conv2d(x.double(), wt.double(), None if bias is None else bias.double())
+        assert got.shape == (n, co, h, w) and got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-6 * ref.abs().max().item())
+        assert got.is_contiguous(
+            memory_format=CL if layout == "channels_last" and co > 1 else torch.contiguous_format
+        ) or (h * w == 1)
+    ref_x, ref_w = torch.ops.aten.convolution_backward(
+        gy.double(), x.double(), wt.double(), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [True, True, False],
+    )[:2]  # fmt: skip
+    got_x = conv_kernel.conv1x1_input_grad(gy, wt)
+    torch.testing.assert_close(got_x.double(), ref_x, rtol=0, atol=2e-6 * ref_x.abs().max().item())
+    got_w = conv_kernel.conv1x1_weight_grad(x, gy)
+    assert got_w.shape == (co, ci, 1, 1)
+    torch.testing.assert_close(got_w.double(), ref_w, rtol=0, atol=2e-6 * ref_w.abs().max().item())
+
+
+@needs_kernel
+def test_conv1x1_depends_neither_on_threads_nor_on_the_batch():
+    """Each output's sum runs over the input channels in their order, whatever the thread count
+    or the other images; the weight gradient's over the images and chunks of positions."""
+    g = torch.Generator().manual_seed(6)
+    for layout in ("nchw", "channels_last"):
+        x = _layout(torch.randn(7, 40, 11, 13, generator=g), layout)
+        w, b = torch.randn(25, 40, 1, 1, generator=g), torch.randn(25, generator=g)
+        runs = [conv_kernel.conv1x1(x, w, b, threads=t) for t in (1, 2, 3, 7)]
+        for other in runs[1:]:
+            assert torch.equal(runs[0], other)
+        for i in (0, 4, 6):
+            assert torch.equal(conv_kernel.conv1x1(x[i : i + 1], w, b)[0], runs[0][i])
+    x, gy = _pair(5, 21, 26, 23, 17, seed=7)  # 391 positions: chunks and an 8-lane tail
+    grads = [conv_kernel.conv1x1_weight_grad(x, gy, threads=t) for t in (1, 2, 3, 7)]
+    for other in grads[1:]:
+        assert torch.equal(grads[0], other)
+
+
+@needs_kernel
+def test_conv1x1_refuses_what_it_does_not_compute():
+    x = torch.randn(2, 16, 4, 4)
+    with pytest.raises(TypeError, match="fp32"):
+        conv_kernel.conv1x1(x.double(), torch.randn(8, 16, 1, 1))
+    with pytest.raises(ValueError, match=r"\(Co, Ci, 1, 1\) weight"):
+        conv_kernel.conv1x1(x, torch.randn(8, 16, 3, 3))
+    with pytest.raises(ValueError, match="do not match"):
+        conv_kernel.conv1x1(x, torch.randn(8, 15, 1, 1))
+    with pytest.raises(ValueError, match="shapes"):
+        conv_kernel.conv1x1_weight_grad(x, torch.randn(2, 8, 4, 3))
+
+
+def _conv_pair(layout, bias=True, size=3):
     torch.manual_seed(0)
-    plain = nn.Conv2d(24, 20, 3, padding=1, bias=bias)
-    fast = nn.Conv2d(24, 20, 3, padding=1, bias=bias)
+    plain = nn.Conv2d(24, 20, size, padding=size // 2, bias=bias)
+    fast = nn.Conv2d(24, 20, size, padding=size // 2, bias=bias)
     fast.load_state_dict(plain.state_dict())
     if layout == "channels_last":
         plain, fast = plain.to(memory_format=CL), fast.to(memory_format=CL)
@@ -197,8 +267,9 @@ def _conv_pair(layout, bias=True):
 @needs_kernel
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_installed_layer_gives_torchs_output_and_gradients(layout, bias):
-    plain, fast = _conv_pair(layout, bias)
+@pytest.mark.parametrize("size", [3, 1])
+def test_installed_layer_gives_torchs_output_and_gradients(layout, bias, size):
+    plain, fast = _conv_pair(layout, bias, size)
     x = torch.randn(3, 24, 10, 9)
     if layout == "channels_last":
         x = x.contiguous(memory_format=CL)
@@ -280,11 +351,40 @@ def test_installed_layer_uses_the_kernels_in_fp32_training_and_inference(monkeyp
     assert calls == {"conv": 7, "weight_grad": 1, "transform": 5}
 
 
-def test_only_plain_3x3_stride_1_layers_are_eligible():
-    ok = nn.Conv2d(16, 16, 3, padding=1)
-    assert conv_kernel.eligible(ok)
+@needs_kernel
+def test_installed_1x1_layer_uses_the_kernel_in_fp32_training_and_inference(monkeypatch):
+    """Training: forward and input gradient (products), weight gradient. Without gradients: the
+    forward product. Under autocast: torch's convolution."""
+    plain, fast = _conv_pair("nchw", size=1)
+    calls = {"product": 0, "weight_grad": 0}
+    for name, key in (("_pointwise", "product"), ("conv1x1_weight_grad", "weight_grad")):
+        real = getattr(conv_kernel, name)
+
+        def counted(*a, real=real, key=key, **k):
+            calls[key] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(conv_kernel, name, counted)
+    x = torch.randn(2, 24, 6, 6)
+    fast(x.requires_grad_()).sum().backward()
+    assert calls == {"product": 2, "weight_grad": 1}
+    with torch.inference_mode():
+        y = fast(x)
+        torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+    assert calls == {"product": 3, "weight_grad": 1}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast(x).float().sum().backward()
+    assert calls == {"product": 3, "weight_grad": 1}
+
+
+def test_only_plain_3x3_and_1x1_stride_1_layers_are_eligible():
+    for ok in (nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 32, 1), nn.Conv2d(64, 16, 1)):
+        assert conv_kernel.eligible(ok), ok
     for layer in [
-        nn.Conv2d(16, 16, 1),
+        nn.Conv2d(16, 16, 1, stride=2),
+        nn.Conv2d(16, 16, 1, padding=1),
+        nn.Conv2d(8, 16, 1),
+        nn.Conv2d(16, 16, 3),  # no padding
         nn.Conv2d(16, 16, 3, padding=1, stride=2),
         nn.Conv2d(16, 16, 3, padding=2, dilation=2),
         nn.Conv2d(16, 16, 3, padding=1, groups=2),
@@ -297,7 +397,8 @@ def test_only_plain_3x3_stride_1_layers_are_eligible():
         assert not conv_kernel.eligible(layer), layer
     net = build_unet(tiny_run_config("x.h5", model={"base_channels": 16}).model, 1, False)
     expected = sum(conv_kernel.eligible(m) for m in net.modules())
-    assert expected > 0 and conv_kernel.install(net) == expected
+    pointwise = sum(conv_kernel.eligible(m) and m.kernel_size == (1, 1) for m in net.modules())
+    assert expected > pointwise > 0 and conv_kernel.install(net) == expected
     conv_kernel.uninstall(net)
     assert not any("_conv_forward" in vars(m) for m in net.modules())
 
@@ -352,7 +453,7 @@ def test_failing_compiler_is_one_line_and_leaves_no_file(fresh_library, monkeypa
     monkeypatch.setattr(conv_kernel, "c_compiler", lambda: str(fake))
     ok, why = conv_kernel.available()
     assert not ok and why.endswith(
-        "could not compile conv3x3_wgrad.c and conv3x3_wino.c: fatal: no AVX2 here"
+        "could not compile conv3x3_wgrad.c, conv3x3_wino.c, conv1x1.c: fatal: no AVX2 here"
     )
     assert "\n" not in why
     assert os.listdir(fresh_library / "cache") == []
@@ -368,7 +469,7 @@ def test_no_avx2_is_reported(fresh_library, monkeypatch):
 def test_compiled_once_into_the_cache(fresh_library):
     conv_kernel.library()
     built = os.listdir(fresh_library / "cache")
-    assert len(built) == 1 and built[0].startswith("conv3x3-") and built[0].endswith(".so")
+    assert len(built) == 1 and built[0].startswith("conv-") and built[0].endswith(".so")
     conv_kernel.library.cache_clear()
     mtime = os.stat(fresh_library / "cache" / built[0]).st_mtime_ns
     conv_kernel.library()  # found, not rebuilt
@@ -382,13 +483,13 @@ def test_training_logs_its_choice(noise_files, tmp_path, caplog):
     cfg = tiny_run_config(str(noise_files[0]), model={"base_channels": 16}, train={"steps": 1})
     with caplog.at_level(logging.INFO, logger="radardiff"):
         train(cfg, tmp_path / "a")
-    assert "3x3 convolutions: radardiff's AVX2 kernels (Winograd" in caplog.text
+    assert "convolutions: radardiff's AVX2 kernels (3x3: Winograd" in caplog.text
     assert "(train.conv_kernels = auto)" in caplog.text
     caplog.clear()
     torch_cfg = tiny_run_config(str(noise_files[0]), train={"steps": 1, "conv_kernels": "torch"})
     with caplog.at_level(logging.INFO, logger="radardiff"):
         train(torch_cfg, tmp_path / "b")
-    assert "3x3 convolutions: torch's (train.conv_kernels = torch)" in caplog.text
+    assert "convolutions: torch's (train.conv_kernels = torch)" in caplog.text
 
 
 def test_explicit_kernel_with_compile_is_refused_before_the_run(noise_files, tmp_path):
@@ -455,9 +556,10 @@ def test_training_with_the_kernel_follows_torch_and_resumes_bit_identically(nois
 
 @needs_kernel
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_frozen_input_or_bias_still_gives_the_other_gradients(layout):
+@pytest.mark.parametrize("size", [3, 1])
+def test_frozen_input_or_bias_still_gives_the_other_gradients(layout, size):
     """Only the gradients asked for are computed, each equal to torch's."""
-    plain, fast = _conv_pair(layout)
+    plain, fast = _conv_pair(layout, size=size)
     x = torch.randn(2, 24, 5, 6)
     if layout == "channels_last":
         x = x.contiguous(memory_format=CL)
@@ -489,6 +591,16 @@ def test_posix_thread_build_gives_the_openmp_builds_values(tmp_path):
         assert torch.equal(
             conv_kernel.winograd_conv(x, u, 19, threads=threads, lib=plain),
             conv_kernel.winograd_conv(x, u, 19),
+        )
+        w1 = w[:, :, 1:2, 1:2]
+        for layout in (torch.contiguous_format, CL):
+            xl = x.contiguous(memory_format=layout)
+            assert torch.equal(
+                conv_kernel.conv1x1(xl, w1, threads=threads, lib=plain), conv_kernel.conv1x1(xl, w1)
+            )
+        assert torch.equal(
+            conv_kernel.conv1x1_weight_grad(x, gy, threads, lib=plain),
+            conv_kernel.conv1x1_weight_grad(x, gy),
         )
 
 

@@ -35,14 +35,14 @@ def _patched(run) -> int:
 def test_sampling_uses_the_kernels_and_gives_torchs_samples(run, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="radardiff"):
         generate(run, opts(), tmp_path / "k.h5")
-    assert "3x3 convolutions: radardiff's AVX2 kernels" in caplog.text
+    assert "convolutions: radardiff's AVX2 kernels (3x3: Winograd" in caplog.text
     assert "(--conv-kernels = auto)" in caplog.text
     eligible = sum(conv_kernel.eligible(m) for m in run.model.modules())
     assert eligible > 0 and _patched(run) == eligible
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="radardiff"):
         generate(run, opts(conv_kernels="torch"), tmp_path / "t.h5")
-    assert "3x3 convolutions: torch's (--conv-kernels = torch)" in caplog.text
+    assert "convolutions: torch's (--conv-kernels = torch)" in caplog.text
     assert _patched(run) == 0
     k, t = (DatasetFile(tmp_path / f).images() for f in ("k.h5", "t.h5"))
     assert not np.array_equal(k, t)  # the kernels did run: not torch's rounding

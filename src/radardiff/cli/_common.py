@@ -100,14 +100,15 @@ def parse_kv(items: tuple[str, ...], option: str) -> dict:
 
 
 def conv_kernels_option():
-    """``--conv-kernels`` (default ``auto``): whose 3x3 convolutions the network runs."""
+    """``--conv-kernels`` (default ``auto``): whose 3x3 and 1x1 convolutions the network runs."""
     return click.option(
         "--conv-kernels",
         type=click.Choice(["auto", "radardiff", "torch"]),
         default="auto",
         show_default=True,
-        help="The network's 3x3 convolutions: radardiff's AVX2 Winograd kernel (auto: on a CPU "
-        "in fp32 without --compile, where a C compiler builds it; radardiff: insist) or torch's.",
+        help="The network's 3x3 and 1x1 convolutions: radardiff's AVX2 kernels (Winograd for "
+        "3x3; auto: on a CPU in fp32 without --compile, where a C compiler builds them; "
+        "radardiff: insist) or torch's.",
     )
 
 

@@ -25,8 +25,8 @@ MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
 CompileMode = Literal[
     "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
 ]
-# who computes the 3x3 convolutions' weight gradient in training; auto: radardiff's AVX2 kernel
-# where it runs (CPU, fp32, not compiled), torch (oneDNN) elsewhere
+# who computes the 3x3 and 1x1 convolutions; auto: radardiff's AVX2 kernels where they run
+# (CPU, fp32, not compiled), torch (oneDNN) elsewhere
 ConvKernels = Literal["auto", "radardiff", "torch"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
@@ -217,9 +217,9 @@ class TrainConfig(_Section):
     )
     conv_kernels: ConvKernels = Field(
         "auto",
-        description="the 3x3 convolutions: radardiff's AVX2 kernels (Winograd forward pass and "
-        "input gradient, direct weight gradient) or torch's; auto: radardiff's on a CPU in fp32 "
-        "without train.compile",
+        description="the 3x3 and 1x1 convolutions: radardiff's AVX2 kernels (3x3: Winograd "
+        "forward pass and input gradient, direct weight gradient; 1x1: matrix products) or "
+        "torch's; auto: radardiff's on a CPU in fp32 without train.compile",
     )
     deterministic: bool = False
     tensorboard: bool = Field(

@@ -219,8 +219,8 @@ def study_samplers(
         default sampler and steps, the same seeds, real and floor files.
     compile : sample with each network compiled (``radardiff sample --compile``), compiled
         before the first row is timed, for the study's batch size.
-    conv_kernels : ``auto``, ``radardiff`` or ``torch``: whose 3x3 convolutions the networks
-        run (``radardiff sample --conv-kernels``).
+    conv_kernels : ``auto``, ``radardiff`` or ``torch``: whose 3x3 and 1x1 convolutions the
+        networks run (``radardiff sample --conv-kernels``).
 
     Returns
     -------

@@ -1,8 +1,10 @@
-"""radardiff's own kernels for the networks' 3x3 convolutions, on AVX2 CPUs in fp32.
+"""radardiff's own kernels for the networks' 3x3 and 1x1 convolutions, on AVX2 CPUs in fp32.
 
 The UNets here spend most of their time in 3x3 convolutions, which torch runs with oneDNN's direct
 kernels: on the AVX2 EPYC this project runs on those reached 135-155 GFLOP/s forward and 50-120
-for the weight gradient, with the machine's FMA peak at 186 (2 cores). Two C kernels replace them:
+for the weight gradient, with the machine's FMA peak at 186 (2 cores). oneDNN's 1x1 convolutions
+(the residual blocks' shortcuts) on NCHW tensors ran at 17-26 GFLOP/s at 64 px. C kernels
+replace them:
 
 * ``kernels/conv3x3_wino.c``: the forward pass by Winograd's F(4x4, 3x3) (36 multiplications per
   4 x 4 outputs and channel pair, against 144), the tiles a block at a time: input transform,
@@ -13,9 +15,14 @@ for the weight gradient, with the machine's FMA peak at 186 (2 cores). Two C ker
 * ``kernels/conv3x3_wgrad.c``: the weight gradient as a matrix product over every position: the
   output gradient packed in panels of 6 output channels, the zero-bordered input in panels of 16
   input channels, nine 6 x 16 tiles in registers per pair of panels.
+* ``kernels/conv1x1.c``: a 1x1 convolution is one matrix product per image, its input gradient
+  the product with the transposed weight: 6 x 16 register tiles, over positions in NCHW (the
+  input packed in strips of 16 positions) and over output channels in channels-last (the weight
+  packed in panels of 16). Its NCHW weight gradient sums 3 x 4 channel pairs over 8 positions
+  per lane; in channels-last that is one matrix product by torch.
 
-Both sum in an order fixed by the shapes alone (never by the thread count, nor, for the forward
-pass, by the other images of a batch), so training stays deterministic and resumes
+All sum in an order fixed by the shapes alone (never by the thread count, nor, for the forward
+passes, by the other images of a batch), so training stays deterministic and resumes
 bit-identically, and a sample does not depend on its batch.
 
 The kernels are C with AVX2 intrinsics and no torch headers. They are compiled at first use by
@@ -23,11 +30,11 @@ the system's C compiler (``$CC``, else ``cc`` or ``gcc``) into radardiff's cache
 (``$RADARDIFF_CACHE``, else ``$XDG_CACHE_HOME/radardiff`` or ``~/.cache/radardiff``), named by a
 hash of the sources and the compiler, and loaded with ctypes; nothing is downloaded.
 
-:func:`install` puts them under the eligible ``nn.Conv2d`` layers of a network (3x3, stride 1,
-zero padding 1, no dilation or groups, at least 16 input and output channels): such a layer uses
-them on the CPU in fp32 (no autocast), training (all three products) or without gradients (the
-forward pass, its transformed weight kept until the weight changes), and calls torch's
-convolution otherwise.
+:func:`install` puts them under the eligible ``nn.Conv2d`` layers of a network (3x3 with padding
+1 or 1x1 without, stride 1, no dilation or groups, at least 16 input and output channels): such a
+layer uses them on the CPU in fp32 (no autocast), training (all three products) or without
+gradients (the forward pass, a 3x3 layer's transformed weight kept until the weight changes), and
+calls torch's convolution otherwise.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from torch import nn
 from radardiff.errors import ConfigError
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "conv3x3_wgrad.c", KERNELS / "conv3x3_wino.c")
+SOURCES = (KERNELS / "conv3x3_wgrad.c", KERNELS / "conv3x3_wino.c", KERNELS / "conv1x1.c")
 HEADERS = (KERNELS / "common.h",)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread", "-std=c11")
 CONV_KERNELS = ("auto", "radardiff", "torch")
@@ -133,13 +140,13 @@ def library() -> ctypes.CDLL:
     first_error = None
     for flags in (FLAGS + ("-fopenmp",), FLAGS):
         key = hashlib.sha256(source + compiler + " ".join(flags).encode()).hexdigest()[:16]
-        target = cache_dir() / f"conv3x3-{key}.so"
+        target = cache_dir() / f"conv-{key}.so"
         error = None if target.exists() else _build(cc, flags, target)
         if error is None:
             break
         first_error = first_error or error
     else:
-        names = " and ".join(path.name for path in SOURCES)
+        names = ", ".join(path.name for path in SOURCES)
         raise KernelUnavailable(f"{cc} could not compile {names}: {first_error}")
     return _declare(ctypes.CDLL(str(target)))
 
@@ -159,6 +166,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ("radardiff_conv3x3_wgrad", [ptr] * 5 + [num] * 6),
         ("radardiff_wino_weights", [ptr, ptr, num, num, num, ptr, num]),
         ("radardiff_conv3x3_wino", [ptr] * 6 + [num] * 6),
+        ("radardiff_conv1x1", [ptr] * 3 + [ctypes.c_long] * 2 + [ptr] * 3 + [num] * 6),
+        ("radardiff_conv1x1_wgrad", [ptr] * 5 + [num] * 6),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
@@ -282,24 +291,135 @@ def input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return winograd_conv(grad_out, winograd_weight(weight, transposed=True), weight.shape[1])
 
 
-class _Conv3x3(torch.autograd.Function):
-    """conv2d(x, w, b, padding=1) computed by radardiff's kernels, forward and backward, given
+def _position_stride(t: torch.Tensor) -> int:
+    """The stride between consecutive positions of t's H x W, 0 for a single position, -1 where
+    they are not one stride apart (as the 1x1 kernel reads them)."""
+    h, w = t.shape[2:]
+    if h == 1:
+        return 0 if w == 1 else t.stride(3)
+    if w == 1:
+        return t.stride(2)
+    return t.stride(3) if t.stride(2) == w * t.stride(3) else -1
+
+
+def _pointwise_layout(t: torch.Tensor) -> torch.memory_format | None:
+    """NCHW (each channel's positions one element apart), channels-last, or None (neither)."""
+    step = _position_stride(t)
+    if step in (0, 1):
+        return torch.contiguous_format
+    return torch.channels_last if step > 0 and t.stride(1) == 1 else None
+
+
+def _pointwise(x: torch.Tensor, a: torch.Tensor, bias, what: str, threads=None, lib=None):
+    """``y[n] = a @ x[n] (+ bias)`` over the positions of each image, for an (M, K) ``a`` of any
+    strides; y is channels-last where x is, else contiguous."""
+    _check(what, x, a, *([] if bias is None else [bias]))
+    if x.ndim != 4 or a.ndim != 2 or a.shape[1] != x.shape[1]:
+        raise ValueError(f"{what}: input {tuple(x.shape)} and weight {tuple(a.shape)} do not match")
+    n, k, h, w = x.shape
+    m = a.shape[0]
+    layout = _pointwise_layout(x)
+    if layout is None or (layout == torch.channels_last and m == 1):
+        x, layout = x.contiguous(), torch.contiguous_format
+    if bias is not None:
+        bias = bias.contiguous()
+    y = torch.empty((n, m, h, w), dtype=torch.float32, memory_format=layout)
+    rc = (lib or library()).radardiff_conv1x1(
+        x.data_ptr(), _strides(x), a.data_ptr(), a.stride(0), a.stride(1),
+        None if bias is None else bias.data_ptr(), y.data_ptr(), _strides(y), n, h, w, k, m,
+        threads or torch.get_num_threads(),
+    )  # fmt: skip
+    _raise_for(rc, what)
+    return y
+
+
+def _pointwise_weight(weight: torch.Tensor, what: str) -> torch.Tensor:
+    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"{what}: a (Co, Ci, 1, 1) weight, got {tuple(weight.shape)}")
+    return weight[:, :, 0, 0]
+
+
+def conv1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    threads: int | None = None,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias)`` for a (Co, Ci, 1, 1) ``weight``: one matrix product per image
+    by the 1x1 kernel (fp32 CPU tensors of any strides; the result is channels-last where ``x``
+    is, else contiguous)."""
+    return _pointwise(x, _pointwise_weight(weight, "conv1x1"), bias, "conv1x1", threads, lib)
+
+
+def conv1x1_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The input gradient of ``conv2d(x, weight)`` for a (Co, Ci, 1, 1) ``weight``: the product
+    with the transposed weight."""
+    return _pointwise(grad_out, _pointwise_weight(weight, "conv1x1_input_grad").t(), None,
+                      "conv1x1_input_grad")  # fmt: skip
+
+
+def conv1x1_weight_grad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    threads: int | None = None,
+    lib: ctypes.CDLL | None = None,
+) -> torch.Tensor:
+    """The (Co, Ci, 1, 1) weight gradient of ``conv2d(x, w)`` for a 1x1 ``w``, given ``grad_out``:
+    by the kernel where both are NCHW, else one matrix product by torch (channels-last)."""
+    _check("conv1x1_weight_grad", x, grad_out)
+    if (
+        x.ndim != 4
+        or grad_out.ndim != 4
+        or x.shape[0] != grad_out.shape[0]
+        or (x.shape[2:] != grad_out.shape[2:])
+    ):
+        raise ValueError(
+            f"conv1x1_weight_grad: shapes {tuple(x.shape)} and {tuple(grad_out.shape)}"
+        )
+    n, ci, h, w = x.shape
+    co = grad_out.shape[1]
+    nchw = torch.contiguous_format
+    if _pointwise_layout(x) == nchw and _pointwise_layout(grad_out) == nchw:
+        out = torch.empty((co, ci), dtype=torch.float32)
+        rc = (lib or library()).radardiff_conv1x1_wgrad(
+            x.data_ptr(), _strides(x), grad_out.data_ptr(), _strides(grad_out), out.data_ptr(),
+            n, h, w, ci, co, threads or torch.get_num_threads(),
+        )  # fmt: skip
+        _raise_for(rc, "conv1x1 weight gradient")
+    else:  # positions by channels: views where both are channels-last
+        out = grad_out.permute(0, 2, 3, 1).reshape(-1, co).t() @ x.permute(0, 2, 3, 1).reshape(
+            -1, ci
+        )
+    return out.view(co, ci, 1, 1)
+
+
+class _KernelConv(torch.autograd.Function):
+    """An eligible layer's convolution computed by radardiff's kernels, forward and backward:
+    ``conv2d(x, w, b)`` for a 1x1 ``w``, ``conv2d(x, w, b, padding=1)`` for a 3x3 ``w`` given
     ``u = winograd_weight(w)``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, u):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        if u is None:
+            return conv1x1(x, weight, bias)
         return winograd_conv(x, u, weight.shape[0], bias)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b, _ = ctx.needs_input_grad
-        grad_x = input_grad(grad_out, weight) if need_x else None
-        grad_w = None
+        pointwise = weight.shape[-1] == 1
+        grad_x = grad_w = None
+        if need_x:
+            grad_x = (conv1x1_input_grad if pointwise else input_grad)(grad_out, weight)
         if need_w:
-            grad_w = weight_grad(x, grad_out).contiguous(memory_format=_layout(weight))
+            if pointwise:  # in the weight's strides (its size-1 dimensions' too)
+                grad_w = torch.empty_like(weight).copy_(conv1x1_weight_grad(x, grad_out))
+            else:
+                grad_w = weight_grad(x, grad_out).contiguous(memory_format=_layout(weight))
         # the bias gradient by itself: asking oneDNN's backward-data primitive for it too made
         # oneDNN compute the weight gradient as well, 2.4x the time
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
@@ -313,14 +433,13 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
 
 
 def eligible(module: nn.Module) -> bool:
-    """A layer the kernels compute: 3x3, stride 1, zero padding 1, no dilation, no groups, at
-    least 16 input and output channels (narrower layers leave most of the kernels' 16 lanes of
-    channels empty)."""
+    """A layer the kernels compute: a plain ``nn.Conv2d`` (no dilation, no groups, zero padding)
+    that is 3x3 with stride 1 and padding 1, or 1x1 with stride 1 and no padding, with at least
+    16 input and output channels (narrower layers leave most of the kernels' 16 lanes empty)."""
     return (
         type(module) is nn.Conv2d
-        and module.kernel_size == (3, 3)
+        and (module.kernel_size, module.padding) in (((3, 3), (1, 1)), ((1, 1), (0, 0)))
         and module.stride == (1, 1)
-        and module.padding == (1, 1)
         and module.dilation == (1, 1)
         and module.groups == 1
         and module.padding_mode == "zeros"
@@ -351,15 +470,19 @@ def _forward(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias):
         and not torch.is_autocast_enabled("cpu")
         and x.ndim == 4
     ):
+        pointwise = module.kernel_size == (1, 1)
         if not torch.is_grad_enabled():
+            if pointwise:
+                return conv1x1(x, weight, bias)
             return winograd_conv(x, _transformed(module, weight), weight.shape[0], bias)
         if weight.requires_grad:
-            return _Conv3x3.apply(x, weight, bias, winograd_weight(weight.detach()))
+            u = None if pointwise else winograd_weight(weight.detach())
+            return _KernelConv.apply(x, weight, bias, u)
     return nn.Conv2d._conv_forward(module, x, weight, bias)
 
 
 def install(network: nn.Module) -> int:
-    """Route the eligible 3x3 convolutions to the kernels; returns how many layers.
+    """Route the eligible convolutions to the kernels; returns how many layers.
 
     The layers keep their parameters and state dict; only their ``_conv_forward`` changes.
     Call :func:`available` first: the kernels are compiled at the first call otherwise.
@@ -425,7 +548,7 @@ def describe(used: bool, count: int, why: str) -> str:
     """The log line of the choice."""
     if used:
         return (
-            f"3x3 convolutions: radardiff's AVX2 kernels (Winograd F(4x4, 3x3) forward, direct "
-            f"weight gradient), {count} layers ({why})"
+            f"convolutions: radardiff's AVX2 kernels (3x3: Winograd F(4x4, 3x3) forward, direct "
+            f"weight gradient; 1x1: matrix products), {count} layers ({why})"
         )
-    return f"3x3 convolutions: torch's ({why})"
+    return f"convolutions: torch's ({why})"

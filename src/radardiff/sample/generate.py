@@ -56,9 +56,9 @@ class SampleOptions:
     (:func:`radardiff.sample.device.auto_batch_size`: what fills a GPU's memory, 64 on a CPU).
     ``compile``: run the network compiled by ``torch.compile``
     (:class:`radardiff.models.compiled.FixedBatchNetwork`; CUDA graphs on a GPU).
-    ``conv_kernels``: ``auto`` (radardiff's AVX2 kernels for the 3x3 convolutions on a CPU in
-    fp32 without ``compile``, :mod:`radardiff.models.conv_kernel`), ``radardiff`` (insist) or
-    ``torch``. None of the three changes the samples beyond floating-point rounding, so none is
+    ``conv_kernels``: ``auto`` (radardiff's AVX2 kernels for the 3x3 and 1x1 convolutions on a
+    CPU in fp32 without ``compile``, :mod:`radardiff.models.conv_kernel`), ``radardiff``
+    (insist) or ``torch``. None of the three changes the samples beyond floating-point rounding, so none is
     in the signature.
     """
 
@@ -312,7 +312,7 @@ class Sampling:
     prepared: PreparedSampler
     denoiser: Denoiser
     eager: Denoiser | None = None  # the same on the network as it is (``denoiser``'s: compiled?)
-    kernels: str = ""  # which 3x3 convolutions run, and why (the log line)
+    kernels: str = ""  # whose convolutions run, and why (the log line)
 
     def __post_init__(self) -> None:
         self.eager = self.eager or self.denoiser
@@ -328,7 +328,7 @@ class Sampling:
         if channels_last:
             run.model.to(memory_format=torch.channels_last)
         precision = resolve_precision(opts.mixed_precision, device, "--precision")
-        # radardiff's Winograd kernels for the 3x3 convolutions (fp32 CPU, eager network)
+        # radardiff's kernels for the 3x3 and 1x1 convolutions (fp32 CPU, eager network)
         use, why = conv_kernel.choose(
             opts.conv_kernels, device, precision == "no", opts.compile, "--conv-kernels"
         )

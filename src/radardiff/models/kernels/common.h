@@ -19,7 +19,9 @@ static inline int clamp_threads(int threads) {
   return threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
 }
 
-#ifndef _OPENMP
+#ifdef _OPENMP
+#include <omp.h>
+#else
 #include <pthread.h>
 
 // Runs fn(jobs + t * size) for t < threads: jobs 1.. on threads of their own, job 0 here, and any
@@ -39,5 +41,48 @@ static void run_phase(void *(*fn)(void *), void *jobs, size_t size, int threads)
       fn(base + t * size);
   }
 }
+#endif
+
+// DEFINE_RUN(JOB) defines run(fn, worker, base, threads) for a struct type JOB with int fields
+// t, T and failed: fn runs on `threads` copies of *base, copy t of T, on OpenMP's threads (or,
+// without OpenMP, on POSIX threads calling worker, made by THREAD_ENTRY); it returns whether any
+// copy set failed. WORKER(f) names f's POSIX-thread entry, NULL with OpenMP.
+#ifdef _OPENMP
+#define WORKER(f) NULL
+#define THREAD_ENTRY(JOB, f)
+#define DEFINE_RUN(JOB)                                                                      \
+  static int run(void (*fn)(JOB *), void *(*worker)(void *), const JOB *base, int threads) { \
+    int failed = 0;                                                                          \
+    (void)worker;                                                                            \
+    _Pragma("omp parallel num_threads(threads) reduction(| : failed)") {                     \
+      JOB j = *base;                                                                         \
+      j.t = omp_get_thread_num();                                                            \
+      j.T = omp_get_num_threads();                                                           \
+      fn(&j);                                                                                \
+      failed |= j.failed;                                                                    \
+    }                                                                                        \
+    return failed;                                                                           \
+  }
+#else
+#define WORKER(f) f##_worker
+#define THREAD_ENTRY(JOB, f)             \
+  static void *f##_worker(void *arg) {   \
+    f((JOB *)arg);                       \
+    return NULL;                         \
+  }
+#define DEFINE_RUN(JOB)                                                                      \
+  static int run(void (*fn)(JOB *), void *(*worker)(void *), const JOB *base, int threads) { \
+    int failed = 0;                                                                          \
+    JOB jobs[MAX_THREADS];                                                                   \
+    (void)fn;                                                                                \
+    for (int t = 0; t < threads; t++) {                                                      \
+      jobs[t] = *base;                                                                       \
+      jobs[t].t = t;                                                                         \
+      jobs[t].T = threads;                                                                   \
+    }                                                                                        \
+    run_phase(worker, jobs, sizeof(JOB), threads);                                           \
+    for (int t = 0; t < threads; t++) failed |= jobs[t].failed;                              \
+    return failed;                                                                           \
+  }
 #endif
 #endif

@@ -138,19 +138,8 @@ static void compute(const job_t *j) {
   }
 }
 
-#ifdef _OPENMP
-#include <omp.h>
-#else
-static void *pack_worker(void *arg) {
-  pack((const job_t *)arg);
-  return NULL;
-}
-
-static void *compute_worker(void *arg) {
-  compute((const job_t *)arg);
-  return NULL;
-}
-#endif
+THREAD_ENTRY(const job_t, pack)
+THREAD_ENTRY(const job_t, compute)
 
 // Returns 0, 1 when the packed panels' memory cannot be had, 2 for a bad size.
 int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, const long *gs,
@@ -193,8 +182,8 @@ int radardiff_conv3x3_wgrad(const float *x, const long *xs, const float *gy, con
     jobs[t].t = t;
     jobs[t].T = threads;
   }
-  run_phase(pack_worker, jobs, sizeof(job_t), threads);
-  run_phase(compute_worker, jobs, sizeof(job_t), threads);
+  run_phase(WORKER(pack), jobs, sizeof(job_t), threads);
+  run_phase(WORKER(compute), jobs, sizeof(job_t), threads);
 #endif
   free(apack);
   free(bpack);

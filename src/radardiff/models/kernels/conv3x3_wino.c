@@ -277,48 +277,9 @@ static void forward(job_t *j) {
   free(Mb);
 }
 
-#ifdef _OPENMP
-#include <omp.h>
-#define NULLABLE_WORKER(f) NULL
-#else
-#define NULLABLE_WORKER(f) f
-static void *weights_worker(void *arg) {
-  weights((job_t *)arg);
-  return NULL;
-}
-
-static void *forward_worker(void *arg) {
-  forward((job_t *)arg);
-  return NULL;
-}
-#endif
-
-// Runs fn over threads copies of base (t = 0..threads-1); returns whether any of them failed.
-static int run(void (*fn)(job_t *), void *(*worker)(void *), const job_t *base, int threads) {
-  int failed = 0;
-#ifdef _OPENMP
-  (void)worker;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-  {
-    job_t j = *base;
-    j.t = omp_get_thread_num();
-    j.T = omp_get_num_threads();
-    fn(&j);
-    failed |= j.failed;
-  }
-#else
-  (void)fn;
-  job_t jobs[MAX_THREADS];
-  for (int t = 0; t < threads; t++) {
-    jobs[t] = *base;
-    jobs[t].t = t;
-    jobs[t].T = threads;
-  }
-  run_phase(worker, jobs, sizeof(job_t), threads);
-  for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
-#endif
-  return failed;
-}
+THREAD_ENTRY(job_t, weights)
+THREAD_ENTRY(job_t, forward)
+DEFINE_RUN(job_t)
 
 // u (36 * ceil(Co / 16) * Ci * 16 floats) from the (Co, Ci, 3, 3) weight w read through its
 // strides ws; flip reads the kernel rotated by 180 degrees. Returns 0, or 2 for a bad size.
@@ -327,7 +288,7 @@ int radardiff_wino_weights(const float *w, const long *ws, int flip, int Co, int
   if (Co < 1 || Ci < 1) return 2;
   job_t base = {.w = w, .uout = u, .Co = Co, .Ci = Ci, .nkp = (Co + NR - 1) / NR, .flip = flip};
   memcpy(base.ws, ws, sizeof(base.ws));
-  run(weights, NULLABLE_WORKER(weights_worker), &base, clamp_threads(threads));
+  run(weights, WORKER(weights), &base, clamp_threads(threads));
   return 0;
 }
 
@@ -346,5 +307,5 @@ int radardiff_conv3x3_wino(const float *x, const long *xs, const float *u, const
                 .Co = Co, .nkp = (Co + NR - 1) / NR, .tb = tb};
   memcpy(base.xs, xs, sizeof(base.xs));
   memcpy(base.ys, ys, sizeof(base.ys));
-  return run(forward, NULLABLE_WORKER(forward_worker), &base, threads) ? 1 : 0;
+  return run(forward, WORKER(forward), &base, threads) ? 1 : 0;
 }
