@@ -43,12 +43,13 @@ def _pair(n, ci, co, h, w, seed=0):
 @pytest.mark.parametrize(
     "n,ci,co,h,w",
     [
-        (3, 20, 13, 7, 5),  # nothing a multiple of the 6 x 16 tile
+        (3, 20, 13, 7, 5),  # nothing a multiple of the 4 x 4 tile or the 6 x 16 register tile
         (2, 16, 6, 4, 4),  # exactly one tile
         (1, 17, 7, 1, 1),  # one pixel: only the centre tap sees data
-        (2, 33, 20, 3, 40),  # a row longer than the kernel's block of positions
+        (2, 33, 20, 3, 40),  # one row of tiles
         (5, 1, 3, 6, 6),  # one input channel
         (4, 48, 64, 16, 16),
+        (6, 20, 30, 30, 26),  # 336 tiles: two super-blocks (of 324), the last one short
     ],
 )
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
@@ -62,10 +63,12 @@ def test_weight_grad_equals_float64_reference(n, ci, co, h, w, layout):
     got = conv_kernel.weight_grad(x, gy)
     assert got.shape == (co, ci, 3, 3) and got.dtype == torch.float32
     ref = reference(x, gy)
-    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    # F(3x3, 4x4) in fp32: the transforms' rounding, a few 1e-6 of the largest value
+    tol = 2e-5 * ref.abs().max().item()
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=tol)
     # the border taps see zero padding: at one pixel only the centre tap has a gradient
     if h == w == 1:
-        assert got[:, :, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]].abs().max() == 0
+        assert got[:, :, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]].abs().max() <= tol
 
 
 @needs_kernel
@@ -285,7 +288,8 @@ def test_installed_layer_gives_torchs_output_and_gradients(layout, bias, size):
         memory_format=CL if layout == "channels_last" else torch.contiguous_format
     )
     torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gw1, gw0, rtol=1e-5, atol=1e-5)
+    # the Winograd weight gradient: within a few 1e-6 of the largest value
+    torch.testing.assert_close(gw1, gw0, rtol=0, atol=2e-5 * gw0.abs().max().item())
     assert gw1.is_contiguous(
         memory_format=CL if layout == "channels_last" else torch.contiguous_format
     )
@@ -453,7 +457,7 @@ def test_failing_compiler_is_one_line_and_leaves_no_file(fresh_library, monkeypa
     monkeypatch.setattr(conv_kernel, "c_compiler", lambda: str(fake))
     ok, why = conv_kernel.available()
     assert not ok and why.endswith(
-        "could not compile conv3x3_wgrad.c, conv3x3_wino.c, conv1x1.c: fatal: no AVX2 here"
+        "could not compile conv3x3_wino.c, conv1x1.c: fatal: no AVX2 here"
     )
     assert "\n" not in why
     assert os.listdir(fresh_library / "cache") == []

@@ -1,5 +1,5 @@
-// radardiff: the forward pass of a 3x3, stride-1, zero-padding-1 convolution, fp32, AVX2+FMA,
-// by Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray 2016):
+// radardiff: the forward pass and the weight gradient of a 3x3, stride-1, zero-padding-1
+// convolution, fp32, AVX2+FMA, by Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray 2016):
 //
 //   y[n][k][4ty + r][4tx + s] = bias[k] + (A^T [ sum_c (G w[k][c] G^T) (.) (B^T d[n][c] B) ] A)[r][s]
 //
@@ -30,10 +30,13 @@
 #endif
 
 typedef struct {
-  const float *x, *w, *u, *bias;
-  float *y, *uout;
-  long xs[4], ys[4], ws[4];
-  int N, H, W, Ci, Co, nkp, tb, flip;
+  const float *x, *w, *u, *bias, *gy;
+  float *y, *uout, *V, *G, *M;  // V, G, M: the weight gradient's transformed inputs and sums
+  long xs[4], ys[4], ws[4], gs[4];
+  long tiles, p0;  // the weight gradient's tiles (all images), the first of this super-block
+  int nsb;         // the tiles in this super-block
+  int N, H, W, Ci, Co, nkp, tb, flip, ldm;
+  int epad;  // floats between the e-th block of V (and of G) and the next, past tb rows
   int t, T, failed;
 } job_t;
 
@@ -170,16 +173,21 @@ static inline void tile_of(const job_t *j, long p, int *n, int *ty, int *tx) {
 // row of the 6 x 6 input tile transformed as it is loaded, then each column
 static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int H = j->H, W = j->W, Ci = j->Ci, tb = j->tb;
-  const long *xs = j->xs, es = (long)tb * Ci;
+  const long *xs = j->xs, es = (long)tb * Ci + j->epad;
   const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+  const __m256i xpos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int tl = 0; tl < nt; tl++) {
     int n, ty, tx;
     tile_of(j, p0 + tl, &n, &ty, &tx);
     const int y0 = ty * MT - 1, x0 = tx * MT - 1;
     const int inside = y0 >= 0 && y0 + ALPHA <= H && x0 >= 0 && x0 + ALPHA <= W;
+    // NCHW: each channel's row contiguous, read by masked loads (the tile's columns inside)
+    const __m256i cols_in = _mm256_and_si256(
+        six, _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_add_epi32(xpos, _mm256_set1_epi32(x0 + 1)), _mm256_setzero_si256()),
+                              _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x0), xpos)));
     for (int c0 = 0; c0 < Ci; c0 += 8) {
       const int nv = Ci - c0 < 8 ? Ci - c0 : 8, fast = inside && nv == 8 && xs[1] == 1;
-      const int rows = inside && nv == 8 && xs[3] == 1;  // NCHW: each channel's row contiguous
+      const int rows = !fast && nv == 8 && xs[3] == 1;
       const float *base = j->x + n * xs[0] + c0 * xs[1];
       float *dst = V + (long)tl * Ci + c0;
       __m256 t[ALPHA][ALPHA], d[ALPHA], v[ALPHA];
@@ -188,10 +196,14 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
         if (fast) {
           for (int b = 0; b < ALPHA; b++) d[b] = _mm256_loadu_ps(row + b * xs[3]);
         } else if (rows) {  // 6 positions of each of 8 channels, transposed
-          __m256 line[8], cols[8];
-          for (int c = 0; c < 8; c++) line[c] = _mm256_maskload_ps(row + c * xs[1], six);
-          transpose8(line, cols);
-          for (int b = 0; b < ALPHA; b++) d[b] = cols[b];
+          if (y0 + a < 0 || y0 + a >= H) {
+            for (int b = 0; b < ALPHA; b++) d[b] = _mm256_setzero_ps();
+          } else {
+            __m256 line[8], cols[8];
+            for (int c = 0; c < 8; c++) line[c] = _mm256_maskload_ps(row + c * xs[1], cols_in);
+            transpose8(line, cols);
+            for (int b = 0; b < ALPHA; b++) d[b] = cols[b];
+          }
         } else {
           const int iy = y0 + a;
           for (int b = 0; b < ALPHA; b++)
@@ -210,7 +222,7 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int ntr = (nt + MR - 1) / MR * MR;
   if (ntr > nt)
     for (int e = 0; e < E; e++)
-      memset(V + ((long)e * tb + nt) * Ci, 0, sizeof(float) * (size_t)(ntr - nt) * Ci);
+      memset(V + e * es + (long)nt * Ci, 0, sizeof(float) * (size_t)(ntr - nt) * Ci);
 }
 
 // the output tiles of the nt tiles from p0, from M[e][tl][kp * 16 + lane], plus the bias
@@ -277,8 +289,157 @@ static void forward(job_t *j) {
   free(Mb);
 }
 
+// ---- the weight gradient, by the same algorithm read the other way (Lavin and Gray 2016):
+//
+//   dW[k][c] = G^T [ sum over tiles of (A gy_tile A^T) (.) (B^T d_tile B) ] G
+//
+// for each 4x4 tile of the output gradient and the 6x6 input tile d under it (the forward
+// pass's), A = (A^T)^T and G as above: 36 multiplications per tile and channel pair, against 144.
+// The tiles are taken a super-block at a time: all threads transform its tiles (V[e][tile][Ci]
+// from x, G[e][tile][Co] from gy), then each thread adds the products M[e] += G[e]^T V[e] of its
+// own e, the tiles in their order; at the end dW is computed from M. A super-block's e-th slices
+// of V and G fit in L2 together, the whole super-block in L3.
+
+// r = A g for one line of 4 (A's rows: 1 0 0 0 / 1 1 1 1 / 1 -1 1 -1 / 1 2 4 8 / 1 -2 4 -8 /
+// 0 0 0 1)
+static inline void a4(const __m256 *g, long gs, __m256 *r, long rs) {
+  const __m256 g0 = g[0], g1 = g[gs], g2 = g[2 * gs], g3 = g[3 * gs];
+  const __m256 s02 = _mm256_add_ps(g0, g2), s13 = _mm256_add_ps(g1, g3);
+  const __m256 t02 = _mm256_fmadd_ps(_mm256_set1_ps(4.f), g2, g0);
+  const __m256 t13 = _mm256_mul_ps(_mm256_set1_ps(2.f), _mm256_fmadd_ps(_mm256_set1_ps(4.f), g3, g1));
+  r[0] = g0;
+  r[rs] = _mm256_add_ps(s02, s13);
+  r[2 * rs] = _mm256_sub_ps(s02, s13);
+  r[3 * rs] = _mm256_add_ps(t02, t13);
+  r[4 * rs] = _mm256_sub_ps(t02, t13);
+  r[5 * rs] = g3;
+}
+
+// o = G^T m for one line of 6 (G^T's rows: 1/4 -1/6 -1/6 1/24 1/24 0 / 0 -1/6 1/6 1/12 -1/12 0 /
+// 0 -1/6 -1/6 1/6 1/6 1)
+static inline void gt6(const __m256 *m, long ms, __m256 *o, long os) {
+  const __m256 s12 = _mm256_add_ps(m[ms], m[2 * ms]), d21 = _mm256_sub_ps(m[2 * ms], m[ms]);
+  const __m256 s34 = _mm256_add_ps(m[3 * ms], m[4 * ms]), d34 = _mm256_sub_ps(m[3 * ms], m[4 * ms]);
+  const __m256 sixth = _mm256_set1_ps(1.f / 6);
+  o[0] = _mm256_fmadd_ps(_mm256_set1_ps(1.f / 24), s34,
+                         _mm256_fnmadd_ps(sixth, s12, _mm256_mul_ps(_mm256_set1_ps(0.25f), m[0])));
+  o[os] = _mm256_fmadd_ps(_mm256_set1_ps(1.f / 12), d34, _mm256_mul_ps(sixth, d21));
+  o[2 * os] = _mm256_add_ps(_mm256_mul_ps(sixth, _mm256_sub_ps(s34, s12)), m[5 * ms]);
+}
+
+// G[e][tl][k] for the nt tiles from tile p0: the 4x4 tile of gy (zero outside the image), each
+// row transformed as it is loaded, then each column
+static void grad_transform(const job_t *j, long p0, int nt, float *G) {
+  const int H = j->H, W = j->W, Co = j->Co;
+  const long *gs = j->gs, es = (long)j->tb * Co + j->epad;
+  const __m256i xpos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int tl = 0; tl < nt; tl++) {
+    int n, ty, tx;
+    tile_of(j, p0 + tl, &n, &ty, &tx);
+    const int y0 = ty * MT, x0 = tx * MT, inside = y0 + MT <= H && x0 + MT <= W;
+    const int span = W - x0 < MT ? W - x0 : MT;  // the tile's columns inside
+    const __m256i cols_in = _mm256_cmpgt_epi32(_mm256_set1_epi32(span), xpos);
+    for (int k0 = 0; k0 < Co; k0 += 8) {
+      const int nv = Co - k0 < 8 ? Co - k0 : 8;
+      const float *base = j->gy + n * gs[0] + k0 * gs[1];
+      float *dst = G + (long)tl * Co + k0;
+      __m256 t[MT][ALPHA], d[MT], v[ALPHA];
+      for (int a = 0; a < MT; a++) {
+        const float *row = base + (y0 + a) * gs[2] + x0 * gs[3];
+        if (inside && nv == 8 && gs[1] == 1) {
+          for (int b = 0; b < MT; b++) d[b] = _mm256_loadu_ps(row + b * gs[3]);
+        } else if (nv == 8 && gs[3] == 1) {  // NCHW: 4 positions of 8 channels, transposed
+          if (y0 + a >= H) {
+            for (int b = 0; b < MT; b++) d[b] = _mm256_setzero_ps();
+          } else {
+            __m256 line[8], cols[8];
+            for (int c = 0; c < 8; c++) line[c] = _mm256_maskload_ps(row + c * gs[1], cols_in);
+            transpose8(line, cols);
+            for (int b = 0; b < MT; b++) d[b] = cols[b];
+          }
+        } else {
+          for (int b = 0; b < MT; b++)
+            d[b] = (y0 + a < H && x0 + b < W) ? load8(row + b * gs[3], gs[1], nv) : _mm256_setzero_ps();
+        }
+        a4(d, 1, t[a], 1);
+      }
+      for (int b = 0; b < ALPHA; b++) {
+        a4(&t[0][b], ALPHA, v, 1);
+        for (int a = 0; a < ALPHA; a++) store8(dst + (a * ALPHA + b) * es, 1, nv, v[a]);
+      }
+    }
+  }
+}
+
+#define WG_CHUNK 36  // tiles per unit of the transform pass
+#ifndef SB_BYTES
+#define SB_BYTES 65536  // a super-block's e-th slices of V and G together
+#endif
+
+// this thread's chunks of the super-block's tiles, both transforms
+static void wgrad_transform(job_t *j) {
+  const long chunks = (j->nsb + WG_CHUNK - 1) / WG_CHUNK;
+  for (long q = chunks * j->t / j->T; q < chunks * (j->t + 1) / j->T; q++) {
+    const long p = q * WG_CHUNK;
+    const int nt = j->nsb - p < WG_CHUNK ? (int)(j->nsb - p) : WG_CHUNK;
+    input_transform(j, j->p0 + p, nt, j->V + p * j->Ci);
+    grad_transform(j, j->p0 + p, nt, j->G + p * j->Co);
+  }
+}
+
+// c[r * ldc + 0..16) += sum over t < n of a[t * as + r] * b[t * bs + 0..16), for r < 6
+static inline void micro_acc(int n, const float *a, long as, const float *b, long bs, float *c,
+                             long ldc) {
+  ZERO_TILE_6X16;
+  for (int t = 0; t < n; t++, a += as, b += bs) {
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), v;
+    v = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(v, b0, c00); c01 = _mm256_fmadd_ps(v, b1, c01);
+    v = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(v, b0, c10); c11 = _mm256_fmadd_ps(v, b1, c11);
+    v = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(v, b0, c20); c21 = _mm256_fmadd_ps(v, b1, c21);
+    v = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(v, b0, c30); c31 = _mm256_fmadd_ps(v, b1, c31);
+    v = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(v, b0, c40); c41 = _mm256_fmadd_ps(v, b1, c41);
+    v = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(v, b0, c50); c51 = _mm256_fmadd_ps(v, b1, c51);
+  }
+#define ACC(row, lo, hi)                                                                 \
+  _mm256_storeu_ps(c + row * ldc, _mm256_add_ps(_mm256_loadu_ps(c + row * ldc), lo));   \
+  _mm256_storeu_ps(c + row * ldc + 8, _mm256_add_ps(_mm256_loadu_ps(c + row * ldc + 8), hi));
+  ACC(0, c00, c01) ACC(1, c10, c11) ACC(2, c20, c21) ACC(3, c30, c31) ACC(4, c40, c41) ACC(5, c50, c51)
+#undef ACC
+}
+
+// M[e] (ceil(Co / 6) * 6 rows of ldm) += G[e]^T V[e] over the super-block, for this thread's e
+static void wgrad_products(job_t *j) {
+  const int Ci = j->Ci, Co = j->Co, ldm = j->ldm, rows = (Co + MR - 1) / MR * MR;
+  const long ev = (long)j->tb * Ci + j->epad, eg = (long)j->tb * Co + j->epad;
+  for (int e = E * j->t / j->T; e < E * (j->t + 1) / j->T; e++) {
+    float *M = j->M + (long)e * rows * ldm;
+    if (j->p0 == 0) memset(M, 0, sizeof(float) * rows * ldm);
+    const float *Ve = j->V + e * ev, *Ge = j->G + e * eg;
+    for (int k0 = 0; k0 < Co; k0 += MR)
+      for (int c0 = 0; c0 < Ci; c0 += NR) micro_acc(j->nsb, Ge + k0, Co, Ve + c0, Ci, M + k0 * ldm + c0, ldm);
+  }
+}
+
+// out[k][3][3][Ci] = G^T M[.][k] G for this thread's output channels k
+static void wgrad_output(job_t *j) {
+  const int Ci = j->Ci, ldm = j->ldm, rows = (j->Co + MR - 1) / MR * MR;
+  for (int k = (int)((long)j->Co * j->t / j->T); k < (int)((long)j->Co * (j->t + 1) / j->T); k++)
+    for (int c0 = 0; c0 < Ci; c0 += 8) {
+      const int nv = Ci - c0 < 8 ? Ci - c0 : 8;
+      __m256 m[ALPHA][ALPHA], s[ALPHA][3], o[3][3];
+      for (int e = 0; e < E; e++) m[e / ALPHA][e % ALPHA] = _mm256_loadu_ps(j->M + ((long)e * rows + k) * ldm + c0);
+      for (int a = 0; a < ALPHA; a++) gt6(m[a], 1, s[a], 1);
+      for (int b = 0; b < 3; b++) gt6(&s[0][b], 3, &o[0][b], 3);
+      for (int r = 0; r < 3; r++)
+        for (int q = 0; q < 3; q++) store8(j->y + ((long)k * 9 + r * 3 + q) * Ci + c0, 1, nv, o[r][q]);
+    }
+}
+
 THREAD_ENTRY(job_t, weights)
 THREAD_ENTRY(job_t, forward)
+THREAD_ENTRY(job_t, wgrad_transform)
+THREAD_ENTRY(job_t, wgrad_products)
+THREAD_ENTRY(job_t, wgrad_output)
 DEFINE_RUN(job_t)
 
 // u (36 * ceil(Co / 16) * Ci * 16 floats) from the (Co, Ci, 3, 3) weight w read through its
@@ -308,4 +469,64 @@ int radardiff_conv3x3_wino(const float *x, const long *xs, const float *u, const
   memcpy(base.xs, xs, sizeof(base.xs));
   memcpy(base.ys, ys, sizeof(base.ys));
   return run(forward, WORKER(forward), &base, threads) ? 1 : 0;
+}
+
+// out (Co * 3 * 3 * Ci floats, [Co][3][3][Ci]) = the weight gradient of conv2d(x, w, padding=1)
+// given the output gradient gy, both read through their strides. Returns 0, 1 when the
+// transformed tiles' memory cannot be had, 2 for a bad size.
+int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy, const long *gs,
+                                 float *out, int N, int H, int W, int Ci, int Co, int threads) {
+  if (N < 1 || H < 1 || W < 1 || Ci < 1 || Co < 1) return 2;
+  threads = clamp_threads(threads);
+  const long tiles = (long)N * ((H + MT - 1) / MT) * ((W + MT - 1) / MT);
+  // super-blocks of tiles whose e-th slices of V and G take about SB_BYTES together, and at
+  // least 72 tiles (each 6 x 16 tile of M is loaded and stored once per super-block)
+  long sb = SB_BYTES / 4 / (Ci + Co) / MR * MR;
+  sb = sb < 72 ? 72 : sb;
+  sb = sb > (tiles + MR - 1) / MR * MR ? (tiles + MR - 1) / MR * MR : sb;
+  const int ldm = (Ci + NR - 1) / NR * NR, rows = (Co + MR - 1) / MR * MR;
+  // past the last tile's row, a micro tile's reads run on by up to 16 floats (V) and 6 (G)
+  // e-th blocks a cache line more than a multiple of their rows apart: 36 stores of a tile's
+  // transform then fall in different L1 sets (a multiple of 4 KiB apart, they shared one)
+  const int epad = NR;
+  const size_t vsize = ((size_t)E * (sb * Ci + epad) + NR) * sizeof(float);
+  const size_t gsize = ((size_t)E * (sb * Co + epad) + NR) * sizeof(float);
+  float *V = aligned_alloc(64, (vsize + 63) / 64 * 64), *G = aligned_alloc(64, (gsize + 63) / 64 * 64);
+  float *M = aligned_alloc(64, (size_t)E * rows * ldm * sizeof(float));
+  int failed = !V || !G || !M;
+  if (!failed) {
+    memset(V, 0, vsize);
+    memset(G, 0, gsize);
+    job_t base = {.x = x, .gy = gy, .y = out, .V = V, .G = G, .M = M, .tiles = tiles, .N = N,
+                  .H = H, .W = W, .Ci = Ci, .Co = Co, .tb = (int)sb, .ldm = ldm, .epad = epad};
+    memcpy(base.xs, xs, sizeof(base.xs));
+    memcpy(base.gs, gs, sizeof(base.gs));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+      job_t j = base;
+      j.t = omp_get_thread_num();
+      j.T = omp_get_num_threads();
+      for (j.p0 = 0; j.p0 < tiles; j.p0 += sb) {
+        j.nsb = tiles - j.p0 < sb ? (int)(tiles - j.p0) : (int)sb;
+        wgrad_transform(&j);
+#pragma omp barrier
+        wgrad_products(&j);
+#pragma omp barrier
+      }
+      wgrad_output(&j);
+    }
+#else
+    for (base.p0 = 0; base.p0 < tiles; base.p0 += sb) {
+      base.nsb = tiles - base.p0 < sb ? (int)(tiles - base.p0) : (int)sb;
+      run(wgrad_transform, WORKER(wgrad_transform), &base, threads);
+      run(wgrad_products, WORKER(wgrad_products), &base, threads);
+    }
+    run(wgrad_output, WORKER(wgrad_output), &base, threads);
+#endif
+  }
+  free(V);
+  free(G);
+  free(M);
+  return failed ? 1 : 0;
 }
