@@ -554,7 +554,7 @@ def describe(used: bool, count: int, why: str) -> str:
     """The log line of the choice."""
     if used:
         return (
-            f"convolutions: radardiff's AVX2 kernels (3x3: Winograd F(4x4, 3x3) forward, direct "
-            f"weight gradient; 1x1: matrix products), {count} layers ({why})"
+            f"convolutions: radardiff's AVX2 kernels (3x3: Winograd F(4x4, 3x3), forward and "
+            f"both gradients; 1x1: matrix products), {count} layers ({why})"
         )
     return f"convolutions: torch's ({why})"
