@@ -182,6 +182,17 @@ def _check(what: str, *tensors: torch.Tensor) -> None:
             raise TypeError(f"{what} takes fp32 CPU tensors, got {t.dtype} on {t.device.type}")
 
 
+def _check_pair(what: str, x: torch.Tensor, grad_out: torch.Tensor) -> None:
+    """A weight gradient's operands: fp32 CPU, 4-D, the same images and positions."""
+    _check(what, x, grad_out)
+    if (
+        x.ndim != 4
+        or grad_out.ndim != 4
+        or (x.shape[0], *x.shape[2:]) != (grad_out.shape[0], *grad_out.shape[2:])
+    ):
+        raise ValueError(f"{what}: shapes {tuple(x.shape)} and {tuple(grad_out.shape)}")
+
+
 def _strides(t: torch.Tensor):
     return (ctypes.c_long * 4)(*t.stride())
 
@@ -209,13 +220,7 @@ def weight_grad(
     (the transforms' float rounding) and bit-identical whatever the thread count. ``threads``
     defaults to torch's count; ``lib`` to :func:`library`.
     """
-    _check("weight_grad", x, grad_out)
-    if (
-        x.ndim != 4
-        or grad_out.ndim != 4
-        or (x.shape[0], *x.shape[2:]) != (grad_out.shape[0], *grad_out.shape[2:])
-    ):
-        raise ValueError(f"weight_grad: shapes {tuple(x.shape)} and {tuple(grad_out.shape)}")
+    _check_pair("weight_grad", x, grad_out)
     n, ci, h, w = x.shape
     co = grad_out.shape[1]
     out = torch.empty((co, 3, 3, ci), dtype=torch.float32)
@@ -373,16 +378,7 @@ def conv1x1_weight_grad(
 ) -> torch.Tensor:
     """The (Co, Ci, 1, 1) weight gradient of ``conv2d(x, w)`` for a 1x1 ``w``, given ``grad_out``:
     by the kernel where both are NCHW, else one matrix product by torch (channels-last)."""
-    _check("conv1x1_weight_grad", x, grad_out)
-    if (
-        x.ndim != 4
-        or grad_out.ndim != 4
-        or x.shape[0] != grad_out.shape[0]
-        or (x.shape[2:] != grad_out.shape[2:])
-    ):
-        raise ValueError(
-            f"conv1x1_weight_grad: shapes {tuple(x.shape)} and {tuple(grad_out.shape)}"
-        )
+    _check_pair("conv1x1_weight_grad", x, grad_out)
     n, ci, h, w = x.shape
     co = grad_out.shape[1]
     nchw = torch.contiguous_format

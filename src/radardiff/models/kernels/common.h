@@ -12,6 +12,18 @@
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();          \
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps()
 
+// one step of the 6 x 16 tile: c<r>0 += *p<r> * b0 and c<r>1 += *p<r> * b1 for the six rows r
+#define FMA_TILE_6X16(p0, p1, p2, p3, p4, p5, b0, b1)                                          \
+  do {                                                                                       \
+    __m256 s_;                                                                               \
+    s_ = _mm256_broadcast_ss(p0); c00 = _mm256_fmadd_ps(s_, b0, c00); c01 = _mm256_fmadd_ps(s_, b1, c01); \
+    s_ = _mm256_broadcast_ss(p1); c10 = _mm256_fmadd_ps(s_, b0, c10); c11 = _mm256_fmadd_ps(s_, b1, c11); \
+    s_ = _mm256_broadcast_ss(p2); c20 = _mm256_fmadd_ps(s_, b0, c20); c21 = _mm256_fmadd_ps(s_, b1, c21); \
+    s_ = _mm256_broadcast_ss(p3); c30 = _mm256_fmadd_ps(s_, b0, c30); c31 = _mm256_fmadd_ps(s_, b1, c31); \
+    s_ = _mm256_broadcast_ss(p4); c40 = _mm256_fmadd_ps(s_, b0, c40); c41 = _mm256_fmadd_ps(s_, b1, c41); \
+    s_ = _mm256_broadcast_ss(p5); c50 = _mm256_fmadd_ps(s_, b0, c50); c51 = _mm256_fmadd_ps(s_, b1, c51); \
+  } while (0)
+
 // at most this many threads (the POSIX-thread path's arrays of jobs are this long)
 #define MAX_THREADS 64
 

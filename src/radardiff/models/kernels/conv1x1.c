@@ -52,13 +52,8 @@ static inline void tile(int K, const float *const *b, long bs, const float *v, f
   ZERO_TILE_6X16;
   for (int k = 0; k < K; k++, v += NR) {
     const long o = k * bs;
-    __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8), t;
-    t = _mm256_broadcast_ss(b0 + o); c00 = _mm256_fmadd_ps(t, v0, c00); c01 = _mm256_fmadd_ps(t, v1, c01);
-    t = _mm256_broadcast_ss(b1 + o); c10 = _mm256_fmadd_ps(t, v0, c10); c11 = _mm256_fmadd_ps(t, v1, c11);
-    t = _mm256_broadcast_ss(b2 + o); c20 = _mm256_fmadd_ps(t, v0, c20); c21 = _mm256_fmadd_ps(t, v1, c21);
-    t = _mm256_broadcast_ss(b3 + o); c30 = _mm256_fmadd_ps(t, v0, c30); c31 = _mm256_fmadd_ps(t, v1, c31);
-    t = _mm256_broadcast_ss(b4 + o); c40 = _mm256_fmadd_ps(t, v0, c40); c41 = _mm256_fmadd_ps(t, v1, c41);
-    t = _mm256_broadcast_ss(b5 + o); c50 = _mm256_fmadd_ps(t, v0, c50); c51 = _mm256_fmadd_ps(t, v1, c51);
+    const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+    FMA_TILE_6X16(b0 + o, b1 + o, b2 + o, b3 + o, b4 + o, b5 + o, v0, v1);
   }
   __m256 r[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   const __m256 cb0 = colbias ? _mm256_loadu_ps(colbias) : _mm256_setzero_ps();

@@ -148,13 +148,8 @@ static inline void micro(int K, const float *a, long lda, const float *b, float 
   const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda,
               *a5 = a + 5 * lda;
   for (int k = 0; k < K; k++, b += NR) {
-    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), t;
-    t = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
-    t = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
-    t = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
-    t = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
-    t = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
-    t = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    FMA_TILE_6X16(a0 + k, a1 + k, a2 + k, a3 + k, a4 + k, a5 + k, b0, b1);
   }
 #define PUT(row, lo, hi)                        \
   _mm256_storeu_ps(c + row * ldc, lo);          \
@@ -392,13 +387,8 @@ static inline void micro_acc(int n, const float *a, long as, const float *b, lon
                              long ldc) {
   ZERO_TILE_6X16;
   for (int t = 0; t < n; t++, a += as, b += bs) {
-    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), v;
-    v = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(v, b0, c00); c01 = _mm256_fmadd_ps(v, b1, c01);
-    v = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(v, b0, c10); c11 = _mm256_fmadd_ps(v, b1, c11);
-    v = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(v, b0, c20); c21 = _mm256_fmadd_ps(v, b1, c21);
-    v = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(v, b0, c30); c31 = _mm256_fmadd_ps(v, b1, c31);
-    v = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(v, b0, c40); c41 = _mm256_fmadd_ps(v, b1, c41);
-    v = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(v, b0, c50); c51 = _mm256_fmadd_ps(v, b1, c51);
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    FMA_TILE_6X16(a + 0, a + 1, a + 2, a + 3, a + 4, a + 5, b0, b1);
   }
 #define ACC(row, lo, hi)                                                                 \
   _mm256_storeu_ps(c + row * ldc, _mm256_add_ps(_mm256_loadu_ps(c + row * ldc), lo));   \
