@@ -457,7 +457,7 @@ def test_failing_compiler_is_one_line_and_leaves_no_file(fresh_library, monkeypa
     monkeypatch.setattr(conv_kernel, "c_compiler", lambda: str(fake))
     ok, why = conv_kernel.available()
     assert not ok and why.endswith(
-        "could not compile conv3x3_wino.c, conv1x1.c: fatal: no AVX2 here"
+        "could not compile conv3x3_wino.c, conv1x1.c, dropout.c: fatal: no AVX2 here"
     )
     assert "\n" not in why
     assert os.listdir(fresh_library / "cache") == []
@@ -520,16 +520,17 @@ def test_functional_conv_matches_layer():
 @needs_kernel
 def test_training_with_the_kernel_follows_torch_and_resumes_bit_identically(noise_files, tmp_path):
     """Four steps with the kernels end where torch's end, up to float rounding (which AdamW's
-    normalisation of near-zero gradients can amplify, for a few weights, to a step's change);
-    stopped at 2 and resumed, they end bit-identical to the unbroken run."""
+    normalisation of near-zero gradients can amplify, for a few weights, to a step's change):
+    without dropout, whose masks come from another generator on the kernels' path. Stopped at 2
+    and resumed, with dropout, they end bit-identical to the unbroken run."""
     from safetensors.torch import load_file
 
     from radardiff.train import train
 
-    def cfg(steps, path):
+    def cfg(steps, path, dropout=0.1):
         return tiny_run_config(
             str(noise_files[0]),
-            model={"base_channels": 16, "dropout": 0.1},
+            model={"base_channels": 16, "dropout": dropout},
             train={"steps": steps, "conv_kernels": path, "deterministic": True},
         )
 
@@ -542,12 +543,13 @@ def test_training_with_the_kernel_follows_torch_and_resumes_bit_identically(nois
     train(cfg(4, "radardiff"), tmp_path / "straight")
     train(cfg(2, "radardiff"), tmp_path / "resumed")
     train(cfg(4, "radardiff"), tmp_path / "resumed", resume=True)
-    train(cfg(4, "torch"), tmp_path / "torch")
-    a, b, t = (weights(tmp_path / r) for r in ("straight", "resumed", "torch"))
+    train(cfg(4, "radardiff", 0.0), tmp_path / "kernels")
+    train(cfg(4, "torch", 0.0), tmp_path / "torch")
+    a, b, kern, t = (weights(tmp_path / r) for r in ("straight", "resumed", "kernels", "torch"))
     far, total = 0, 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
-        diff = (a[key] - t[key]).abs()
+        diff = (kern[key] - t[key]).abs()
         # a gradient near zero can change sign under float rounding, and AdamW then moves that
         # weight the other way: at most 2 lr a step, for a handful of weights
         assert diff.max() <= 2 * 1e-3 * 4, key
@@ -618,10 +620,15 @@ def test_trainer_puts_the_kernels_under_its_network_and_its_ema_networks(noise_f
 
     for setting, expect in (("auto", True), ("torch", False)):
         cfg = tiny_run_config(
-            str(noise_files[0]), model={"base_channels": 16}, train={"conv_kernels": setting}
+            str(noise_files[0]),
+            model={"base_channels": 16, "dropout": 0.1},
+            train={"conv_kernels": setting},
         )
         trainer = Trainer(cfg, tmp_path / setting)
         eligible = sum(conv_kernel.eligible(m) for m in trainer.ema.primary.modules())
         assert eligible > 0 and trainer.conv_kernels is expect
         for network in (trainer.acc.unwrap_model(trainer.model), *trainer.ema.models):
             assert patched(network) == (eligible if expect else 0)
+        dropouts = sum(type(m) is nn.Dropout and m.p > 0 for m in trainer.ema.primary.modules())
+        model = trainer.acc.unwrap_model(trainer.model)
+        assert dropouts > 0 and conv_kernel.installed_dropouts(model) == (dropouts if expect else 0)

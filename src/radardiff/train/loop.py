@@ -263,7 +263,8 @@ class Trainer:
             tc.conv_kernels, self.acc.device, self.precision == "no", tc.compile
         )
         count = conv_kernel.install(model) if use_kernels else 0
-        log.info("%s", conv_kernel.describe(use_kernels, count, why))
+        dropouts = conv_kernel.installed_dropouts(model)
+        log.info("%s", conv_kernel.describe(use_kernels, count, why, dropouts))
         self.conv_kernels = use_kernels  # frozen networks beside it (a teacher) may use them too
         if use_kernels:  # the EMA networks validate and sample without gradients: Winograd
             for network in self.ema.models:
