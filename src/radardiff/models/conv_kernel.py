@@ -501,7 +501,8 @@ def _dense(x: torch.Tensor) -> bool:
 
 
 def _dropout_threshold(p: float) -> int:
-    """A word of the generator drops its element when below this (of 2^32): p to 2^-33."""
+    """A generator word below this drops its element: a drop probability of threshold / 2^32,
+    within 2^-33 of p."""
     return min(max(round(p * 2**32), 1), 2**32 - 1)
 
 
