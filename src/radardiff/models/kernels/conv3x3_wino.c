@@ -36,7 +36,8 @@ typedef struct {
   long tiles, p0;  // the weight gradient's tiles (all images), the first of this super-block
   int nsb;         // the tiles in this super-block
   int N, H, W, Ci, Co, nkp, tb, flip, ldm;
-  int epad;  // floats between the e-th block of V (and of G) and the next, past tb rows
+  int epad;      // floats between the e-th block of V (and of G) and the next, past tb rows
+  int ldv, ldg;  // floats between the rows (tiles) of V and of G
   int t, T, failed;
 } job_t;
 
@@ -168,7 +169,7 @@ static inline void tile_of(const job_t *j, long p, int *n, int *ty, int *tx) {
 // row of the 6 x 6 input tile transformed as it is loaded, then each column
 static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int H = j->H, W = j->W, Ci = j->Ci, tb = j->tb;
-  const long *xs = j->xs, es = (long)tb * Ci + j->epad;
+  const long *xs = j->xs, ldv = j->ldv, es = (long)tb * ldv + j->epad;
   const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
   const __m256i xpos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int tl = 0; tl < nt; tl++) {
@@ -184,7 +185,7 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
       const int nv = Ci - c0 < 8 ? Ci - c0 : 8, fast = inside && nv == 8 && xs[1] == 1;
       const int rows = !fast && nv == 8 && xs[3] == 1;
       const float *base = j->x + n * xs[0] + c0 * xs[1];
-      float *dst = V + (long)tl * Ci + c0;
+      float *dst = V + tl * ldv + c0;
       __m256 t[ALPHA][ALPHA], d[ALPHA], v[ALPHA];
       for (int a = 0; a < ALPHA; a++) {
         const float *row = base + (y0 + a) * xs[2] + x0 * xs[3];
@@ -217,7 +218,7 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
   const int ntr = (nt + MR - 1) / MR * MR;
   if (ntr > nt)
     for (int e = 0; e < E; e++)
-      memset(V + e * es + (long)nt * Ci, 0, sizeof(float) * (size_t)(ntr - nt) * Ci);
+      memset(V + e * es + nt * ldv, 0, sizeof(float) * (size_t)((ntr - nt) * ldv));
 }
 
 // the output tiles of the nt tiles from p0, from M[e][tl][kp * 16 + lane], plus the bias
@@ -326,7 +327,7 @@ static inline void gt6(const __m256 *m, long ms, __m256 *o, long os) {
 // row transformed as it is loaded, then each column
 static void grad_transform(const job_t *j, long p0, int nt, float *G) {
   const int H = j->H, W = j->W, Co = j->Co;
-  const long *gs = j->gs, es = (long)j->tb * Co + j->epad;
+  const long *gs = j->gs, ldg = j->ldg, es = (long)j->tb * ldg + j->epad;
   const __m256i xpos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int tl = 0; tl < nt; tl++) {
     int n, ty, tx;
@@ -337,7 +338,7 @@ static void grad_transform(const job_t *j, long p0, int nt, float *G) {
     for (int k0 = 0; k0 < Co; k0 += 8) {
       const int nv = Co - k0 < 8 ? Co - k0 : 8;
       const float *base = j->gy + n * gs[0] + k0 * gs[1];
-      float *dst = G + (long)tl * Co + k0;
+      float *dst = G + tl * ldg + k0;
       __m256 t[MT][ALPHA], d[MT], v[ALPHA];
       for (int a = 0; a < MT; a++) {
         const float *row = base + (y0 + a) * gs[2] + x0 * gs[3];
@@ -377,8 +378,8 @@ static void wgrad_transform(job_t *j) {
   for (long q = chunks * j->t / j->T; q < chunks * (j->t + 1) / j->T; q++) {
     const long p = q * WG_CHUNK;
     const int nt = j->nsb - p < WG_CHUNK ? (int)(j->nsb - p) : WG_CHUNK;
-    input_transform(j, j->p0 + p, nt, j->V + p * j->Ci);
-    grad_transform(j, j->p0 + p, nt, j->G + p * j->Co);
+    input_transform(j, j->p0 + p, nt, j->V + p * j->ldv);
+    grad_transform(j, j->p0 + p, nt, j->G + p * j->ldg);
   }
 }
 
@@ -400,13 +401,13 @@ static inline void micro_acc(int n, const float *a, long as, const float *b, lon
 // M[e] (ceil(Co / 6) * 6 rows of ldm) += G[e]^T V[e] over the super-block, for this thread's e
 static void wgrad_products(job_t *j) {
   const int Ci = j->Ci, Co = j->Co, ldm = j->ldm, rows = (Co + MR - 1) / MR * MR;
-  const long ev = (long)j->tb * Ci + j->epad, eg = (long)j->tb * Co + j->epad;
+  const long ldv = j->ldv, ldg = j->ldg, ev = j->tb * ldv + j->epad, eg = j->tb * ldg + j->epad;
   for (int e = E * j->t / j->T; e < E * (j->t + 1) / j->T; e++) {
     float *M = j->M + (long)e * rows * ldm;
     if (j->p0 == 0) memset(M, 0, sizeof(float) * rows * ldm);
     const float *Ve = j->V + e * ev, *Ge = j->G + e * eg;
     for (int k0 = 0; k0 < Co; k0 += MR)
-      for (int c0 = 0; c0 < Ci; c0 += NR) micro_acc(j->nsb, Ge + k0, Co, Ve + c0, Ci, M + k0 * ldm + c0, ldm);
+      for (int c0 = 0; c0 < Ci; c0 += NR) micro_acc(j->nsb, Ge + k0, ldg, Ve + c0, ldv, M + k0 * ldm + c0, ldm);
   }
 }
 
@@ -455,7 +456,7 @@ int radardiff_conv3x3_wino(const float *x, const long *xs, const float *u, const
   long share = (P + threads - 1) / threads;
   int tb = share < TB ? (int)((share + MR - 1) / MR * MR) : TB;
   job_t base = {.x = x, .u = u, .bias = bias, .y = y, .N = N, .H = H, .W = W, .Ci = Ci,
-                .Co = Co, .nkp = (Co + NR - 1) / NR, .tb = tb};
+                .Co = Co, .nkp = (Co + NR - 1) / NR, .tb = tb, .ldv = Ci};
   memcpy(base.xs, xs, sizeof(base.xs));
   memcpy(base.ys, ys, sizeof(base.ys));
   return run(forward, WORKER(forward), &base, threads) ? 1 : 0;
@@ -471,6 +472,9 @@ int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy
   const long tiles = (long)N * ((H + MT - 1) / MT) * ((W + MT - 1) / MT);
   // super-blocks of tiles whose e-th slices of V and G take about SB_BYTES together, and at
   // least 72 tiles (each 6 x 16 tile of M is loaded and stored once per super-block)
+  // rows of V and G an odd number of cache lines long: at a power-of-two stride the products'
+  // column reads (one row per tile) fell into a few L1 sets, and ran from L2
+  const int ldv = ((Ci + NR - 1) / NR | 1) * NR, ldg = ((Co + NR - 1) / NR | 1) * NR;
   long sb = SB_BYTES / 4 / (Ci + Co) / MR * MR;
   sb = sb < 72 ? 72 : sb;
   sb = sb > (tiles + MR - 1) / MR * MR ? (tiles + MR - 1) / MR * MR : sb;
@@ -479,8 +483,8 @@ int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy
   // e-th blocks a cache line more than a multiple of their rows apart: 36 stores of a tile's
   // transform then fall in different L1 sets (a multiple of 4 KiB apart, they shared one)
   const int epad = NR;
-  const size_t vsize = ((size_t)E * (sb * Ci + epad) + NR) * sizeof(float);
-  const size_t gsize = ((size_t)E * (sb * Co + epad) + NR) * sizeof(float);
+  const size_t vsize = ((size_t)E * (sb * ldv + epad) + NR) * sizeof(float);
+  const size_t gsize = ((size_t)E * (sb * ldg + epad) + NR) * sizeof(float);
   float *V = aligned_alloc(64, (vsize + 63) / 64 * 64), *G = aligned_alloc(64, (gsize + 63) / 64 * 64);
   float *M = aligned_alloc(64, (size_t)E * rows * ldm * sizeof(float));
   int failed = !V || !G || !M;
@@ -488,7 +492,8 @@ int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy
     memset(V, 0, vsize);
     memset(G, 0, gsize);
     job_t base = {.x = x, .gy = gy, .y = out, .V = V, .G = G, .M = M, .tiles = tiles, .N = N,
-                  .H = H, .W = W, .Ci = Ci, .Co = Co, .tb = (int)sb, .ldm = ldm, .epad = epad};
+                  .H = H, .W = W, .Ci = Ci, .Co = Co, .tb = (int)sb, .ldm = ldm, .epad = epad,
+                  .ldv = ldv, .ldg = ldg};
     memcpy(base.xs, xs, sizeof(base.xs));
     memcpy(base.gs, gs, sizeof(base.gs));
 #ifdef _OPENMP
