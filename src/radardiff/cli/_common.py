@@ -106,9 +106,9 @@ def conv_kernels_option():
         type=click.Choice(["auto", "radardiff", "torch"]),
         default="auto",
         show_default=True,
-        help="The network's 3x3 and 1x1 convolutions: radardiff's AVX2 kernels (Winograd for "
-        "3x3; auto: on a CPU in fp32 without --compile, where a C compiler builds them; "
-        "radardiff: insist) or torch's.",
+        help="The network's 3x3 and 1x1 convolutions and group norms: radardiff's AVX2 kernels "
+        "(Winograd for 3x3; group norm fused with its SiLU; auto: on a CPU in fp32 without "
+        "--compile, where a C compiler builds them; radardiff: insist) or torch's.",
     )
 
 

@@ -217,9 +217,10 @@ class TrainConfig(_Section):
     )
     conv_kernels: ConvKernels = Field(
         "auto",
-        description="the 3x3 and 1x1 convolutions and dropout: radardiff's AVX2 kernels (3x3: "
-        "Winograd forward pass and both gradients; 1x1: matrix products; dropout: Philox4x32-10 "
-        "masks) or torch's; auto: radardiff's on a CPU in fp32 without train.compile",
+        description="the 3x3 and 1x1 convolutions, dropout and group norm: radardiff's AVX2 "
+        "kernels (3x3: Winograd forward pass and both gradients; 1x1: matrix products; dropout: "
+        "Philox4x32-10 masks; group norm fused with the SiLU after it) or torch's; auto: "
+        "radardiff's on a CPU in fp32 without train.compile",
     )
     deterministic: bool = False
     tensorboard: bool = Field(

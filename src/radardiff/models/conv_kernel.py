@@ -29,6 +29,8 @@ replace them:
   same kernel on the output gradient and no mask is stored. torch's CPU ``bernoulli_`` draws
   about 90 M elements/s on the AVX2 EPYC (the 32 px recipe's dropout took 0.84-0.89 s of a
   13-17 s training step); the kernel runs at the speed of a multiplication (0.22-0.35 s).
+* ``kernels/groupnorm.c``: group normalization fused with the SiLU after it, for the residual
+  blocks; see :mod:`radardiff.models.norm_kernel`, which :func:`install` also calls.
 
 All sum in an order fixed by the shapes alone (never by the thread count, nor, for the forward
 passes, by the other images of a batch), so training stays deterministic and resumes
@@ -63,7 +65,9 @@ from torch import nn
 from radardiff.errors import ConfigError
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "conv3x3_wino.c", KERNELS / "conv1x1.c", KERNELS / "dropout.c")
+SOURCES = tuple(
+    KERNELS / name for name in ("conv3x3_wino.c", "conv1x1.c", "dropout.c", "groupnorm.c")
+)
 HEADERS = (KERNELS / "common.h",)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread", "-std=c11")
 CONV_KERNELS = ("auto", "radardiff", "torch")
@@ -182,6 +186,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             [ptr, ptr, ctypes.c_long, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, num],
         ),
         ("radardiff_philox", [ptr] * 3),
+        ("radardiff_gn_forward", [ptr] * 6 + [num] * 4 + [ctypes.c_float] + [num] * 3),
+        ("radardiff_gn_backward", [ptr] * 9 + [num] * 7),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
@@ -567,13 +573,18 @@ def _dropout_forward(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
 
 
 def install(network: nn.Module) -> int:
-    """Route the eligible convolutions to the kernels, and the dropout layers (``nn.Dropout``,
-    p > 0) to the Philox kernel; returns how many convolutions.
+    """Route the eligible convolutions to the kernels, the dropout layers (``nn.Dropout``,
+    p > 0) to the Philox kernel, and the residual blocks' group norms and SiLUs (and the other
+    group norms) to the fused kernel of :mod:`radardiff.models.norm_kernel`; returns how many
+    convolutions.
 
     The layers keep their parameters and state dict; only their ``_conv_forward`` (a dropout
-    layer's ``forward``) changes.
+    layer's, a residual block's or a group norm's ``forward``) changes.
     Call :func:`available` first: the kernels are compiled at the first call otherwise.
     """
+    from radardiff.models import norm_kernel  # it imports this module
+
+    norm_kernel.install(network)
     count = 0
     for module in network.modules():
         if eligible(module):
@@ -593,6 +604,9 @@ def forget(network: nn.Module) -> None:
 
 def uninstall(network: nn.Module) -> None:
     """Undo :func:`install` (and drop the transformed weights kept)."""
+    from radardiff.models import norm_kernel
+
+    norm_kernel.uninstall(network)
     forget(network)
     for module in network.modules():
         vars(module).pop("_conv_forward", None)
@@ -640,12 +654,14 @@ def installed_dropouts(network: nn.Module) -> int:
     return sum(type(m) is nn.Dropout and "forward" in vars(m) for m in network.modules())
 
 
-def describe(used: bool, count: int, why: str, dropouts: int = 0) -> str:
-    """The log line of the choice (``dropouts``: how many dropout layers run on the kernel)."""
+def describe(used: bool, count: int, why: str, dropouts: int = 0, blocks: int = 0) -> str:
+    """The log line of the choice (``dropouts``: how many dropout layers run on the kernel,
+    ``blocks``: how many residual blocks have their group norms and SiLUs fused)."""
     if used:
         drop = f"; dropout: Philox4x32-10 masks, {dropouts} layers" if dropouts else ""
+        norms = f"; group norm + SiLU fused, {blocks} residual blocks" if blocks else ""
         return (
             f"convolutions: radardiff's AVX2 kernels (3x3: Winograd F(4x4, 3x3), forward and "
-            f"both gradients; 1x1: matrix products), {count} layers{drop} ({why})"
+            f"both gradients; 1x1: matrix products), {count} layers{drop}{norms} ({why})"
         )
     return f"convolutions: torch's ({why})"
