@@ -160,11 +160,7 @@ def group_norm_act(
     """``act(norm(x) * (1 + scale) + shift)`` (``scale``, ``shift``: (N, C, 1, 1) or None), on
     the kernel where :func:`fits` ``x``, else by torch's operations."""
     if not fits(x):
-        y = (
-            norm(x)
-            if type(norm) is nn.GroupNorm
-            else F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        )
+        y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         if scale is not None:
             y = y * (1 + scale) + shift
         return F.silu(y) if silu else y
