@@ -18,7 +18,7 @@ from torch import nn
 
 from conftest import tiny_run_config
 from radardiff.errors import ConfigError
-from radardiff.models import build_unet, conv_kernel
+from radardiff.models import build_unet, conv_kernel, norm_kernel
 
 OK, WHY = conv_kernel.available()
 needs_kernel = pytest.mark.skipif(not OK, reason=f"the kernel cannot run here: {WHY}")
@@ -489,6 +489,7 @@ def test_training_logs_its_choice(noise_files, tmp_path, caplog):
         train(cfg, tmp_path / "a")
     assert "convolutions: radardiff's AVX2 kernels (3x3: Winograd" in caplog.text
     assert "(train.conv_kernels = auto)" in caplog.text
+    assert "; group norm + SiLU fused, 8 residual blocks (" in caplog.text  # down 2, mid 2, up 4
     caplog.clear()
     torch_cfg = tiny_run_config(str(noise_files[0]), train={"steps": 1, "conv_kernels": "torch"})
     with caplog.at_level(logging.INFO, logger="radardiff"):
@@ -632,3 +633,6 @@ def test_trainer_puts_the_kernels_under_its_network_and_its_ema_networks(noise_f
         dropouts = sum(type(m) is nn.Dropout and m.p > 0 for m in trainer.ema.primary.modules())
         model = trainer.acc.unwrap_model(trainer.model)
         assert dropouts > 0 and conv_kernel.installed_dropouts(model) == (dropouts if expect else 0)
+        blocks = sum(norm_kernel.eligible(m) for m in model.modules())
+        for network in (model, *trainer.ema.models):  # group norm + SiLU fused in each
+            assert blocks > 0 and norm_kernel.installed(network) == (blocks if expect else 0)
