@@ -470,11 +470,11 @@ int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy
   if (N < 1 || H < 1 || W < 1 || Ci < 1 || Co < 1) return 2;
   threads = clamp_threads(threads);
   const long tiles = (long)N * ((H + MT - 1) / MT) * ((W + MT - 1) / MT);
-  // super-blocks of tiles whose e-th slices of V and G take about SB_BYTES together, and at
-  // least 72 tiles (each 6 x 16 tile of M is loaded and stored once per super-block)
   // rows of V and G an odd number of cache lines long: at a power-of-two stride the products'
   // column reads (one row per tile) fell into a few L1 sets, and ran from L2
   const int ldv = ((Ci + NR - 1) / NR | 1) * NR, ldg = ((Co + NR - 1) / NR | 1) * NR;
+  // super-blocks of tiles whose e-th slices of V and G take about SB_BYTES together, and at
+  // least 72 tiles (each 6 x 16 tile of M is loaded and stored once per super-block)
   long sb = SB_BYTES / 4 / (Ci + Co) / MR * MR;
   sb = sb < 72 ? 72 : sb;
   sb = sb > (tiles + MR - 1) / MR * MR ? (tiles + MR - 1) / MR * MR : sb;
