@@ -32,6 +32,8 @@
 typedef struct {
   const float *x, *w, *u, *bias, *gy;
   float *y, *uout, *V, *G, *M;  // V, G, M: the weight gradient's transformed inputs and sums
+  float *pack;                  // the weight gradient's panels, pack_len floats a thread
+  long pack_len;
   long xs[4], ys[4], ws[4], gs[4];
   long tiles, p0;  // the weight gradient's tiles (all images), the first of this super-block
   int nsb;         // the tiles in this super-block
@@ -293,8 +295,9 @@ static void forward(job_t *j) {
 // pass's), A = (A^T)^T and G as above: 36 multiplications per tile and channel pair, against 144.
 // The tiles are taken a super-block at a time: all threads transform its tiles (V[e][tile][Ci]
 // from x, G[e][tile][Co] from gy), then each thread adds the products M[e] += G[e]^T V[e] of its
-// own e, the tiles in their order; at the end dW is computed from M. A super-block's e-th slices
-// of V and G fit in L2 together, the whole super-block in L3.
+// own e, the tiles in their order (from panels of the e-th slices, copied once per super-block);
+// at the end dW is computed from M. A super-block's e-th slices of V and G fit in L2 together,
+// the whole super-block in L3.
 
 // r = A g for one line of 4 (A's rows: 1 0 0 0 / 1 1 1 1 / 1 -1 1 -1 / 1 2 4 8 / 1 -2 4 -8 /
 // 0 0 0 1)
@@ -398,16 +401,30 @@ static inline void micro_acc(int n, const float *a, long as, const float *b, lon
 #undef ACC
 }
 
-// M[e] (ceil(Co / 6) * 6 rows of ldm) += G[e]^T V[e] over the super-block, for this thread's e
+// M[e] (ceil(Co / 6) * 6 rows of ldm) += G[e]^T V[e] over the super-block, for this thread's e.
+// Each e's slices are first copied into panels, V's 16 channels and G's 6 a tile, tile after
+// tile: the micro tiles then read two contiguous streams. Read in place, a row (tile) apart,
+// they ran at 60 % of the speed (1.29x on the weight gradients of a training step).
 static void wgrad_products(job_t *j) {
-  const int Ci = j->Ci, Co = j->Co, ldm = j->ldm, rows = (Co + MR - 1) / MR * MR;
+  const int Ci = j->Ci, Co = j->Co, ldm = j->ldm, rows = (Co + MR - 1) / MR * MR, n = j->nsb;
+  const int vpan = (Ci + NR - 1) / NR, gpan = rows / MR;
   const long ldv = j->ldv, ldg = j->ldg, ev = j->tb * ldv + j->epad, eg = j->tb * ldg + j->epad;
+  float *Vp = j->pack + j->t * j->pack_len, *Gp = Vp + (long)vpan * j->tb * NR;
   for (int e = E * j->t / j->T; e < E * (j->t + 1) / j->T; e++) {
     float *M = j->M + (long)e * rows * ldm;
     if (j->p0 == 0) memset(M, 0, sizeof(float) * rows * ldm);
     const float *Ve = j->V + e * ev, *Ge = j->G + e * eg;
-    for (int k0 = 0; k0 < Co; k0 += MR)
-      for (int c0 = 0; c0 < Ci; c0 += NR) micro_acc(j->nsb, Ge + k0, ldg, Ve + c0, ldv, M + k0 * ldm + c0, ldm);
+    for (int t = 0; t < n; t++) {
+      for (int q = 0; q < vpan; q++) {
+        float *dst = Vp + ((long)q * n + t) * NR;
+        _mm256_store_ps(dst, _mm256_loadu_ps(Ve + t * ldv + q * NR));
+        _mm256_store_ps(dst + 8, _mm256_loadu_ps(Ve + t * ldv + q * NR + 8));
+      }
+      for (int q = 0; q < gpan; q++) memcpy(Gp + ((long)q * n + t) * MR, Ge + t * ldg + q * MR, sizeof(float) * MR);
+    }
+    for (int q = 0; q < vpan; q++)
+      for (int p = 0; p < gpan; p++)
+        micro_acc(n, Gp + (long)p * n * MR, MR, Vp + (long)q * n * NR, NR, M + p * MR * ldm + q * NR, ldm);
   }
 }
 
@@ -487,13 +504,16 @@ int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy
   const size_t gsize = ((size_t)E * (sb * ldg + epad) + NR) * sizeof(float);
   float *V = aligned_alloc(64, (vsize + 63) / 64 * 64), *G = aligned_alloc(64, (gsize + 63) / 64 * 64);
   float *M = aligned_alloc(64, (size_t)E * rows * ldm * sizeof(float));
-  int failed = !V || !G || !M;
+  // each thread's panels: V's ceil(Ci / 16) of sb x 16, then G's rows / 6 of sb x 6
+  const long pack_len = ((long)ldm * sb + (long)rows * sb + 15) / 16 * 16;
+  float *pack = aligned_alloc(64, (size_t)threads * pack_len * sizeof(float));
+  int failed = !V || !G || !M || !pack;
   if (!failed) {
     memset(V, 0, vsize);
     memset(G, 0, gsize);
     job_t base = {.x = x, .gy = gy, .y = out, .V = V, .G = G, .M = M, .tiles = tiles, .N = N,
                   .H = H, .W = W, .Ci = Ci, .Co = Co, .tb = (int)sb, .ldm = ldm, .epad = epad,
-                  .ldv = ldv, .ldg = ldg};
+                  .ldv = ldv, .ldg = ldg, .pack = pack, .pack_len = pack_len};
     memcpy(base.xs, xs, sizeof(base.xs));
     memcpy(base.gs, gs, sizeof(base.gs));
 #ifdef _OPENMP
@@ -523,5 +543,6 @@ int radardiff_conv3x3_wino_wgrad(const float *x, const long *xs, const float *gy
   free(V);
   free(G);
   free(M);
+  free(pack);
   return failed ? 1 : 0;
 }
