@@ -386,9 +386,11 @@ static void wgrad_transform(job_t *j) {
   }
 }
 
-// c[r * ldc + 0..16) += sum over t < n of a[t * as + r] * b[t * bs + 0..16), for r < 6
+// c[r * ldc + 0..16) += sum over t < n of a[t * as + r] * b[t * bs + 0..16), for r < 6; the 6
+// rows of the next tile, next[r * ldc + 0..16), are prefetched meanwhile
 static inline void micro_acc(int n, const float *a, long as, const float *b, long bs, float *c,
-                             long ldc) {
+                             long ldc, const float *next) {
+  for (int r = 0; r < MR; r++) _mm_prefetch((const char *)(next + r * ldc), _MM_HINT_T0);
   ZERO_TILE_6X16;
   for (int t = 0; t < n; t++, a += as, b += bs) {
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
@@ -422,9 +424,14 @@ static void wgrad_products(job_t *j) {
       }
       for (int q = 0; q < gpan; q++) memcpy(Gp + ((long)q * n + t) * MR, Ge + t * ldg + q * MR, sizeof(float) * MR);
     }
+    // each tile of M comes from L3 (a super-block's products visit all 36 M[e]) and is loaded
+    // only after its sums, too late to overlap them: the next one is prefetched meanwhile
     for (int q = 0; q < vpan; q++)
-      for (int p = 0; p < gpan; p++)
-        micro_acc(n, Gp + (long)p * n * MR, MR, Vp + (long)q * n * NR, NR, M + p * MR * ldm + q * NR, ldm);
+      for (int p = 0; p < gpan; p++) {
+        float *c = M + p * MR * ldm + q * NR;
+        const float *next = p + 1 < gpan ? c + MR * ldm : (q + 1 < vpan ? M + (q + 1) * NR : c);
+        micro_acc(n, Gp + (long)p * n * MR, MR, Vp + (long)q * n * NR, NR, c, ldm, next);
+      }
   }
 }
 
