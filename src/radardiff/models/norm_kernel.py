@@ -41,12 +41,11 @@ def _layout(x: torch.Tensor) -> int | None:
         return None
     if x.is_contiguous():
         return 0
-    n, c = x.shape[:2]
-    positions = x.numel() // (n * c)
-    strides = (positions * c, 1, c) if x.ndim == 3 else None
-    dense = (
-        x.stride() == strides if x.ndim == 3 else x.is_contiguous(memory_format=torch.channels_last)
-    )
+    c = x.shape[1]
+    if x.ndim == 3:
+        dense = x.stride() == (x.shape[2] * c, 1, c)
+    else:
+        dense = x.is_contiguous(memory_format=torch.channels_last)
     return 1 if dense and c % 8 == 0 else None
 
 

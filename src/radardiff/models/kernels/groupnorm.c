@@ -85,6 +85,14 @@ static inline __m256 load_n(const float *p, int nv) {
   return nv == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, head(nv));
 }
 
+// v's lanes k < nv to p
+static inline void store_n(float *p, int nv, __m256 v) {
+  if (nv == 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, head(nv), v);
+}
+
 // da = dy act'(a) at 8 positions, nv of them real (da 0 past them), and d = x - mean
 static inline __m256 grad_act(const float *x, const float *dy, int nv, __m256 mv, __m256 scale,
                               __m256 shift, int silu, __m256 *d) {
@@ -141,11 +149,7 @@ static void forward_nchw(job_t *j) {
       float *yr = y + (long)c * P;
       for (int p = 0; p < P; p += 8) {
         const int nv = P - p < 8 ? P - p : 8;
-        const __m256 v = act8(_mm256_fmadd_ps(_mm256_sub_ps(load_n(xr + p, nv), mv), scale, shift), j->silu);
-        if (nv == 8)
-          _mm256_storeu_ps(yr + p, v);
-        else
-          _mm256_maskstore_ps(yr + p, head(nv), v);
+        store_n(yr + p, nv, act8(_mm256_fmadd_ps(_mm256_sub_ps(load_n(xr + p, nv), mv), scale, shift), j->silu));
       }
     }
   }
@@ -190,11 +194,7 @@ static void backward_nchw(job_t *j) {
         const int nv = P - p < 8 ? P - p : 8;
         __m256 d;
         const __m256 da = grad_act(xr + p, dr + p, nv, mv, scale, shift, silu, &d);
-        const __m256 dx = _mm256_fmadd_ps(da, k1, _mm256_fmadd_ps(d, k4, k5));
-        if (nv == 8)
-          _mm256_storeu_ps(out + p, dx);
-        else
-          _mm256_maskstore_ps(out + p, head(nv), dx);
+        store_n(out + p, nv, _mm256_fmadd_ps(da, k1, _mm256_fmadd_ps(d, k4, k5)));
       }
     }
   }
@@ -306,9 +306,9 @@ static void backward_cl(job_t *j) {
       for (int p = p0; p < p1; p++)
         for (int c = 0; c < C; c += 8) {
           const long i = (long)p * C + c;
-          const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(mg + c));
-          const __m256 da = _mm256_mul_ps(_mm256_loadu_ps(dy + i),
-                                          dact8(_mm256_fmadd_ps(d, _mm256_loadu_ps(scale + c), _mm256_loadu_ps(shift + c)), silu));
+          __m256 d;
+          const __m256 da = grad_act(x + i, dy + i, 8, _mm256_loadu_ps(mg + c), _mm256_loadu_ps(scale + c),
+                                     _mm256_loadu_ps(shift + c), silu, &d);
           const __m256 xhat = _mm256_mul_ps(d, _mm256_loadu_ps(rg + c));
           _mm256_storeu_ps(a1 + c, _mm256_add_ps(_mm256_loadu_ps(a1 + c), da));
           _mm256_storeu_ps(a2 + c, _mm256_fmadd_ps(da, xhat, _mm256_loadu_ps(a2 + c)));
@@ -333,8 +333,9 @@ static void backward_cl(job_t *j) {
     for (int p = 0; p < P; p++)
       for (int c = 0; c < C; c += 8) {
         const long i = (long)p * C + c;
-        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(mg + c)), sc = _mm256_loadu_ps(scale + c);
-        const __m256 da = _mm256_mul_ps(_mm256_loadu_ps(dy + i), dact8(_mm256_fmadd_ps(d, sc, _mm256_loadu_ps(shift + c)), silu));
+        const __m256 sc = _mm256_loadu_ps(scale + c);
+        __m256 d;
+        const __m256 da = grad_act(x + i, dy + i, 8, _mm256_loadu_ps(mg + c), sc, _mm256_loadu_ps(shift + c), silu, &d);
         _mm256_storeu_ps(dx + i, _mm256_fmadd_ps(da, sc, _mm256_fmadd_ps(d, _mm256_loadu_ps(k4 + c), _mm256_loadu_ps(a1 + c))));
       }
   }
