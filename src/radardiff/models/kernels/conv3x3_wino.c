@@ -406,7 +406,7 @@ static inline void micro_acc(int n, const float *a, long as, const float *b, lon
 // M[e] (ceil(Co / 6) * 6 rows of ldm) += G[e]^T V[e] over the super-block, for this thread's e.
 // Each e's slices are first copied into panels, V's 16 channels and G's 6 a tile, tile after
 // tile: the micro tiles then read two contiguous streams. Read in place, a row (tile) apart,
-// they ran at 60 % of the speed (1.29x on the weight gradients of a training step).
+// they ran at 60 % of the speed (1.24-1.29x on the weight gradients of a training step).
 static void wgrad_products(job_t *j) {
   const int Ci = j->Ci, Co = j->Co, ldm = j->ldm, rows = (Co + MR - 1) / MR * MR, n = j->nsb;
   const int vpan = (Ci + NR - 1) / NR, gpan = rows / MR;
