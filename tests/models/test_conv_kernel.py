@@ -186,6 +186,74 @@ def test_winograd_refuses_what_it_does_not_compute():
     with pytest.raises(TypeError, match="fp32"):
         conv_kernel.winograd_conv(x.double(), u, 8)
 
+    with pytest.raises(ValueError, match="residual"):
+        conv_kernel.winograd_conv(x, u, 8, residual=torch.randn(2, 8, 4, 5))
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,ci,co,h,w", [(3, 20, 37, 13, 7), (2, 16, 16, 4, 4), (8, 48, 64, 9, 16)])
+@pytest.mark.parametrize("x_layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("r_layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_conv_residual_is_torchs_sum_bit_for_bit(n, ci, co, h, w, x_layout, r_layout, grad):
+    """``conv_residual``'s sum made in the output transform: torch's ``r + conv(x)`` bit for
+    bit, in torch's layout (the residual's where dense), with the same gradients."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(ci, co, 3, padding=1)
+    conv_kernel.install(layer)
+    x0 = _layout(torch.randn(n, ci, h, w), x_layout)
+    r0 = _layout(torch.randn(n, co, h, w), r_layout)
+    gy = torch.randn(n, co, h, w)
+    results = []
+    for fused in (False, True):
+        layer.zero_grad(set_to_none=True)
+        x, r = x0.clone().requires_grad_(grad), r0.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            y = conv_kernel.conv_residual(layer, x, r) if fused else r + layer(x)
+        grads = []
+        if grad:
+            (y * gy).sum().backward()
+            grads = [x.grad, r.grad, layer.weight.grad, layer.bias.grad]
+        results.append((y.detach(), grads))
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y1, y0) and y1.stride() == y0.stride()
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
+
+
+@needs_kernel
+def test_conv_residual_falls_back_to_torchs_sum(monkeypatch):
+    """Not on the kernels (uninstalled, a 1x1 layer, a hooked layer, a residual to broadcast,
+    float64): torch's ``r + conv(x)``, and the fused kernel is not called."""
+    calls = []
+    real = conv_kernel.winograd_conv
+    monkeypatch.setattr(
+        conv_kernel, "winograd_conv", lambda *a, **k: calls.append(k) or real(*a, **k)
+    )
+    torch.manual_seed(0)
+    x, r = torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6)
+    plain, pointwise, hooked, installed = (
+        nn.Conv2d(16, 16, k, padding=k // 2) for k in (3, 1, 3, 3)
+    )
+    for layer in (pointwise, hooked, installed):
+        conv_kernel.install(layer)
+    hooked.register_forward_hook(lambda *_: None)
+    with torch.no_grad():
+        for layer, xi, ri in (
+            (plain, x, r),
+            (pointwise, x, r),
+            (hooked, x, r),
+            (installed, x, r[:, :1]),
+        ):
+            assert torch.equal(conv_kernel.conv_residual(layer, xi, ri), ri + layer(xi))
+        double = nn.Conv2d(16, 16, 3, padding=1).double()
+        conv_kernel.install(double)
+        xd, rd = x.double(), r.double()
+        assert torch.equal(conv_kernel.conv_residual(double, xd, rd), rd + double(xd))
+    assert not any("residual" in k for k in calls)
+    with torch.no_grad():
+        conv_kernel.conv_residual(installed, x, r)
+    assert calls[-1].get("residual") is r  # the check above can fail
+
 
 POINTWISE_SHAPES = [
     (3, 20, 37, 13, 7),  # nothing a multiple of the 6 x 16 tile or of 8 lanes

@@ -208,6 +208,44 @@ def test_installed_block_gives_diffusers_outputs_and_gradients(
 
 
 @needs_kernel
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("cin,cout", [(16, 16), (16, 32)])
+def test_block_on_the_kernels_adds_its_residual_in_the_convolution_bit_for_bit(
+    monkeypatch, layout, cin, cout
+):
+    """With the convolutions on the kernels too, the residual sum is made in the last
+    convolution's output pass: the block's output and gradients are those of torch's sum, bit
+    for bit (dropout on, training and without gradients)."""
+    block = _block("scale_shift", cin, cout)
+    block.dropout.p = 0.25
+    conv_kernel.install(block)
+    x = _layout(torch.randn(3, cin, 10, 10), layout)
+    temb = torch.randn(3, 20)
+    fused = conv_kernel.conv_residual
+    residuals = []
+
+    def counted(module, h, r):
+        residuals.append(r.shape)
+        return fused(module, h, r)
+
+    outs = []
+    for path in (lambda module, h, r: r + module(h), counted):
+        monkeypatch.setattr(conv_kernel, "conv_residual", path)
+        block.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # the dropout masks' seed
+        xi, ti = x.clone().requires_grad_(), temb.clone().requires_grad_()
+        y = block(xi, ti)
+        y.square().sum().backward()
+        with torch.no_grad():
+            block.eval()
+            e = block(x, temb)
+            block.train()
+        outs.append([y, e, xi.grad, ti.grad] + [p.grad for p in block.parameters()])
+    assert residuals == [(3, cout, 10, 10)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+
+
+@needs_kernel
 def test_block_falls_back_to_diffusers_outside_fp32_and_installs_only_where_eligible():
     block = _block("scale_shift", 16, 16)
     norm_kernel.install(block)

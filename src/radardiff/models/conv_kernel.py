@@ -178,6 +178,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name, argtypes in (
         ("radardiff_wino_weights", [ptr, ptr, num, num, num, ptr, num]),
         ("radardiff_conv3x3_wino", [ptr] * 6 + [num] * 6),
+        ("radardiff_conv3x3_wino_res", [ptr] * 7 + [num] * 6),
         ("radardiff_conv3x3_wino_wgrad", [ptr] * 5 + [num] * 6),
         ("radardiff_conv1x1", [ptr] * 3 + [ctypes.c_long] * 2 + [ptr] * 3 + [num] * 6),
         ("radardiff_conv1x1_wgrad", [ptr] * 5 + [num] * 6),
@@ -285,10 +286,15 @@ def winograd_conv(
     bias: torch.Tensor | None = None,
     threads: int | None = None,
     lib: ctypes.CDLL | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``conv2d(x, w, bias, padding=1)`` for ``u = winograd_weight(w)`` and a 4-D fp32 ``x`` of
-    any strides; the result is channels-last where ``x`` is, else contiguous."""
-    _check("winograd_conv", x, u, *([] if bias is None else [bias]))
+    any strides; the result is channels-last where ``x`` is, else contiguous. With a
+    ``residual`` of the output's shape, ``residual + conv2d(...)`` in the same pass over the
+    output: bit for bit torch's sum of the two, and in the residual's layout where that is NCHW
+    or channels-last, as torch's sum."""
+    extra = [t for t in (bias, residual) if t is not None]
+    _check("winograd_conv", x, u, *extra)
     n, ci, h, w = x.shape if x.ndim == 4 else (0, 0, 0, 0)
     if u.ndim != 4 or u.shape[0] != 36 or u.shape[2] != ci or u.shape[1] * 16 < out_channels:
         raise ValueError(
@@ -300,10 +306,20 @@ def winograd_conv(
     if bias is not None:
         bias = bias.contiguous()
     layout = torch.channels_last if x.stride(1) == 1 and ci > 1 else torch.contiguous_format
+    if residual is not None and _dense(residual):  # torch's sum takes the first term's layout
+        layout = _layout(residual)
     y = torch.empty((n, out_channels, h, w), dtype=torch.float32, memory_format=layout)
-    rc = (lib or library()).radardiff_conv3x3_wino(
+    if residual is not None:
+        if residual.shape != y.shape:
+            raise ValueError(
+                f"winograd_conv: residual {tuple(residual.shape)} for an output {tuple(y.shape)}"
+            )
+        if residual.stride() != y.stride():
+            residual = torch.empty_like(y).copy_(residual)
+    rc = (lib or library()).radardiff_conv3x3_wino_res(
         x.data_ptr(), _strides(x), u.data_ptr(), None if bias is None else bias.data_ptr(),
-        y.data_ptr(), _strides(y), n, h, w, ci, out_channels, threads or torch.get_num_threads(),
+        None if residual is None else residual.data_ptr(), y.data_ptr(), _strides(y), n, h, w,
+        ci, out_channels, threads or torch.get_num_threads(),
     )  # fmt: skip
     _raise_for(rc, "winograd_conv")
     return y
@@ -417,20 +433,20 @@ def conv1x1_weight_grad(
 class _KernelConv(torch.autograd.Function):
     """An eligible layer's convolution computed by radardiff's kernels, forward and backward:
     ``conv2d(x, w, b)`` for a 1x1 ``w``, ``conv2d(x, w, b, padding=1)`` for a 3x3 ``w`` given
-    ``u = winograd_weight(w)``."""
+    ``u = winograd_weight(w)``; with a ``residual`` (3x3 only), ``residual`` plus that."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, u):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, u, residual=None):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         if u is None:
             return conv1x1(x, weight, bias)
-        return winograd_conv(x, u, weight.shape[0], bias)
+        return winograd_conv(x, u, weight.shape[0], bias, residual=residual)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         pointwise = weight.shape[-1] == 1
         grad_x = grad_w = None
         if need_x:
@@ -443,7 +459,9 @@ class _KernelConv(torch.autograd.Function):
         # the bias gradient by itself: asking oneDNN's backward-data primitive for it too made
         # oneDNN compute the weight gradient as well, 2.4x the time
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
-        return grad_x, grad_w, grad_b, None
+        if len(ctx.needs_input_grad) == 4:  # called without a residual
+            return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, grad_out if ctx.needs_input_grad[4] else None
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
@@ -481,15 +499,44 @@ def _transformed(module: nn.Conv2d, weight: torch.Tensor) -> torch.Tensor:
     return cached[1]
 
 
-def _forward(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias):
-    if (
+def _computes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the kernels take this call of an eligible layer (else torch's convolution)."""
+    return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
         and not torch.is_autocast_enabled("cpu")
         and x.ndim == 4
+    )
+
+
+def conv_residual(module: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + module(x)``: for a 3x3 layer :func:`install` put on the kernels, the sum is
+    made in the convolution's output transform (one pass over the output fewer, bit for bit the
+    same); otherwise by torch."""
+    weight, bias = module.weight, module.bias
+    if (
+        getattr(vars(module).get("_conv_forward"), "func", None) is _forward
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and module.kernel_size == (3, 3)
+        and _computes(x, weight, bias)
+        and residual.device.type == "cpu"
+        and residual.dtype == torch.float32
+        and residual.shape == (x.shape[0], module.out_channels, *x.shape[2:])
     ):
+        if not torch.is_grad_enabled():
+            return winograd_conv(
+                x, _transformed(module, weight), weight.shape[0], bias, residual=residual
+            )
+        if weight.requires_grad:
+            u = winograd_weight(weight.detach())
+            return _KernelConv.apply(x, weight, bias, u, residual)
+    return residual + module(x)
+
+
+def _forward(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias):
+    if _computes(x, weight, bias):
         pointwise = module.kernel_size == (1, 1)
         if not torch.is_grad_enabled():
             if pointwise:

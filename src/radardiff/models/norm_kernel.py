@@ -200,7 +200,9 @@ def eligible(block: nn.Module) -> bool:
 
 def _resnet_forward(block: ResnetBlock2D, input_tensor, temb, *args, **kwargs):
     """diffusers' ``ResnetBlock2D.forward`` for an :func:`eligible` block, its group norms and
-    SiLUs on the kernel; diffusers' own where the input does not fit it."""
+    SiLUs on the kernel and its residual sum in the last convolution's output pass where that
+    convolution is on the kernels too (:func:`conv_kernel.conv_residual`); diffusers' own where
+    the input does not fit it."""
     if args or kwargs or not fits(input_tensor):
         return type(block).forward(block, input_tensor, temb, *args, **kwargs)
     hidden = block.conv1(group_norm_act(input_tensor, block.norm1))
@@ -217,12 +219,13 @@ def _resnet_forward(block: ResnetBlock2D, input_tensor, temb, *args, **kwargs):
             raise ValueError("`temb` should not be None when `time_embedding_norm` is scale_shift")
         scale, shift = torch.chunk(temb, 2, dim=1)
         hidden = group_norm_act(hidden, block.norm2, scale, shift)
-    hidden = block.conv2(block.dropout(hidden))
+    hidden = block.dropout(hidden)
     if block.conv_shortcut is not None:
         if block.training:
             input_tensor = input_tensor.contiguous()
         input_tensor = block.conv_shortcut(input_tensor)
-    out = input_tensor + hidden
+    # input_tensor + conv2(hidden), the sum in the convolution kernel's output pass
+    out = conv_kernel.conv_residual(block.conv2, hidden, input_tensor)
     return out if block.output_scale_factor == 1.0 else out / block.output_scale_factor
 
 

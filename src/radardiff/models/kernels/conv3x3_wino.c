@@ -31,6 +31,7 @@
 
 typedef struct {
   const float *x, *w, *u, *bias, *gy;
+  const float *res;  // the forward pass's residual, added to y (y's strides), or NULL
   float *y, *uout, *V, *G, *M;  // V, G, M: the weight gradient's transformed inputs and sums
   float *pack;                  // the weight gradient's panels, pack_len floats a thread
   long pack_len;
@@ -223,7 +224,8 @@ static void input_transform(const job_t *j, long p0, int nt, float *V) {
       memset(V + e * es + nt * ldv, 0, sizeof(float) * (size_t)((ntr - nt) * ldv));
 }
 
-// the output tiles of the nt tiles from p0, from M[e][tl][kp * 16 + lane], plus the bias
+// the output tiles of the nt tiles from p0, from M[e][tl][kp * 16 + lane], plus the bias, plus
+// the residual where there is one (added last: the bits of torch's res + (conv + bias))
 static void output_transform(const job_t *j, long p0, int nt, const float *Mb) {
   const int H = j->H, W = j->W, Co = j->Co, tb = j->tb, ldm = j->nkp * NR;
   const long *ys = j->ys;
@@ -238,6 +240,7 @@ static void output_transform(const job_t *j, long p0, int nt, const float *Mb) {
       for (int r = 0; r < MT; r++) at6(&s[r][0], 1, &o[r][0], 1);
       const __m256 bias = j->bias ? load8(j->bias + k0, 1, nv) : _mm256_setzero_ps();
       float *base = j->y + n * ys[0] + k0 * ys[1];
+      const float *rbase = j->res ? j->res + n * ys[0] + k0 * ys[1] : NULL;
       if (nv == 8 && ys[1] != 1 && ys[3] == 1 && ty * MT + MT <= H && tx * MT + MT <= W) {
         // NCHW: each channel's 4 outputs of a row contiguous, from the transpose
         for (int r = 0; r < MT; r++) {
@@ -245,15 +248,22 @@ static void output_transform(const job_t *j, long p0, int nt, const float *Mb) {
           for (int q = 0; q < MT; q++) line[q] = _mm256_add_ps(o[r][q], bias);
           for (int q = MT; q < 8; q++) line[q] = _mm256_setzero_ps();
           transpose8(line, chans);
-          float *dst = base + (ty * MT + r) * ys[2] + tx * MT;
-          for (int c = 0; c < 8; c++) _mm_storeu_ps(dst + c * ys[1], _mm256_castps256_ps128(chans[c]));
+          const long off = (ty * MT + r) * ys[2] + tx * MT;
+          for (int c = 0; c < 8; c++) {
+            __m128 v = _mm256_castps256_ps128(chans[c]);
+            if (rbase) v = _mm_add_ps(v, _mm_loadu_ps(rbase + off + c * ys[1]));
+            _mm_storeu_ps(base + off + c * ys[1], v);
+          }
         }
         continue;
       }
       for (int r = 0; r < MT && ty * MT + r < H; r++)
-        for (int q = 0; q < MT && tx * MT + q < W; q++)
-          store8(base + (ty * MT + r) * ys[2] + (tx * MT + q) * ys[3], ys[1], nv,
-                 _mm256_add_ps(o[r][q], bias));
+        for (int q = 0; q < MT && tx * MT + q < W; q++) {
+          const long off = (ty * MT + r) * ys[2] + (tx * MT + q) * ys[3];
+          __m256 v = _mm256_add_ps(o[r][q], bias);
+          if (rbase) v = _mm256_add_ps(v, load8(rbase + off, ys[1], nv));
+          store8(base + off, ys[1], nv, v);
+        }
     }
   }
 }
@@ -468,22 +478,30 @@ int radardiff_wino_weights(const float *w, const long *ws, int flip, int Co, int
   return 0;
 }
 
-// y = conv2d(x, w, bias, padding=1) from u = radardiff_wino_weights(w); bias may be NULL.
-// Returns 0, 1 when a block's buffers cannot be had, 2 for a bad size.
-int radardiff_conv3x3_wino(const float *x, const long *xs, const float *u, const float *bias,
-                           float *y, const long *ys, int N, int H, int W, int Ci, int Co,
-                           int threads) {
+// y = res + conv2d(x, w, bias, padding=1) from u = radardiff_wino_weights(w); bias and res
+// may be NULL, res (not y's memory) is read through y's strides. Returns 0, 1 when a block's
+// buffers cannot be had, 2 for a bad size.
+int radardiff_conv3x3_wino_res(const float *x, const long *xs, const float *u, const float *bias,
+                               const float *res, float *y, const long *ys, int N, int H, int W,
+                               int Ci, int Co, int threads) {
   if (N < 1 || H < 1 || W < 1 || Ci < 1 || Co < 1) return 2;
   threads = clamp_threads(threads);
   const long P = (long)N * ((H + MT - 1) / MT) * ((W + MT - 1) / MT);
   // blocks of TB tiles, smaller where that leaves a thread without one
   long share = (P + threads - 1) / threads;
   int tb = share < TB ? (int)((share + MR - 1) / MR * MR) : TB;
-  job_t base = {.x = x, .u = u, .bias = bias, .y = y, .N = N, .H = H, .W = W, .Ci = Ci,
+  job_t base = {.x = x, .u = u, .bias = bias, .res = res, .y = y, .N = N, .H = H, .W = W, .Ci = Ci,
                 .Co = Co, .nkp = (Co + NR - 1) / NR, .tb = tb, .ldv = Ci};
   memcpy(base.xs, xs, sizeof(base.xs));
   memcpy(base.ys, ys, sizeof(base.ys));
   return run(forward, WORKER(forward), &base, threads) ? 1 : 0;
+}
+
+// y = conv2d(x, w, bias, padding=1): radardiff_conv3x3_wino_res without a residual
+int radardiff_conv3x3_wino(const float *x, const long *xs, const float *u, const float *bias,
+                           float *y, const long *ys, int N, int H, int W, int Ci, int Co,
+                           int threads) {
+  return radardiff_conv3x3_wino_res(x, xs, u, bias, NULL, y, ys, N, H, W, Ci, Co, threads);
 }
 
 // out (Co * 3 * 3 * Ci floats, [Co][3][3][Ci]) = the weight gradient of conv2d(x, w, padding=1)
