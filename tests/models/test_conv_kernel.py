@@ -18,7 +18,7 @@ from torch import nn
 
 from conftest import tiny_run_config
 from radardiff.errors import ConfigError
-from radardiff.models import build_unet, conv_kernel, norm_kernel
+from radardiff.models import build_unet, conv_kernel, fused_attention, norm_kernel
 
 OK, WHY = conv_kernel.available()
 needs_kernel = pytest.mark.skipif(not OK, reason=f"the kernel cannot run here: {WHY}")
@@ -557,7 +557,8 @@ def test_training_logs_its_choice(noise_files, tmp_path, caplog):
         train(cfg, tmp_path / "a")
     assert "convolutions: radardiff's AVX2 kernels (3x3: Winograd" in caplog.text
     assert "(train.conv_kernels = auto)" in caplog.text
-    assert "; group norm + SiLU fused, 8 residual blocks (" in caplog.text  # down 2, mid 2, up 4
+    assert "; group norm + SiLU fused, 8 residual blocks;" in caplog.text  # down 2, mid 2, up 4
+    assert "; attention: q, k, v in one product, 4 layers (" in caplog.text  # down 2, mid, up 1
     caplog.clear()
     torch_cfg = tiny_run_config(str(noise_files[0]), train={"steps": 1, "conv_kernels": "torch"})
     with caplog.at_level(logging.INFO, logger="radardiff"):
@@ -704,3 +705,6 @@ def test_trainer_puts_the_kernels_under_its_network_and_its_ema_networks(noise_f
         blocks = sum(norm_kernel.eligible(m) for m in model.modules())
         for network in (model, *trainer.ema.models):  # group norm + SiLU fused in each
             assert blocks > 0 and norm_kernel.installed(network) == (blocks if expect else 0)
+        layers = sum(fused_attention.eligible(m) for m in model.modules())
+        for network in (model, *trainer.ema.models):  # q, k, v in one product in each
+            assert layers > 0 and fused_attention.installed(network) == (layers if expect else 0)

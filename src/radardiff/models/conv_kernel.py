@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from radardiff.errors import ConfigError
+from radardiff.models import fused_attention
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(
@@ -622,16 +623,19 @@ def _dropout_forward(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
 def install(network: nn.Module) -> int:
     """Route the eligible convolutions to the kernels, the dropout layers (``nn.Dropout``,
     p > 0) to the Philox kernel, and the residual blocks' group norms and SiLUs (and the other
-    group norms) to the fused kernel of :mod:`radardiff.models.norm_kernel`; returns how many
-    convolutions.
+    group norms) to the fused kernel of :mod:`radardiff.models.norm_kernel`, and the attention
+    layers' query, key and value projections to one product
+    (:mod:`radardiff.models.fused_attention`); returns how many convolutions.
 
     The layers keep their parameters and state dict; only their ``_conv_forward`` (a dropout
-    layer's, a residual block's or a group norm's ``forward``) changes.
+    layer's, a residual block's or a group norm's ``forward``, an attention layer's processor)
+    changes.
     Call :func:`available` first: the kernels are compiled at the first call otherwise.
     """
     from radardiff.models import norm_kernel  # it imports this module
 
     norm_kernel.install(network)
+    fused_attention.install(network)
     count = 0
     for module in network.modules():
         if eligible(module):
@@ -654,6 +658,7 @@ def uninstall(network: nn.Module) -> None:
     from radardiff.models import norm_kernel
 
     norm_kernel.uninstall(network)
+    fused_attention.uninstall(network)
     forget(network)
     for module in network.modules():
         vars(module).pop("_conv_forward", None)
@@ -701,14 +706,18 @@ def installed_dropouts(network: nn.Module) -> int:
     return sum(type(m) is nn.Dropout and "forward" in vars(m) for m in network.modules())
 
 
-def describe(used: bool, count: int, why: str, dropouts: int = 0, blocks: int = 0) -> str:
+def describe(
+    used: bool, count: int, why: str, dropouts: int = 0, blocks: int = 0, attentions: int = 0
+) -> str:
     """The log line of the choice (``dropouts``: how many dropout layers run on the kernel,
-    ``blocks``: how many residual blocks have their group norms and SiLUs fused)."""
+    ``blocks``: how many residual blocks have their group norms and SiLUs fused,
+    ``attentions``: how many attention layers project q, k, v in one product)."""
     if used:
         drop = f"; dropout: Philox4x32-10 masks, {dropouts} layers" if dropouts else ""
         norms = f"; group norm + SiLU fused, {blocks} residual blocks" if blocks else ""
+        qkv = f"; attention: q, k, v in one product, {attentions} layers" if attentions else ""
         return (
             f"convolutions: radardiff's AVX2 kernels (3x3: Winograd F(4x4, 3x3), forward and "
-            f"both gradients; 1x1: matrix products), {count} layers{drop}{norms} ({why})"
+            f"both gradients; 1x1: matrix products), {count} layers{drop}{norms}{qkv} ({why})"
         )
     return f"convolutions: torch's ({why})"

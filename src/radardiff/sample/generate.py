@@ -33,7 +33,14 @@ from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noi
 from radardiff.diffusion.denoiser import CLIP_MODES, default_clip
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
-from radardiff.models import LoadedRun, condition_frame, conv_kernel, norm_kernel, upsample
+from radardiff.models import (
+    LoadedRun,
+    condition_frame,
+    conv_kernel,
+    fused_attention,
+    norm_kernel,
+    upsample,
+)
 from radardiff.models.compiled import compiled_network
 from radardiff.sample.device import AUTO_BATCH, agree_batch_size, auto_batch_size, balanced
 from radardiff.sample.writers import output_format
@@ -337,7 +344,13 @@ class Sampling:
             count = conv_kernel.install(run.model)
         else:  # a network an earlier request of this process put on them
             conv_kernel.uninstall(run.model)
-        kernels = conv_kernel.describe(use, count, why, blocks=norm_kernel.installed(run.model))
+        kernels = conv_kernel.describe(
+            use,
+            count,
+            why,
+            blocks=norm_kernel.installed(run.model),
+            attentions=fused_attention.installed(run.model),
+        )
         eager = Denoiser.from_run(
             run,
             channels_last=channels_last,

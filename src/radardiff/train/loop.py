@@ -25,7 +25,13 @@ from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
 from radardiff.diffusion import Denoiser, GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
-from radardiff.models import build_unet, conv_kernel, log_range_moments, norm_kernel
+from radardiff.models import (
+    build_unet,
+    conv_kernel,
+    fused_attention,
+    log_range_moments,
+    norm_kernel,
+)
 from radardiff.models.compiled import compiled_for_training, resolve_mode, uses_cuda_graphs
 from radardiff.train.checkpoint import (
     CheckpointState,
@@ -265,7 +271,8 @@ class Trainer:
         count = conv_kernel.install(model) if use_kernels else 0
         dropouts = conv_kernel.installed_dropouts(model)
         blocks = norm_kernel.installed(model)
-        log.info("%s", conv_kernel.describe(use_kernels, count, why, dropouts, blocks))
+        attentions = fused_attention.installed(model)
+        log.info("%s", conv_kernel.describe(use_kernels, count, why, dropouts, blocks, attentions))
         self.conv_kernels = use_kernels  # frozen networks beside it (a teacher) may use them too
         if use_kernels:  # the EMA networks validate and sample without gradients: Winograd
             for network in self.ema.models:
