@@ -1,5 +1,5 @@
-"""Attention with q, k, v as one product: diffusers' forward values bit for bit, its gradients
-to float rounding, the fallbacks, and the install on a network."""
+"""Attention with q, k, v as one product: diffusers' values and gradients to float rounding,
+the fallbacks, and the install on a network."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def test_forward_is_diffusers_bit_for_bit_and_gradients_agree(group_norm, layout
     assert fused_attention.install(attn) == 1 and fused_attention.installed(attn) == 1
     out = attn(fused_x)
     out.backward(grad)
-    assert torch.equal(out, ref) and out.stride() == ref.stride()
+    assert out.stride() == ref.stride()
+    # the same bits with torch's CPU matrix products here; to float rounding in general
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6 * ref.abs().max().item())
     scale = ref_x.grad.abs().max().item()
     torch.testing.assert_close(fused_x.grad, ref_x.grad, rtol=0, atol=1e-5 * scale)
     for name, p in attn.named_parameters():
@@ -66,7 +68,9 @@ def test_forward_is_diffusers_bit_for_bit_and_gradients_agree(group_norm, layout
             p.grad, ref_grads[name], rtol=1e-5, atol=1e-6 * ref_grads[name].abs().max().item()
         )
     with torch.inference_mode():
-        assert torch.equal(attn(x), ref.detach())
+        torch.testing.assert_close(
+            attn(x), ref.detach(), rtol=0, atol=1e-6 * ref.abs().max().item()
+        )
 
 
 def test_other_calls_go_to_the_processor_it_had():
@@ -105,7 +109,9 @@ def test_network_install_counts_layers_keeps_the_state_dict_and_uninstall_restor
         ref = net(x, t).sample
         assert fused_attention.install(net) == layers > 0
         assert net.state_dict().keys() == state.keys()
-        assert torch.equal(net(x, t).sample, ref)
+        torch.testing.assert_close(
+            net(x, t).sample, ref, rtol=0, atol=1e-6 * ref.abs().max().item()
+        )
         fused_attention.uninstall(net)
         assert fused_attention.installed(net) == 0
         assert all(

@@ -7,9 +7,11 @@ the three weights (and biases) are concatenated at each call (a copy the size of
 that product. The rest is diffusers' processor step for step: group norm, scaled dot-product
 attention, the output projection, the residual and ``rescale_output_factor``.
 
-The forward values are torch's bit for bit (each output column's sum runs over the same input
-channels in the same order, whichever product it sits in). The input's gradient is one product
-over the three projections' columns instead of three summed, so it differs by float rounding.
+The forward values agree with diffusers' to float rounding; with torch 2.13's CPU matrix
+products on the AVX2 EPYC they were the same bits (each output column summed over the same
+input channels in the same order, whichever product it sits in), but no BLAS promises that. The
+input's gradient is one product over the three projections' columns instead of three summed,
+so it differs by float rounding.
 
 :func:`install` gives an eligible ``Attention`` (self-attention, no spatial norm, no query or key
 norm) this processor; the parameters and state dict are unchanged, and a call with a mask, an
