@@ -43,7 +43,7 @@ def _input(shape, layout, seed=1):
 @pytest.mark.parametrize("group_norm", [True, False])
 @pytest.mark.parametrize("layout", ["nchw", "cl", "tokens"])
 @pytest.mark.parametrize("rescale", [1.0, 2.0])
-def test_forward_is_diffusers_bit_for_bit_and_gradients_agree(group_norm, layout, rescale):
+def test_values_and_gradients_agree_with_diffusers(group_norm, layout, rescale):
     attn = _attention(group_norm=group_norm, rescale=rescale)
     shape = (3, 7 * 5, 32) if layout == "tokens" else (3, 32, 7, 5)
     x = _input(shape, layout)
