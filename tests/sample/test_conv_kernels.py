@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError
@@ -51,10 +52,20 @@ def test_sampling_uses_the_kernels_and_gives_torchs_samples(run, tmp_path, caplo
 
 
 @needs_kernel
-def test_a_sample_does_not_depend_on_its_batch(run):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_sample_does_not_depend_on_its_batch(run, threads):
     """The Winograd kernel computes each image alone: on it, sample i is the same in any batch
     (torch's other layers too sum in an order that may depend on the batch, hence the tolerance
-    rather than bit-equality)."""
+    rather than bit-equality). A batch of one image on two threads once came out all NaN."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _batch_independence(run)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _batch_independence(run):
     whole, _ = denoise_batch(run, opts(), np.arange(5))
     assert _patched(run) > 0
     for i in (0, 3):

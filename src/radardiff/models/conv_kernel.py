@@ -60,10 +60,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radardiff.errors import ConfigError
-from radardiff.models import fused_attention
+from radardiff.models import fused_attention, selfcheck
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(
@@ -431,32 +432,62 @@ def conv1x1_weight_grad(
     return out.view(co, ci, 1, 1)
 
 
+def _name(weight: torch.Tensor) -> str:
+    return "conv1x1" if weight.shape[-1] == 1 else "conv3x3"
+
+
+def _checked_conv(x, weight, bias, residual, kernel):
+    """``kernel()``, the layer's convolution (plus ``residual``) on the kernels, checked against
+    torch's on this signature at its first use in the process (:mod:`selfcheck`)."""
+    key = selfcheck.signature(_name(weight), (x, weight, bias, residual))
+
+    def reference():
+        y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+        return y if residual is None else residual + y
+
+    return selfcheck.checked(key, kernel, reference)
+
+
 class _KernelConv(torch.autograd.Function):
     """An eligible layer's convolution computed by radardiff's kernels, forward and backward:
     ``conv2d(x, w, b)`` for a 1x1 ``w``, ``conv2d(x, w, b, padding=1)`` for a 3x3 ``w`` given
-    ``u = winograd_weight(w)``; with a ``residual`` (3x3 only), ``residual`` plus that."""
+    ``u = winograd_weight(w)``; with a ``residual`` (3x3 only), ``residual`` plus that. Each of
+    the three products is checked against torch's at its first use on a signature."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, u, residual=None):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         if u is None:
-            return conv1x1(x, weight, bias)
-        return winograd_conv(x, u, weight.shape[0], bias, residual=residual)
+            return _checked_conv(x, weight, bias, None, lambda: conv1x1(x, weight, bias))
+        return _checked_conv(
+            x, weight, bias, residual,
+            lambda: winograd_conv(x, u, weight.shape[0], bias, residual=residual),
+        )  # fmt: skip
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         pointwise = weight.shape[-1] == 1
+        pad, name = weight.shape[-1] // 2, _name(weight)
         grad_x = grad_w = None
         if need_x:
-            grad_x = (conv1x1_input_grad if pointwise else input_grad)(grad_out, weight)
+            grad_x = selfcheck.checked(
+                selfcheck.signature(f"{name} input gradient", (grad_out, weight)),
+                lambda: (conv1x1_input_grad if pointwise else input_grad)(grad_out, weight),
+                lambda: torch.nn.grad.conv2d_input(x.shape, weight, grad_out, padding=pad),
+            )
         if need_w:
+            grad_w = selfcheck.checked(
+                selfcheck.signature(f"{name} weight gradient", (x, grad_out)),
+                lambda: (conv1x1_weight_grad if pointwise else weight_grad)(x, grad_out),
+                lambda: torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, padding=pad),
+            )
             if pointwise:  # in the weight's strides (its size-1 dimensions' too)
-                grad_w = torch.empty_like(weight).copy_(conv1x1_weight_grad(x, grad_out))
+                grad_w = torch.empty_like(weight).copy_(grad_w)
             else:
-                grad_w = weight_grad(x, grad_out).contiguous(memory_format=_layout(weight))
+                grad_w = grad_w.contiguous(memory_format=_layout(weight))
         # the bias gradient by itself: asking oneDNN's backward-data primitive for it too made
         # oneDNN compute the weight gradient as well, 2.4x the time
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and need_b else None
@@ -527,9 +558,11 @@ def conv_residual(module: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) ->
         and residual.shape == (x.shape[0], module.out_channels, *x.shape[2:])
     ):
         if not torch.is_grad_enabled():
-            return winograd_conv(
-                x, _transformed(module, weight), weight.shape[0], bias, residual=residual
-            )
+            u = _transformed(module, weight)
+            return _checked_conv(
+                x, weight, bias, residual,
+                lambda: winograd_conv(x, u, weight.shape[0], bias, residual=residual),
+            )  # fmt: skip
         if weight.requires_grad:
             u = winograd_weight(weight.detach())
             return _KernelConv.apply(x, weight, bias, u, residual)
@@ -541,8 +574,11 @@ def _forward(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias):
         pointwise = module.kernel_size == (1, 1)
         if not torch.is_grad_enabled():
             if pointwise:
-                return conv1x1(x, weight, bias)
-            return winograd_conv(x, _transformed(module, weight), weight.shape[0], bias)
+                return _checked_conv(x, weight, bias, None, lambda: conv1x1(x, weight, bias))
+            u = _transformed(module, weight)
+            return _checked_conv(
+                x, weight, bias, None, lambda: winograd_conv(x, u, weight.shape[0], bias)
+            )
         if weight.requires_grad:
             u = None if pointwise else winograd_weight(weight.detach())
             return _KernelConv.apply(x, weight, bias, u)
@@ -606,6 +642,40 @@ class _KernelDropout(torch.autograd.Function):
         return dropout_mask_apply(grad_out, ctx.p, ctx.seed), None
 
 
+def dropout_looks_right(x: torch.Tensor, y: torch.Tensor, p: float) -> tuple[bool, str]:
+    """Whether ``y`` is a dropout of ``x``: every element zero or ``x / (1 - p)`` exactly (as
+    the kernel computes it), and the share kept within 6 standard deviations of ``1 - p``."""
+    scaled = x * torch.tensor(1.0 / (1.0 - p), dtype=torch.float32)
+    kept = y != 0
+    if not bool(((~kept) | (y == scaled)).all()):
+        return False, "elements neither dropped nor scaled"
+    n = x.numel()
+    share = float((kept | (x == 0)).double().mean())
+    spread = 6.0 * (p * (1.0 - p) / n) ** 0.5 + 1.0 / n
+    if abs(share - (1.0 - p)) > spread:
+        return False, f"{share:.4f} of {n} elements kept, {1 - p:.4f} expected"
+    return True, "agree"
+
+
+_CHECK_SEED = 0x5EED_D20B
+
+
+def _dropout_trusted(x: torch.Tensor, p: float) -> bool:
+    """The dropout kernel's verdict on this signature, checked at its first use: a mask drawn
+    without gradients and held to :func:`dropout_looks_right` (its masks are not torch's, so
+    the check is of their form and law, not of equality)."""
+    key = selfcheck.signature("dropout", (x,), p)
+    verdict = selfcheck.verdict(key)
+    if verdict is None:
+        with torch.no_grad():
+            # a fixed seed: the check must not draw from torch's generator, or a resumed run
+            # would draw other masks than an unbroken one
+            y = dropout_mask_apply(x.detach(), p, _CHECK_SEED)
+        verdict, detail = dropout_looks_right(x.detach(), y, p)
+        selfcheck.record(key, verdict, detail)
+    return verdict
+
+
 def _dropout_forward(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     if (
         module.training
@@ -615,6 +685,7 @@ def _dropout_forward(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
         and x.dtype == torch.float32
         and x.numel() > 0
         and _dense(x)
+        and _dropout_trusted(x, module.p)
     ):
         return _KernelDropout.apply(x, module.p)
     return nn.Dropout.forward(module, x)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from radardiff.models import conv_kernel
+from radardiff.models import conv_kernel, selfcheck
 
 
 def _layout(x: torch.Tensor) -> int | None:
@@ -134,18 +134,63 @@ def backward(
     return dx, s2, s1
 
 
+def reference_forward(x, groups, a, b, eps=1e-5, silu=True):
+    """torch's :func:`forward`: ``act(xhat * a + b)`` with the (N, groups) means and reciprocal
+    standard deviations, ``a`` and ``b`` (C,) or (N, C); computed in float64 on an NCHW copy
+    (torch's float32 channels-last group norm loses every digit of a group whose mean is large
+    against its spread), returned in ``x``'s dtype."""
+    n, c = x.shape[:2]
+    tail = (1,) * (x.ndim - 2)
+    x64 = x.contiguous().double()
+    a = a.double().expand(n, c).reshape(n, c, *tail)
+    b = b.double().expand(n, c).reshape(n, c, *tail)
+    y = F.group_norm(x64, groups, eps=eps) * a + b
+    var, mean = torch.var_mean(x64.reshape(n, groups, -1), dim=2, unbiased=False)
+    y = F.silu(y) if silu else y
+    return y.to(x.dtype), mean.to(x.dtype), torch.rsqrt(var + eps).to(x.dtype)
+
+
+def reference_backward(x, grad_out, groups, a, b, eps=1e-5, silu=True):
+    """torch's :func:`backward`: the gradients of :func:`reference_forward`'s output with
+    respect to ``x``, ``a`` and ``b`` ((N, C) each for the last two), by autograd."""
+    n, c = x.shape[:2]
+    with torch.enable_grad():
+        xr, ar, br = (
+            v.detach().double().requires_grad_() for v in (x, a.expand(n, c), b.expand(n, c))
+        )
+        y = reference_forward(xr, groups, ar, br, eps, silu)[0]
+        grads = torch.autograd.grad(y, (xr, ar, br), grad_out.double())
+    return tuple(g.to(x.dtype) for g in grads)
+
+
+def checked_forward(x, groups, a, b, eps=1e-5, silu=True):
+    """:func:`forward`, checked against :func:`reference_forward` on this signature at its
+    first use in the process (:mod:`radardiff.models.selfcheck`)."""
+    key = selfcheck.signature("group norm", (x, a, b), groups, silu)
+    return selfcheck.checked(
+        key,
+        lambda: forward(x, groups, a, b, eps, silu),
+        lambda: reference_forward(x, groups, a, b, eps, silu),
+    )
+
+
 class _GroupNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, b, groups, eps, silu):  # type: ignore[override]
-        y, mean, rstd = forward(x, groups, a, b, eps, silu)
+        y, mean, rstd = checked_forward(x, groups, a, b, eps, silu)
         ctx.save_for_backward(x, a, b, mean, rstd)
-        ctx.groups, ctx.silu = groups, silu
+        ctx.groups, ctx.silu, ctx.eps = groups, silu, eps
         return y
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, a, b, mean, rstd = ctx.saved_tensors
-        dx, da, db = backward(x, grad_out, ctx.groups, a, b, mean, rstd, ctx.silu)
+        key = selfcheck.signature("group norm backward", (x, grad_out, a, b), ctx.groups, ctx.silu)
+        dx, da, db = selfcheck.checked(
+            key,
+            lambda: backward(x, grad_out, ctx.groups, a, b, mean, rstd, ctx.silu),
+            lambda: reference_backward(x, grad_out, ctx.groups, a, b, ctx.eps, ctx.silu),
+        )
         return dx, da, db, None, None, None
 
 
@@ -173,7 +218,7 @@ def group_norm_act(
         a, b = weight * factor, bias * factor + shift.reshape(n, c)
     if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
         return _GroupNormAct.apply(x, a, b, norm.num_groups, norm.eps, silu)
-    return forward(x, norm.num_groups, a, b, norm.eps, silu)[0]
+    return checked_forward(x, norm.num_groups, a, b, norm.eps, silu)[0]
 
 
 def _group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:

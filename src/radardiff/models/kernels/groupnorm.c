@@ -219,10 +219,19 @@ static void channel_sums(const float *x, int P, int C, const float *m, int sq, f
   }
 }
 
+// this thread's images, [n0, n1): the same split as the NCHW path's units, so with fewer images
+// than threads the images go to the last threads (N = 1, T = 2: thread 1), never to none
+static void cl_range(const job_t *j, int *n0, int *n1) {
+  *n0 = (int)((long)j->N * j->t / j->T);
+  *n1 = (int)((long)j->N * (j->t + 1) / j->T);
+}
+
 // this thread's buffers, 7 C floats and 2 C doubles; 0 where it has no image or no memory (then
 // failed is set)
 static int cl_buffers(job_t *j, float **f, double **d) {
-  if (j->t >= j->N) return 0;
+  int n0, n1;
+  cl_range(j, &n0, &n1);
+  if (n0 >= n1) return 0;
   *f = aligned_alloc(32, ((size_t)7 * j->C * sizeof(float) + 31) / 32 * 32);
   *d = malloc((size_t)2 * j->C * sizeof(double));
   if (!*f || !*d) {
@@ -260,9 +269,11 @@ static void forward_cl(job_t *j) {
   const int C = j->C, P = j->P;
   float *f;
   double *d;
+  int n0, n1;
   if (!cl_buffers(j, &f, &d)) return;
+  cl_range(j, &n0, &n1);
   float *mg = f, *rg = f + C, *acc = f + 2 * C, *scale = f + 3 * C, *shift = f + 4 * C;
-  for (int n = (int)((long)j->N * j->t / j->T); n < (int)((long)j->N * (j->t + 1) / j->T); n++) {
+  for (int n = n0; n < n1; n++) {
     const float *x = j->x + (long)n * P * C;
     float *y = j->y + (long)n * P * C;
     cl_stats(j, n, x, mg, rg, acc, d);
@@ -286,11 +297,13 @@ static void backward_cl(job_t *j) {
   const int C = j->C, P = j->P, G = j->G, cg = C / G, silu = j->silu;
   float *f;
   double *d;
+  int n0, n1;
   if (!cl_buffers(j, &f, &d)) return;
+  cl_range(j, &n0, &n1);
   float *mg = f, *rg = f + C, *a1 = f + 2 * C, *a2 = f + 3 * C, *scale = f + 4 * C, *shift = f + 5 * C,
         *k4 = f + 6 * C;
   double *s1 = d, *s2 = d + C;
-  for (int n = (int)((long)j->N * j->t / j->T); n < (int)((long)j->N * (j->t + 1) / j->T); n++) {
+  for (int n = n0; n < n1; n++) {
     const long base = (long)n * P * C, nc = (long)n * C;
     const float *x = j->x + base, *dy = j->dy + base;
     for (int g = 0; g < G; g++)
