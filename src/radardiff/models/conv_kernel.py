@@ -53,6 +53,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
+import logging
 import os
 import shutil
 import subprocess
@@ -63,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radardiff._files import temp_file_for, waiting_lock
 from radardiff.errors import ConfigError
 from radardiff.models import fused_attention, selfcheck
 
@@ -74,6 +77,7 @@ HEADERS = (KERNELS / "common.h",)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread", "-std=c11")
 CONV_KERNELS = ("auto", "radardiff", "torch")
 MIN_CHANNELS = 16
+log = logging.getLogger(__name__)
 
 
 class KernelUnavailable(RuntimeError):
@@ -111,7 +115,9 @@ def _compiler_id(cc: str) -> str:
 
 
 def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
-    """Compiles the kernels into ``target`` (atomically); the compiler's first error line, or None."""
+    """Compiles the kernels into ``target``, then writes its marker (:func:`_marker`): the
+    library's SHA-256, last, so that a library without a matching marker is never loaded.
+    Returns the compiler's first error line (or why its output is unusable), or None."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -124,7 +130,18 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
         )
         if out.returncode != 0:
             return (out.stderr.strip().splitlines() or ["no message"])[0]
-        os.replace(tmp, target)  # atomic: a concurrent build leaves one whole file
+        with open(tmp, "rb") as fh:
+            built = fh.read()
+        if not built.startswith(b"\x7fELF"):
+            what = "an empty file" if not built else "a file that is not a shared library"
+            return f"it wrote {what} (exit status 0)"
+        os.replace(tmp, target)  # atomic: a concurrent reader sees one whole file
+        marker = {"sha256": hashlib.sha256(built).hexdigest(), "size": len(built),
+                  "compiler": cc, "flags": list(flags)}  # fmt: skip
+        fd, mtmp = temp_file_for(_marker(target))
+        with os.fdopen(fd, "w") as fh:
+            json.dump(marker, fh)
+        os.replace(mtmp, _marker(target))
         return None
     except (OSError, subprocess.SubprocessError) as err:
         return str(err)
@@ -133,7 +150,69 @@ def _build(cc: str, flags: tuple[str, ...], target: Path) -> str | None:
             os.unlink(tmp)
 
 
+def _marker(target: Path) -> Path:
+    """The record of a built library: its SHA-256 and size, written after the library."""
+    return target.with_suffix(".json")
+
+
+def _load_verified(target: Path) -> ctypes.CDLL | None:
+    """The cached library ``target`` where its bytes match its marker, else None (never built,
+    half built, truncated, damaged or replaced: loading such a file can kill the process with
+    SIGBUS, or load someone else's code)."""
+    try:
+        record = json.loads(_marker(target).read_text(encoding="utf-8"))
+        data = target.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        log.info("%s: does not match its marker (damaged or half written); rebuilt", target)
+        return None
+    try:
+        return _declare(ctypes.CDLL(str(target)))
+    except (OSError, AttributeError) as err:
+        log.info("%s: cannot be loaded (%s); rebuilt", target, err)
+        return None
+
+
+# how long a process waits for another one that is building the kernels into the same cache
+BUILD_WAIT_S = 900.0
+
+
+def _cached_or_built(cc: str, flags: tuple[str, ...], target: Path) -> ctypes.CDLL | str:
+    """The verified library ``target``, built here if need be (one process builds while the
+    others wait on the cache's lock file, then load what it built); a string says why not."""
+    lib = _load_verified(target)
+    if lib is not None:
+        return lib
+
+    def busy(holder: str) -> KernelUnavailable:
+        return KernelUnavailable(
+            f"{holder} has been building the kernels into {target.parent} for {BUILD_WAIT_S:.0f} s"
+        )
+
+    try:
+        with waiting_lock(target.with_suffix(".lock"), BUILD_WAIT_S, busy):
+            lib = _load_verified(target)  # built by the process we waited for
+            if lib is not None:
+                return lib
+            error = _build(cc, flags, target)
+            if error is not None:
+                return error
+            return _load_verified(target) or "the library it built does not load"
+    except OSError as err:
+        raise KernelUnavailable(f"cannot write to the cache {target.parent}: {err}") from None
+
+
 @functools.cache
+def _library() -> ctypes.CDLL | KernelUnavailable:
+    """The kernels, or why they cannot run: either is kept for the process (a failed build is
+    not tried again at every call)."""
+    try:
+        return _load_library()
+    except KernelUnavailable as err:
+        return err
+
+
 def library() -> ctypes.CDLL:
     """The compiled kernels, built on first use; :class:`KernelUnavailable` where they cannot be.
 
@@ -141,8 +220,19 @@ def library() -> ctypes.CDLL:
     OpenMP runtime torch loaded (the same ``libgomp.so.1``), so it runs on torch's threads. With
     threads of its own it ran up to 2x slower inside a training step on 2 cores, where torch's
     idle threads spin for a while after each of torch's parallel regions. Without OpenMP it uses
-    POSIX threads.
+    POSIX threads. The cache is verified before anything is loaded (:func:`_load_verified`);
+    the outcome, library or failure, is kept for the process.
     """
+    got = _library()
+    if isinstance(got, KernelUnavailable):
+        raise KernelUnavailable(str(got))
+    return got
+
+
+library.cache_clear = _library.cache_clear  # type: ignore[attr-defined]
+
+
+def _load_library() -> ctypes.CDLL:
     if not cpu_supported():
         raise KernelUnavailable(
             f"the CPU has no AVX2 (torch dispatches to {torch.backends.cpu.get_cpu_capability()})"
@@ -155,15 +245,12 @@ def library() -> ctypes.CDLL:
     first_error = None
     for flags in (FLAGS + ("-fopenmp",), FLAGS):
         key = hashlib.sha256(source + compiler + " ".join(flags).encode()).hexdigest()[:16]
-        target = cache_dir() / f"conv-{key}.so"
-        error = None if target.exists() else _build(cc, flags, target)
-        if error is None:
-            break
-        first_error = first_error or error
-    else:
-        names = ", ".join(path.name for path in SOURCES)
-        raise KernelUnavailable(f"{cc} could not compile {names}: {first_error}")
-    return _declare(ctypes.CDLL(str(target)))
+        got = _cached_or_built(cc, flags, cache_dir() / f"conv-{key}.so")
+        if not isinstance(got, str):
+            return got
+        first_error = first_error or got
+    names = ", ".join(path.name for path in SOURCES)
+    raise KernelUnavailable(f"{cc} could not compile {names}: {first_error}")
 
 
 def available() -> tuple[bool, str]:
