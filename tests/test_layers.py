@@ -15,6 +15,8 @@ BASE = {
     "_malloc",
     "_files",
     "_hardware",
+    "_stop",
+    "_budget",
     "__init__",
     "__main__",
 }  # importable from every layer

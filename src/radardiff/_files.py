@@ -8,11 +8,22 @@ mode that ``open()`` would give a new file under the process's umask.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from radardiff import _stop
+from radardiff.errors import RadarDiffError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; outputs are not protected there
+    fcntl = None
 
 
 def umask_mode(directory: bool = False) -> int:
@@ -40,14 +51,152 @@ def temp_dir_for(path: Path) -> Path:
 def replace_dir(path: Path, write: Callable[[Path], None]) -> None:
     """Make the folder ``path`` whole or not at all: ``write(tmp)`` fills a temporary sibling,
     which then replaces ``path`` (an existing one is removed first); on any failure the
-    temporary folder is removed and ``path`` is left as it was."""
+    temporary folder is removed and ``path`` is left as it was. ``path`` is held
+    (:func:`hold_output`) meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_for(path)
+    with hold_output(path):
+        tmp = temp_dir_for(path)
+        try:
+            write(tmp)
+            _stop.check()
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class OutputBusy(RadarDiffError):
+    """Another process is writing the same output."""
+
+
+# outputs this process holds: resolved path -> [descriptor, lock file, depth]
+_held: dict[str, list] = {}
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of the output ``path``: ``.NAME.lock`` beside it."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def _key(path: Path) -> str:
+    return str(Path(os.path.abspath(path)))
+
+
+def _acquire(path: Path) -> tuple[int, Path]:
+    """Open and flock the lock file of ``path``; OutputBusy naming the holder when it is held."""
+    lock = lock_path(path)
+    fd = _lock_file(lock, wait_s=0.0)
+    if fd is None:
+        raise OutputBusy(
+            f"{path}: being written by {_holder(lock)}; wait for it to finish or choose another "
+            "output"
+        )
+    return fd, lock
+
+
+def _holder(lock: Path) -> str:
     try:
-        write(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return lock.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _lock_file(lock: Path, wait_s: float) -> int | None:
+    """An open descriptor holding an exclusive flock on the file ``lock`` (created), waiting up
+    to ``wait_s`` seconds for another holder; None when it is still held then. The file is
+    removed on release (:func:`_unlock_file`), so a file opened just before its holder removed
+    it is a dead one: the lock is taken again until the file locked is the one under the name.
+    The holder's pid, host and start time are written into it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                return None
+            _stop.check()
+            time.sleep(0.05)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            text = f"process {os.getpid()} on {socket.gethostname()} since {stamp}"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _unlock_file(fd: int, lock: Path) -> None:
+    with contextlib.suppress(OSError):
+        lock.unlink()
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def waiting_lock(lock: Path, wait_s: float, busy: Callable[[str], BaseException]) -> Iterator[None]:
+    """Hold the lock file ``lock`` for the block, waiting up to ``wait_s`` seconds for another
+    holder (then ``busy(holder)`` is raised); the file is removed at the end. Without advisory
+    locks (Windows) the block runs unprotected."""
+    if fcntl is None:
+        yield
+        return
+    fd = _lock_file(lock, wait_s)
+    if fd is None:
+        raise busy(_holder(lock))
+    try:
+        yield
+    finally:
+        _unlock_file(fd, lock)
+
+
+@contextlib.contextmanager
+def hold_output(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the output ``path`` (a file or a folder) against other processes while it is
+    written: a second writer of the same path is refused (:class:`OutputBusy`, one line naming
+    the holder's pid) instead of mixing its output in. Re-entrant within a process; the kernel
+    drops the lock when its holder dies, however it dies."""
+    path = Path(path)
+    key = _key(path)
+    if fcntl is None or key in _held:
+        if key in _held:
+            _held[key][2] += 1
+        try:
+            yield
+        finally:
+            if key in _held:
+                _held[key][2] -= 1
+        return
+    fd, lock = _acquire(path)
+    _held[key] = [fd, lock, 1]
+    try:
+        yield
+    finally:
+        entry = _held[key]
+        entry[2] -= 1
+        if entry[2] == 0:
+            del _held[key]
+            _unlock_file(fd, lock)
+
+
+class OutputHold:
+    """:func:`hold_output` as an object with an explicit :meth:`release` (for writers whose
+    output is finished by a later call rather than at the end of a block)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._cm = hold_output(path)
+        self._cm.__enter__()
+        self._open = True
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self._cm.__exit__(None, None, None)

@@ -136,10 +136,17 @@ def test_non_positive_intensity_is_no_data_in_db(make_file):
     assert not out.mask[7, :, :2].any() and not out.mask[2].any()
 
 
-def test_every_sample_empty_is_an_error(make_file):
-    data, _ = make_file(x=np.full((3, 1, 4, 4), np.nan, np.float32))
+def test_every_sample_empty_is_an_error(tmp_path):
+    import h5py
+
+    from radardiff.data.dataset_file import DatasetFile
+
+    path = tmp_path / "empty.h5"  # made by hand: radardiff's writer refuses to write it
+    with h5py.File(path, "w") as h5:
+        h5["images"] = np.full((3, 1, 4, 4), np.nan, np.float32)
+        h5.attrs["kind"] = "generic"
     with pytest.raises(DataError, match="every sample is all NaN"):
-        Normalizer.fit(data)
+        Normalizer.fit(DatasetFile(path))
 
 
 def test_global_statistics_stream_exactly(make_file):

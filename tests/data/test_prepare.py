@@ -266,7 +266,7 @@ def test_cli_prepare(tmp_path):
 
 @needs_realdata
 def test_real_interferograms_tiles_and_split(tmp_path):
-    files = sorted(REALDATA.glob("*.tif"))
+    files = sorted(REALDATA.glob("geo_*_unw.tif"))
     res = prepare(
         REALDATA,
         tmp_path / "unw.h5",
@@ -301,7 +301,7 @@ def test_real_interferograms_tiles_and_split(tmp_path):
 @needs_realdata
 def test_real_interferograms_whole_scenes_nan_fraction(tmp_path):
     res = prepare(REALDATA, tmp_path / "w.h5", nodata=0)
-    raws = np.stack([tifffile.imread(p) for p in sorted(REALDATA.glob("*.tif"))])
+    raws = np.stack([tifffile.imread(p) for p in sorted(REALDATA.glob("geo_*_unw.tif"))])
     with DatasetFile(res.outputs[0].path) as ds:
         imgs = ds.images()[:, 0]
     assert imgs.shape == (17, 72, 47)

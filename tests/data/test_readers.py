@@ -295,8 +295,8 @@ def test_class_names_of():
 
 @needs_realdata
 def test_real_interferograms():
-    files = sorted(REALDATA.glob("*.tif"))
-    reader = open_reader(REALDATA, nodata=0)
+    files = sorted(REALDATA.glob("geo_*_unw.tif"))
+    reader = open_reader(REALDATA, nodata=0)  # dem.tif beside them is left out by its name
     assert len(reader) == len(files) == 17
     assert reader.info.kind == "insar_unwrapped" and reader.info.units == "rad"
     # 0.000833 deg pixels at 34.2 S: ~92.7 m north, ~76.7 m east
@@ -426,3 +426,30 @@ def test_csv_tables_of_flattened_images(tmp_path):
     (tmp_path / "bad.csv").write_text("1,2\nx,y\n")
     with pytest.raises(DataError, match="bad.csv: not a readable CSV table"):
         open_reader(tmp_path / "bad.csv")
+
+
+def test_an_elevation_model_beside_a_stack_is_left_out(tmp_path, caplog):
+    """PyRate ships dem.tif (int16 metres) beside its interferograms: it describes the grid, it
+    is not a scene, and it sorts first (it once made the whole stack 'unknown' units)."""
+    import logging
+
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    tifffile.imwrite(stack / "dem.tif", np.full((8, 8), 250, np.int16))
+    for k in range(3):
+        tifffile.imwrite(stack / f"geo_{k}_unw.tif", np.full((8, 8), k + 0.5, np.float32))
+    with caplog.at_level(logging.WARNING, logger="radardiff"):
+        reader = open_reader(stack)
+    assert len(reader) == 3 and "left out dem.tif, an elevation model" in caplog.text
+    assert [reader.read(i)[0, 0, 0] for i in range(3)] == [0.5, 1.5, 2.5]
+
+
+def test_a_stack_mixing_quantities_is_refused_naming_the_file(tmp_path):
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    tifffile.imwrite(stack / "a.tif", np.ones((8, 8), np.float32))
+    tifffile.imwrite(stack / "b_mask.tif", np.ones((8, 8), np.uint8))
+    reader = open_reader(stack)
+    reader.read(0)
+    with pytest.raises(DataError, match=r"b_mask.tif: holds integers where a.tif"):
+        reader.read(1)

@@ -101,14 +101,35 @@ def test_compiled_training_resumes_bit_identically_and_follows_eager(
     eager_train = {"compile": False, "conv_kernels": "torch"}
     eager_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=eager_train)})
     train(eager_cfg, tmp_path / "eager")
+    torch.manual_seed(cfg.train.seed)  # the network every run started from
+    init = build_unet(cfg.model, 1, False).state_dict()
     for which in ("model", "ema"):
         a, b = _weights(tmp_path / "straight", which), _weights(tmp_path / "resumed", which)
         e = _weights(tmp_path / "eager", which)
         for key in a:
             assert torch.equal(a[key], b[key]), (which, key)
-            torch.testing.assert_close(a[key], e[key], rtol=1e-4, atol=1e-5)
+        _follows(a, e, init, which)
     moved = max((a[k] - _weights(tmp_path / "straight", step=2)[k]).abs().max() for k in a)
     assert moved > 1e-4  # the last two steps changed the weights: the comparison has teeth
+
+
+def _follows(compiled_w: dict, eager_w: dict, init: dict, which: str) -> None:
+    """The compiled run's weights follow the eager run's within the float rounding of their
+    gradients, as AdamW carries it. The two gradients differ by rounding (other summation
+    orders), about 1e-6 of each gradient's scale; AdamW divides each gradient element by its own
+    running RMS, so an element whose gradient is itself near that rounding level can step
+    differently by up to about lr a step (4 steps of 1e-3 here), while every well-defined
+    element's step differs by rounding only. So: the whole network's difference is small against
+    the whole update (a wrong gradient in any layer would make it O(1) for that layer's share),
+    and the elements outside float rounding of the update are rare."""
+    keys = list(eager_w)
+    diff = torch.cat([(compiled_w[k] - eager_w[k]).double().flatten() for k in keys])
+    update = torch.cat([(eager_w[k] - init[k]).double().flatten() for k in keys])
+    assert update.norm() > 0
+    assert diff.norm() <= 1e-3 * update.norm(), (which, float(diff.norm() / update.norm()))
+    scale = torch.cat([eager_w[k].double().abs().flatten() for k in keys])
+    outside = (diff.abs() > 1e-5 + 1e-4 * scale).double().mean()
+    assert outside <= 1e-3, (which, float(outside))
 
 
 def test_config_dict_stops_growing_once_completed():

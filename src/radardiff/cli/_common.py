@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -53,6 +54,23 @@ def bar_callback(bar) -> Callable[..., None]:
             bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
 
     return update
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite (NaN and infinity are never meant), within the range
+    given as for ``click.FloatRange``."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+# seeds of numpy's and torch's generators are non-negative
+SEED = click.IntRange(min=0)
 
 
 class BatchSize(click.ParamType):

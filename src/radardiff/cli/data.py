@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from radardiff.cli._common import parse_kv
+from radardiff.cli._common import SEED, FiniteFloat, parse_kv
 
 
 @click.group()
@@ -24,7 +24,7 @@ def data() -> None:
 @click.option("--n", "n", type=int, required=True, help="Number of scenes.")
 @click.option("--size", type=int, default=None, help="Scene size in pixels (default per kind).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .h5 file.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--param",
     "params",
@@ -34,7 +34,7 @@ def data() -> None:
 )
 @click.option(
     "--pixel-spacing",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Metres per pixel: the scene's extent for deformation kinds, the recorded spacing of "
     "the scale-free ones [insar_noise 100, sar 20000/size].",

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import click
 
+from radardiff.cli._common import SEED
 from radardiff.data.dataset_file import KINDS
 from radardiff.data.readers import CLASS_MODES, FORMATS
 from radardiff.errors import ConfigError
@@ -106,7 +107,7 @@ def _parse_split(ctx, param, value: str | None):
 @click.option(
     "--split", callback=_parse_split, help="Train,val[,test] fractions, e.g. 0.8,0.1,0.1."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the split.")
 def prepare_cmd(
     src,
     out,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from radardiff.cli._common import bar_callback, progress
+from radardiff.cli._common import SEED, bar_callback, progress
 
 STAGES = ("synthesise data", "train", "sample", "evaluate", "report")
 
@@ -25,7 +25,7 @@ STAGES = ("synthesise data", "train", "sample", "evaluate", "report")
     "--n-train", type=int, default=4000, show_default=True, help="Synthetic training scenes."
 )
 @click.option("--n-samples", type=int, default=128, show_default=True, help="Scenes to generate.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
     """Synthesise 32x32 InSAR noise, train a small model on the CPU, sample, evaluate, report.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from radardiff.cli._common import parse_kv, precision_option, progress
+from radardiff.cli._common import SEED, FiniteFloat, parse_kv, precision_option, progress
 
 _PAIR_KEYS = ("label", "source", "present", "peak_los_m", "threshold_m", "wavelength_m", "wrap",
               "coherence", "coherence_std", "looks", "augment", "geometry")  # fmt: skip
@@ -57,19 +57,19 @@ def _pair_params(given: dict, sets: tuple[str, ...]):
               "log-uniform [0.005,0.05].")  # fmt: skip
 @click.option(
     "--threshold",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="--label presence: peak |LOS| (m) from which deformation counts [0.01].",
 )
 @click.option(
     "--present",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Fraction of pairs with a source [1; 0.5 with --label presence].",
 )
 @click.option(
     "--wavelength",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Radar wavelength in metres [0.0555, Sentinel-1; Envisat 0.0562].",
 )
@@ -91,7 +91,7 @@ def _pair_params(given: dict, sets: tuple[str, ...]):
     metavar="KEY=VALUE",
     help="Source geometry, e.g. --param mogi_depth_m=[300,1500] (repeatable).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--noise-n",
     type=int,
@@ -101,7 +101,7 @@ def _pair_params(given: dict, sets: tuple[str, ...]):
 @click.option("--size", type=int, default=None, help="insar_noise NOISE: tile size.")
 @click.option(
     "--pixel-spacing",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Metres per pixel (for noise files that do not record it).",
 )
@@ -166,10 +166,10 @@ def _pair(value: str | None, option: str):
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="[32 recovery, 64 detection]"
 )
-@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--lr", type=FiniteFloat(), default=2e-3, show_default=True)
 @click.option("--width", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-fraction", type=FiniteFloat(), default=0.1, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @precision_option(("no", "bf16", "auto"), "the network's training")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 def train_cmd(pairs, task, out, steps, batch_size, lr, width, val_fraction, seed, precision,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from radardiff.cli._common import parse_int_list, parse_kv, precision_option
+from radardiff.cli._common import FiniteFloat, parse_int_list, parse_kv, precision_option
 
 
 @click.command()
@@ -44,7 +44,7 @@ from radardiff.cli._common import parse_int_list, parse_kv, precision_option
 @click.option("--tasks", default="recovery,detection", show_default=True)
 @click.option(
     "--wavelength",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Radar wavelength in metres [0.0555; Envisat 0.0562].",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from radardiff.cli._common import bar_callback, progress
+from radardiff.cli._common import SEED, bar_callback, progress
 
 
 @click.group()
@@ -22,7 +22,7 @@ def features() -> None:
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--epochs", type=int, default=6, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--mode",
     type=click.Choice(["auto", "classifier", "simclr"]),

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from radardiff import _stop
 from radardiff._version import __version__
 from radardiff.cli._common import setup_logging
 from radardiff.errors import RadarDiffError, Terminated, is_disk_full
@@ -67,26 +68,34 @@ _register()
 
 
 def _fail(message: str, code: int) -> None:
+    """One line and the exit code; a recorded stop request (Ctrl-C, SIGTERM) wins over whatever
+    error it caused on its way out."""
+    signum = _stop.requested()
+    if signum is not None:
+        message, code = _STOPPED[signum == signal.SIGTERM]
     click.echo(f"radardiff: error: {message}", err=True)
     sys.exit(code)
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+_STOPPED = {False: ("interrupted", 130), True: ("terminated (SIGTERM)", 143)}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors exit 2, input and run errors exit 1, each as one line; Ctrl-C
-    exits 130 and SIGTERM 143 after the write in progress is finished or abandoned cleanly."""
+    exits 130 and SIGTERM 143 after the write in progress is finished or abandoned cleanly,
+    even where a callback swallowed the signal's exception (:mod:`radardiff._stop`)."""
     from radardiff._malloc import tune_malloc
 
     tune_malloc()
-    signal.signal(signal.SIGTERM, _terminate)
+    _stop.install()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="radardiff", standalone_mode=False)
+        _stop.check()  # a stop that a callback swallowed still ends the command as a stop
     except click.exceptions.Exit as exc:
+        if _stop.requested() is not None:
+            _fail("stopped", 130)
         sys.exit(exc.exit_code)
     except Terminated:
         _fail("terminated (SIGTERM)", 143)
@@ -100,19 +109,19 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
     except RadarDiffError as exc:
-        if debug:
+        if debug and _stop.requested() is None:
             raise
         _fail(str(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except OSError as exc:
-        if debug:
+        if debug and _stop.requested() is None:
             raise
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         _fail(f"{name}{what}", 1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if debug:
+        if debug and _stop.requested() is None:
             raise
         if is_disk_full(exc):
             _fail(f"disk full ({type(exc).__name__}: {exc})", 1)

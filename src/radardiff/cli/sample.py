@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from radardiff.cli._common import (
+    SEED,
     BatchSize,
+    FiniteFloat,
     bar_callback,
     conv_kernels_option,
     parse_int_list,
@@ -38,9 +40,12 @@ from radardiff.cli._common import (
     help="Class index, or a comma-separated list given in turn (2,2,5: a 2:1 mix).",
 )
 @click.option(
-    "--guidance", type=float, default=None, help="Classifier-free guidance scale (1 = none)."
+    "--guidance",
+    type=FiniteFloat(),
+    default=None,
+    help="Classifier-free guidance scale (1 = none).",
 )
-@click.option("--seed", type=int, default=None, help="Sample i uses seed (SEED, i).")
+@click.option("--seed", type=SEED, default=None, help="Sample i uses seed (SEED, i).")
 @click.option(
     "--batch-size",
     type=BatchSize(),
@@ -105,7 +110,7 @@ from radardiff.cli._common import (
 )
 @click.option(
     "--amplitude",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Range-conditioned runs: the requested range (max - min) in physical units "
     "[default: drawn from the training set].",

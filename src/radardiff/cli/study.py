@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from radardiff.cli._common import conv_kernels_option, parse_int_list, precision_option
+from radardiff.cli._common import SEED, conv_kernels_option, parse_int_list, precision_option
 
 
 @click.group()
@@ -43,7 +43,7 @@ def study() -> None:
     "--out", type=click.Path(file_okay=False), default=None, help="Default: RUN_DIR/study."
 )
 @click.option("--checkpoint", default=None, help="Step number of the checkpoint [default: latest].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @precision_option()
 @click.option(

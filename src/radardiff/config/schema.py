@@ -42,7 +42,11 @@ DEFAULT_CHANNEL_MULT: dict[int, tuple[int, ...]] = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # NaN and infinity are refused in every field: no setting means them (train.lr = inf passed
+    # validation and diverged at step 1)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(_Section):
@@ -200,7 +204,7 @@ class TrainConfig(_Section):
         (0.5,), description="EMA half-lives in thousands of images seen; the first one samples"
     )
     ema_warmup_ratio: float = Field(0.05, ge=0.0, description="half-life <= ratio * images seen")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
@@ -264,7 +268,7 @@ class SampleConfig(_Section):
         "auto", description="samples per batch; auto: what fills a GPU's memory, 64 on a CPU"
     )
     guidance: float = Field(1.0, ge=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -283,7 +287,7 @@ class EvalConfig(_Section):
     max_lag: int | None = Field(None, ge=1, description="largest semivariogram lag in pixels")
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples for confidence bands")
     max_samples: int = Field(2000, ge=2, description="samples used per set (seeded subset)")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 DistillMethod = Literal["none", "progressive", "consistency"]

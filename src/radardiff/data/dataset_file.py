@@ -26,6 +26,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from radardiff import _stop
+from radardiff._files import OutputHold
 from radardiff._version import __version__
 from radardiff.errors import DataError, DiskFullError, is_disk_full
 
@@ -99,7 +101,11 @@ class DatasetWriter:
     """Append samples to a new dataset file; the file appears only on :meth:`close`.
 
     Use as a context manager: an exception inside the block deletes the temporary file and leaves
-    any existing file at ``path`` untouched.
+    any existing file at ``path`` untouched. The output is held against other writers from the
+    start (:func:`radardiff._files.hold_output`); every :meth:`append` is a stop point
+    (:func:`radardiff._stop.check`), and so is :meth:`close` before the file moves into place.
+    :meth:`close` refuses a file without a single finite image value: no data at all is never a
+    result.
     """
 
     def __init__(
@@ -120,15 +126,21 @@ class DatasetWriter:
             raise DataError(f"{path}: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
         self.path = check_dataset_path(path)
         self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        self._h5 = None
+        self._hold = None
+        self.finite = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._hold = OutputHold(self.path)
             if self._tmp.is_file():
                 log.warning("%s: removed the unfinished file of an interrupted write", self._tmp)
                 self._tmp.unlink()
             self._h5 = h5py.File(self._tmp, "w")
         except OSError as err:
-            with contextlib.suppress(OSError):
-                self._tmp.unlink(missing_ok=True)
+            if self._hold is not None:
+                with contextlib.suppress(OSError):
+                    self._tmp.unlink(missing_ok=True)
+                self._hold.release()
             if is_disk_full(err):
                 raise DiskFullError(
                     f"{self.path}: disk full while writing the dataset file"
@@ -183,12 +195,14 @@ class DatasetWriter:
                 f"{self.path}: images of shape {images.shape[1:]} do not fit the file's "
                 f"{self._images.shape[1:]}"
             )
+        _stop.check()
         k = images.shape[0]
         if (labels is None) != (self._labels is None):
             raise DataError(f"{self.path}: labels must be given for every batch or for none")
         if set(extras) != set(self._extras):
             raise DataError(f"{self.path}: extras {sorted(extras)} != {sorted(self._extras)}")
         self._grow_write(self._images, images)
+        self.finite += int(np.isfinite(images).sum())
         if labels is not None:
             self._grow_write(self._labels, np.asarray(labels, dtype=np.int64).reshape(k))
         for name, value in extras.items():
@@ -211,9 +225,16 @@ class DatasetWriter:
 
     def close(self) -> Path:
         """Finish the file and move it into place."""
+        if self.n and not self.finite:
+            raise DataError(
+                f"{self.path}: all {self.n} images are wholly NaN or infinite (no data at all); "
+                "nothing written"
+            )
         self._h5.attrs["n"] = self.n
         self._h5.close()
+        _stop.check()
         os.replace(self._tmp, self.path)
+        self._hold.release()
         return self.path
 
     def abort(self) -> None:
@@ -223,6 +244,7 @@ class DatasetWriter:
             pass
         finally:
             self._tmp.unlink(missing_ok=True)
+            self._hold.release()
 
     def __enter__(self) -> DatasetWriter:
         return self

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radardiff._budget import Pace, check_space
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.synth.elastic import C_BAND_WAVELENGTH_M
 from radardiff.data.synth.insar import (
@@ -93,6 +94,11 @@ class PairParams:
     geometry: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key in ("peak_los_m", "threshold_m", "wavelength_m", "present", "coherence",
+                    "coherence_std"):  # fmt: skip
+            value = getattr(self, key)
+            values = value if isinstance(value, tuple) else (value,)
+            _check(all(v is None or math.isfinite(v) for v in values), key, "finite", value)
         _check(self.label in LABELS, "label", f"one of {', '.join(LABELS)}", self.label)
         _check(self.source in SOURCES, "source", f"one of {', '.join(SOURCES)}", self.source)
         lo, hi = self.peak_los_m
@@ -408,6 +414,9 @@ def write_pairs(
         "pixel_spacing_m": noise.spacing_m,
         "units_per_m": units_factor(noise.units, p.wavelength_m),
     }
+    fields = 1 + sum(len(shape) == 3 for shape, _ in extras_layout(p, noise.size).values())
+    check_space(out, 4.0 * n * fields * noise.size**2, f"{n} pairs of {noise.size} px")
+    pace = Pace(str(out), n)
     with DatasetWriter(
         out,
         (1, noise.size, noise.size),
@@ -421,7 +430,25 @@ def write_pairs(
         attrs={"pairs": record},
     ) as writer:
         for block in make_pairs(noise, n, seed, p, masks):
+            _refuse_empty_pairs(block, p)
             writer.append(block.inputs, block.labels, **block.extras)
+            pace.done(writer.n)
             if on_progress is not None:
                 on_progress(block.index.size)
     return writer.path
+
+
+def _refuse_empty_pairs(block: PairBlock, p: PairParams) -> None:
+    """A pair whose input or label field holds no finite value at all teaches nothing and means
+    a broken source or option: refused, naming the pairs, instead of written."""
+    fields = {"input": block.inputs, "deformation": block.extras["deformation"]}
+    if "unwrapped" in block.extras:
+        fields["unwrapped"] = block.extras["unwrapped"]
+    for name, arr in fields.items():
+        empty = ~np.isfinite(arr).reshape(len(arr), -1).any(axis=1)
+        if empty.any():
+            first = int(block.index[empty][0])
+            raise DataError(
+                f"pairs: {int(empty.sum())} pair(s) (first: {first}) have no finite value in "
+                f"their {name} (label '{p.label}'); check the noise files and the options"
+            )

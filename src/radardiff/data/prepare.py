@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radardiff import _stop
 from radardiff.data.dataset_file import KINDS, DatasetWriter, check_dataset_path
 from radardiff.data.readers import open_reader
 from radardiff.data.readers.base import Reader, negative_fraction
@@ -372,6 +373,7 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
     if progress is not None:
         progress(0, len(reader))
     for i in range(len(reader)):
+        _stop.check()
         img = reader.read(i)
         if plan.complex_mode is not None:
             img = from_complex(img, plan.complex_mode, reader.name(i))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from radardiff import _stop
 from radardiff.config.schema import RunConfig
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError
@@ -259,7 +260,10 @@ class Denoiser:
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning = NONE
     ) -> torch.Tensor:
         """The raw network output (B, C or 2C with a learned variance, H, W) at trained timesteps
-        ``t`` (a scalar or one per sample, fractional allowed), without guidance or clipping."""
+        ``t`` (a scalar or one per sample, fractional allowed), without guidance or clipping.
+        Each call is a stop point (:func:`radardiff._stop.check`): a long sampler run or
+        training step stops at its next network call."""
+        _stop.check()
         tt = torch.as_tensor(t, device=x_t.device)
         if tt.is_floating_point():
             tt = tt.float()  # the timestep embedding works in float32

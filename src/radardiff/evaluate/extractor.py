@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radardiff import _stop
 from radardiff._files import replace_dir
 from radardiff.data import DatasetFile
 from radardiff.data.normalize import Normalizer
@@ -397,6 +398,7 @@ def _fit(model, cfg, x, y, gen, on_progress) -> tuple[list[float], float | None]
         perm = torch.randperm(n, generator=gen)
         total, count, correct = 0.0, 0, 0
         for s in range(0, n - bs + 1, bs):  # full batches: NT-Xent's negatives stay constant
+            _stop.check()
             idx = perm[s : s + bs]
             xb = x[idx]
             if cfg.mode == "classifier":

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from radardiff import _stop
 from radardiff._hardware import resolve_precision
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError, DataError
@@ -56,6 +57,14 @@ class TaskConfig:
             raise ConfigError(f"--precision: 'no', 'bf16' or 'auto', got '{self.precision}'")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction: must be in (0, 1), got {self.val_fraction}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr: must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"weight_decay: must be a finite number >= 0, got {self.weight_decay}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -192,6 +201,7 @@ def train_task(
     t_all = torch.from_numpy(pairs.targets)
     best, best_state, history = -math.inf, None, []
     for step in range(1, cfg.steps + 1):
+        _stop.check()
         net.train()
         b = torch.from_numpy(rng.choice(tr, size=min(cfg.batch_size, tr.size), replace=False))
         x = x_all[b].to(dev)

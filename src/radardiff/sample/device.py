@@ -83,3 +83,14 @@ def agree_batch_size(batch: int, device: torch.device) -> int:
     v = torch.tensor([batch], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(v, op=dist.ReduceOp.MIN)
     return int(v.item())
+
+
+def agree_flag(ok: bool, device: torch.device) -> bool:
+    """Whether ``ok`` holds in every process (True in a single process of its own)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ok
+    v = torch.tensor([int(ok)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(v, op=dist.ReduceOp.MIN)
+    return bool(v.item())

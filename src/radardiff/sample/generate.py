@@ -11,6 +11,7 @@ into the output dataset file at the end, so an interrupted run ends with exactly
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from radardiff import _stop
+from radardiff._budget import Pace, check_space
+from radardiff._files import OutputBusy, hold_output
 from radardiff._hardware import PRECISIONS, describe_cpu, resolve_precision
 from radardiff.config.schema import SampleConfig
 from radardiff.data.dataset_file import DatasetFile
@@ -42,7 +46,13 @@ from radardiff.models import (
     upsample,
 )
 from radardiff.models.compiled import compiled_network
-from radardiff.sample.device import AUTO_BATCH, agree_batch_size, auto_batch_size, balanced
+from radardiff.sample.device import (
+    AUTO_BATCH,
+    agree_batch_size,
+    agree_flag,
+    auto_batch_size,
+    balanced,
+)
 from radardiff.sample.writers import output_format
 
 log = logging.getLogger(__name__)
@@ -144,6 +154,8 @@ def clip_mode(run: LoadedRun, opts: SampleOptions) -> str:
 def _validate(run: LoadedRun, opts: SampleOptions) -> None:
     if opts.n < 1:
         raise ConfigError(f"--n must be at least 1, got {opts.n}")
+    if opts.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {opts.seed}")
     b = opts.batch_size
     if b != AUTO_BATCH and (isinstance(b, str) or b < 1):
         raise ConfigError(f"--batch-size must be at least 1 or '{AUTO_BATCH}', got {b!r}")
@@ -155,8 +167,8 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
         bad = [c for c in opts.classes if not 0 <= c < k]
         if bad:
             raise ConfigError(f"--class {bad[0]} is out of range: the model has classes 0..{k - 1}")
-    if opts.guidance < 0:
-        raise ConfigError(f"--guidance must be >= 0, got {opts.guidance}")
+    if not (math.isfinite(opts.guidance) and opts.guidance >= 0):
+        raise ConfigError(f"--guidance must be a finite number >= 0, got {opts.guidance}")
     if opts.guidance != 1.0 and not k:
         raise ConfigError("--guidance needs a class-conditional model; this one is unconditional")
     if opts.mixed_precision not in PRECISIONS:
@@ -429,6 +441,7 @@ def generate_batch(
     cond = batch_conditions(run, opts, idx, condition)
     y, _ = denoise_batch(run, opts, idx, cond, sampling)
     images = run.normalizer.inverse(y, cond.stats)
+    _refuse_non_finite(y, images, idx)
     _warn_far_outside(run, y, images, idx)
     out = {
         "images": images,
@@ -438,6 +451,31 @@ def generate_batch(
     if cond.labels is not None:
         out["labels"] = cond.labels
     return out
+
+
+class NonFiniteSamples(RadarDiffError):
+    """The network or the return to physical units gave NaN or infinite values."""
+
+
+def _refuse_non_finite(y: np.ndarray, images: np.ndarray, idx: np.ndarray) -> None:
+    """A generated sample is finite everywhere (the network fills every pixel): NaN or inf in one
+    means diverged weights, a broken kernel or an overflow in the return to physical units, and
+    is refused, naming the samples, instead of written."""
+    bad_net = ~np.isfinite(y).reshape(len(y), -1).all(axis=1)
+    bad = bad_net | ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not bad.any():
+        return
+    seeds = ", ".join(str(int(i)) for i in np.asarray(idx)[bad][:5])
+    more = "..." if bad.sum() > 5 else ""
+    where = (
+        "the network's output (the weights, the sampler or a kernel diverged)"
+        if bad_net.any()
+        else "the return to physical units (values too large for float32)"
+    )
+    raise NonFiniteSamples(
+        f"{int(bad.sum())} of {len(y)} samples (sample indices {seeds}{more}) are NaN or infinite "
+        f"in {where}; nothing written for them"
+    )
 
 
 # where the network-space values of training data lie, per normalisation, and how far beyond
@@ -524,11 +562,39 @@ def _generate(run, opts, out: Path, sampling, on_progress, rank, world, merge) -
     if not 0 <= rank < world:
         raise ConfigError(f"process rank {rank} is out of range for {world} process(es)")
     out = Path(out)
+    # process 0 holds the output for the whole request (parts, merge); the others follow it
+    with contextlib.ExitStack() as held:
+        ok = True
+        if rank == 0:
+            try:
+                held.enter_context(hold_output(out))
+            except OutputBusy:
+                ok = False
+                if state is None:
+                    raise
+        if state is not None and not agree_flag(ok, _device_of(run)):
+            if rank == 0:
+                held.enter_context(hold_output(out))  # raises the one-line refusal
+            raise RadarDiffError(f"{out}: process 0 could not take the output; see its error")
+        return _generate_held(run, opts, out, sampling, on_progress, rank, world, merge, state)
+
+
+def _generate_held(run, opts, out: Path, sampling, on_progress, rank, world, merge, state):
     if state is not None and rank != 0:
         state.wait_for_everyone()  # rank 0 clears parts of another request first
     parts = PartStore(out, request_signature(run, opts))
     if state is not None and rank == 0:
         state.wait_for_everyone()
+    try:
+        return _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, state,
+                               parts)  # fmt: skip
+    except BaseException:
+        if rank == 0:
+            parts.discard_if_empty()  # a request that failed before its first batch leaves none
+        raise
+
+
+def _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, state, parts):
     t0 = time.perf_counter()
     condition = open_condition(opts.condition) if opts.condition else None
     batch = _batch_size(run, opts, sampling, condition, world)
@@ -536,11 +602,16 @@ def _generate(run, opts, out: Path, sampling, on_progress, rank, world, merge) -
     mine = [np.arange(s, min(s + batch, opts.n)) for k, s in enumerate(starts) if k % world == rank]
     total = sum(b.size for b in mine)
     done = reused = 0
+    if rank == 0:
+        check_space(out, parts.bytes_needed(run, opts), f"{opts.n} samples")
+    pace = Pace(str(out), total)
     for idx in mine:
+        _stop.check()
         if parts.has(idx):
             reused += idx.size
         else:
             parts.write(idx, generate_batch(run, opts, idx, condition, sampling))
+            pace.done(done + idx.size, reused)
         done += idx.size
         if on_progress is not None:
             on_progress(done, total)
@@ -649,7 +720,9 @@ class PartStore:
     """
 
     def __init__(self, out: Path, signature: str) -> None:
+        self.out = out
         self.dir = out.with_name(out.name + ".parts")
+        self.created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         sig = self.dir / "request.json"
         if sig.is_file() and _stored_signature(sig) != signature:
@@ -668,6 +741,21 @@ class PartStore:
     def _path(self, idx: np.ndarray) -> Path:
         return self.dir / f"part_{int(idx[0]):09d}_{int(idx[-1]):09d}.npz"
 
+    def bytes_needed(self, run: LoadedRun, opts: SampleOptions) -> int:
+        """Disk space the request still needs: the parts not yet written, and the output
+        beside them while they are merged (a PNG grid is small)."""
+        size = run.cfg.model.image_size
+        per_sample = 4 * run.normalizer.channels * size * size + 64
+        have = sum(p.stat().st_size for p in self.dir.glob("part_*[0-9].npz"))
+        parts = max(0, opts.n * per_sample - have)
+        final = 0 if output_format(self.out) == "png" else opts.n * per_sample
+        return parts + final
+
+    def discard_if_empty(self) -> None:
+        """Remove the folder when this request made it and finished no part in it."""
+        if self.created and not any(self.dir.glob("part_*[0-9].npz")):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def has(self, idx: np.ndarray) -> bool:
         return self._path(idx).is_file()
 
@@ -675,12 +763,14 @@ class PartStore:
         final = self._path(idx)
         tmp = final.with_name(final.stem + ".tmp.npz")
         try:
-            np.savez(tmp, **arrays)
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
         except BaseException as err:
             tmp.unlink(missing_ok=True)
             if isinstance(err, Exception) and is_disk_full(err):
                 raise DiskFullError(f"{final}: disk full while writing samples") from None
             raise
+        _stop.check()
         os.replace(tmp, final)
 
     def load_all(self, n: int) -> dict[str, np.ndarray]:

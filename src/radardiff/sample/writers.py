@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from radardiff import _stop
+from radardiff._files import hold_output, replace_dir, temp_file_for
 from radardiff.data.dataset_file import write_dataset
 from radardiff.errors import ConfigError
 
@@ -75,12 +77,26 @@ def write_npz(
     """The reference code's layout: ``arr_0`` (N, H, W, C) float32, ``arr_1`` labels if any;
     the sample indices under the extra key ``seeds`` (readers of the reference layout ignore it)."""
     arr = np.transpose(images, (0, 2, 3, 1)).astype(np.float32)
-    tmp = out.with_name(out.stem + ".tmp.npz")
     arrays = [arr] if labels is None else [arr, labels]
     extra = {} if seeds is None else {"seeds": np.asarray(seeds, np.int64)}
-    with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to the name
-        np.savez(fh, *arrays, **extra)
-    os.replace(tmp, out)
+    # a file object: np.savez would append ".npz" to the name
+    return _write_atomic(out, lambda fh: np.savez(fh, *arrays, **extra))
+
+
+def _write_atomic(out: Path, write) -> Path:
+    """``write(file object)`` into a temporary file of its own beside ``out`` (so that nothing
+    else writes it), moved into place when whole; removed on any failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with hold_output(out):
+        fd, tmp = temp_file_for(out)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            _stop.check()
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return out
 
 
@@ -106,25 +122,29 @@ def grid_image(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
 def write_png_grid(out: Path, images: np.ndarray) -> Path:
     from PIL import Image
 
-    tmp = out.with_name(out.stem + ".tmp.png")
-    Image.fromarray(grid_image(images)).save(tmp)
-    os.replace(tmp, out)
-    return out
+    return _write_atomic(out, lambda fh: Image.fromarray(grid_image(images)).save(fh, "PNG"))
 
 
 def write_geotiffs(out: Path, images: np.ndarray, pixel_spacing_m: float | None) -> Path:
-    """One float32 GeoTIFF per sample in the folder ``out`` (named like ``OUT.tif/``)."""
+    """One float32 GeoTIFF per sample in the folder ``out`` (named like ``OUT.tif/``), made
+    whole in a temporary folder and moved into place (an existing folder is replaced)."""
     import tifffile
 
     folder = out.with_suffix("") if out.suffix else out
-    folder.mkdir(parents=True, exist_ok=True)
     extratags = []
     if pixel_spacing_m:
         # ModelPixelScaleTag: the pixel size, so GIS tools show the right scale
         extratags.append((33550, "d", 3, (pixel_spacing_m, pixel_spacing_m, 0.0), False))
-    for k, img in enumerate(images):
-        path = folder / f"sample_{k:06d}.tif"
-        tmp = path.with_suffix(".tmp")
-        tifffile.imwrite(tmp, img.astype(np.float32), extratags=extratags, photometric="minisblack")
-        os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        for k, img in enumerate(images):
+            _stop.check()
+            tifffile.imwrite(
+                tmp / f"sample_{k:06d}.tif",
+                img.astype(np.float32),
+                extratags=extratags,
+                photometric="minisblack",
+            )
+
+    replace_dir(folder, write)
     return folder

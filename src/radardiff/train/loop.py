@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from radardiff import _stop
 from radardiff._hardware import describe_cpu, resolve_precision
 from radardiff.config import RunConfig, RunDir, atomic_write_text, load_config, save_config
 from radardiff.config.io import config_to_dict
@@ -232,6 +233,7 @@ class Trainer:
             log.warning(
                 "%s: %s ended without releasing the run; taken over", root, self.lock.previous
             )
+        self._existed, self._fresh = existed, fresh
         try:
             self._setup()
         except BaseException:
@@ -350,17 +352,25 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------------
     def _abandon(self, existed: bool, fresh: bool) -> None:
-        """A set-up that failed leaves no half-made run: what this start created goes."""
-        if self.lock is not None:
-            self.lock.release()
-        if not self.acc.is_main_process or not fresh:
-            return
+        """A start that failed before its first checkpoint leaves no half-made run: what this
+        start created goes (then the run is released)."""
+        try:
+            if self.acc.is_main_process and fresh:
+                self._remove_created(existed)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _remove_created(self, existed: bool) -> None:
         root = self.run_dir.root
         if not existed:
             shutil.rmtree(root, ignore_errors=True)
             return
-        for path in (self.run_dir.config, self.run_dir.normalizer, self.run_dir.data_info):
+        for path in (self.run_dir.config, self.run_dir.normalizer, self.run_dir.data_info,
+                     self.run_dir.stats):  # fmt: skip
             path.unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir.tensorboard, ignore_errors=True)
+        shutil.rmtree(self.run_dir.checkpoints, ignore_errors=True)
         (root / ".lock").unlink(missing_ok=True)
 
     def release(self) -> None:
@@ -436,6 +446,13 @@ class Trainer:
         """Train to ``train.steps``; the run directory is released at the end, however it ends."""
         try:
             return self._run(on_progress)
+        except BaseException:
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
+            if not (self.run_dir.latest_file.is_file() or self.acc.num_processes > 1):
+                self._abandon(self._existed, self._fresh)  # nothing to resume: no litter either
+            raise
         finally:
             if self.tb is not None:
                 self.tb.close()
@@ -472,6 +489,7 @@ class Trainer:
         t0 = time.perf_counter()
         first_step = self.state.step
         for step in range(first_step, tc.steps):
+            _stop.check()
             lr = self._lr(step)
             for group in self.opt.param_groups:
                 group["lr"] = lr

@@ -9,12 +9,25 @@ the name or an interferogram ``DATA_TYPE``) default to the kind ``insar_unwrappe
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Literal
 
 from radardiff.data.readers.base import TIFF_EXTS, class_from_filename, list_files
 from radardiff.data.readers.images import RasterFilesReader
 from radardiff.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# an elevation model beside a stack of scenes (PyRate's dem.tif, *_dem.tif, srtm_*.tif): a map
+# of the scenes' grid, not a scene of the stack
+ELEVATION = re.compile(r"(^|[_.\-])(dem|dsm|dtm|srtm|hgt|height|elevation)([_.\-]|$)")
+
+
+def is_elevation_map(path: Path) -> bool:
+    """Whether the file's name says it is an elevation model (DEM) rather than a scene."""
+    return ELEVATION.search(path.stem.lower()) is not None
 
 
 class GeoTiffReader(RasterFilesReader):
@@ -44,6 +57,13 @@ def geotiff_reader(
         files = [src]
     elif src.is_dir():
         files = list_files(src, TIFF_EXTS)
+        maps = [p for p in files if is_elevation_map(p)]
+        if maps and len(maps) < len(files):
+            files = [p for p in files if p not in maps]
+            log.warning(
+                "%s: left out %s, an elevation model (DEM) by its name, not a scene of the stack",
+                src, ", ".join(p.name for p in maps),
+            )  # fmt: skip
     else:
         raise DataError(f"{src}: no such file or folder")
     if not files:

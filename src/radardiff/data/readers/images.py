@@ -24,7 +24,7 @@ from radardiff.data.readers.base import (
     negative_fraction,
 )
 from radardiff.data.readers.products import POLARISATION, polarisation_groups, product_hint
-from radardiff.data.readers.raster import read_raster, units_name
+from radardiff.data.readers.raster import Raster, read_raster, units_name
 from radardiff.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,28 @@ class RasterFilesReader(Reader):
     def read(self, i: int) -> np.ndarray:
         item = self.items[i]
         if not isinstance(item, list):
-            return read_raster(item, self.nodata).data
-        bands = [read_raster(f, self.nodata).data for f in item]
+            return self._same_kind(item, read_raster(item, self.nodata)).data
+        bands = [self._same_kind(f, read_raster(f, self.nodata)).data for f in item]
         if len({b.shape[1:] for b in bands}) > 1:
             shapes = ", ".join(f"{f.name} {b.shape[1:]}" for f, b in zip(item, bands, strict=True))
             raise DataError(f"{self.name(i)}: polarisations of different sizes ({shapes})")
         return np.concatenate(bands, axis=0)
+
+    def _same_kind(self, path: Path, raster: Raster) -> Raster:
+        """Refuse a file whose values are of another kind than the first file's, by which the
+        whole set is described (integers among floats: a DEM or a mask among interferograms;
+        other units in the tags): one set must not silently mix quantities."""
+        first = self._first
+        if first is None or path == first[0]:
+            return raster
+        kind = np.dtype(raster.stored_dtype).kind in "fc"
+        if kind != first[1] or (raster.units and first[2] and raster.units != first[2]):
+            what = lambda k, u: f"{'floats' if k else 'integers'}{f' in {u}' if u else ''}"  # noqa: E731
+            raise DataError(
+                f"{path}: holds {what(kind, raster.units)} where {first[0].name} (which describes "
+                f"the set) holds {what(first[1], first[2])}; give the files of one quantity"
+            )
+        return raster
 
     def _source_info(self) -> SourceInfo:
         first = self.items[0][0] if isinstance(self.items[0], list) else self.items[0]
@@ -84,9 +100,11 @@ class RasterFilesReader(Reader):
             attrs["polarisations"] = [
                 POLARISATION.match(f.name)["pol"].upper() for f in self.items[0]
             ]
+        self._first = None
         if first.suffix.lower() in TIFF_EXTS:
             # GeoTIFF tags of the first file describe the set (one sensor, one processing)
             r = read_raster(first, self.nodata)
+            self._first = (first, np.dtype(r.stored_dtype).kind in "fc", r.units)
             spacing = r.pixel_spacing_m
             stored_float = np.dtype(r.stored_dtype).kind == "f"
             tagged = units_name(r.units)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from radardiff._budget import Pace, check_space
 from radardiff.config.io import set_dotted
 from radardiff.data.dataset_file import DatasetWriter, check_dataset_path
 from radardiff.data.synth.elastic import los_phase, mogi, okada85
@@ -238,6 +239,8 @@ def synthesize(
     check_dataset_path(out)
     if size < 8:
         raise DataError(f"--size must be at least 8, got {size}")
+    if seed < 0:
+        raise DataError(f"--seed must be >= 0, got {seed}")
     spacing = None
     if pixel_spacing_m is not None:
         if not (math.isfinite(pixel_spacing_m) and pixel_spacing_m > 0):
@@ -255,6 +258,8 @@ def synthesize(
             spacing = float(pixel_spacing_m)
     p = build_params(name, params)
     extras = {k: ((1, size, size), "<f4") for k in gen.extras(p)}
+    check_space(out, 4.0 * n * (1 + len(extras)) * size * size, f"{n} scenes of {size} px")
+    pace = Pace(str(out), n)
     with DatasetWriter(
         out,
         (1, size, size),
@@ -271,6 +276,7 @@ def synthesize(
         for start in range(0, n, chunk):
             res = gen.generate(min(chunk, n - start), size, seed, p, start)
             writer.append(res.images, res.labels, **res.extras)
+            pace.done(writer.n)
     return Path(out)
 
 
