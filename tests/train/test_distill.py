@@ -373,3 +373,28 @@ def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path):
     with DatasetFile(a.path) as fa, DatasetFile(b.path) as fb:
         assert fa.labels().tolist() == [1, 1] and fb.labels().tolist() == [7, 7]
         assert not np.allclose(fa.images(), fb.images())
+
+
+def test_a_student_keeps_its_teacher_and_resumes_after_the_teachers_checkpoint_is_gone(
+    teacher, tmp_path
+):
+    """A teacher still training rotates its checkpoints (keep_last) and once deleted the one a
+    student had pinned: the student keeps that checkpoint's network inside its own run."""
+    import shutil
+
+    own = tmp_path / "teacher"
+    shutil.copytree(teacher, own)
+    cfg = _cd_cfg(own)
+    distill(cfg, tmp_path / "straight")
+    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
+    ConsistencyDistiller(short, tmp_path / "resumed").run()
+    kept = tmp_path / "resumed" / "teacher_run"
+    assert (kept / "checkpoints" / cfg.distill.teacher_checkpoint / "manifest.json").is_file()
+    shutil.rmtree(own / "checkpoints" / cfg.distill.teacher_checkpoint)  # the rotation
+    distill(cfg, tmp_path / "resumed", resume=True)
+    for which in ("model", "ema", "target"):
+        a, b = (
+            load_file(tmp_path / f"{d}/checkpoints/step_0000003/{which}/diffusion_pytorch_model.safetensors")
+            for d in ("straight", "resumed")
+        )  # fmt: skip
+        assert all(torch.equal(a[k], b[k]) for k in a), which

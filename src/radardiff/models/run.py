@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import torch
 from diffusers import UNet2DModel
 
 from radardiff.config import RunConfig, RunDir, load_config
+from radardiff.config.io import config_to_dict
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
 
 WEIGHTS = ("ema", "model")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,16 +57,139 @@ class LoadedRun:
         return self.cfg.diffusion.variance == "learned_range"
 
 
-def weights_hash(model_dir: Path) -> str:
-    """SHA-256 (first 16 hex digits) of a model directory's weight and config files."""
+MANIFEST = "manifest.json"
+_HASHED = (".safetensors", ".json", ".bin", ".pt")
+
+
+def architecture(cfg: RunConfig) -> dict:
+    """What a checkpoint's weights mean: the network's and the diffusion's settings. An edited
+    ``config.toml`` that changes them no longer describes the weights."""
+    return {"model": config_to_dict(cfg.model), "diffusion": config_to_dict(cfg.diffusion)}
+
+
+def _file_digest(path: Path, combined=None) -> str:
     digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*")):
-        if path.suffix in (".safetensors", ".json", ".bin") and path.is_file():
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            if combined is not None:
+                combined.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(ckpt: Path, cfg: RunConfig) -> None:
+    """Record the SHA-256 of every file of a checkpoint being written (``ckpt``, its temporary
+    folder) and the run's :func:`architecture`, in ``manifest.json``: loading checks both."""
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
+    doc = {
+        "format": 1,
+        "sha256": {str(p.relative_to(ckpt)): _file_digest(p) for p in files},
+        "architecture": architecture(cfg),
+    }
+    (ckpt / MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _manifest(ckpt: Path) -> dict | None:
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc.get("sha256"), dict):
+            raise ValueError("no 'sha256' table")
+        return doc
+    except (OSError, ValueError, AttributeError) as err:
+        raise RunDirError(f"{path}: unreadable checkpoint manifest ({err})") from None
+
+
+_unverified: set[str] = set()
+
+
+def _unverifiable(ckpt: Path) -> None:
+    if str(ckpt) not in _unverified:
+        _unverified.add(str(ckpt))
+        log.warning(
+            "%s: no manifest.json (written by an older radardiff): its weights cannot be checked "
+            "for damage", ckpt,
+        )  # fmt: skip
+
+
+def verify_file(path: Path) -> None:
+    """Check one file of a checkpoint against its manifest (optimizer state, for instance)."""
+    doc = _manifest(path.parent)
+    if doc is None:
+        _unverifiable(path.parent)
+        return
+    _check_digest(path, doc["sha256"].get(path.name), _file_digest(path))
+
+
+def _check_digest(path: Path, recorded: str | None, actual: str) -> None:
+    if recorded is None:
+        raise RunDirError(f"{path}: not in its checkpoint's manifest.json; not loaded")
+    if recorded != actual:
+        raise RunDirError(
+            f"{path}: damaged or changed since its checkpoint was written (SHA-256 "
+            f"{actual[:12]}..., recorded {recorded[:12]}...); not loaded"
+        )
+
+
+def weights_hash(model_dir: Path) -> str:
+    """SHA-256 (first 16 hex digits) of a model directory's weight and config files, each of
+    them checked, on the way, against the checkpoint's manifest (:class:`RunDirError` naming a
+    file that does not match)."""
+    model_dir = Path(model_dir)
+    doc = _manifest(model_dir.parent)
+    if doc is None:
+        _unverifiable(model_dir.parent)
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*")):
+        if path.suffix in _HASHED and path.is_file():
             digest.update(path.name.encode())
-            with path.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            actual = _file_digest(path, digest)
+            if doc is not None:
+                key = f"{model_dir.name}/{path.name}"
+                _check_digest(path, doc["sha256"].get(key), actual)
+    if doc is not None:  # every recorded file of the folder is there
+        for key in doc["sha256"]:
+            folder, _, name = key.partition("/")
+            if folder == model_dir.name and not (model_dir / name).is_file():
+                raise RunDirError(f"{model_dir / name}: missing from its checkpoint; not loaded")
     return digest.hexdigest()[:16]
+
+
+def check_architecture(ckpt: Path, cfg: RunConfig, config_path: Path) -> None:
+    """Refuse a ``config.toml`` whose network or diffusion settings differ from those the
+    checkpoint's weights were trained with (as recorded in its manifest)."""
+    doc = _manifest(ckpt)
+    recorded = None if doc is None else doc.get("architecture")
+    if recorded is None:
+        return
+    now = architecture(cfg)
+    changed = [
+        f"{section}.{key}"
+        for section in sorted(set(recorded) | set(now))
+        for key in sorted(set(recorded.get(section, {})) | set(now.get(section, {})))
+        if recorded.get(section, {}).get(key) != now.get(section, {}).get(key)
+    ]
+    if changed:
+        first = changed[0]
+        section, key = first.split(".", 1)
+        raise RunDirError(
+            f"{config_path}: {', '.join(changed)} differ from the settings {ckpt.name} was "
+            f"trained with ({first} = {recorded.get(section, {}).get(key)!r} there, "
+            f"{now.get(section, {}).get(key)!r} here): the config was edited after training; "
+            "restore it"
+        )
+
+
+def _check_network(model: UNet2DModel, cfg: RunConfig, model_dir: Path, config_path: Path):
+    """A checkpoint without a manifest: at least the network's own size must be the config's."""
+    size = model.config.sample_size
+    if size != cfg.model.image_size:
+        raise RunDirError(
+            f"{config_path}: model.image_size = {cfg.model.image_size} but the network in "
+            f"{model_dir} was built for {size} px: the config was edited after training"
+        )
 
 
 def load_model(model_dir: Path) -> UNet2DModel:
@@ -72,6 +198,12 @@ def load_model(model_dir: Path) -> UNet2DModel:
         return UNet2DModel.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
         raise RunDirError(f"{model_dir}: cannot load model ({err})") from None
+
+
+def load_verified(model_dir: Path) -> UNet2DModel:
+    """:func:`load_model` after the folder's files are checked against the manifest."""
+    weights_hash(model_dir)
+    return load_model(model_dir)
 
 
 def load_run(
@@ -95,8 +227,11 @@ def load_run(
         info = json.loads(run.data_info.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise RunDirError(f"{run.data_info}: missing or unreadable ({err})") from None
-    model = load_model(ckpt / weights).to(device).eval()
+    check_architecture(ckpt, cfg, run.config)
+    weights_id = weights_hash(ckpt / weights)  # checked against the manifest before loading
+    model = load_model(ckpt / weights)
+    _check_network(model, cfg, ckpt / weights, run.config)
     return LoadedRun(
-        cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info, model=model,
-        weights=weights, weights_id=weights_hash(ckpt / weights),
+        cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info,
+        model=model.to(device).eval(), weights=weights, weights_id=weights_id,
     )  # fmt: skip

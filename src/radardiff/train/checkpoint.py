@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from radardiff.config import RunDir, atomic_write_text
+from radardiff import _stop
+from radardiff.config import RunConfig, RunDir, atomic_write_text
 from radardiff.errors import DiskFullError, RunDirError, is_disk_full
-from radardiff.models.run import load_model
+from radardiff.models.run import load_verified, verify_file, write_manifest
 
 
 def ema_dirname(i: int, halflife_kimg: float) -> str:
@@ -38,6 +39,7 @@ class CheckpointState:
 
 def save_checkpoint(
     run: RunDir,
+    cfg: RunConfig,
     state: CheckpointState,
     model: UNet2DModel,
     emas: list[torch.nn.Module],
@@ -57,7 +59,9 @@ def save_checkpoint(
         for name, extra in (extras or {}).items():
             extra.save_pretrained(tmp / name, safe_serialization=True)
         torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+        write_manifest(tmp, cfg)  # every file's SHA-256, checked when loaded
         (tmp / "state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
+        _stop.check()
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # never a half-written checkpoint
         if isinstance(err, Exception) and is_disk_full(err):
@@ -94,11 +98,13 @@ def read_state(ckpt: Path) -> CheckpointState:
 
 
 def load_weights(target: torch.nn.Module, model_dir: Path) -> None:
-    """Copy weights from a diffusers model directory into ``target`` (shapes must match)."""
-    target.load_state_dict(load_model(model_dir).state_dict(), strict=True)
+    """Copy weights from a diffusers model directory into ``target`` (shapes must match), after
+    the folder's files are checked against the checkpoint's manifest."""
+    target.load_state_dict(load_verified(model_dir).state_dict(), strict=True)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path) -> None:
+    verify_file(ckpt / "optimizer.pt")
     try:
         blob = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:

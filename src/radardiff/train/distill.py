@@ -45,21 +45,27 @@ calls.
 from __future__ import annotations
 
 import copy
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from radardiff.config import DistillConfig, RunConfig, validate_config
+from radardiff._files import replace_dir
+from radardiff.config import DistillConfig, RunConfig, RunDir, validate_config
 from radardiff.config.io import apply_overrides, config_to_dict
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.diffusion import Denoiser, default_clip, fill_invalid, masked_mean, x0_and_eps
 from radardiff.diffusion.samplers import karras_sigmas
 from radardiff.errors import ConfigError
 from radardiff.models import LoadedRun, conv_kernel, load_run
+from radardiff.models.run import write_manifest
 from radardiff.train.checkpoint import load_weights
 from radardiff.train.loop import Trainer
 from radardiff.train.step import batch_conditioning, target_and_condition, to_device
+
+log = logging.getLogger(__name__)
 
 
 def student_config(
@@ -150,15 +156,63 @@ def two_step_target(denoise, z: torch.Tensor, times, coefs) -> torch.Tensor:
     return (z_end - ratio * z) / (a_e - ratio * a_t)
 
 
+KEPT_TEACHER = "teacher_run"
+
+
+def kept_teacher(student: RunDir) -> Path:
+    """Where a student run keeps what it needs of its teacher (:func:`keep_teacher`)."""
+    return student.root / KEPT_TEACHER
+
+
+def keep_teacher(teacher: LoadedRun, student: RunDir) -> Path:
+    """Keep the teacher checkpoint the student learns from inside the student's run, as a run of
+    its own (config, normaliser, data description and the one checkpoint's weights, with a
+    manifest), so that the student can always resume: the teacher's own run may go on training
+    and its ``keep_last`` rotation delete that checkpoint. The weights are saved from the network
+    loaded (and verified) when the student started, not copied from files that may be gone."""
+    dest = kept_teacher(student)
+    src = teacher.run
+
+    def write(tmp: Path) -> None:
+        for path in (src.config, src.normalizer, src.data_info):
+            shutil.copy2(path, tmp / path.name)
+        ckpt = tmp / "checkpoints" / teacher.checkpoint.name
+        teacher.model.save_pretrained(ckpt / teacher.weights, safe_serialization=True)
+        write_manifest(ckpt, teacher.cfg)
+        shutil.copy2(teacher.checkpoint / "state.json", ckpt / "state.json")
+        (tmp / "checkpoints" / "latest").write_text(teacher.checkpoint.name + "\n")
+
+    replace_dir(dest, write)
+    return dest
+
+
+def load_teacher(cfg: RunConfig, student: RunDir, resume: bool) -> LoadedRun:
+    """The teacher of a student run: the one it keeps (on resume), else the teacher's run."""
+    kept = kept_teacher(student)
+    if resume and kept.is_dir():
+        return load_run(kept, checkpoint=cfg.distill.teacher_checkpoint)
+    if resume and RunDir(student.root).latest_checkpoint() is not None:
+        log.warning("%s: keeps no copy of its teacher (an older radardiff); loading %s",
+                    student.root, cfg.distill.teacher)  # fmt: skip
+    return load_run(cfg.distill.teacher, checkpoint=cfg.distill.teacher_checkpoint)
+
+
 class _Distiller(Trainer):
     """A :class:`Trainer` whose student starts as the teacher run's EMA network."""
 
     METHOD = ""
+    CREATED = (KEPT_TEACHER,)
 
     def __init__(self, cfg: RunConfig, out, resume: bool = False) -> None:
-        self.teacher_run = load_run(cfg.distill.teacher, checkpoint=cfg.distill.teacher_checkpoint)
+        self.teacher_run = load_teacher(cfg, RunDir(out), resume)
         check_teacher(self.teacher_run, self.METHOD)
         super().__init__(cfg, out, resume)
+
+    def _prepare_run_dir(self) -> None:
+        super()._prepare_run_dir()
+        if self.acc.is_main_process and not kept_teacher(self.run_dir).is_dir():
+            keep_teacher(self.teacher_run, self.run_dir)
+        self.acc.wait_for_everyone()
 
     # the student starts as the teacher, on the teacher's own normalisation
     def _normalizer(self) -> Normalizer:

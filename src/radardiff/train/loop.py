@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 from radardiff import _stop
 from radardiff._hardware import describe_cpu, resolve_precision
 from radardiff.config import RunConfig, RunDir, atomic_write_text, load_config, save_config
-from radardiff.config.io import config_to_dict
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
@@ -34,6 +33,7 @@ from radardiff.models import (
     norm_kernel,
 )
 from radardiff.models.compiled import compiled_for_training, resolve_mode, uses_cuda_graphs
+from radardiff.models.run import architecture
 from radardiff.train.checkpoint import (
     CheckpointState,
     ema_dirname,
@@ -118,10 +118,6 @@ def data_info_dict(info) -> dict:
     }
 
 
-def _architecture(cfg: RunConfig) -> dict:
-    return {"model": config_to_dict(cfg.model), "diffusion": config_to_dict(cfg.diffusion)}
-
-
 def _check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> None:
     info = data.info
     if info.height != cfg.model.image_size or info.width != cfg.model.image_size:
@@ -199,6 +195,7 @@ class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
     METHOD = "none"  # the distillation method this trainer continues (none: plain training)
+    CREATED: tuple[str, ...] = ()  # more entries a fresh start makes in the run (removed with it)
 
     def __init__(self, cfg: RunConfig, out: str | Path, resume: bool = False):
         self.cfg, self.run_dir, self.resume = cfg, RunDir(out), resume
@@ -369,8 +366,9 @@ class Trainer:
         for path in (self.run_dir.config, self.run_dir.normalizer, self.run_dir.data_info,
                      self.run_dir.stats):  # fmt: skip
             path.unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir.tensorboard, ignore_errors=True)
-        shutil.rmtree(self.run_dir.checkpoints, ignore_errors=True)
+        for folder in (self.run_dir.tensorboard, self.run_dir.checkpoints,
+                       *(root / name for name in self.CREATED)):  # fmt: skip
+            shutil.rmtree(folder, ignore_errors=True)
         (root / ".lock").unlink(missing_ok=True)
 
     def release(self) -> None:
@@ -389,7 +387,7 @@ class Trainer:
                     f"{run.config}: a run of distill.method '{saved.distill.method}'; "
                     f"continue it with {how} --resume"
                 )
-            if _architecture(saved) != _architecture(self.cfg):
+            if architecture(saved) != architecture(self.cfg):
                 raise RunDirError(
                     f"{run.config}: cannot resume: the model or diffusion settings differ from the "
                     "run's (start a new run directory instead)"
@@ -625,6 +623,7 @@ class Trainer:
         if self.acc.is_main_process:
             path = save_checkpoint(
                 self.run_dir,
+                self.cfg,
                 self.state,
                 self.raw_model,
                 self.ema.models,
