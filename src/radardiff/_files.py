@@ -9,6 +9,8 @@ mode that ``open()`` would give a new file under the process's umask.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import shutil
 import socket
@@ -185,6 +187,28 @@ def hold_output(path: str | os.PathLike) -> Iterator[None]:
         if entry[2] == 0:
             del _held[key]
             _unlock_file(fd, lock)
+
+
+def holding(param: str, where: Callable[[Path], Path] | None = None):
+    """Decorator: the call holds (:func:`hold_output`) the output given as its argument
+    ``param`` (a file or a folder; ``where(path)`` when the output lies elsewhere, such as a
+    run's report folder), if one is given."""
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            target = sig.bind_partial(*args, **kwargs).arguments.get(param)
+            if target is None:
+                return fn(*args, **kwargs)
+            path = Path(target) if where is None else where(Path(target))
+            with hold_output(path):
+                return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
 
 
 class OutputHold:

@@ -104,6 +104,23 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, noise_files):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_fresh_run_that_diverges_before_its_first_checkpoint_leaves_nothing(
+    tmp_path, noise_files
+):
+    """No config.toml, normalizer.json, stats or tensorboard/ of a run that has nothing to
+    resume; a folder that existed before keeps what it held."""
+    cfg = _cfg(noise_files, steps=4, checkpoint_every=4, tensorboard=True)
+    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": float("inf")})})
+    with pytest.raises(TrainingDiverged):
+        train(bad, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(TrainingDiverged):
+        train(bad, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_checkpoints_keep_last_k_and_best(tmp_path, noise_files):
     cfg = _cfg(noise_files, steps=6, checkpoint_every=1, keep_last=2, val_every=1)
     train(cfg, tmp_path / "run")

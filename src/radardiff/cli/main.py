@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import gc
+import os
 import signal
 import sys
 
@@ -25,7 +27,19 @@ Examples:
 """
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class _Stopped(BaseException):
+    """A stop (Ctrl-C, SIGTERM) carried past click, which would print a blank line for it."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            raise _Stopped() from err
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="radardiff")
 @click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -74,6 +88,12 @@ def _fail(message: str, code: int) -> None:
     if signum is not None:
         message, code = _STOPPED[signum == signal.SIGTERM]
     click.echo(f"radardiff: error: {message}", err=True)
+    if signum is not None:
+        # stopped: the writes are finished or abandoned by now; leave without the interpreter's
+        # teardown, whose final garbage collection of torch's and diffusers' objects took 4 s
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -89,6 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     tune_malloc()
     _stop.install()
     args = sys.argv[1:] if argv is None else argv
+    try:
+        _run(args)
+    finally:
+        if argv is None:
+            # the interpreter's final garbage collection walks every object torch, diffusers
+            # and scipy made: about 4 s at each exit here. Nothing left needs it (files are
+            # closed by now), so the objects are frozen out of it.
+            gc.freeze()
+
+
+def _run(args: list[str]) -> None:
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="radardiff", standalone_mode=False)
@@ -99,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except Terminated:
         _fail("terminated (SIGTERM)", 143)
+    except _Stopped as exc:
+        terminated = isinstance(exc.__cause__, Terminated)
+        _fail(*_STOPPED[terminated])
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and SIGTERM) into this
         if isinstance(exc.__cause__, Terminated):
             _fail("terminated (SIGTERM)", 143)

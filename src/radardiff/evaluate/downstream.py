@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radardiff._files import holding
 from radardiff.config.io import atomic_write_text
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
@@ -246,6 +247,7 @@ def experiment_inputs(
     return pp, tc
 
 
+@holding("out")
 def run_experiment(
     cfg: ExperimentConfig,
     out,

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radardiff import _stop
-from radardiff._files import replace_dir
+from radardiff._files import holding, replace_dir
 from radardiff.data import DatasetFile
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import DataError, RadarDiffError
@@ -321,6 +321,7 @@ def _load_training_data(
     return torch.from_numpy(x), None if labels is None else torch.from_numpy(labels).long()
 
 
+@holding("out_dir")
 def train_extractor(
     data_file: str | os.PathLike,
     out_dir: str | os.PathLike,

@@ -111,7 +111,7 @@ from typing import Any
 
 import numpy as np
 
-from radardiff._files import temp_file_for
+from radardiff._files import holding, temp_file_for
 from radardiff._version import __version__
 from radardiff.config import EvalConfig
 from radardiff.config.io import atomic_write_text
@@ -527,6 +527,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+@holding("out_dir")
 def evaluate_files(
     real: str | os.PathLike,
     fake: str | os.PathLike,

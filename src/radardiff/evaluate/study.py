@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radardiff._files import holding
 from radardiff.config import EvalConfig, RunDir
 from radardiff.config.io import atomic_write_text
 from radardiff.data import DatasetFile
@@ -174,6 +175,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+@holding("out_dir")
 def study_samplers(
     run_dir: str | os.PathLike,
     samplers: Sequence[str],

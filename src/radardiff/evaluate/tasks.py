@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from radardiff import _stop
+from radardiff._files import holding
 from radardiff._hardware import resolve_precision
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError, DataError
@@ -173,6 +174,7 @@ class TrainedTask:
     meta: dict
 
 
+@holding("out")
 def train_task(
     pairs: Pairs,
     cfg: TaskConfig,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radardiff._files import holding
 from radardiff.config import RunDir, atomic_write_text, load_config
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import RunDirError
@@ -305,6 +306,7 @@ def _downstream(run: RunDir) -> str:
     return "".join(parts) + f'<p class="note">{html.escape(note)}</p>'
 
 
+@holding("run_dir", lambda run: run / "report")
 def write_report(run_dir: str | Path, real: str | None = None, samples: str | None = None) -> Path:
     """Build ``RUN/report/index.html`` from the files of the run directory."""
     run = RunDir(run_dir)

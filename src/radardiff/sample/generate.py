@@ -562,6 +562,7 @@ def _generate(run, opts, out: Path, sampling, on_progress, rank, world, merge) -
     if not 0 <= rank < world:
         raise ConfigError(f"process rank {rank} is out of range for {world} process(es)")
     out = Path(out)
+    check_space(out, bytes_needed(run, opts, out), f"{opts.n} samples")  # each process alike
     # process 0 holds the output for the whole request (parts, merge); the others follow it
     with contextlib.ExitStack() as held:
         ok = True
@@ -598,15 +599,13 @@ def _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, s
     t0 = time.perf_counter()
     condition = open_condition(opts.condition) if opts.condition else None
     batch = _batch_size(run, opts, sampling, condition, world)
-    starts = range(0, opts.n, batch)
-    mine = [np.arange(s, min(s + batch, opts.n)) for k, s in enumerate(starts) if k % world == rank]
-    total = sum(b.size for b in mine)
+    mine = range(rank * batch, opts.n, batch * world)  # this process's batches: every world-th
+    total = sum(min(batch, opts.n - s) for s in mine)
     done = reused = 0
-    if rank == 0:
-        check_space(out, parts.bytes_needed(run, opts), f"{opts.n} samples")
     pace = Pace(str(out), total)
-    for idx in mine:
+    for first in mine:
         _stop.check()
+        idx = np.arange(first, min(first + batch, opts.n))
         if parts.has(idx):
             reused += idx.size
         else:
@@ -712,6 +711,19 @@ def finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
     return attrs.get("request") == request_signature(run, opts) and len(f) == opts.n
 
 
+def bytes_needed(run: LoadedRun, opts: SampleOptions, out: Path) -> int:
+    """Disk space a request still needs: the parts not yet written (those of an interrupted run
+    of it count as written), and the output beside them while they are merged (a PNG grid is
+    small)."""
+    size = run.cfg.model.image_size
+    per_sample = 4 * run.normalizer.channels * size * size + 64
+    parts_dir = out.with_name(out.name + ".parts")
+    have = sum(p.stat().st_size for p in parts_dir.glob("part_*[0-9].npz"))
+    parts = max(0, opts.n * per_sample - have)
+    final = 0 if output_format(out) == "png" else opts.n * per_sample
+    return parts + final
+
+
 class PartStore:
     """Completed batches of one request, as ``.npz`` files renamed into place when whole.
 
@@ -740,16 +752,6 @@ class PartStore:
 
     def _path(self, idx: np.ndarray) -> Path:
         return self.dir / f"part_{int(idx[0]):09d}_{int(idx[-1]):09d}.npz"
-
-    def bytes_needed(self, run: LoadedRun, opts: SampleOptions) -> int:
-        """Disk space the request still needs: the parts not yet written, and the output
-        beside them while they are merged (a PNG grid is small)."""
-        size = run.cfg.model.image_size
-        per_sample = 4 * run.normalizer.channels * size * size + 64
-        have = sum(p.stat().st_size for p in self.dir.glob("part_*[0-9].npz"))
-        parts = max(0, opts.n * per_sample - have)
-        final = 0 if output_format(self.out) == "png" else opts.n * per_sample
-        return parts + final
 
     def discard_if_empty(self) -> None:
         """Remove the folder when this request made it and finished no part in it."""

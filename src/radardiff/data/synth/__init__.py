@@ -178,6 +178,8 @@ def _apply(obj: Any, changes: dict[str, Any], name: str) -> Any:
         elif isinstance(current, tuple):
             try:
                 updates[key] = tuple(float(v) for v in value)
+                if not all(math.isfinite(v) for v in updates[key]):
+                    raise ValueError(value)
             except (TypeError, ValueError):
                 raise ConfigError(
                     f"synth {name}: parameter '{key}' needs {len(current)} numbers, got {value!r}"
@@ -204,6 +206,8 @@ def _convert(current: Any, value: Any) -> Any:
         if isinstance(value, bool | int) and value in (0, 1):
             return bool(value)
         raise ValueError(value)
+    if isinstance(current, int | float) and not math.isfinite(float(value)):
+        raise ValueError(value)  # no parameter means NaN or infinity
     if isinstance(current, int) and float(value) != int(float(value)):
         raise ValueError(value)  # 2.5 looks is not 2 looks
     return type(current)(float(value)) if isinstance(current, int) else type(current)(value)
