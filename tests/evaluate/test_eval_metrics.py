@@ -272,3 +272,13 @@ def test_identical_sets_have_unit_lag1_ratio(tmp_path):
         "scalars"
     ]
     assert s["lag1_ratio"] == pytest.approx(1.0) and s["noise_fraction"] == s["noise_fraction_real"]
+
+
+def test_a_metrics_file_without_one_finite_metric_is_refused():
+    from radardiff.errors import DataError
+    from radardiff.evaluate.metrics import _refuse_unmeasured
+
+    with pytest.raises(DataError, match="fake.h5: no metric came out as a finite number"):
+        _refuse_unmeasured({"a": float("nan"), "b": None, "c": float("inf")}, "fake.h5")
+    _refuse_unmeasured({"a": float("nan"), "b": 0.3}, "fake.h5")  # one is enough
+    _refuse_unmeasured({"a": None}, "fake.h5")  # nothing requested that could be measured

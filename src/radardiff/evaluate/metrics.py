@@ -527,6 +527,17 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def _refuse_unmeasured(scalars: dict, fake) -> None:
+    """A metrics file in which no metric is a finite number says nothing: refused, naming the
+    cause, instead of written."""
+    values = [v for v in scalars.values() if v is not None]
+    if values and not any(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        raise DataError(
+            f"{fake}: no metric came out as a finite number (the samples are not finite or hold "
+            "no variation); nothing written"
+        )
+
+
 @holding("out_dir")
 def evaluate_files(
     real: str | os.PathLike,
@@ -671,6 +682,7 @@ def evaluate_files(
     finally:
         rset.close()
         fset.close()
+    _refuse_unmeasured(result["scalars"], fake)
     result = _json_clean(result)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
