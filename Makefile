@@ -6,13 +6,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# The diffusers release radardiff.accel's fused residual blocks and attention were checked against
+# (radardiff.accel.modules.DIFFUSERS_VERSIONS); others run diffusers' own code for those layers.
+DIFFUSERS ?= diffusers==0.42.1
 
 .PHONY: setup demo test faults lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)" "$(DIFFUSERS)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 

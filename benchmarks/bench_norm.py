@@ -1,13 +1,13 @@
 """The fused group norm + SiLU kernel against torch's, in one process: per layer, then whole steps.
 
 Per layer: group norm, the time embedding's scale and shift, SiLU, forward and backward (and
-forward alone in inference mode), torch's operations against ``norm_kernel.group_norm_act``, on the
+forward alone in inference mode), torch's operations against ``radardiff.accel.modules.group_norm_act``, on the
 32 px recipe's shapes (batch 32), NCHW and channels-last; the best of ``--reps`` each.
 
 Whole steps (``--pairs N``, N > 0): the 32 px recipe (``configs/insar_noise_32.toml``) on
 radardiff's convolution and dropout kernels, training steps (batch 32, AdamW) and channels-last
 sampling calls (inference mode), alternating the residual blocks' fused path with torch's group
-norm and SiLU (``norm_kernel.install`` / ``uninstall``), N pairs each, the order flipped every
+norm and SiLU (the fused residual blocks installed or not), N pairs each, the order flipped every
 pair; glibc's malloc tuned as the CLI does. Prints the ratio of the medians and of the sums.
 
 Usage::
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from radardiff._malloc import tune_malloc
-from radardiff.models import conv_kernel, norm_kernel
+from radardiff.accel import library, modules
+from radardiff.accel.malloc import tune_malloc
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(32, 128, 32, 32), (32, 256, 16, 16), (32, 256, 8, 8), (32, 512, 16, 16)]
@@ -57,7 +57,7 @@ def layer_times(shape, layout, reps: int) -> tuple[float, float, float, float]:
         return F.silu(norm(x) * (1 + scale) + shift)
 
     def ours():
-        return norm_kernel.group_norm_act(x, norm, scale, shift)
+        return modules.group_norm_act(x, norm, scale, shift)
 
     def inference(f):
         with torch.inference_mode():
@@ -83,6 +83,18 @@ def per_layer(reps: int) -> None:
             )
 
 
+def _fuse_blocks(net: torch.nn.Module, fused: bool) -> None:
+    """The residual blocks of ``net`` with their group norms and SiLUs fused, or diffusers' own
+    (the convolutions stay on the kernels either way)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for m in net.modules():
+        if fused and modules.eligible_block(m):
+            m.__class__ = modules.FusedResnetBlock2D
+        elif not fused and type(m) is modules.FusedResnetBlock2D:
+            m.__class__ = ResnetBlock2D
+
+
 def whole_steps(pairs: int) -> None:
     from radardiff.config.io import load_config
     from radardiff.models.unet import build_unet
@@ -96,7 +108,7 @@ def whole_steps(pairs: int) -> None:
         if kind == "sample":
             net = net.eval().to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        conv_kernel.install(net)
+        modules.install(net)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
         def step(net=net, x=x, t=t, opt=opt, kind=kind) -> None:
@@ -111,7 +123,7 @@ def whole_steps(pairs: int) -> None:
         times: dict[bool, list[float]] = {True: [], False: []}
         for i in range(pairs + 1):  # the first pair warms up
             for fused in (True, False) if i % 2 == 0 else (False, True):
-                (norm_kernel.install if fused else norm_kernel.uninstall)(net)
+                _fuse_blocks(net, fused)
                 t0 = time.perf_counter()
                 step()
                 if i:
@@ -131,7 +143,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=0, help="interleaved whole-step pairs (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    ok, why = conv_kernel.available()
+    ok, why = library.available()
     if not ok:
         raise SystemExit(f"bench_norm: the kernels cannot run here: {why}")
     tune_malloc()

@@ -172,7 +172,8 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
     from radardiff.config import RunConfig, validate_config
     from radardiff.config.schema import DiffusionConfig, ModelConfig
     from radardiff.diffusion import Denoiser, make_sampler
-    from radardiff.models import build_unet, conv_kernel
+    from radardiff.models import build_unet
+    from radardiff.models.network import NetworkPolicy, prepare_network
 
     mcfg = validate_config(model_section(size), "model", ModelConfig)
     torch.manual_seed(0)
@@ -194,12 +195,13 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
 
     cl = device.type == "cpu"  # as radardiff.sample runs it
     eager = copy.deepcopy(model).to(memory_format=torch.channels_last) if cl else model
-    # radardiff's convolution kernels where radardiff sample takes them (--conv-kernels auto)
-    use, _ = conv_kernel.choose("auto", device, precision == "fp32", False, "--conv-kernels")
-    kernels = conv_kernel.install(eager) if use else 0
+    # radardiff's kernels where radardiff sample takes them (--conv-kernels auto)
+    amp_name = {"fp32": "no"}.get(precision, precision)
+    prepared_net = prepare_network(eager, device, NetworkPolicy(precision=amp_name))
+    kernels = prepared_net.line
     net = eager
     if which == "compiled":  # as radardiff sample --compile runs it (without the kernels)
-        from radardiff.models.compiled import FixedBatchNetwork
+        from radardiff.accel.compiled import FixedBatchNetwork
 
         net = FixedBatchNetwork(eager)
 
@@ -231,9 +233,9 @@ def sample_worker(which: str, size: int, batch: int, precision: str, steps: int,
 
 
 def worker(spec: dict) -> dict:
-    from radardiff._malloc import tune_malloc
+    from radardiff.models.network import tune_process
 
-    tune_malloc()
+    tune_process()
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])

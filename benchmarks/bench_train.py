@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from radardiff._hardware import bf16_fast
-from radardiff._malloc import tune_malloc
+from radardiff.accel.malloc import tune_malloc
 from radardiff.config import load_config, validate_config
 from radardiff.config.io import config_to_dict
 from radardiff.data.synth import synthesize

@@ -8,11 +8,21 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "radardiff"
-LAYERS = ["config", "data", "models", "diffusion", "train", "sample", "evaluate", "report", "cli"]
+LAYERS = [
+    "config",
+    "data",
+    "accel",
+    "models",
+    "diffusion",
+    "train",
+    "sample",
+    "evaluate",
+    "report",
+    "cli",
+]
 BASE = {
     "errors",
     "_version",
-    "_malloc",
     "_files",
     "_hardware",
     "_stop",
@@ -20,7 +30,7 @@ BASE = {
     "__init__",
     "__main__",
 }  # importable from every layer
-MATH = {"data", "models", "diffusion"}
+MATH = {"data", "accel", "models", "diffusion"}
 FORBIDDEN_IN_MATH = ("torch.distributed", "matplotlib", "click", "typer", "accelerate")
 # evaluate's metric functions are math too; its driver (metrics.py) does the file I/O
 EVALUATE_MATH_EXEMPT = {"metrics"}
@@ -90,3 +100,18 @@ def test_checker_catches_a_right_to_left_import(tmp_path):
     bad.write_text("from radardiff.train import train\nimport matplotlib.pyplot\n")
     names = _imports(bad)
     assert "radardiff.train" in names and "matplotlib.pyplot" in names
+
+
+UNIT = "accel"  # the acceleration unit: optional, reached through one boundary
+BOUNDARY = SRC / "models" / "network.py"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_only_the_boundary_reaches_into_the_acceleration_unit(path: Path):
+    """train/, sample/, distillation and the CLI never name a kernel: they describe what they
+    want (models.network.NetworkPolicy) and the boundary asks the unit."""
+    if _layer_of(path) == UNIT or path == BOUNDARY:
+        return
+    for name in _imports(path):
+        parts = name.split(".")
+        assert parts[:2] != ["radardiff", UNIT], f"{path.relative_to(SRC)} imports {name}"

@@ -262,8 +262,8 @@ def test_run_noise_compiled_is_the_eager_noise(trained_run, tmp_path, monkeypatc
     """``downstream experiment --compile``: the run's network compiled (here by a backend that
     counts the graphs it is given and runs them eagerly) gives the eager tiles within float
     rounding, and its file answers the same request (compiling is not part of it)."""
+    from radardiff.accel import compiled
     from radardiff.evaluate.downstream import noise_file
-    from radardiff.models import compiled
 
     graphs = []
 

@@ -138,8 +138,8 @@ def test_compiled_study_compiles_before_the_first_row(study, trained_run, noise_
     import numpy as np
     import torch
 
+    from radardiff.accel import compiled
     from radardiff.data import DatasetFile
-    from radardiff.models import compiled
 
     graphs: list[tuple] = []
 

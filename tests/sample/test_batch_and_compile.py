@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from radardiff.accel import compiled
+from radardiff.accel.compiled import FixedBatchNetwork, compiled_network
 from radardiff.data.dataset_file import DatasetFile
-from radardiff.models import compiled
-from radardiff.models.compiled import FixedBatchNetwork, compiled_network
 from radardiff.sample import SampleOptions, denoise_batch, generate, load_run
 from radardiff.sample import device as dev
 from radardiff.sample.generate import Sampling

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from radardiff.accel import library as klib
+from radardiff.accel import modules as kmod
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError
-from radardiff.models import conv_kernel
 from radardiff.sample import SampleOptions, denoise_batch, generate, load_run
 
-OK, WHY = conv_kernel.available()
+OK, WHY = klib.available()
 needs_kernel = pytest.mark.skipif(not OK, reason=f"the kernels cannot run here: {WHY}")
 
 
@@ -29,7 +30,7 @@ def opts(**kw) -> SampleOptions:
 
 
 def _patched(run) -> int:
-    return sum("_conv_forward" in vars(m) for m in run.model.modules())
+    return sum(type(m) is kmod.KernelConv2d for m in run.model.modules())
 
 
 @needs_kernel
@@ -38,7 +39,7 @@ def test_sampling_uses_the_kernels_and_gives_torchs_samples(run, tmp_path, caplo
         generate(run, opts(), tmp_path / "k.h5")
     assert "convolutions: radardiff's AVX2 kernels (3x3: Winograd" in caplog.text
     assert "(--conv-kernels = auto)" in caplog.text
-    eligible = sum(conv_kernel.eligible(m) for m in run.model.modules())
+    eligible = sum(kmod.eligible_conv(m) for m in run.model.modules())
     assert eligible > 0 and _patched(run) == eligible
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="radardiff"):

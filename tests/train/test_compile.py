@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_run_config
+from radardiff.accel import compiled
 from radardiff.config import validate_config
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError
-from radardiff.models import build_unet, compiled
+from radardiff.models import build_unet
 from radardiff.sample import SampleOptions, generate, load_run
 from radardiff.train import train
 from radardiff.train.loop import Trainer
@@ -175,14 +176,14 @@ def test_compile_modes():
     ],
 )
 def test_training_compile_mode(requested, device, accum, procs, mode, why):
-    from radardiff.train.loop import training_compile_mode
+    from radardiff.accel.policy import training_compile_mode
 
     got, reason = training_compile_mode(requested, torch.device(device), accum, procs)
     assert got == mode and why in reason
 
 
 def test_cuda_graphs_with_gradient_accumulation_are_refused():
-    from radardiff.train.loop import training_compile_mode
+    from radardiff.accel.policy import training_compile_mode
 
     with pytest.raises(ConfigError, match="train.grad_accum = 2 are not supported"):
         training_compile_mode("reduce-overhead", torch.device("cuda"), 2, 1)
@@ -194,10 +195,8 @@ def test_cuda_graph_iterations_are_marked_once_per_micro_batch(
     """With CUDA graphs each micro-batch begins a new iteration (the graphs' memory of the last
     one is reused): the loop marks it before the forward. Faked on the CPU: the loop is told the
     mode replays graphs, and torch's marker is counted."""
-    import radardiff.train.loop as loop
-
     marks = []
-    monkeypatch.setattr(loop, "uses_cuda_graphs", lambda mode, device: True)
+    monkeypatch.setattr(compiled, "uses_cuda_graphs", lambda mode, device: True)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     cfg = _cfg(noise_files, steps=3, grad_accum=2, compile=True, checkpoint_every=10)
     train(cfg, tmp_path / "run")

@@ -89,12 +89,13 @@ def test_distillation_trains_stages_and_makes_a_normal_run(teacher, tmp_path):
     d.run()
     assert d.student_steps() == 2 and d.stage == 1
     # the teacher runs without gradients on the Winograd kernel where the student trains on them
-    from radardiff.models import conv_kernel
+    from radardiff.accel import library as klib
+    from radardiff.accel import modules as kmod
 
-    eligible = sum(conv_kernel.eligible(m) for m in d.teacher.modules())
-    patched = sum("_conv_forward" in vars(m) for m in d.teacher.modules())
-    assert patched == (eligible if d.conv_kernels else 0)
-    assert d.conv_kernels == conv_kernel.available()[0] and eligible > 0
+    eligible = sum(kmod.eligible_conv(m) for m in d.teacher.modules())
+    patched = sum(type(m) is kmod.KernelConv2d for m in d.teacher.modules())
+    assert patched == (eligible if d.net.kernels else 0)
+    assert d.net.kernels == klib.available()[0] and eligible > 0
     run = load_run(out)
     assert run.cfg.distill.method == "progressive"
     # the stage boundary: the teacher of stage 1 is stage 0's EMA student

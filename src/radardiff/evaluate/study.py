@@ -71,7 +71,7 @@ from radardiff.diffusion.denoiser import CLIP_MODES
 from radardiff.errors import ConfigError
 from radardiff.evaluate.metrics import SCALAR_KEYS, evaluate_files
 from radardiff.models import LoadedRun
-from radardiff.models.compiled import compiled_network
+from radardiff.models.network import compiled_for_sampling
 from radardiff.sample import SampleOptions, denoise_batch, generate, load_run
 from radardiff.sample.generate import request
 
@@ -317,7 +317,7 @@ def _warm_up(run: LoadedRun, opts: SampleOptions, students: Sequence[LoadedRun])
 def _network(run: LoadedRun, opts: SampleOptions) -> torch.nn.Module:
     """The network a request calls: the run's, or its compiled one (whose Python-level calls a
     hook sees: hooks added to a network after torch.compile traced it are not run)."""
-    return compiled_network(run.model, run.compiled) if opts.compile else run.model
+    return compiled_for_sampling(run.model, run.compiled) if opts.compile else run.model
 
 
 def _timed_generate(run: LoadedRun, opts: SampleOptions, path: Path):

@@ -34,7 +34,7 @@ class LoadedRun:
     model: UNet2DModel
     weights: str = "ema"
     weights_id: str = ""  # hash of the weights' files: what samples depend on
-    # compiled networks (radardiff.models.compiled) by (id(network), mode), kept as long as the run
+    # compiled networks (radardiff.models.network) by (id(network), mode), kept as long as the run
     compiled: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

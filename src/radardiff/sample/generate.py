@@ -37,15 +37,8 @@ from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noi
 from radardiff.diffusion.denoiser import CLIP_MODES, default_clip
 from radardiff.diffusion.schedule import Schedule
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
-from radardiff.models import (
-    LoadedRun,
-    condition_frame,
-    conv_kernel,
-    fused_attention,
-    norm_kernel,
-    upsample,
-)
-from radardiff.models.compiled import compiled_network
+from radardiff.models import LoadedRun, condition_frame, upsample
+from radardiff.models.network import NetworkPolicy, prepare_network
 from radardiff.sample.device import (
     AUTO_BATCH,
     agree_batch_size,
@@ -71,11 +64,10 @@ class SampleOptions:
     ``clip``: x0 clipping, ``static``, ``dynamic`` or ``none`` (None: :func:`clip_mode` decides
     from the run). ``batch_size``: samples per batch, or ``auto``
     (:func:`radardiff.sample.device.auto_batch_size`: what fills a GPU's memory, 64 on a CPU).
-    ``compile``: run the network compiled by ``torch.compile``
-    (:class:`radardiff.models.compiled.FixedBatchNetwork`; CUDA graphs on a GPU).
-    ``conv_kernels``: ``auto`` (radardiff's AVX2 kernels for the 3x3 and 1x1 convolutions on a
-    CPU in fp32 without ``compile``, :mod:`radardiff.models.conv_kernel`), ``radardiff``
-    (insist) or ``torch``. None of the three changes the samples beyond floating-point rounding, so none is
+    ``compile``: run the network compiled by ``torch.compile`` (for a fixed batch; CUDA graphs
+    on a GPU). ``conv_kernels``: ``auto`` (radardiff's AVX2 kernels for the 3x3 and 1x1
+    convolutions on a CPU in fp32 without ``compile``), ``radardiff`` (insist) or ``torch``
+    (:func:`radardiff.models.network.prepare_network`). None of the three changes the samples beyond floating-point rounding, so none is
     in the signature.
     """
 
@@ -339,42 +331,26 @@ class Sampling:
     @classmethod
     def of(cls, run: LoadedRun, opts: SampleOptions) -> Sampling:
         prepared = make_sampler(opts.sampler, run.cfg.diffusion, opts.steps, opts.sampler_options)
-        # channels-last convolutions on the CPU: oneDNN's direct kernels are faster there (whole
-        # DPM-Solver++ runs, fp32, 2-core AVX2 EPYC, interleaved: tiny 1.14x, insar_noise_32
-        # 1.09x, the 64 px network 1.05x; outputs within 1e-5); not measured on a GPU, so off
         device = _device_of(run)
-        channels_last = device.type == "cpu"
-        if channels_last:
-            run.model.to(memory_format=torch.channels_last)
         precision = resolve_precision(opts.mixed_precision, device, "--precision")
-        # radardiff's kernels for the 3x3 and 1x1 convolutions (fp32 CPU, eager network)
-        use, why = conv_kernel.choose(
-            opts.conv_kernels, device, precision == "no", opts.compile, "--conv-kernels"
-        )
-        count = 0
-        if use:
-            count = conv_kernel.install(run.model)
-        else:  # a network an earlier request of this process put on them
-            conv_kernel.uninstall(run.model)
-        kernels = conv_kernel.describe(
-            use,
-            count,
-            why,
-            blocks=norm_kernel.installed(run.model),
-            attentions=fused_attention.installed(run.model),
-        )
+        # channels-last convolutions on the CPU: oneDNN's and radardiff's kernels are faster in
+        # that layout there (docs/performance.md); not measured on a GPU, so off
+        net = prepare_network(run.model, device, NetworkPolicy(
+            kernels=opts.conv_kernels, option="--conv-kernels", precision=precision,
+            channels_last=device.type == "cpu", compile=opts.compile,
+        ))  # fmt: skip
         eager = Denoiser.from_run(
             run,
-            channels_last=channels_last,
+            channels_last=net.policy.channels_last,
             clip=clip_mode(run, opts),
             guidance=opts.guidance,
             precision=precision,
             schedule=prepared.schedule,
         )
         if not opts.compile:
-            return cls(prepared, eager, eager, kernels)
-        network = compiled_network(run.model, run.compiled)
-        return cls(prepared, eager.with_options(network=network), eager, kernels)
+            return cls(prepared, eager, eager, net.line)
+        network = net.compiled(cache=run.compiled)
+        return cls(prepared, eager.with_options(network=network), eager, net.line)
 
     def probe(self, run: LoadedRun, opts: SampleOptions, condition: DatasetFile | None):
         """``probe(rows)``: one eager network call on ``rows`` samples of the request, as a batch

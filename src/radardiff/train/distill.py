@@ -59,7 +59,7 @@ from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.diffusion import Denoiser, default_clip, fill_invalid, masked_mean, x0_and_eps
 from radardiff.diffusion.samplers import karras_sigmas
 from radardiff.errors import ConfigError
-from radardiff.models import LoadedRun, conv_kernel, load_run
+from radardiff.models import LoadedRun, load_run
 from radardiff.models.run import write_manifest
 from radardiff.train.checkpoint import load_weights
 from radardiff.train.loop import Trainer
@@ -233,8 +233,7 @@ class _Distiller(Trainer):
         """The teacher as sampling uses it: the run's x0 clipping, the distillation's guidance,
         the training's precision; on radardiff's convolution kernels where the student trains on
         them (the teacher runs without gradients: the Winograd forward pass)."""
-        if self.conv_kernels:
-            conv_kernel.install(self.teacher)
+        self.net.follow(self.teacher)
         return self.denoiser.with_options(
             network=self.teacher.to(self.acc.device),
             clip=default_clip(self.cfg, self.normalizer),

@@ -25,14 +25,8 @@ from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.data.torch_dataset import RadarDataset, StepBatchSampler, identity_collate
 from radardiff.diffusion import Denoiser, GaussianDiffusion, make_timestep_sampler
 from radardiff.errors import ConfigError, RadarDiffError, RunDirError
-from radardiff.models import (
-    build_unet,
-    conv_kernel,
-    fused_attention,
-    log_range_moments,
-    norm_kernel,
-)
-from radardiff.models.compiled import compiled_for_training, resolve_mode, uses_cuda_graphs
+from radardiff.models import build_unet, log_range_moments
+from radardiff.models.network import NetworkPolicy, prepare_network, release_network
 from radardiff.models.run import architecture
 from radardiff.train.checkpoint import (
     CheckpointState,
@@ -167,30 +161,6 @@ def make_adamw(params, lr: float, weight_decay: float, device: torch.device) -> 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def training_compile_mode(
-    requested: str, device: torch.device, grad_accum: int, processes: int
-) -> tuple[str, str]:
-    """torch.compile's mode for training, and why, from ``train.compile_mode``.
-
-    ``auto`` takes CUDA graphs (``reduce-overhead``) on a GPU for one process that steps after
-    every micro-batch, where a small network's step is bound by kernel launches; with gradient
-    accumulation (the graphs' memory of one micro-batch's gradients would be reused by the next
-    replay) or several processes (DDP's gradient hooks) it takes inductor's default. An explicit
-    CUDA-graph mode with gradient accumulation is refused."""
-    mode = resolve_mode(requested, device)
-    if not uses_cuda_graphs(mode, device):
-        return mode, f"train.compile_mode = {requested}"
-    if requested == "auto" and (grad_accum > 1 or processes > 1):
-        why = "gradient accumulation" if grad_accum > 1 else f"{processes} processes"
-        return "default", f"train.compile_mode = auto; no CUDA graphs with {why}"
-    if grad_accum > 1:
-        raise ConfigError(
-            f"train.compile_mode = {requested}: CUDA graphs with train.grad_accum = {grad_accum} "
-            "are not supported; use default or max-autotune-no-cudagraphs"
-        )
-    return mode, f"train.compile_mode = {requested}"
-
-
 class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
@@ -261,21 +231,12 @@ class Trainer:
         )
         torch.manual_seed(tc.seed)
         model = self._build_model()
-        if tc.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        self.net = prepare_network(model, self.acc.device, self._network_policy())
+        log.info("%s", self.net.line)
+        # the EMA networks validate and sample without gradients, on the same kernels
         self.ema = EMA(model, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
-        use_kernels, why = conv_kernel.choose(
-            tc.conv_kernels, self.acc.device, self.precision == "no", tc.compile
-        )
-        count = conv_kernel.install(model) if use_kernels else 0
-        dropouts = conv_kernel.installed_dropouts(model)
-        blocks = norm_kernel.installed(model)
-        attentions = fused_attention.installed(model)
-        log.info("%s", conv_kernel.describe(use_kernels, count, why, dropouts, blocks, attentions))
-        self.conv_kernels = use_kernels  # frozen networks beside it (a teacher) may use them too
-        if use_kernels:  # the EMA networks validate and sample without gradients: Winograd
-            for network in self.ema.models:
-                conv_kernel.install(network)
+        for network in self.ema.models:
+            self.net.follow(network)
         opt = make_adamw(model.parameters(), tc.lr, tc.weight_decay, self.acc.device)
         self.ts_sampler = make_timestep_sampler(
             cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps
@@ -284,16 +245,8 @@ class Trainer:
         if resume and self.run_dir.latest_checkpoint() is not None:
             self._load(model, opt)
         self.model, self.opt = self.acc.prepare(model, opt)
-        self.compile_mode, self.cuda_graphs = None, False
-        if tc.compile:
-            device = self.acc.device
-            mode, why = training_compile_mode(
-                tc.compile_mode, device, tc.grad_accum, self.acc.num_processes
-            )
-            self.model = compiled_for_training(self.model, device, mode)
-            self.compile_mode = mode
-            self.cuda_graphs = uses_cuda_graphs(mode, device)
-            log.info("torch.compile: mode %s (%s), at the first step", mode, why)
+        self.model = self.net.compiled(self.model)
+        self.compile_mode, self.cuda_graphs = self.net.compile_mode, self.net.cuda_graphs
         for ema in self.ema.models:
             ema.to(self.acc.device)
         # the network itself: out of torch.compile's and DDP's wrappers (EMA, checkpoints)
@@ -318,6 +271,14 @@ class Trainer:
             channels_last=tc.channels_last,
             schedule=self.diffusion.schedule,
         )
+
+    def _network_policy(self) -> NetworkPolicy:
+        tc = self.cfg.train
+        return NetworkPolicy(
+            kernels=tc.conv_kernels, option="train.conv_kernels", precision=self.precision,
+            channels_last=tc.channels_last, compile=tc.compile, compile_mode=tc.compile_mode,
+            training=True, grad_accum=tc.grad_accum, processes=self.acc.num_processes,
+        )  # fmt: skip
 
     # ---- what a subclass (distillation) changes -------------------------------------------------
     def _build_model(self) -> torch.nn.Module:
@@ -577,7 +538,7 @@ class Trainer:
             val,
             self.acc.device,
         )
-        conv_kernel.forget(self.ema.primary)  # its weights move on: no transformed copy kept
+        release_network(self.ema.primary)  # its weights move on: nothing kept for them
         loss = res.loss
         self.state.val_loss = loss
         if self.state.best_val is None or loss < self.state.best_val:

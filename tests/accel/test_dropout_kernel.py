@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from radardiff.models import conv_kernel
+from radardiff.accel import dropout as kdrop
+from radardiff.accel import library as klib
+from radardiff.accel import modules as kmod
 
-OK, WHY = conv_kernel.available()
+OK, WHY = klib.available()
 needs_kernel = pytest.mark.skipif(not OK, reason=f"the kernel cannot run here: {WHY}")
 CL = torch.channels_last
 MASK32 = 2**32 - 1
@@ -30,7 +32,7 @@ def philox_reference(counter, key):
 
 def kept_reference(n: int, p: float, seed: int) -> torch.Tensor:
     """Which of n elements the kernel keeps, from the layout stated in ``kernels/dropout.c``."""
-    threshold = conv_kernel._dropout_threshold(p)
+    threshold = kdrop._dropout_threshold(p)
     key = (seed & MASK32, seed >> 32)
     words = {}
     kept = torch.empty(n, dtype=torch.bool)
@@ -57,7 +59,7 @@ def test_philox_gives_the_published_known_answers():
     ]
     for counter, key, words in known:
         assert philox_reference(counter, key) == words
-        lanes = conv_kernel.philox((counter[0] & ~7, *counter[1:]), key)
+        lanes = kdrop.philox((counter[0] & ~7, *counter[1:]), key)
         assert lanes[counter[0] & 7] == words  # the lane that holds this counter
         for k, got in enumerate(lanes):
             assert got == philox_reference(((counter[0] & ~7) + k, *counter[1:]), key)
@@ -69,7 +71,7 @@ def test_dropout_keeps_the_elements_philox_says_and_scales_them(n, seed):
     """The last, partial vector too (75 = 2 x 32 + 11), and a key using all 64 bits."""
     p = 0.3
     x = torch.randn(n, generator=torch.Generator().manual_seed(1))
-    y = conv_kernel.dropout_mask_apply(x, p, seed)
+    y = kdrop.dropout_mask_apply(x, p, seed)
     kept = kept_reference(n, p, seed)
     expect = torch.where(kept, x * torch.tensor(1 / (1 - p), dtype=torch.float32), 0.0)
     assert torch.equal(y, expect)
@@ -82,16 +84,16 @@ def test_dropout_statistics_threads_and_seeds():
     depend on the thread count and changes with the seed."""
     p, n = 0.1, 2**20
     ones = torch.ones(n)
-    kept = conv_kernel.dropout_mask_apply(ones, p, 12345) != 0
+    kept = kdrop.dropout_mask_apply(ones, p, 12345) != 0
     se = math.sqrt(p * (1 - p) / n)
     assert abs(kept.double().mean().item() - (1 - p)) < 5 * se
     for lag in (1, 8, 32):  # next lane, next word of the same counter, next block
         both = (kept[:-lag] & kept[lag:]).double().mean().item()
         assert abs(both - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / n)
     for threads in (1, 3):
-        other = conv_kernel.dropout_mask_apply(ones, p, 12345, threads=threads) != 0
+        other = kdrop.dropout_mask_apply(ones, p, 12345, threads=threads) != 0
         assert torch.equal(other, kept)
-    fresh = conv_kernel.dropout_mask_apply(ones, p, 12346) != 0
+    fresh = kdrop.dropout_mask_apply(ones, p, 12346) != 0
     assert 0.1 < (fresh != kept).double().mean().item() < 0.25  # 2 p (1 - p) = 0.18 apart
 
 
@@ -99,11 +101,11 @@ def test_dropout_statistics_threads_and_seeds():
 def test_dropout_refuses_what_it_does_not_compute():
     x = torch.randn(4, 8, 5, 5)
     with pytest.raises(ValueError, match="p must be in"):
-        conv_kernel.dropout_mask_apply(x, 1.0, 0)
+        kdrop.dropout_mask_apply(x, 1.0, 0)
     with pytest.raises(ValueError, match="dense"):
-        conv_kernel.dropout_mask_apply(x[:, :, ::2], 0.5, 0)
+        kdrop.dropout_mask_apply(x[:, :, ::2], 0.5, 0)
     with pytest.raises(TypeError, match="fp32 CPU"):
-        conv_kernel.dropout_mask_apply(x.double(), 0.5, 0)
+        kdrop.dropout_mask_apply(x.double(), 0.5, 0)
 
 
 @needs_kernel
@@ -112,8 +114,8 @@ def test_installed_dropout_trains_with_one_mask_and_is_off_in_eval(layout):
     """Training: the gradient passes where the output was kept, scaled alike (also when the
     gradient comes in another layout), the draws follow torch's global seed; eval: identity."""
     layer = nn.Sequential(nn.Dropout(0.25))
-    conv_kernel.install(layer)
-    assert "forward" in vars(layer[0])
+    kmod.install(layer)
+    assert type(layer[0]) is kmod.KernelDropout
     x = torch.randn(3, 20, 6, 7).contiguous(memory_format=layout).requires_grad_()
     torch.manual_seed(7)
     y = layer(x)
@@ -129,18 +131,18 @@ def test_installed_dropout_trains_with_one_mask_and_is_off_in_eval(layout):
     assert not torch.equal(layer(x), y)  # the next draw, another
     layer.eval()
     assert torch.equal(layer(x), x)
-    conv_kernel.uninstall(layer)
-    assert "forward" not in vars(layer[0])
+    kmod.uninstall(layer)
+    assert type(layer[0]) is nn.Dropout
 
 
 @needs_kernel
 def test_installed_dropout_leaves_other_cases_to_torch(monkeypatch):
     """p = 0 layers are not touched; bf16 and strided inputs go to torch's dropout."""
     net = nn.Sequential(nn.Dropout(0.0), nn.Dropout(0.5))
-    conv_kernel.install(net)
-    assert "forward" not in vars(net[0]) and "forward" in vars(net[1])
+    kmod.install(net)
+    assert type(net[0]) is nn.Dropout and type(net[1]) is kmod.KernelDropout
     calls = []
-    monkeypatch.setattr(conv_kernel, "dropout_mask_apply", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(kdrop, "dropout_mask_apply", lambda *a, **k: calls.append(1))
     for x in (torch.randn(4, 6, 5, 5, dtype=torch.bfloat16), torch.randn(4, 6, 5, 5)[..., ::2]):
         y = net(x)
         kept = y != 0
@@ -152,11 +154,11 @@ def test_installed_dropout_leaves_other_cases_to_torch(monkeypatch):
 @needs_kernel
 def test_posix_thread_build_gives_the_same_masks(tmp_path):
     target = tmp_path / "plain.so"
-    assert conv_kernel._build(conv_kernel.c_compiler(), conv_kernel.FLAGS, target) is None
-    plain = conv_kernel._declare(ctypes.CDLL(str(target)))
+    assert klib._build(klib.c_compiler(), klib.FLAGS, target) is None
+    plain = klib._declare(ctypes.CDLL(str(target)))
     x = torch.randn(3, 64, 33, 33)
     for threads in (1, 2, 3):
         assert torch.equal(
-            conv_kernel.dropout_mask_apply(x, 0.1, 99, threads, lib=plain),
-            conv_kernel.dropout_mask_apply(x, 0.1, 99),
+            kdrop.dropout_mask_apply(x, 0.1, 99, threads, lib=plain),
+            kdrop.dropout_mask_apply(x, 0.1, 99),
         )

@@ -17,10 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_run_config
+from radardiff.accel import attention as kattn
+from radardiff.accel import conv as kconv
+from radardiff.accel import library as klib
+from radardiff.accel import modules as kmod
+from radardiff.accel import policy as kpolicy
 from radardiff.errors import ConfigError
-from radardiff.models import build_unet, conv_kernel, fused_attention, norm_kernel
+from radardiff.models import build_unet
 
-OK, WHY = conv_kernel.available()
+OK, WHY = klib.available()
 needs_kernel = pytest.mark.skipif(not OK, reason=f"the kernel cannot run here: {WHY}")
 CL = torch.channels_last
 
@@ -60,7 +65,7 @@ def test_weight_grad_equals_float64_reference(n, ci, co, h, w, layout):
     elif layout == "strided":  # views into larger tensors: every stride unusual
         x = torch.randn(n, ci * 2, h + 1, w * 2)[:, ::2, 1:, ::2].copy_(x)
         gy = torch.randn(n + 1, co, h, w).transpose(2, 3).contiguous().transpose(2, 3)[1:].copy_(gy)
-    got = conv_kernel.weight_grad(x, gy)
+    got = kconv.weight_grad(x, gy)
     assert got.shape == (co, ci, 3, 3) and got.dtype == torch.float32
     ref = reference(x, gy)
     # F(3x3, 4x4) in fp32: the transforms' rounding, a few 1e-6 of the largest value
@@ -75,7 +80,7 @@ def test_weight_grad_equals_float64_reference(n, ci, co, h, w, layout):
 def test_weight_grad_does_not_depend_on_the_thread_count():
     """Each output tile's sum runs in one order whatever the thread count: bit-identical."""
     x, gy = _pair(6, 40, 25, 9, 11, seed=3)
-    runs = [conv_kernel.weight_grad(x, gy, threads=t) for t in (1, 2, 3, 7)]
+    runs = [kconv.weight_grad(x, gy, threads=t) for t in (1, 2, 3, 7)]
     for other in runs[1:]:
         assert torch.equal(runs[0], other)
 
@@ -84,11 +89,11 @@ def test_weight_grad_does_not_depend_on_the_thread_count():
 def test_weight_grad_refuses_what_it_does_not_compute():
     x, gy = _pair(2, 16, 8, 4, 4)
     with pytest.raises(TypeError, match="fp32"):
-        conv_kernel.weight_grad(x.double(), gy.double())
+        kconv.weight_grad(x.double(), gy.double())
     with pytest.raises(ValueError, match="shapes"):
-        conv_kernel.weight_grad(x, gy[:, :, :3])
+        kconv.weight_grad(x, gy[:, :, :3])
     with pytest.raises(ValueError, match="shapes"):
-        conv_kernel.weight_grad(x, gy[:1])
+        kconv.weight_grad(x, gy[:1])
 
 
 def conv_reference(x, w, b=None):
@@ -124,7 +129,7 @@ def test_winograd_conv_equals_float64_reference(n, ci, co, h, w, layout):
     x = _layout(torch.randn(n, ci, h, w, generator=g), layout)
     wt, b = torch.randn(co, ci, 3, 3, generator=g), torch.randn(co, generator=g)
     for bias in (b, None):
-        got = conv_kernel.conv3x3(x, wt, bias)
+        got = kconv.conv3x3(x, wt, bias)
         ref = conv_reference(x, wt, bias)
         assert got.shape == (n, co, h, w) and got.dtype == torch.float32
         # F(4x4, 3x3) in fp32: the transforms' rounding, a few 1e-6 of the largest output
@@ -145,13 +150,11 @@ def test_input_grad_equals_float64_reference(layout):
         gy.double(), x, w.double(), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
         [True, False, False],
     )[0]  # fmt: skip
-    got = conv_kernel.input_grad(gy, w)
+    got = kconv.input_grad(gy, w)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5 * ref.abs().max().item())
     # the transposed transform is the transform of the rotated, transposed weight, exactly
     rotated = w.flip((2, 3)).transpose(0, 1).contiguous()
-    assert torch.equal(
-        conv_kernel.winograd_weight(w, transposed=True), conv_kernel.winograd_weight(rotated)
-    )
+    assert torch.equal(kconv.winograd_weight(w, transposed=True), kconv.winograd_weight(rotated))
 
 
 @needs_kernel
@@ -161,33 +164,33 @@ def test_winograd_conv_depends_neither_on_threads_nor_on_the_batch():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(7, 40, 11, 9, generator=g).contiguous(memory_format=CL)
     w, b = torch.randn(25, 40, 3, 3, generator=g), torch.randn(25, generator=g)
-    u = conv_kernel.winograd_weight(w)
-    runs = [conv_kernel.winograd_conv(x, u, 25, b, threads=t) for t in (1, 2, 3, 7)]
+    u = kconv.winograd_weight(w)
+    runs = [kconv.winograd_conv(x, u, 25, b, threads=t) for t in (1, 2, 3, 7)]
     for other in runs[1:]:
         assert torch.equal(runs[0], other)
     for i in (0, 4, 6):
-        alone = conv_kernel.winograd_conv(x[i : i + 1], u, 25, b)
+        alone = kconv.winograd_conv(x[i : i + 1], u, 25, b)
         assert torch.equal(alone[0], runs[0][i])
-    assert torch.equal(conv_kernel.winograd_conv(x[2:5], u, 25, b), runs[0][2:5])
+    assert torch.equal(kconv.winograd_conv(x[2:5], u, 25, b), runs[0][2:5])
 
 
 @needs_kernel
 def test_winograd_refuses_what_it_does_not_compute():
     x = torch.randn(2, 16, 4, 4)
     with pytest.raises(TypeError, match="fp32"):
-        conv_kernel.winograd_weight(torch.randn(8, 16, 3, 3, dtype=torch.float64))
+        kconv.winograd_weight(torch.randn(8, 16, 3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\(Co, Ci, 3, 3\) weight"):
-        conv_kernel.winograd_weight(torch.randn(8, 16, 5, 5))
-    u = conv_kernel.winograd_weight(torch.randn(8, 16, 3, 3))
+        kconv.winograd_weight(torch.randn(8, 16, 5, 5))
+    u = kconv.winograd_weight(torch.randn(8, 16, 3, 3))
     with pytest.raises(ValueError, match="do not match"):
-        conv_kernel.winograd_conv(torch.randn(2, 15, 4, 4), u, 8)
+        kconv.winograd_conv(torch.randn(2, 15, 4, 4), u, 8)
     with pytest.raises(ValueError, match="do not match"):
-        conv_kernel.winograd_conv(x, u, 17)
+        kconv.winograd_conv(x, u, 17)
     with pytest.raises(TypeError, match="fp32"):
-        conv_kernel.winograd_conv(x.double(), u, 8)
+        kconv.winograd_conv(x.double(), u, 8)
 
     with pytest.raises(ValueError, match="residual"):
-        conv_kernel.winograd_conv(x, u, 8, residual=torch.randn(2, 8, 4, 5))
+        kconv.winograd_conv(x, u, 8, residual=torch.randn(2, 8, 4, 5))
 
 
 @needs_kernel
@@ -200,7 +203,7 @@ def test_conv_residual_is_torchs_sum_bit_for_bit(n, ci, co, h, w, x_layout, r_la
     bit, in torch's layout (the residual's where dense), with the same gradients."""
     torch.manual_seed(0)
     layer = nn.Conv2d(ci, co, 3, padding=1)
-    conv_kernel.install(layer)
+    kmod.install(layer)
     x0 = _layout(torch.randn(n, ci, h, w), x_layout)
     r0 = _layout(torch.randn(n, co, h, w), r_layout)
     gy = torch.randn(n, co, h, w)
@@ -209,7 +212,7 @@ def test_conv_residual_is_torchs_sum_bit_for_bit(n, ci, co, h, w, x_layout, r_la
         layer.zero_grad(set_to_none=True)
         x, r = x0.clone().requires_grad_(grad), r0.clone().requires_grad_(grad)
         with torch.set_grad_enabled(grad):
-            y = conv_kernel.conv_residual(layer, x, r) if fused else r + layer(x)
+            y = kmod._plus(layer, x, r) if fused else r + layer(x)
         grads = []
         if grad:
             (y * gy).sum().backward()
@@ -225,17 +228,15 @@ def test_conv_residual_falls_back_to_torchs_sum(monkeypatch):
     """Not on the kernels (uninstalled, a 1x1 layer, a hooked layer, a residual to broadcast,
     float64): torch's ``r + conv(x)``, and the fused kernel is not called."""
     calls = []
-    real = conv_kernel.winograd_conv
-    monkeypatch.setattr(
-        conv_kernel, "winograd_conv", lambda *a, **k: calls.append(k) or real(*a, **k)
-    )
+    real = kconv.winograd_conv
+    monkeypatch.setattr(kconv, "winograd_conv", lambda *a, **k: calls.append(k) or real(*a, **k))
     torch.manual_seed(0)
     x, r = torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6)
     plain, pointwise, hooked, installed = (
         nn.Conv2d(16, 16, k, padding=k // 2) for k in (3, 1, 3, 3)
     )
     for layer in (pointwise, hooked, installed):
-        conv_kernel.install(layer)
+        kmod.install(layer)
     hooked.register_forward_hook(lambda *_: None)
     with torch.no_grad():
         for layer, xi, ri in (
@@ -244,14 +245,14 @@ def test_conv_residual_falls_back_to_torchs_sum(monkeypatch):
             (hooked, x, r),
             (installed, x, r[:, :1]),
         ):
-            assert torch.equal(conv_kernel.conv_residual(layer, xi, ri), ri + layer(xi))
+            assert torch.equal(kmod._plus(layer, xi, ri), ri + layer(xi))
         double = nn.Conv2d(16, 16, 3, padding=1).double()
-        conv_kernel.install(double)
+        kmod.install(double)
         xd, rd = x.double(), r.double()
-        assert torch.equal(conv_kernel.conv_residual(double, xd, rd), rd + double(xd))
+        assert torch.equal(kmod._plus(double, xd, rd), rd + double(xd))
     assert not any("residual" in k for k in calls)
     with torch.no_grad():
-        conv_kernel.conv_residual(installed, x, r)
+        kmod._plus(installed, x, r)
     assert calls[-1].get("residual") is r  # the check above can fail
 
 
@@ -274,7 +275,7 @@ def test_conv1x1_and_its_gradients_equal_float64_reference(n, ci, co, h, w, layo
     gy = _layout(torch.randn(n, co, h, w, generator=g), layout)
     wt, b = torch.randn(co, ci, 1, 1, generator=g), torch.randn(co, generator=g)
     for bias in (b, None):
-        got = conv_kernel.conv1x1(x, wt, bias)
+        got = kconv.conv1x1(x, wt, bias)
         ref = F.conv2d(x.double(), wt.double(), None if bias is None else bias.double())
         assert got.shape == (n, co, h, w) and got.dtype == torch.float32
         torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-6 * ref.abs().max().item())
@@ -285,9 +286,9 @@ def test_conv1x1_and_its_gradients_equal_float64_reference(n, ci, co, h, w, layo
         gy.double(), x.double(), wt.double(), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
         [True, True, False],
     )[:2]  # fmt: skip
-    got_x = conv_kernel.conv1x1_input_grad(gy, wt)
+    got_x = kconv.conv1x1_input_grad(gy, wt)
     torch.testing.assert_close(got_x.double(), ref_x, rtol=0, atol=2e-6 * ref_x.abs().max().item())
-    got_w = conv_kernel.conv1x1_weight_grad(x, gy)
+    got_w = kconv.conv1x1_weight_grad(x, gy)
     assert got_w.shape == (co, ci, 1, 1)
     torch.testing.assert_close(got_w.double(), ref_w, rtol=0, atol=2e-6 * ref_w.abs().max().item())
 
@@ -300,13 +301,13 @@ def test_conv1x1_depends_neither_on_threads_nor_on_the_batch():
     for layout in ("nchw", "channels_last"):
         x = _layout(torch.randn(7, 40, 11, 13, generator=g), layout)
         w, b = torch.randn(25, 40, 1, 1, generator=g), torch.randn(25, generator=g)
-        runs = [conv_kernel.conv1x1(x, w, b, threads=t) for t in (1, 2, 3, 7)]
+        runs = [kconv.conv1x1(x, w, b, threads=t) for t in (1, 2, 3, 7)]
         for other in runs[1:]:
             assert torch.equal(runs[0], other)
         for i in (0, 4, 6):
-            assert torch.equal(conv_kernel.conv1x1(x[i : i + 1], w, b)[0], runs[0][i])
+            assert torch.equal(kconv.conv1x1(x[i : i + 1], w, b)[0], runs[0][i])
     x, gy = _pair(5, 21, 26, 23, 17, seed=7)  # 391 positions: chunks and an 8-lane tail
-    grads = [conv_kernel.conv1x1_weight_grad(x, gy, threads=t) for t in (1, 2, 3, 7)]
+    grads = [kconv.conv1x1_weight_grad(x, gy, threads=t) for t in (1, 2, 3, 7)]
     for other in grads[1:]:
         assert torch.equal(grads[0], other)
 
@@ -315,13 +316,13 @@ def test_conv1x1_depends_neither_on_threads_nor_on_the_batch():
 def test_conv1x1_refuses_what_it_does_not_compute():
     x = torch.randn(2, 16, 4, 4)
     with pytest.raises(TypeError, match="fp32"):
-        conv_kernel.conv1x1(x.double(), torch.randn(8, 16, 1, 1))
+        kconv.conv1x1(x.double(), torch.randn(8, 16, 1, 1))
     with pytest.raises(ValueError, match=r"\(Co, Ci, 1, 1\) weight"):
-        conv_kernel.conv1x1(x, torch.randn(8, 16, 3, 3))
+        kconv.conv1x1(x, torch.randn(8, 16, 3, 3))
     with pytest.raises(ValueError, match="do not match"):
-        conv_kernel.conv1x1(x, torch.randn(8, 15, 1, 1))
+        kconv.conv1x1(x, torch.randn(8, 15, 1, 1))
     with pytest.raises(ValueError, match="shapes"):
-        conv_kernel.conv1x1_weight_grad(x, torch.randn(2, 8, 4, 3))
+        kconv.conv1x1_weight_grad(x, torch.randn(2, 8, 4, 3))
 
 
 def _conv_pair(layout, bias=True, size=3):
@@ -331,7 +332,7 @@ def _conv_pair(layout, bias=True, size=3):
     fast.load_state_dict(plain.state_dict())
     if layout == "channels_last":
         plain, fast = plain.to(memory_format=CL), fast.to(memory_format=CL)
-    assert conv_kernel.install(fast) == 1
+    assert kmod.install(fast).convolutions == 1
     return plain, fast
 
 
@@ -371,13 +372,13 @@ def _counting(monkeypatch):
     calls = {"conv": 0, "weight_grad": 0, "transform": 0}
     for name, key in (("winograd_conv", "conv"), ("weight_grad", "weight_grad"),
                       ("winograd_weight", "transform")):  # fmt: skip
-        real = getattr(conv_kernel, name)
+        real = getattr(kconv, name)
 
         def counted(*a, real=real, key=key, **k):
             calls[key] += 1
             return real(*a, **k)
 
-        monkeypatch.setattr(conv_kernel, name, counted)
+        monkeypatch.setattr(kconv, name, counted)
     return calls
 
 
@@ -409,12 +410,12 @@ def test_installed_layer_uses_the_kernels_in_fp32_training_and_inference(monkeyp
         fast(x).float().sum().backward()
     fast.weight.requires_grad_(False)
     fast(x).sum().backward()
-    conv_kernel.forget(fast)
-    assert "_radardiff_winograd" not in vars(fast) and "_conv_forward" in vars(fast)
+    kmod.forget(fast)
+    assert "_radardiff_winograd" not in vars(fast) and type(fast) is kmod.KernelConv2d
     with torch.no_grad():
         fast(x)  # transformed again
     assert calls == {"conv": 7, "weight_grad": 1, "transform": 5}
-    conv_kernel.uninstall(fast)
+    kmod.uninstall(fast)
     assert "_radardiff_winograd" not in vars(fast)
     fast.weight.requires_grad_(True)
     fast(x).sum().backward()
@@ -430,13 +431,13 @@ def test_installed_1x1_layer_uses_the_kernel_in_fp32_training_and_inference(monk
     plain, fast = _conv_pair("nchw", size=1)
     calls = {"product": 0, "weight_grad": 0}
     for name, key in (("_pointwise", "product"), ("conv1x1_weight_grad", "weight_grad")):
-        real = getattr(conv_kernel, name)
+        real = getattr(kconv, name)
 
         def counted(*a, real=real, key=key, **k):
             calls[key] += 1
             return real(*a, **k)
 
-        monkeypatch.setattr(conv_kernel, name, counted)
+        monkeypatch.setattr(kconv, name, counted)
     x = torch.randn(2, 24, 6, 6)
     fast(x.requires_grad_()).sum().backward()
     assert calls == {"product": 2, "weight_grad": 1}
@@ -451,7 +452,7 @@ def test_installed_1x1_layer_uses_the_kernel_in_fp32_training_and_inference(monk
 
 def test_only_plain_3x3_and_1x1_stride_1_layers_are_eligible():
     for ok in (nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 32, 1), nn.Conv2d(64, 16, 1)):
-        assert conv_kernel.eligible(ok), ok
+        assert kmod.eligible_conv(ok), ok
     for layer in [
         nn.Conv2d(16, 16, 1, stride=2),
         nn.Conv2d(16, 16, 1, padding=1),
@@ -466,17 +467,17 @@ def test_only_plain_3x3_and_1x1_stride_1_layers_are_eligible():
         nn.Conv2d(64, 1, 3, padding=1),  # a network's last layer
         nn.Conv2d(16, 16, 5, padding=2),
     ]:
-        assert not conv_kernel.eligible(layer), layer
+        assert not kmod.eligible_conv(layer), layer
     net = build_unet(tiny_run_config("x.h5", model={"base_channels": 16}).model, 1, False)
-    expected = sum(conv_kernel.eligible(m) for m in net.modules())
-    pointwise = sum(conv_kernel.eligible(m) and m.kernel_size == (1, 1) for m in net.modules())
-    assert expected > pointwise > 0 and conv_kernel.install(net) == expected
-    conv_kernel.uninstall(net)
-    assert not any("_conv_forward" in vars(m) for m in net.modules())
+    expected = sum(kmod.eligible_conv(m) for m in net.modules())
+    pointwise = sum(kmod.eligible_conv(m) and m.kernel_size == (1, 1) for m in net.modules())
+    assert expected > pointwise > 0 and kmod.install(net).convolutions == expected
+    kmod.uninstall(net)
+    assert not any(type(m) is kmod.KernelConv2d for m in net.modules())
 
 
 def test_choice_of_path(monkeypatch):
-    choose = conv_kernel.choose
+    choose = kpolicy.choose
     assert choose("torch", "cpu", True, False) == (False, "train.conv_kernels = torch")
     use, why = choose("auto", "cuda", True, False)
     assert not use and "CPU kernels" in why and "cuda" in why
@@ -492,7 +493,7 @@ def test_choice_of_path(monkeypatch):
         choose("radardiff", "cpu", True, True)
     with pytest.raises(ConfigError, match="one of auto, radardiff, torch"):
         choose("fast", "cpu", True, False)
-    monkeypatch.setattr(conv_kernel, "available", lambda: (False, "no C compiler found (x)"))
+    monkeypatch.setattr(kpolicy, "available", lambda: (False, "no C compiler found (x)"))
     assert choose("auto", "cpu", True, False) == (
         False,
         "train.conv_kernels = auto; no C compiler found (x)",
@@ -505,15 +506,15 @@ def test_choice_of_path(monkeypatch):
 def fresh_library(monkeypatch, tmp_path):
     """library() rebuilt from scratch into a cache of the test's own."""
     monkeypatch.setenv("RADARDIFF_CACHE", str(tmp_path / "cache"))
-    conv_kernel.library.cache_clear()
+    klib.library.cache_clear()
     yield tmp_path
-    conv_kernel.library.cache_clear()
+    klib.library.cache_clear()
 
 
 def test_no_compiler_is_one_line(fresh_library, monkeypatch):
-    monkeypatch.setattr(conv_kernel, "cpu_supported", lambda: True)
-    monkeypatch.setattr(conv_kernel, "c_compiler", lambda: None)
-    ok, why = conv_kernel.available()
+    monkeypatch.setattr(klib, "cpu_supported", lambda: True)
+    monkeypatch.setattr(klib, "c_compiler", lambda: None)
+    ok, why = klib.available()
     assert not ok and why == "no C compiler found ($CC, cc or gcc)"
 
 
@@ -521,9 +522,9 @@ def test_failing_compiler_is_one_line_and_leaves_no_file(fresh_library, monkeypa
     fake = fresh_library / "badcc"
     fake.write_text("#!/bin/sh\necho 'fatal: no AVX2 here' >&2\nexit 1\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(conv_kernel, "cpu_supported", lambda: True)
-    monkeypatch.setattr(conv_kernel, "c_compiler", lambda: str(fake))
-    ok, why = conv_kernel.available()
+    monkeypatch.setattr(klib, "cpu_supported", lambda: True)
+    monkeypatch.setattr(klib, "c_compiler", lambda: str(fake))
+    ok, why = klib.available()
     assert not ok and why.endswith(
         "could not compile conv3x3_wino.c, conv1x1.c, dropout.c, groupnorm.c: fatal: no AVX2 here"
     )
@@ -532,20 +533,20 @@ def test_failing_compiler_is_one_line_and_leaves_no_file(fresh_library, monkeypa
 
 
 def test_no_avx2_is_reported(fresh_library, monkeypatch):
-    monkeypatch.setattr(conv_kernel, "cpu_supported", lambda: False)
-    ok, why = conv_kernel.available()
+    monkeypatch.setattr(klib, "cpu_supported", lambda: False)
+    ok, why = klib.available()
     assert not ok and why.startswith("the CPU has no AVX2")
 
 
 @needs_kernel
 def test_compiled_once_into_the_cache(fresh_library):
-    conv_kernel.library()
+    klib.library()
     built = sorted(os.listdir(fresh_library / "cache"))
     assert len(built) == 2 and built[1].startswith("conv-") and built[1].endswith(".so")
     assert built[0] == built[1].replace(".so", ".json")  # the marker, with the library's hash
-    conv_kernel.library.cache_clear()
+    klib.library.cache_clear()
     mtime = os.stat(fresh_library / "cache" / built[1]).st_mtime_ns
-    conv_kernel.library()  # found, not rebuilt
+    klib.library()  # found, not rebuilt
     assert os.stat(fresh_library / "cache" / built[1]).st_mtime_ns == mtime
 
 
@@ -559,7 +560,8 @@ def test_training_logs_its_choice(noise_files, tmp_path, caplog):
     assert "convolutions: radardiff's AVX2 kernels (3x3: Winograd" in caplog.text
     assert "(train.conv_kernels = auto)" in caplog.text
     assert "; group norm + SiLU fused, 8 residual blocks;" in caplog.text  # down 2, mid 2, up 4
-    assert "; attention: q, k, v in one product, 4 layers (" in caplog.text  # down 2, mid, up 1
+    assert "; attention: q, k, v in one product, 4 layers;" in caplog.text  # down 2, mid, up 1
+    assert "each checked against torch at its first call" in caplog.text
     caplog.clear()
     torch_cfg = tiny_run_config(str(noise_files[0]), train={"steps": 1, "conv_kernels": "torch"})
     with caplog.at_level(logging.INFO, logger="radardiff"):
@@ -581,7 +583,7 @@ def test_functional_conv_matches_layer():
     cannot run, by torch's convolution)."""
     layer = nn.Conv2d(16, 16, 3, padding=1)
     x = torch.randn(1, 16, 5, 5)
-    assert conv_kernel.install(layer) == 1
+    assert kmod.install(layer).convolutions == 1
     with torch.no_grad():
         torch.testing.assert_close(
             layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1), rtol=1e-5, atol=1e-5
@@ -655,29 +657,27 @@ def test_posix_thread_build_gives_the_openmp_builds_values(tmp_path):
     import ctypes
 
     target = tmp_path / "plain.so"
-    assert conv_kernel._build(conv_kernel.c_compiler(), conv_kernel.FLAGS, target) is None
-    plain = conv_kernel._declare(ctypes.CDLL(str(target)))
+    assert klib._build(klib.c_compiler(), klib.FLAGS, target) is None
+    plain = klib._declare(ctypes.CDLL(str(target)))
     x, gy = _pair(4, 40, 19, 6, 9, seed=5)
     w = torch.randn(19, 40, 3, 3)
-    u = conv_kernel.winograd_weight(w)
+    u = kconv.winograd_weight(w)
     for threads in (1, 3):
+        assert torch.equal(kconv.weight_grad(x, gy, threads, lib=plain), kconv.weight_grad(x, gy))
+        assert torch.equal(kconv.winograd_weight(w, False, threads, lib=plain), u)
         assert torch.equal(
-            conv_kernel.weight_grad(x, gy, threads, lib=plain), conv_kernel.weight_grad(x, gy)
-        )
-        assert torch.equal(conv_kernel.winograd_weight(w, False, threads, lib=plain), u)
-        assert torch.equal(
-            conv_kernel.winograd_conv(x, u, 19, threads=threads, lib=plain),
-            conv_kernel.winograd_conv(x, u, 19),
+            kconv.winograd_conv(x, u, 19, threads=threads, lib=plain),
+            kconv.winograd_conv(x, u, 19),
         )
         w1 = w[:, :, 1:2, 1:2]
         for layout in (torch.contiguous_format, CL):
             xl = x.contiguous(memory_format=layout)
             assert torch.equal(
-                conv_kernel.conv1x1(xl, w1, threads=threads, lib=plain), conv_kernel.conv1x1(xl, w1)
+                kconv.conv1x1(xl, w1, threads=threads, lib=plain), kconv.conv1x1(xl, w1)
             )
         assert torch.equal(
-            conv_kernel.conv1x1_weight_grad(x, gy, threads, lib=plain),
-            conv_kernel.conv1x1_weight_grad(x, gy),
+            kconv.conv1x1_weight_grad(x, gy, threads, lib=plain),
+            kconv.conv1x1_weight_grad(x, gy),
         )
 
 
@@ -687,7 +687,7 @@ def test_trainer_puts_the_kernels_under_its_network_and_its_ema_networks(noise_f
     from radardiff.train.loop import Trainer
 
     def patched(network) -> int:
-        return sum("_conv_forward" in vars(m) for m in network.modules())
+        return sum(type(m) is kmod.KernelConv2d for m in network.modules())
 
     for setting, expect in (("auto", True), ("torch", False)):
         cfg = tiny_run_config(
@@ -696,16 +696,16 @@ def test_trainer_puts_the_kernels_under_its_network_and_its_ema_networks(noise_f
             train={"conv_kernels": setting},
         )
         trainer = Trainer(cfg, tmp_path / setting)
-        eligible = sum(conv_kernel.eligible(m) for m in trainer.ema.primary.modules())
-        assert eligible > 0 and trainer.conv_kernels is expect
+        eligible = sum(kmod.eligible_conv(m) for m in trainer.ema.primary.modules())
+        assert eligible > 0 and trainer.net.kernels is expect
         for network in (trainer.acc.unwrap_model(trainer.model), *trainer.ema.models):
             assert patched(network) == (eligible if expect else 0)
-        dropouts = sum(type(m) is nn.Dropout and m.p > 0 for m in trainer.ema.primary.modules())
+        dropouts = sum(isinstance(m, nn.Dropout) and m.p > 0 for m in trainer.ema.primary.modules())
         model = trainer.acc.unwrap_model(trainer.model)
-        assert dropouts > 0 and conv_kernel.installed_dropouts(model) == (dropouts if expect else 0)
-        blocks = sum(norm_kernel.eligible(m) for m in model.modules())
+        assert dropouts > 0 and kmod.installed(model).dropouts == (dropouts if expect else 0)
+        blocks = sum(kmod.eligible_block(m) for m in model.modules())
         for network in (model, *trainer.ema.models):  # group norm + SiLU fused in each
-            assert blocks > 0 and norm_kernel.installed(network) == (blocks if expect else 0)
-        layers = sum(fused_attention.eligible(m) for m in model.modules())
+            assert blocks > 0 and kmod.installed(network).blocks == (blocks if expect else 0)
+        layers = sum(kattn.eligible(m) for m in model.modules())
         for network in (model, *trainer.ema.models):  # q, k, v in one product in each
-            assert layers > 0 and fused_attention.installed(network) == (layers if expect else 0)
+            assert layers > 0 and kattn.installed(network) == (layers if expect else 0)

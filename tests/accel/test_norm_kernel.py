@@ -12,9 +12,12 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from conftest import tiny_run_config
-from radardiff.models import build_unet, conv_kernel, norm_kernel
+from radardiff.accel import library as klib
+from radardiff.accel import modules as kmod
+from radardiff.accel import norm as knorm
+from radardiff.models import build_unet
 
-OK, WHY = conv_kernel.available()
+OK, WHY = klib.available()
 needs_kernel = pytest.mark.skipif(not OK, reason=f"the kernel cannot run here: {WHY}")
 CL = torch.channels_last
 
@@ -74,8 +77,8 @@ def test_values_and_gradients_equal_float64_reference(shape, groups, layout, mod
     xk = _layout(x.clone(), layout).requires_grad_()
     norm = _norm(c, groups, w.clone(), b.clone())
     sk, tk = scale.clone().requires_grad_(), shift.clone().requires_grad_()
-    assert norm_kernel.fits(xk)
-    y = norm_kernel.group_norm_act(xk, norm, sk if with_ss else None, tk if with_ss else None, silu)
+    assert knorm.fits(xk)
+    y = kmod.group_norm_act(xk, norm, sk if with_ss else None, tk if with_ss else None, silu)
     assert y.stride() == xk.stride()  # the input's layout
     ref_in = [v.double().requires_grad_() for v in (x, w, b, scale, shift)]
     ss = (ref_in[3], ref_in[4]) if with_ss else (None, None)
@@ -101,9 +104,9 @@ def test_statistics_hold_for_a_large_mean_and_a_constant_group(layout):
     x, w, b, _, _ = _inputs((2, 16, 12, 12), seed=3, mean=1000.0, std=0.1)
     x[1, :4] = 5.0  # image 1's first group constant
     x = _layout(x, layout)
-    y = norm_kernel.group_norm_act(x, _norm(16, 4, w, b), silu=False)
+    y = kmod.group_norm_act(x, _norm(16, 4, w, b), silu=False)
     ref = _reference(x.double(), 4, w.double(), b.double(), None, None, False)
-    _, mean, rstd = norm_kernel.forward(x, 4, w, b, silu=False)
+    _, mean, rstd = knorm.forward(x, 4, w, b, silu=False)
     half_ulp = (torch.tensor(1000.0).nextafter(torch.tensor(2000.0)) - 1000.0).item() / 2
     spread = torch.cat([rstd[0], rstd[1, 1:]]).max().item()  # the constant group aside
     bound = half_ulp * spread * w.abs().max().item() * 1.05
@@ -122,13 +125,11 @@ def test_results_depend_neither_on_threads_nor_on_the_batch(layout):
     a, bb = w * (1 + scale[:, :, 0, 0]), b * (1 + scale[:, :, 0, 0]) + shift[:, :, 0, 0]
     runs = []
     for threads in (1, 2, 3):
-        y, mean, rstd = norm_kernel.forward(x, 8, a, bb, threads=threads)
-        runs.append((y, *norm_kernel.backward(x, gy, 8, a, bb, mean, rstd, threads=threads)))
+        y, mean, rstd = knorm.forward(x, 8, a, bb, threads=threads)
+        runs.append((y, *knorm.backward(x, gy, 8, a, bb, mean, rstd, threads=threads)))
     for other in runs[1:]:
         assert all(torch.equal(p, q) for p, q in zip(runs[0], other, strict=True))
-    alone, mean, rstd = norm_kernel.forward(
-        x[2:3].contiguous(memory_format=_fmt(x)), 8, a[2:3], bb[2:3]
-    )
+    alone, mean, rstd = knorm.forward(x[2:3].contiguous(memory_format=_fmt(x)), 8, a[2:3], bb[2:3])
     assert torch.equal(alone[0], runs[0][0][2])
 
 
@@ -143,18 +144,18 @@ def test_what_the_kernel_does_not_take_goes_to_torch():
     strided = x[:, :, ::2]
     cl12 = x.contiguous(memory_format=CL)  # 12 channels: not a multiple of 8
     for v in (x.bfloat16(), strided, cl12):
-        assert not norm_kernel.fits(v)
+        assert not knorm.fits(v)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not norm_kernel.fits(x)
+        assert not knorm.fits(x)
     ref = F.silu(norm(cl12))
-    torch.testing.assert_close(norm_kernel.group_norm_act(cl12, norm), ref, rtol=0, atol=0)
+    torch.testing.assert_close(kmod.group_norm_act(cl12, norm), ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="fp32 CPU NCHW or channels-last"):
-        norm_kernel.forward(strided, 3, w, b)
+        knorm.forward(strided, 3, w, b)
     with pytest.raises(ValueError, match="12 channels in 5 groups"):
-        norm_kernel.forward(x, 5, w, b)
+        knorm.forward(x, 5, w, b)
     with pytest.raises(ValueError, match=r"a must be fp32 \(12,\) or \(2, 12\)"):
-        norm_kernel.forward(x, 3, w[:6], b)
-    lib = conv_kernel.library()
+        knorm.forward(x, 3, w[:6], b)
+    lib = klib.library()
     y = torch.empty(1)
     assert lib.radardiff_gn_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(),
                                     y.data_ptr(), y.data_ptr(), 2, 12, 36, 5, 1e-5, 0, 1, 1) == 2  # fmt: skip
@@ -182,9 +183,9 @@ def test_installed_block_gives_diffusers_outputs_and_gradients(
     layout, time_norm, cin, cout, factor
 ):
     plain, fast = _block(time_norm, cin, cout, factor), _block(time_norm, cin, cout, factor)
-    assert norm_kernel.eligible(fast)
+    assert kmod.eligible_block(fast)
     keys = set(fast.state_dict())
-    assert norm_kernel.install(fast) == 1 and norm_kernel.installed(fast) == 1
+    assert kmod.install(fast).blocks == 1 and kmod.installed(fast).blocks == 1
     assert set(fast.state_dict()) == keys
     x = _layout(torch.randn(3, cin, 10, 10), layout)
     temb = torch.randn(3, 20)
@@ -203,8 +204,8 @@ def test_installed_block_gives_diffusers_outputs_and_gradients(
     torch.testing.assert_close(e1, e0, rtol=0, atol=2e-6 * top)
     for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item())
-    norm_kernel.uninstall(fast)
-    assert norm_kernel.installed(fast) == 0 and torch.equal(fast(x, temb), plain(x, temb))
+    kmod.uninstall(fast)
+    assert kmod.installed(fast).blocks == 0 and torch.equal(fast(x, temb), plain(x, temb))
 
 
 @needs_kernel
@@ -218,10 +219,10 @@ def test_block_on_the_kernels_adds_its_residual_in_the_convolution_bit_for_bit(
     for bit (dropout on, training and without gradients)."""
     block = _block("scale_shift", cin, cout)
     block.dropout.p = 0.25
-    conv_kernel.install(block)
+    kmod.install(block)
     x = _layout(torch.randn(3, cin, 10, 10), layout)
     temb = torch.randn(3, 20)
-    fused = conv_kernel.conv_residual
+    fused = kmod._plus
     residuals = []
 
     def counted(module, h, r):
@@ -230,7 +231,7 @@ def test_block_on_the_kernels_adds_its_residual_in_the_convolution_bit_for_bit(
 
     outs = []
     for path in (lambda module, h, r: r + module(h), counted):
-        monkeypatch.setattr(conv_kernel, "conv_residual", path)
+        monkeypatch.setattr(kmod, "_plus", path)
         block.zero_grad(set_to_none=True)
         torch.manual_seed(5)  # the dropout masks' seed
         xi, ti = x.clone().requires_grad_(), temb.clone().requires_grad_()
@@ -248,24 +249,24 @@ def test_block_on_the_kernels_adds_its_residual_in_the_convolution_bit_for_bit(
 @needs_kernel
 def test_block_falls_back_to_diffusers_outside_fp32_and_installs_only_where_eligible():
     block = _block("scale_shift", 16, 16)
-    norm_kernel.install(block)
+    kmod.install(block)
     x, temb = torch.randn(2, 16, 6, 6), torch.randn(2, 20)
     calls = []
-    original = norm_kernel.forward
+    original = knorm.forward
     try:
-        norm_kernel.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+        knorm.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             block(x, temb)
         assert not calls
         block(x, temb)
         assert len(calls) == 2  # norm1 and norm2
     finally:
-        norm_kernel.forward = original
+        knorm.forward = original
     up = ResnetBlock2D(in_channels=16, temb_channels=20, groups=8, up=True)
-    assert not norm_kernel.eligible(up) and norm_kernel.install(up) == 0
-    assert "forward" in vars(up.norm1)  # plain group norms still take the kernel
+    assert not kmod.eligible_block(up) and kmod.install(up).blocks == 0
+    assert type(up.norm1) is kmod.KernelGroupNorm  # plain group norms still take the kernel
     attn_norm = nn.GroupNorm(4, 16)
-    norm_kernel.install(attn_norm)
+    kmod.install(attn_norm)
     torch.testing.assert_close(attn_norm(x), F.group_norm(x, 4, attn_norm.weight, attn_norm.bias),
                                rtol=0, atol=1e-5)  # fmt: skip
 
@@ -278,12 +279,12 @@ def test_network_install_counts_blocks_and_uninstall_restores(tmp_path):
     x, t = torch.randn(2, 1, cfg.model.image_size, cfg.model.image_size), torch.tensor([3, 700])
     with torch.no_grad():
         ref = net(x, t).sample
-        conv_kernel.install(net)
-        assert norm_kernel.installed(net) == blocks > 0
+        kmod.install(net)
+        assert kmod.installed(net).blocks == blocks > 0
         fast = net(x, t).sample
-        conv_kernel.uninstall(net)
-        assert norm_kernel.installed(net) == 0
-        assert not any("forward" in vars(m) for m in net.modules() if isinstance(m, nn.GroupNorm))
+        kmod.uninstall(net)
+        assert kmod.installed(net).blocks == 0
+        assert not any(type(m) is kmod.KernelGroupNorm for m in net.modules())
         assert torch.equal(net(x, t).sample, ref)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
 
@@ -291,16 +292,16 @@ def test_network_install_counts_blocks_and_uninstall_restores(tmp_path):
 @needs_kernel
 def test_posix_thread_build_gives_the_openmp_builds_values(tmp_path):
     target = tmp_path / "plain.so"
-    assert conv_kernel._build(conv_kernel.c_compiler(), conv_kernel.FLAGS, target) is None
-    plain = conv_kernel._declare(ctypes.CDLL(str(target)))
+    assert klib._build(klib.c_compiler(), klib.FLAGS, target) is None
+    plain = klib._declare(ctypes.CDLL(str(target)))
     x, w, b, _, _ = _inputs((3, 16, 7, 7), seed=4)
     for layout in ("nchw", "cl"):
         xl = _layout(x, layout)
         gy = _layout(torch.randn(x.shape), layout)
-        y, mean, rstd = norm_kernel.forward(xl, 4, w, b)
-        ours = norm_kernel.backward(xl, gy, 4, w, b, mean, rstd)
+        y, mean, rstd = knorm.forward(xl, 4, w, b)
+        ours = knorm.backward(xl, gy, 4, w, b, mean, rstd)
         for threads in (1, 3):
-            y2, mean2, rstd2 = norm_kernel.forward(xl, 4, w, b, threads=threads, lib=plain)
+            y2, mean2, rstd2 = knorm.forward(xl, 4, w, b, threads=threads, lib=plain)
             assert torch.equal(y2, y) and torch.equal(mean2, mean) and torch.equal(rstd2, rstd)
-            theirs = norm_kernel.backward(xl, gy, 4, w, b, mean, rstd, threads=threads, lib=plain)
+            theirs = knorm.backward(xl, gy, 4, w, b, mean, rstd, threads=threads, lib=plain)
             assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))

@@ -24,9 +24,9 @@ from typing import get_args
 import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
+from radardiff.accel import modules
 from radardiff.config.schema import CompileMode
 from radardiff.errors import ConfigError
-from radardiff.models import conv_kernel
 
 log = logging.getLogger("radardiff")
 
@@ -92,12 +92,12 @@ def _compile(
 ) -> torch.nn.Module:
     """``network`` compiled by torch.compile in ``mode`` (resolved) for fixed shapes
     (``dynamic=False``), once the compiler is known to be there and the config is complete.
-    radardiff's convolution kernels, called through ctypes, cannot be traced: any installed on
-    the network are taken off (inductor then runs torch's convolutions)."""
+    radardiff's kernels are taken off the network (inductor then generates its own code
+    around torch's convolutions; the kernels were measured only eagerly)."""
     backend = backend or BACKEND
     require_cpp_compiler(device, backend)
     stable_config(network)
-    conv_kernel.uninstall(network)
+    modules.uninstall(network)
     return torch.compile(network, mode=mode, backend=backend, dynamic=False)
 
 

@@ -8,7 +8,10 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from conftest import tiny_run_config
-from radardiff.models import build_unet, conv_kernel, fused_attention
+from radardiff.accel import attention as kattn
+from radardiff.accel import modules as kmod
+from radardiff.accel import policy as kpolicy
+from radardiff.models import build_unet
 
 CL = torch.channels_last
 
@@ -54,8 +57,8 @@ def test_values_and_gradients_agree_with_diffusers(group_norm, layout, rescale):
     ref.backward(grad)
     ref_grads = {n: p.grad.clone() for n, p in attn.named_parameters()}
     attn.zero_grad(set_to_none=True)
-    assert fused_attention.eligible(attn)
-    assert fused_attention.install(attn) == 1 and fused_attention.installed(attn) == 1
+    assert kattn.eligible(attn)
+    assert kattn.install(attn) == 1 and kattn.installed(attn) == 1
     out = attn(fused_x)
     out.backward(grad)
     assert out.stride() == ref.stride()
@@ -81,22 +84,22 @@ def test_other_calls_go_to_the_processor_it_had():
     encoder = torch.randn(2, 5, 32)
     with torch.no_grad():
         refs = attn(x, attention_mask=mask), attn(x, encoder_hidden_states=encoder)
-        fused_attention.install(attn)
+        kattn.install(attn)
         outs = attn(x, attention_mask=mask), attn(x, encoder_hidden_states=encoder)
     assert all(torch.equal(a, b) for a, b in zip(outs, refs, strict=True))
 
 
 def test_only_eligible_layers_are_installed_and_install_twice_keeps_the_first_processor():
     cross = Attention(32, cross_attention_dim=16, heads=4, dim_head=8)
-    assert not fused_attention.eligible(cross)
-    assert fused_attention.install(cross) == 0 and fused_attention.installed(cross) == 0
+    assert not kattn.eligible(cross)
+    assert kattn.install(cross) == 0 and kattn.installed(cross) == 0
     attn = _attention()
     first = attn.processor
-    fused_attention.install(attn)
-    fused_attention.install(attn)
+    kattn.install(attn)
+    kattn.install(attn)
     assert attn.processor.fallback is first
-    fused_attention.uninstall(attn)
-    assert attn.processor is first and fused_attention.installed(attn) == 0
+    kattn.uninstall(attn)
+    assert attn.processor is first and kattn.installed(attn) == 0
 
 
 def test_network_install_counts_layers_keeps_the_state_dict_and_uninstall_restores():
@@ -107,19 +110,40 @@ def test_network_install_counts_layers_keeps_the_state_dict_and_uninstall_restor
     x, t = torch.randn(2, 1, cfg.model.image_size, cfg.model.image_size), torch.tensor([3, 700])
     with torch.no_grad():
         ref = net(x, t).sample
-        assert fused_attention.install(net) == layers > 0
+        assert kattn.install(net) == layers > 0
         assert net.state_dict().keys() == state.keys()
         torch.testing.assert_close(
             net(x, t).sample, ref, rtol=0, atol=1e-6 * ref.abs().max().item()
         )
-        fused_attention.uninstall(net)
-        assert fused_attention.installed(net) == 0
+        kattn.uninstall(net)
+        assert kattn.installed(net) == 0
         assert all(
             isinstance(m.processor, AttnProcessor2_0)
             for m in net.modules()
             if isinstance(m, Attention)
         )
-        conv_kernel.install(net)  # with radardiff's kernels
-        assert fused_attention.installed(net) == layers
-        conv_kernel.uninstall(net)
-        assert fused_attention.installed(net) == 0
+        kmod.install(net)  # with radardiff's kernels
+        assert kattn.installed(net) == layers
+        kmod.uninstall(net)
+        assert kattn.installed(net) == 0
+
+
+def test_the_fused_forwards_are_bound_to_the_diffusers_they_were_written_for(monkeypatch):
+    """FusedResnetBlock2D and FusedQKVProcessor reproduce diffusers' code: on a diffusers release
+    they were not checked against, those layers keep diffusers' own forward (and this test fails
+    on the installed release, so that a new one is checked before it is listed)."""
+    import diffusers
+
+    assert diffusers.__version__ in kmod.DIFFUSERS_VERSIONS, (
+        f"diffusers {diffusers.__version__}: check FusedResnetBlock2D and FusedQKVProcessor "
+        "against its ResnetBlock2D.forward and AttnProcessor2_0, then add it to DIFFUSERS_VERSIONS"
+    )
+    cfg = tiny_run_config("unused.h5", model={"base_channels": 16})
+    net = build_unet(cfg.model, 1, False)
+    monkeypatch.setattr(diffusers, "__version__", "0.0.1")
+    done = kmod.install(net)
+    assert done.blocks == 0 and done.attentions == 0 and done.convolutions > 0
+    assert "this is 0.0.1" in done.diffusers_note
+    assert "residual blocks and attention on diffusers' own code" in kpolicy.describe(
+        True, done, "x"
+    )

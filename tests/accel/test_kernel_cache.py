@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from radardiff.models import conv_kernel
+from radardiff.accel import library as klib
+from radardiff.accel import policy as kpolicy
 
-OK, WHY = conv_kernel.available()
+OK, WHY = klib.available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"the kernels cannot run here: {WHY}")
 
 FAKE_CC = """#!{python}
@@ -49,13 +50,13 @@ def cache(tmp_path, monkeypatch):
         "RADARDIFF_CACHE": str(tmp_path / "cache"),
         "CC": str(cc),
         "FAKECC_LOG": str(tmp_path / "cc.log"),
-        "FAKECC_SOURCE": conv_kernel.library()._name,
+        "FAKECC_SOURCE": klib.library()._name,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    conv_kernel.library.cache_clear()
+    klib.library.cache_clear()
     yield tmp_path
-    conv_kernel.library.cache_clear()
+    klib.library.cache_clear()
 
 
 def builds(tmp: Path) -> int:
@@ -66,7 +67,9 @@ def builds(tmp: Path) -> int:
 def child(*extra_env: tuple[str, str]) -> subprocess.CompletedProcess:
     """``available()`` in a fresh process: prints (ok, why) as JSON."""
     env = {**os.environ, **dict(extra_env)}
-    code = "import json; from radardiff.models import conv_kernel; print(json.dumps(conv_kernel.available()))"
+    code = (
+        "import json; from radardiff.accel import library; print(json.dumps(library.available()))"
+    )
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
@@ -104,13 +107,13 @@ def test_a_damaged_cached_library_is_rebuilt_never_loaded(cache, damage):
 
 def test_a_compiler_that_writes_nothing_poisons_nothing_and_is_asked_once(cache, monkeypatch):
     monkeypatch.setenv("FAKECC_MODE", "nothing")
-    ok, why = conv_kernel.available()
+    ok, why = klib.available()
     assert not ok and why.endswith("groupnorm.c: it wrote an empty file (exit status 0)"), why
     assert builds(cache) == 2  # with and without OpenMP
     assert sorted(os.listdir(cache / "cache")) == []  # no library, marker or lock left
-    assert conv_kernel.available() == (False, why)  # remembered, not built again
+    assert klib.available() == (False, why)  # remembered, not built again
     assert builds(cache) == 2
-    use, reason = conv_kernel.choose("auto", "cpu", True, False)
+    use, reason = kpolicy.choose("auto", "cpu", True, False)
     assert not use and reason == f"train.conv_kernels = auto; {why}"
     monkeypatch.setenv("FAKECC_MODE", "copy")  # a later process with a working compiler
     assert json.loads(child().stdout) == [True, "AVX2 kernels"]
@@ -122,8 +125,8 @@ def test_one_process_builds_while_the_others_wait(cache):
             [
                 sys.executable,
                 "-c",
-                "import json; from radardiff.models import conv_kernel; "
-                "print(json.dumps(conv_kernel.available()))",
+                "import json; from radardiff.accel import library; "
+                "print(json.dumps(library.available()))",
             ],
             env={**os.environ, "FAKECC_SLEEP": "1.5"},
             stdout=subprocess.PIPE,

@@ -16,7 +16,7 @@ so it differs by float rounding.
 :func:`install` gives an eligible ``Attention`` (self-attention, no spatial norm, no query or key
 norm) this processor; the parameters and state dict are unchanged, and a call with a mask, an
 encoder state or other arguments goes to the processor it had. It is installed with radardiff's
-CPU kernels (:func:`radardiff.models.conv_kernel.install`), the one place it was measured.
+CPU kernels (:func:`radardiff.accel.modules.install`), the one place it was measured.
 """
 
 from __future__ import annotations
