@@ -20,11 +20,10 @@ from radardiff.errors import ConfigError, RunDirError
 from radardiff.models import load_run
 from radardiff.train import train
 from radardiff.train.distill import (
-    ConsistencyDistiller,
-    ProgressiveDistiller,
     consistency_grid,
     consistency_target,
     distill,
+    distiller,
     pseudo_huber,
     student_config,
     two_step_target,
@@ -84,16 +83,16 @@ def test_student_run_config(teacher):
 def test_distillation_trains_stages_and_makes_a_normal_run(teacher, tmp_path):
     out = tmp_path / "student"
     cfg = _cfg(teacher)
-    d = ProgressiveDistiller(cfg, out)
-    assert d.student_steps() == 4
+    d = distiller(cfg, out)
+    assert d.objective.student_steps(d) == 4
     d.run()
-    assert d.student_steps() == 2 and d.stage == 1
+    assert d.objective.student_steps(d) == 2 and d.objective.stage(d) == 1
     # the teacher runs without gradients on the Winograd kernel where the student trains on them
     from radardiff.accel import library as klib
     from radardiff.accel import modules as kmod
 
-    eligible = sum(kmod.eligible_conv(m) for m in d.teacher.modules())
-    patched = sum(type(m) is kmod.KernelConv2d for m in d.teacher.modules())
+    eligible = sum(kmod.eligible_conv(m) for m in d.objective.teacher.modules())
+    patched = sum(type(m) is kmod.KernelConv2d for m in d.objective.teacher.modules())
     assert patched == (eligible if d.net.kernels else 0)
     assert d.net.kernels == klib.available()[0] and eligible > 0
     run = load_run(out)
@@ -122,7 +121,7 @@ def test_distillation_resumes_bit_identically(teacher, tmp_path):
     cfg = _cfg(teacher, steps_per_stage=2)
     distill(cfg, tmp_path / "straight")
     short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 3})})
-    ProgressiveDistiller(short, tmp_path / "resumed").run()  # stopped mid stage 1
+    distiller(short, tmp_path / "resumed").run()  # stopped mid stage 1
     distill(cfg, tmp_path / "resumed", resume=True)
     for which in ("model", "ema", "teacher"):
         a = load_file(
@@ -289,7 +288,7 @@ def test_consistency_distillation_makes_a_normal_run_and_resumes(teacher, tmp_pa
     )
     assert any(not torch.equal(student_w[k], original[k]) for k in student_w)  # it learned
     short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
-    ConsistencyDistiller(short, tmp_path / "resumed").run()
+    distiller(short, tmp_path / "resumed").run()
     distill(cfg, tmp_path / "resumed", resume=True)
     target_w = load_file(
         tmp_path / "straight/checkpoints/step_0000003/target/diffusion_pytorch_model.safetensors"
@@ -337,8 +336,8 @@ def test_consistency_without_target_network(teacher, tmp_path):
         "cd0",
         ["distill.target_ema=0"],
     )
-    d = ConsistencyDistiller(cfg, tmp_path / "cd0")
-    assert d.target is None
+    d = distiller(cfg, tmp_path / "cd0")
+    assert d.objective.target is None
     d.run()
     assert not (tmp_path / "cd0" / "checkpoints" / "step_0000002" / "target").exists()
 
@@ -388,7 +387,7 @@ def test_a_student_keeps_its_teacher_and_resumes_after_the_teachers_checkpoint_i
     cfg = _cd_cfg(own)
     distill(cfg, tmp_path / "straight")
     short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
-    ConsistencyDistiller(short, tmp_path / "resumed").run()
+    distiller(short, tmp_path / "resumed").run()
     kept = tmp_path / "resumed" / "teacher_run"
     assert (kept / "checkpoints" / cfg.distill.teacher_checkpoint / "manifest.json").is_file()
     shutil.rmtree(own / "checkpoints" / cfg.distill.teacher_checkpoint)  # the rotation

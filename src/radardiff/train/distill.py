@@ -63,6 +63,7 @@ from radardiff.models import LoadedRun, load_run
 from radardiff.models.run import write_manifest
 from radardiff.train.checkpoint import load_weights
 from radardiff.train.loop import Trainer
+from radardiff.train.objective import Objective
 from radardiff.train.step import batch_conditioning, target_and_condition, to_device
 
 log = logging.getLogger(__name__)
@@ -197,147 +198,130 @@ def load_teacher(cfg: RunConfig, student: RunDir, resume: bool) -> LoadedRun:
     return load_run(cfg.distill.teacher, checkpoint=cfg.distill.teacher_checkpoint)
 
 
-class _Distiller(Trainer):
-    """A :class:`Trainer` whose student starts as the teacher run's EMA network."""
+class _DistillObjective(Objective):
+    """A student that starts as the teacher run's EMA network, on the teacher's normalisation,
+    and learns from the teacher as sampling uses it."""
 
-    METHOD = ""
-    CREATED = (KEPT_TEACHER,)
+    created = (KEPT_TEACHER,)
 
-    def __init__(self, cfg: RunConfig, out, resume: bool = False) -> None:
-        self.teacher_run = load_teacher(cfg, RunDir(out), resume)
-        check_teacher(self.teacher_run, self.METHOD)
-        super().__init__(cfg, out, resume)
+    def __init__(self, teacher_run: LoadedRun) -> None:
+        check_teacher(teacher_run, self.method)
+        self.teacher_run = teacher_run
+        self.teacher: torch.nn.Module | None = None
+        self._teacher_denoiser: Denoiser | None = None
 
-    def _prepare_run_dir(self) -> None:
-        super()._prepare_run_dir()
-        if self.acc.is_main_process and not kept_teacher(self.run_dir).is_dir():
-            keep_teacher(self.teacher_run, self.run_dir)
-        self.acc.wait_for_everyone()
+    def run_ready(self, trainer: Trainer) -> None:
+        if not kept_teacher(trainer.run_dir).is_dir():
+            keep_teacher(self.teacher_run, trainer.run_dir)
 
-    # the student starts as the teacher, on the teacher's own normalisation
-    def _normalizer(self) -> Normalizer:
+    def normalizer(self, trainer: Trainer) -> Normalizer:
         norm = copy.deepcopy(self.teacher_run.normalizer)
-        norm.valid_indices = valid_sample_indices(self.data, to_db=norm.to_db)
-        if self.acc.is_main_process:
-            norm.save(self.run_dir.normalizer)
+        norm.valid_indices = valid_sample_indices(trainer.data, to_db=norm.to_db)
         return norm
 
-    def _build_model(self) -> torch.nn.Module:
-        model = super()._build_model()
+    def network(self, trainer: Trainer) -> torch.nn.Module:
+        model = super().network(trainer)
         model.load_state_dict(self.teacher_run.model.state_dict())
         self.teacher = copy.deepcopy(self.teacher_run.model).float().eval()
         self.teacher.requires_grad_(False)
         return model
 
-    def _make_teacher_denoiser(self) -> Denoiser:
+    def teacher_denoiser(self, trainer: Trainer) -> Denoiser:
         """The teacher as sampling uses it: the run's x0 clipping, the distillation's guidance,
-        the training's precision; on radardiff's convolution kernels where the student trains on
-        them (the teacher runs without gradients: the Winograd forward pass)."""
-        self.net.follow(self.teacher)
-        return self.denoiser.with_options(
-            network=self.teacher.to(self.acc.device),
-            clip=default_clip(self.cfg, self.normalizer),
-            guidance=self.cfg.distill.guidance,
-            precision=self.precision,
-        )
-
-    _teacher_denoiser: Denoiser | None = None
-
-    @property
-    def teacher_denoiser(self) -> Denoiser:
+        the training's precision; on the kernels where the student trains on them (the teacher
+        runs without gradients)."""
         if self._teacher_denoiser is None:
-            self._teacher_denoiser = self._make_teacher_denoiser()
+            trainer.net.follow(self.teacher)
+            self._teacher_denoiser = trainer.denoiser.with_options(
+                network=self.teacher.to(trainer.acc.device),
+                clip=default_clip(trainer.cfg, trainer.normalizer),
+                guidance=trainer.cfg.distill.guidance,
+                precision=trainer.precision,
+            )
         return self._teacher_denoiser
 
-    def _lr(self, step: int) -> float:
-        per = self.cfg.distill.steps_per_stage
-        return self.cfg.distill.lr * (1.0 - (step % per) / per)
+    def lr(self, trainer: Trainer, step: int) -> float:
+        per = trainer.cfg.distill.steps_per_stage
+        return trainer.cfg.distill.lr * (1.0 - (step % per) / per)
 
-    def _coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def coefs(trainer: Trainer, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, s) shaped (B, 1, 1, 1), float64; t < 0 is the chain's end (abar = 1)."""
         end = t < 0
-        abar = self.diffusion.schedule.abar_at_tensor(t.clamp_min(0.0))
+        abar = trainer.diffusion.schedule.abar_at_tensor(t.clamp_min(0.0))
         abar = torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1)
         return abar.sqrt(), (1.0 - abar).clamp_min(0.0).sqrt()
 
-    def _student_x0(self, z: torch.Tensor, t: torch.Tensor, cond, denoiser=None) -> torch.Tensor:
+    def student_x0(self, trainer: Trainer, z, t, cond, denoiser=None) -> torch.Tensor:
         """The student's (or ``denoiser``'s) x0 estimate of ``z`` at trained times ``t`` (>= 0),
         unclipped."""
-        out = (denoiser or self.denoiser).network_output(z, t, cond)
-        abar = (self._coefs(t)[0] ** 2).reshape(-1)
+        out = (denoiser or trainer.denoiser).network_output(z, t, cond)
+        abar = (self.coefs(trainer, t)[0] ** 2).reshape(-1)
         c = z.shape[1]
-        return x0_and_eps(out[:, :c].float(), z, abar, self.cfg.diffusion.prediction)[0]
+        return x0_and_eps(out[:, :c].float(), z, abar, trainer.cfg.diffusion.prediction)[0]
 
-    def _inputs(self, batch, gen, noise_gen):
+    @staticmethod
+    def inputs(trainer: Trainer, batch, gen, noise_gen):
         """(clean x0 with invalid pixels filled, mask, conditioning, noise) of a batch."""
-        device = self.acc.device
-        x0, low = target_and_condition(self.cfg, to_device(batch["image"], device))
+        device = trainer.acc.device
+        x0, low = target_and_condition(trainer.cfg, to_device(batch["image"], device))
         mask = to_device(batch["mask"], device)
         noise = torch.randn(x0.shape, generator=noise_gen, device=noise_gen.device).to(device)
         cond = batch_conditioning(
-            self.denoiser, self.diffusion, batch, gen, noise_gen, low, drop_labels=False
+            trainer.denoiser, trainer.diffusion, batch, gen, noise_gen, low, drop_labels=False
         )
         return fill_invalid(x0, mask), mask, cond, noise
 
 
-class ProgressiveDistiller(_Distiller):
-    """A :class:`Trainer` whose objective is progressive distillation of ``teacher``."""
+class ProgressiveObjective(_DistillObjective):
+    """Progressive distillation of the teacher (see the module docstring)."""
 
-    METHOD = "progressive"
+    method = "progressive"
 
-    # ---- stages -------------------------------------------------------------------------------
-    @property
-    def stage(self) -> int:
-        return min(self.state.step // self.cfg.distill.steps_per_stage, self.cfg.distill.stages - 1)
+    @staticmethod
+    def stage(trainer: Trainer) -> int:
+        d = trainer.cfg.distill
+        return min(trainer.state.step // d.steps_per_stage, d.stages - 1)
 
-    def student_steps(self, stage: int | None = None) -> int:
-        stage = self.stage if stage is None else stage
-        return self.cfg.distill.teacher_steps // 2 ** (stage + 1)
+    def student_steps(self, trainer: Trainer, stage: int | None = None) -> int:
+        stage = self.stage(trainer) if stage is None else stage
+        return trainer.cfg.distill.teacher_steps // 2 ** (stage + 1)
 
-    def _after_step(self) -> None:
-        per = self.cfg.distill.steps_per_stage
-        step = self.state.step
-        if step % per or step >= self.cfg.train.steps:
+    def after_step(self, trainer: Trainer) -> None:
+        per, step = trainer.cfg.distill.steps_per_stage, trainer.state.step
+        if step % per or step >= trainer.cfg.train.steps:
             return
         # a stage ends: its student (EMA) teaches the next one and starts it
-        best = self.ema.primary.state_dict()
+        best = trainer.ema.primary.state_dict()
         self.teacher.load_state_dict(best)
-        self.raw_model.load_state_dict(best)
-        for ema in self.ema.models:
+        trainer.raw_model.load_state_dict(best)
+        for ema in trainer.ema.models:
             ema.load_state_dict(best)
-        inner = getattr(self.opt, "optimizer", self.opt)
+        inner = getattr(trainer.opt, "optimizer", trainer.opt)
         inner.state.clear()
         self._teacher_denoiser = None
 
-    def _checkpoint_extras(self) -> dict[str, torch.nn.Module]:
+    def extras(self) -> dict[str, torch.nn.Module]:
         return {"teacher": self.teacher}
 
-    def _load_extras(self, ckpt: Path) -> None:
+    def load_extras(self, ckpt: Path) -> None:
         if (ckpt / "teacher").is_dir():
             load_weights(self.teacher, ckpt / "teacher")
 
-    # ---- the objective ------------------------------------------------------------------------
-    def _loss(self, batch, gen, noise_gen):
-        device = self.acc.device
-        n_steps = self.student_steps()
-        T = self.cfg.diffusion.timesteps
+    def loss(self, trainer: Trainer, batch, gen, noise_gen):
+        device, n_steps = trainer.acc.device, self.student_steps(trainer)
+        T = trainer.cfg.diffusion.timesteps
         b = batch["image"].shape[0]
         i = to_device(torch.randint(1, n_steps + 1, (b,), generator=gen), device).double()
         t, t_mid, t_end = (T * (i - k) / n_steps - 1.0 for k in (0.0, 0.5, 1.0))
-        x0, mask, cond, noise = self._inputs(batch, gen, noise_gen)
-        a_t, s_t = self._coefs(t)
-        a_m, s_m = self._coefs(t_mid)
-        a_e, s_e = self._coefs(t_end)
+        x0, mask, cond, noise = self.inputs(trainer, batch, gen, noise_gen)
+        coefs = tuple(self.coefs(trainer, tt) for tt in (t, t_mid, t_end))
+        (a_t, s_t) = coefs[0]
         z = (a_t * x0 + s_t * noise).float()
         with torch.no_grad():
-            teacher = self.teacher_denoiser
-            target = two_step_target(
-                lambda x, tt: teacher(x, tt, cond),
-                z,
-                (t, t_mid),
-                ((a_t, s_t), (a_m, s_m), (a_e, s_e)),
-            )
-        x_hat = self._student_x0(z, t, cond)
+            teacher = self.teacher_denoiser(trainer)
+            target = two_step_target(lambda x, tt: teacher(x, tt, cond), z, (t, t_mid), coefs)
+        x_hat = self.student_x0(trainer, z, t, cond)
         abar = (a_t**2).reshape(-1)
         weight = (1.0 + abar / (1.0 - abar)).float()  # 1 + SNR: the MSE of v
         per_sample = masked_mean((x_hat - target.float()) ** 2, mask) * weight
@@ -375,87 +359,99 @@ def pseudo_huber(diff: torch.Tensor, c: float) -> torch.Tensor:
     return (diff.square() + c * c).sqrt() - c
 
 
-class ConsistencyDistiller(_Distiller):
-    """A :class:`Trainer` whose objective is consistency distillation of ``teacher``."""
+class ConsistencyObjective(_DistillObjective):
+    """Consistency distillation of the teacher (see the module docstring)."""
 
-    METHOD = "consistency"
+    method = "consistency"
 
-    _grid: torch.Tensor | None = None
-    target: torch.nn.Module | None = None
-    _target_denoiser: Denoiser | None = None
+    def __init__(self, teacher_run: LoadedRun) -> None:
+        super().__init__(teacher_run)
+        self.target: torch.nn.Module | None = None
+        self._target_denoiser: Denoiser | None = None
+        self._grid: torch.Tensor | None = None
 
-    def _build_model(self) -> torch.nn.Module:
-        model = super()._build_model()
-        if self.cfg.distill.target_ema > 0:
+    def network(self, trainer: Trainer) -> torch.nn.Module:
+        model = super().network(trainer)
+        if trainer.cfg.distill.target_ema > 0:
             self.target = copy.deepcopy(self.teacher).float().eval()
             self.target.requires_grad_(False)
         return model
 
-    def _after_step(self) -> None:
+    def after_step(self, trainer: Trainer) -> None:
         if self.target is None:
             return
         dst = list(self.target.parameters())
-        src = [p.detach().float() for p in self.raw_model.parameters()]
-        torch._foreach_lerp_(dst, src, 1.0 - self.cfg.distill.target_ema)
+        src = [p.detach().float() for p in trainer.raw_model.parameters()]
+        torch._foreach_lerp_(dst, src, 1.0 - trainer.cfg.distill.target_ema)
 
-    def _checkpoint_extras(self) -> dict[str, torch.nn.Module]:
+    def extras(self) -> dict[str, torch.nn.Module]:
         return {} if self.target is None else {"target": self.target}
 
-    def _load_extras(self, ckpt: Path) -> None:
+    def load_extras(self, ckpt: Path) -> None:
         if self.target is not None and (ckpt / "target").is_dir():
             load_weights(self.target, ckpt / "target")
 
-    def _target_x0(self, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+    def target_x0(self, trainer: Trainer, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """f^-: the target network's x0 estimate (the student itself when target_ema = 0)."""
         if self.target is None:
-            return self._student_x0(z, t, cond)
+            return self.student_x0(trainer, z, t, cond)
         if self._target_denoiser is None:
-            self._target_denoiser = self.denoiser.with_options(
-                network=self.target.to(self.acc.device)
+            self._target_denoiser = trainer.denoiser.with_options(
+                network=self.target.to(trainer.acc.device)
             )
-        return self._student_x0(z, t, cond, self._target_denoiser)
+        return self.student_x0(trainer, z, t, cond, self._target_denoiser)
 
-    def _loss(self, batch, gen, noise_gen):
-        device = self.acc.device
+    def loss(self, trainer: Trainer, batch, gen, noise_gen):
+        d, device = trainer.cfg.distill, trainer.acc.device
         if self._grid is None:
-            self._grid = consistency_grid(self.diffusion.schedule, self.cfg.distill.teacher_steps)
+            self._grid = consistency_grid(trainer.diffusion.schedule, d.teacher_steps)
         b = batch["image"].shape[0]
-        n = torch.randint(1, self.cfg.distill.teacher_steps + 1, (b,), generator=gen)
+        n = torch.randint(1, d.teacher_steps + 1, (b,), generator=gen)
         t_n, t_prev = (to_device(self._grid[k], device) for k in (n, n - 1))
-        x0, mask, cond, noise = self._inputs(batch, gen, noise_gen)
-        a_n, s_n = self._coefs(t_n)
+        x0, mask, cond, noise = self.inputs(trainer, batch, gen, noise_gen)
+        a_n, s_n = self.coefs(trainer, t_n)
         z = (a_n * x0 + s_n * noise).float()
         with torch.no_grad():
+            teacher = self.teacher_denoiser(trainer)
             target = consistency_target(
-                lambda x, tt: self.teacher_denoiser(x, tt, cond),
-                lambda x, tt: self._target_x0(x, tt, cond),
+                lambda x, tt: teacher(x, tt, cond),
+                lambda x, tt: self.target_x0(trainer, x, tt, cond),
                 z,
                 t_n,
                 t_prev,
-                self._coefs(t_prev),
+                self.coefs(trainer, t_prev),
             )
-        x_hat = self._student_x0(z, t_n, cond)
-        per_sample = masked_mean(pseudo_huber(x_hat - target, self.cfg.distill.huber_c), mask)
+        x_hat = self.student_x0(trainer, z, t_n, cond)
+        per_sample = masked_mean(pseudo_huber(x_hat - target, d.huber_c), mask)
         return per_sample.mean(), per_sample.detach(), t_n.float()
+
+
+OBJECTIVES = {"progressive": ProgressiveObjective, "consistency": ConsistencyObjective}
+
+
+def distiller(cfg: RunConfig, out, resume: bool = False) -> Trainer:
+    """The trainer of the student run ``out`` of ``cfg.distill.teacher`` (or of its resume)."""
+    if cfg.distill.method not in OBJECTIVES:
+        raise ConfigError(
+            f"distill.method '{cfg.distill.method}': use 'progressive' or 'consistency'"
+        )
+    teacher = load_teacher(cfg, RunDir(out), resume)
+    return Trainer(cfg, out, resume, objective=OBJECTIVES[cfg.distill.method](teacher))
 
 
 def distill(cfg: RunConfig, out, resume: bool = False, on_progress=None):
     """Distil ``cfg.distill.teacher`` into the student run ``out`` (or resume it)."""
-    methods = {"progressive": ProgressiveDistiller, "consistency": ConsistencyDistiller}
-    if cfg.distill.method not in methods:
-        raise ConfigError(
-            f"distill.method '{cfg.distill.method}': use 'progressive' or 'consistency'"
-        )
-    return methods[cfg.distill.method](cfg, out, resume).run(on_progress)
+    return distiller(cfg, out, resume).run(on_progress)
 
 
 __all__ = [
-    "ConsistencyDistiller",
-    "ProgressiveDistiller",
+    "ConsistencyObjective",
+    "ProgressiveObjective",
     "check_teacher",
     "consistency_grid",
     "consistency_target",
     "distill",
+    "distiller",
     "pseudo_huber",
     "student_config",
 ]
