@@ -8,7 +8,7 @@ from radardiff.diffusion.denoiser import (
     default_clip,
     x0_and_eps,
 )
-from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms, fill_invalid, masked_mean
+from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms
 from radardiff.diffusion.likelihood import (
     BitsPerDim,
     DatasetBitsPerDim,
@@ -26,6 +26,7 @@ from radardiff.diffusion.samplers import (
     make_sampler,
 )
 from radardiff.diffusion.schedule import Schedule, make_betas, spaced_timesteps
+from radardiff.diffusion.tensors import fill_invalid, masked_mean
 from radardiff.diffusion.timesteps import (
     LossSecondMomentSampler,
     UniformSampler,
