@@ -33,7 +33,7 @@ from radardiff.config.io import atomic_write_text
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
 from radardiff.errors import DataError
-from radardiff.evaluate.skill import detection_score, recovery_score
+from radardiff.evaluate.measures.skill import detection_score, recovery_score
 from radardiff.evaluate.tasks import Pairs, TaskConfig, load_pairs, predict, train_task
 from radardiff.models.downstream import TASK_FILE, load_task
 

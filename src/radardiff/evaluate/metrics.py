@@ -117,12 +117,17 @@ from radardiff.config import EvalConfig
 from radardiff.config.io import atomic_write_text
 from radardiff.data import DatasetFile
 from radardiff.errors import ConfigError, DataError
-from radardiff.evaluate.bands import Band, mean_band
-from radardiff.evaluate.distributions import histograms, sample_spread, w1
-from radardiff.evaluate.features import fid, kid, precision_recall
-from radardiff.evaluate.radar_stats import phase_stats, speckle_stats, to_linear_intensity, wrap
-from radardiff.evaluate.semivariogram import semivariogram, semivariogram_rel_error
-from radardiff.evaluate.spectra import psd_log_rmse, radial_frequencies, radial_psd
+from radardiff.evaluate.measures.bands import Band, mean_band
+from radardiff.evaluate.measures.distributions import histograms, sample_spread, w1
+from radardiff.evaluate.measures.features import fid, kid, precision_recall
+from radardiff.evaluate.measures.radar_stats import (
+    phase_stats,
+    speckle_stats,
+    to_linear_intensity,
+    wrap,
+)
+from radardiff.evaluate.measures.semivariogram import semivariogram, semivariogram_rel_error
+from radardiff.evaluate.measures.spectra import psd_log_rmse, radial_frequencies, radial_psd
 
 SCHEMA = "radardiff.metrics/1"
 HISTOGRAM_MAX_PIXELS = 2_000_000
