@@ -273,6 +273,7 @@ def main() -> None:
         "sample --compile do (inductor, a fresh cache: the compile time is a first run's)",
     )
     ap.add_argument("--kinds", default="train,sample", help="train, sample or both")
+    ap.add_argument("--no-record", action="store_true", help="print only")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -294,6 +295,7 @@ def main() -> None:
         shapes = ", ".join(f"{k} {v:.0f}" for k, v in r["by_shape"].items())
         print(f"peak 3x3 conv {p} (GFLOP/s, batch 32): {shapes}")
     peak = peaks[args.precision]["gflops"]
+    rows = []
     print(
         f"{'':26s} {'bare':>9s} {'ours':>9s} {'ours/bare':>9s} {'GFLOP/s':>15s} {'% of peak':>13s}"
     )
@@ -310,6 +312,12 @@ def main() -> None:
                 f"{ours['img_s'] / bare['img_s']:9.3f} {gf[0]:7.0f} {gf[1]:7.0f} "
                 f"{100 * gf[0] / peak:6.0f} {100 * gf[1] / peak:6.0f}   ({unit})"
             )
+            row = {"kind": kind, "size": size, "batch": batch, "unit": unit,
+                   "bare": round(bare["img_s"], 3), "ours": round(ours["img_s"], 3),
+                   "ours_over_bare": round(ours["img_s"] / bare["img_s"], 4),
+                   "gflops_bare": round(gf[0], 1), "gflops_ours": round(gf[1], 1),
+                   "pct_of_peak_ours": round(100 * gf[1] / peak, 1)}  # fmt: skip
+            rows.append(row)
             if args.compile:
                 with tempfile.TemporaryDirectory() as cache:
                     c = _run({**spec, "which": "compiled"}, {"TORCHINDUCTOR_CACHE_DIR": cache})
@@ -324,7 +332,19 @@ def main() -> None:
                         else "the mean of eager runs before and after it in its process)"
                     )
                 )
+                row["compiled"] = {"img_s": round(c["img_s"], 3),
+                                   "compile_s": round(c["compile_s"], 1),
+                                   "over_eager": round(c["img_s"] / c["eager_img_s"], 4)}  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.2f} at end")
+    if not args.no_record:
+        from _results import record
+
+        numbers = {"device": args.device, "precision": args.precision, "steps": args.steps,
+                   "threads": args.threads or torch.get_num_threads(),
+                   "peak_gflops": {p: {k: round(v, 1) for k, v in r["by_shape"].items()}
+                                   for p, r in peaks.items()},
+                   "rows": rows}  # fmt: skip
+        print(f"recorded in {record('throughput', numbers)}")
 
 
 if __name__ == "__main__":
