@@ -22,8 +22,8 @@ pools and caches do not colour the next), printing for training and sampling at 
 Ratios are ours / bare measured in the same command; the load average is printed at the start and
 the end (a loaded machine makes every number meaningless: run it alone). ``--precision auto`` (the
 default) takes bf16 where the device computes it fast and fp32 elsewhere (on an AVX2-only CPU a
-bf16 convolution is ~60x slower than fp32: its peak is still measured and printed, with fewer
-repeats).
+bf16 convolution is tens of times slower than fp32, docs/performance.md: its peak is still
+measured and printed, with fewer repeats).
 
 Usage::
 
@@ -68,8 +68,8 @@ def _dtype(precision: str) -> torch.dtype:
 
 
 # (channels, size) of the peak probes, batch 32: the issue's large convolution, then the two
-# levels that carry most of the networks' FLOPs (on the AVX2 EPYC the large one, whose tensors
-# outgrow the cache, ran at 100-104 GFLOP/s fp32 while the networks' own levels ran faster)
+# levels that carry most of the networks' FLOPs (the large one's tensors outgrow the cache, so the
+# networks' own levels can run faster than it: their peak is the fairer one)
 PEAK_SHAPES = ((256, 32), (128, 32), (256, 16))
 
 

@@ -60,7 +60,7 @@ from radardiff.cli._common import (
     is_flag=True,
     help="Run the network compiled by torch.compile, once, for the first batch (the log says "
     "how long that took), as CUDA graphs on a GPU. On a CPU it compiles for minutes and pays "
-    "only for small networks on long runs (README, Sampling).",
+    "only for small networks on long runs (docs/sampling.md).",
 )
 @conv_kernels_option()
 @click.option(
