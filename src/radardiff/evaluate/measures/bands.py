@@ -52,7 +52,14 @@ def mean_band(
     level: float = 0.95,
     rng: np.random.Generator | None = None,
 ) -> Band:
-    """Mean of per-sample curves with a bootstrap (or standard-error) confidence band.
+    r"""Mean of per-sample curves with a bootstrap (or standard-error) confidence band.
+
+    The mean is :math:`\bar c(l) = \frac{1}{n_l} \sum_i c_i(l)` over the samples with a value
+    at position :math:`l`. With ``n_boot > 0`` the band is the percentile bootstrap interval:
+    the :math:`(1 \mp \text{level}) / 2` quantiles of the means of ``n_boot`` resamples of the
+    samples with replacement (Efron & Tibshirani 1993, An Introduction to the Bootstrap,
+    ch. 13); with ``n_boot = 0`` it is :math:`\bar c \pm z \, s / \sqrt{n_l}`, with
+    :math:`z = \Phi^{-1}((1 + \text{level}) / 2)` and :math:`s` the sample standard deviation.
 
     Parameters
     ----------
@@ -68,6 +75,7 @@ def mean_band(
     Returns
     -------
     Band
+        Mean, lower and upper limits of shape (L,), and a description of the band.
     """
     curves = np.asarray(curves, dtype=np.float64)
     if curves.ndim != 2:

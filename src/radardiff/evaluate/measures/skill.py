@@ -87,6 +87,8 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
 
 @dataclass(frozen=True)
 class DetectionScore:
+    """ROC AUC, accuracy at ``threshold``, and the number of present and absent cases."""
+
     auc: float
     accuracy: float
     threshold: float

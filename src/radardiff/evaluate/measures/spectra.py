@@ -61,7 +61,12 @@ def radial_frequencies(height: int, width: int) -> np.ndarray:
 
 
 def radial_psd(images: np.ndarray) -> PSDResult:
-    """Radially averaged periodogram of each image (NaN-aware, physical units).
+    r"""Radially averaged periodogram of each image (NaN-aware, physical units).
+
+    .. math:: P(f) = \frac{|\mathcal{F}[m (z - \bar z)](f)|^2}{n},
+
+    averaged over the annuli of radial frequency described in the module docstring (Percival &
+    Walden 1993, Spectral Analysis for Physical Applications, ch. 6).
 
     Parameters
     ----------
@@ -71,6 +76,7 @@ def radial_psd(images: np.ndarray) -> PSDResult:
     Returns
     -------
     PSDResult
+        Bin centres (K,) in cycles per pixel and the power per image (B, K).
     """
     z = np.asarray(images, dtype=np.float64)
     if z.ndim == 2:
