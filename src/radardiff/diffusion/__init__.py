@@ -1,4 +1,5 @@
-"""Schedules, forward process, parameterisations, losses, timestep samplers, sampler registry."""
+"""Schedules, forward process, parameterisations, losses, timestep samplers, sampling grids and
+solvers, sampler registry."""
 
 from radardiff.diffusion.denoiser import (
     Conditioning,
@@ -9,6 +10,14 @@ from radardiff.diffusion.denoiser import (
     x0_and_eps,
 )
 from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms
+from radardiff.diffusion.grids import (
+    grid_karras,
+    grid_leading,
+    grid_linspace,
+    grid_logsnr,
+    grid_trailing,
+    karras_sigmas,
+)
 from radardiff.diffusion.likelihood import (
     BitsPerDim,
     DatasetBitsPerDim,
@@ -65,4 +74,10 @@ __all__ = [
     "make_betas",
     "make_sampler",
     "masked_mean",
+    "grid_karras",
+    "grid_leading",
+    "grid_linspace",
+    "grid_logsnr",
+    "grid_trailing",
+    "karras_sigmas",
 ]

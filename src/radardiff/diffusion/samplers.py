@@ -17,9 +17,11 @@ The user's options keep the names they had when most samplers were diffusers sch
 ``solver_type``, ``lower_order_final``): those of the grid choose it (:func:`spaced_grid`), the
 others go to the solver, with trained timesteps (``eta_min_t``, ``restart_min_t``,
 ``restart_max_t``) as their noise levels and DDPM's ``variance=run`` as the run's variance.
-Every solver is native: each is shorter than the adapter, state and overrides it took to drive
-a stateful diffusers scheduler, and only a native solver calls the network at a noise level
-between trained timesteps without rounding it.
+Every solver is native, a few lines of its paper's update: shorter than configuring,
+respacing and overriding a stateful diffusers scheduler through an adapter, and free to call the
+network at a noise level between trained timesteps without rounding it. Where the diffusers
+schedulers they replace differed (which ``leading`` and ``linspace``, Euler's and Heun's
+Karras ends) each sampler keeps the grid it had (:attr:`SamplerSpec.grid`).
 
 References
 ----------
@@ -47,8 +49,8 @@ from radardiff.diffusion.grids import (
     grid_karras,
     grid_logsnr,
     grid_spaced,
+    karras_sigmas,
 )
-from radardiff.diffusion.grids import karras_sigmas as karras_sigmas  # its former home
 from radardiff.diffusion.schedule import Schedule
 from radardiff.diffusion.solvers import (
     sample_consistency,
@@ -56,8 +58,6 @@ from radardiff.diffusion.solvers import (
     sample_ddpm,
     sample_dpmpp,
     sample_dpmpp_singlestep,
-    sample_euler,
-    sample_euler_ancestral,
     sample_heun,
     sample_restart,
     sample_unipc,
@@ -77,11 +77,7 @@ _TIME_OPTIONS = {
 
 
 def spaced_grid(
-    schedule: Schedule,
-    options: dict[str, Any],
-    steps: int,
-    zero_is_data: bool = True,
-    rounded: bool = True,
+    schedule: Schedule, options: dict[str, Any], steps: int, zero_is_data: bool = True
 ) -> np.ndarray:
     """The grid the options name: Karras levels (``use_karras_sigmas``, rho = 7), levels uniform
     in log-SNR (``use_lu_lambdas``), else trained timesteps spaced by ``timestep_spacing``
@@ -91,15 +87,15 @@ def spaced_grid(
     if options.get("use_lu_lambdas"):
         return grid_logsnr(schedule, steps)
     spacing = options.get("timestep_spacing", "linspace")
-    return grid_spaced(schedule, steps, spacing, zero_is_data, rounded)
+    return grid_spaced(schedule, steps, spacing, zero_is_data)
 
 
 def ode_grid(schedule: Schedule, options: dict[str, Any], steps: int) -> np.ndarray:
-    """Euler's and Heun's grid: trained timesteps visited down to t = 0 (``linspace``
-    unrounded: they take continuous time), and with ``use_karras_sigmas`` Karras levels between
-    that grid's own first and last level, not the schedule's ends. So the diffusers schedulers
-    these replace did, and the figures measured with them: at few steps Heun's error grows
-    sharply as its smallest level falls towards sigma_min."""
+    """The grid of Euler, Euler ancestral and Heun: trained timesteps visited down to t = 0
+    (``linspace`` unrounded: they take continuous time), and with ``use_karras_sigmas`` Karras
+    levels between that grid's own first and last level rather than the schedule's ends, as the
+    diffusers schedulers they replace had it (and the README's figures for them): with few steps
+    Heun's error grows sharply as its smallest level falls towards sigma_min."""
     spaced = grid_spaced(schedule, steps, options["timestep_spacing"], False, rounded=False)
     if not options.get("use_karras_sigmas"):
         return spaced
@@ -258,14 +254,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec(
             "euler",
             "Euler on the probability-flow ODE (Karras et al. 2022)",
-            sample_euler,
+            sample_ddim,  # DDIM with eta = 0 is Euler's method (see its docstring)
             options={**_SPACING, "use_karras_sigmas": False},
             grid=ode_grid,
         ),
         SamplerSpec(
             "euler_ancestral",
             "Euler ancestral",
-            sample_euler_ancestral,
+            sample_ddpm,  # with beta~: Euler ancestral (see its docstring)
             options={**_SPACING},
             grid=ode_grid,
             stochastic=True,

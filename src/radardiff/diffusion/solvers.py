@@ -57,7 +57,7 @@ def noise_like(x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tens
     ).to(x.device)
 
 
-# ---- first order over abar: DDPM, DDIM --------------------------------------------------------
+# ---- first order over abar: DDPM (Euler ancestral), DDIM (Euler) --------------------------------------------------------
 
 
 def sample_ddpm(
@@ -76,11 +76,14 @@ def sample_ddpm(
     with ``v = beta~ = beta (1 - abar') / (1 - abar)`` (``fixed_small``), ``beta``
     (``fixed_large``) or, for ``learned_range``, ``exp(f log beta + (1 - f) log beta~)`` with
     ``f = (var + 1) / 2`` from the network's variance channels. Over a grid of trained timesteps
-    this is the respaced process (see :mod:`radardiff.diffusion.grids`).
+    this is the respaced process (see :mod:`radardiff.diffusion.grids`). With beta~ it is also
+    Euler ancestral: in the VE state, an Euler step down to ``sigma_down = sigma'^2 / sigma`` and
+    fresh noise ``sigma_up = sigma' sqrt(sigma^2 - sigma'^2) / sigma`` up to sigma'.
 
     References
     ----------
-    Ho, Jain, Abbeel 2020, eq. 6-7; Nichol and Dhariwal 2021, eq. 15 (learned range).
+    Ho, Jain, Abbeel 2020, eq. 6-7; Nichol and Dhariwal 2021, eq. 15 (learned range); Crowson,
+    k-diffusion, ``sample_euler_ancestral``.
     """
     for i in range(len(sigmas) - 1):
         sig, nxt = float(sigmas[i]), float(sigmas[i + 1])
@@ -114,12 +117,15 @@ def sample_ddim(
 
         c = eta sqrt((1 - abar') / (1 - abar) (1 - abar / abar'))
 
-    eta = 0 is deterministic (the probability-flow ODE's first-order step, the same as Euler's),
-    eta = 1 ancestral. ``eta`` applies at noise levels ``>= eta_min_sigma`` only.
+    eta = 1 is the DDPM posterior with beta~ (:func:`sample_ddpm`), eta = 0 deterministic: Euler's
+    method on the probability-flow ODE, ``y' = y + (sigma' - sigma) (y - x0) / sigma`` in the VE
+    state ``y = x / sqrt(abar)``, written in x. ``eta`` applies at noise levels ``>=
+    eta_min_sigma`` only.
 
     References
     ----------
-    Song, Meng, Ermon 2021, "Denoising diffusion implicit models", eq. 12 and 16.
+    Song, Meng, Ermon 2021, "Denoising diffusion implicit models", eq. 12 and 14; Karras et al.
+    2022, Table 1 (DDIM as Euler's method).
     """
     for i in range(len(sigmas) - 1):
         sig, nxt = float(sigmas[i]), float(sigmas[i + 1])
@@ -134,7 +140,7 @@ def sample_ddim(
     return x
 
 
-# ---- the probability-flow ODE in sigma: Euler, Heun, Euler ancestral, restart ----------------
+# ---- the probability-flow ODE in sigma: Heun, restart -------------------------------------------
 
 
 def _x0_ve(denoise: SigmaDenoise, y: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -153,24 +159,6 @@ def _heun_step(denoise: SigmaDenoise, y: torch.Tensor, sig: float, nxt: float) -
     return y + (nxt - sig) * 0.5 * (d + d2)
 
 
-def sample_euler(
-    denoise: SigmaDenoise, x: torch.Tensor, sigmas: np.ndarray, generators: list[torch.Generator]
-) -> torch.Tensor:
-    """Euler on the probability-flow ODE: ``y' = y + (sigma' - sigma) (y - x0) / sigma``.
-
-    References
-    ----------
-    Karras et al. 2022, "Elucidating the design space of diffusion-based generative models",
-    eq. 4 and Algorithm 1 (its first-order step).
-    """
-    y = x * float(np.sqrt(1.0 + sigmas[0] ** 2))
-    for i in range(len(sigmas) - 1):
-        sig, nxt = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = _x0_ve(denoise, y, sig)
-        y = x0 if nxt == 0.0 else y + (nxt - sig) / sig * (y - x0)
-    return y
-
-
 def sample_heun(
     denoise: SigmaDenoise, x: torch.Tensor, sigmas: np.ndarray, generators: list[torch.Generator]
 ) -> torch.Tensor:
@@ -186,31 +174,6 @@ def sample_heun(
     y = x * float(np.sqrt(1.0 + sigmas[0] ** 2))
     for i in range(len(sigmas) - 1):
         y = _heun_step(denoise, y, float(sigmas[i]), float(sigmas[i + 1]))
-    return y
-
-
-def sample_euler_ancestral(
-    denoise: SigmaDenoise, x: torch.Tensor, sigmas: np.ndarray, generators: list[torch.Generator]
-) -> torch.Tensor:
-    """Euler ancestral: an Euler step down to ``sigma_down``, then fresh noise up to sigma'.
-
-        sigma_up = sigma' sqrt(sigma^2 - sigma'^2) / sigma,   sigma_down = sigma'^2 / sigma
-        y' = y + (sigma_down - sigma) (y - x0) / sigma + sigma_up z
-
-    (the DDPM posterior with beta~, in the VE state).
-
-    References
-    ----------
-    Karras et al. 2022 (Euler); k-diffusion's ``sample_euler_ancestral`` (Crowson 2022).
-    """
-    y = x * float(np.sqrt(1.0 + sigmas[0] ** 2))
-    for i in range(len(sigmas) - 1):
-        sig, nxt = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = _x0_ve(denoise, y, sig)
-        if nxt == 0.0:
-            return x0
-        up, down = nxt * np.sqrt(sig * sig - nxt * nxt) / sig, nxt * nxt / sig
-        y = y + (down - sig) / sig * (y - x0) + float(up) * noise_like(y, generators)
     return y
 
 
