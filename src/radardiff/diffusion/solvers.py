@@ -57,7 +57,7 @@ def noise_like(x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tens
     ).to(x.device)
 
 
-# ---- first order over abar: DDPM (Euler ancestral), DDIM (Euler) --------------------------------------------------------
+# ---- first order over abar: DDPM (Euler ancestral), DDIM (Euler) ------------------------------
 
 
 def sample_ddpm(
@@ -71,7 +71,7 @@ def sample_ddpm(
 
     From abar to abar' at the next level, ``beta = 1 - abar / abar'``:
 
-        x' = sqrt(abar') beta / (1 - abar) x0 + sqrt(1 - beta) (1 - abar') / (1 - abar) x + sqrt(v) z
+        x' = (sqrt(abar') beta x0 + sqrt(1 - beta) (1 - abar') x) / (1 - abar) + sqrt(v) z
 
     with ``v = beta~ = beta (1 - abar') / (1 - abar)`` (``fixed_small``), ``beta``
     (``fixed_large``) or, for ``learned_range``, ``exp(f log beta + (1 - f) log beta~)`` with
@@ -191,7 +191,7 @@ def sample_restart(
     ``restart_min_sigma`` up to ``restart_max_sigma`` by fresh noise, each followed by
     ``restart_steps`` Heun steps (geometric in sigma) back down.
 
-    A return is ``y + sqrt(sigma_max^2 - sigma^2) z``: the forward process's own noise, which
+    A return is ``y + sqrt(restart_max_sigma^2 - sigma^2) z``: the forward process's noise, which
     contracts the errors the ODE accumulated above (their Theorem 3). It starts where the main
     trajectory first reaches ``restart_min_sigma`` or below (on a grid too coarse for that, at its
     last level above 0).
@@ -258,20 +258,20 @@ def sample_dpmpp(
 ) -> torch.Tensor:
     """Multistep DPM-Solver++ (data prediction), orders 1-3, with stochasticity ``eta``.
 
-    From lambda to lambda' (``h = lambda' - lambda``, ``c = (1 + eta) h``) with the estimate D of
-    x0 over the step:
+    From lambda to lambda' (``h = lambda' - lambda``, ``c = (1 + eta) h``), with the latest x0
+    estimate and, from the second order, its difference to the previous one:
 
         x' = (s' / s) e^{-eta h} x + a' (1 - e^{-c}) x0 + a' k D1 + s' sqrt(1 - e^{-2 eta h}) z
 
-    ``D1 = (x0 - x0_prev) / r``, ``r = h_prev / h``, from the previous estimate; ``k = (1 -
-    e^{-c}) / 2`` (``midpoint``) or ``1 - (1 - e^{-c}) / c`` (``heun``). The third order (eta = 0)
-    adds a second difference. Lower orders at the first steps (no history yet), at the last
-    (which returns x0) and, with ``lower_order_final`` and fewer than 15 steps, at the one before.
-    eta = 0 is DPM-Solver++(2M) on the probability-flow ODE, eta = 1 SDE-DPM-Solver++, in between
-    a partial re-noising; eta applies at noise levels ``>= eta_min_sigma`` only: above, the
-    noise decorrelates each sample from the initial noise whose errors a deterministic solver
-    would carry; below, deterministic steps keep the fine detail that few large stochastic
-    steps would smooth away.
+    ``D1 = (x0 - x0_prev) / r``, ``r = h_prev / h``; ``k = (1 - e^{-c}) / 2`` (``midpoint``) or
+    ``1 - (1 - e^{-c}) / c`` (``heun``). The third order (eta = 0) adds a second difference.
+    Lower orders at the first steps (no history yet), at the last (which returns x0) and, with
+    ``lower_order_final`` and fewer than 15 steps, at the one before. eta = 0 is
+    DPM-Solver++(2M) on the probability-flow ODE, eta = 1 SDE-DPM-Solver++, in between a partial
+    re-noising; eta applies at noise levels ``>= eta_min_sigma`` only: above, the noise
+    decorrelates each sample from the initial noise whose errors a deterministic solver would
+    carry; below, deterministic steps keep the fine detail that few large stochastic steps
+    would smooth away.
 
     References
     ----------
