@@ -278,6 +278,8 @@ def sample_dpmpp(
     Lu et al. 2022, "DPM-Solver++", Algorithm 2 and sec. 5 (SDE variant); Lu et al. 2022,
     "DPM-Solver", Algorithm 3 (third order); k-diffusion's ``sample_dpmpp_2m_sde`` (eta).
     """
+    if eta > 0 and solver_order > 2:
+        raise ValueError("the third order is that of the ODE (eta = 0)")
     n = len(sigmas) - 1
     x0s: list[torch.Tensor] = []
     for i in range(n):
