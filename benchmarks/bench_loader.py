@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=50)
+    ap.add_argument("--no-record", action="store_true", help="print only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = synthesize("insar_noise", args.n, args.size, Path(tmp) / "d.h5", seed=0)
@@ -62,6 +63,13 @@ def main() -> None:
     print(f"loader  {load_ips:9.0f} img/s (random batches from the HDF5 file, normalised, masks)")
     print(f"train   {train_ips:9.0f} img/s (tiny recipe, fp32, forward + backward + AdamW)")
     print(f"loader / train = {load_ips / train_ips:.1f}x (target >= 5x)")
+    if not args.no_record:
+        from _results import record
+
+        numbers = {"n": args.n, "size": args.size, "batch": args.batch,
+                   "loader_img_s": round(load_ips, 1), "train_img_s": round(train_ips, 2),
+                   "loader_over_train": round(load_ips / train_ips, 2)}  # fmt: skip
+        print(f"recorded in {record('loader', numbers)}")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def layer_times(shape, layout, reps: int) -> tuple[float, float, float, float]:
     )
 
 
-def per_layer(reps: int) -> None:
+def per_layer(reps: int) -> list[dict]:
     print(f"per layer (ms, best of {reps}): torch / kernel, training (fwd+bwd) | inference")
+    rows = []
     for shape in SHAPES:
         for layout in (torch.contiguous_format, torch.channels_last):
             t, k, ti, ki = layer_times(shape, layout, reps)
@@ -81,6 +82,10 @@ def per_layer(reps: int) -> None:
                 f"  {str(shape):20s} {name:13s} {t * 1e3:7.1f} / {k * 1e3:6.1f} ({t / k:.2f}x)"
                 f" | {ti * 1e3:6.1f} / {ki * 1e3:6.1f} ({ti / ki:.2f}x)"
             )
+            rows.append({"shape": list(shape), "layout": name,
+                         "train_ms": [round(t * 1e3, 2), round(k * 1e3, 2)],
+                         "inference_ms": [round(ti * 1e3, 2), round(ki * 1e3, 2)]})  # fmt: skip
+    return rows
 
 
 def _fuse_blocks(net: torch.nn.Module, fused: bool) -> None:
@@ -95,11 +100,12 @@ def _fuse_blocks(net: torch.nn.Module, fused: bool) -> None:
             m.__class__ = ResnetBlock2D
 
 
-def whole_steps(pairs: int) -> None:
+def whole_steps(pairs: int) -> dict:
     from radardiff.config.io import load_config
     from radardiff.models.unet import build_unet
 
     cfg = load_config(REPO / "configs" / "insar_noise_32.toml", [])
+    out = {}
     for kind in ("train", "sample"):
         torch.manual_seed(0)
         net = build_unet(cfg.model, 1, False)
@@ -135,6 +141,10 @@ def whole_steps(pairs: int) -> None:
             f"torch's {statistics.median(times[False]):.2f} s (medians of {pairs}): "
             f"{med:.3f}x (of the sums {total:.3f}x)"
         )
+        out[kind] = {"fused_median_s": round(statistics.median(times[True]), 3),
+                     "torch_median_s": round(statistics.median(times[False]), 3),
+                     "ratio_medians": round(med, 4), "ratio_sums": round(total, 4)}  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -142,6 +152,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="repeats per layer measurement")
     ap.add_argument("--pairs", type=int, default=0, help="interleaved whole-step pairs (0: none)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-record", action="store_true", help="print only")
     args = ap.parse_args()
     ok, why = library.available()
     if not ok:
@@ -149,10 +160,15 @@ def main() -> None:
     tune_malloc()
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, load average {os.getloadavg()[0]:.2f} at start")
-    per_layer(args.reps)
+    numbers = {"threads": args.threads, "reps": args.reps, "pairs": args.pairs}
+    numbers["per_layer_torch_vs_kernel"] = per_layer(args.reps)
     if args.pairs:
-        whole_steps(args.pairs)
+        numbers["whole_steps_32px_batch32"] = whole_steps(args.pairs)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
+    if not args.no_record:
+        from _results import record
+
+        print(f"recorded in {record('norm', numbers)}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--no-record", action="store_true", help="print only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "png"
@@ -56,6 +57,13 @@ def main() -> None:
     print(
         f"inspect: {summary.n} images in {dt_inspect:.2f} s = {summary.n / dt_inspect:,.0f} img/s"
     )
+    if not args.no_record:
+        from _results import record
+
+        numbers = {"n": args.n, "size": args.size, "prepare_s": round(dt, 2),
+                   "prepare_img_s": round(args.n / dt, 1),
+                   "inspect_img_s": round(summary.n / dt_inspect, 1)}  # fmt: skip
+        print(f"recorded in {record('prepare', numbers)}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_quality")
     p.add_argument("--out", type=Path, default=None, help="default: RUN/study_quality")
+    p.add_argument("--no-record", action="store_true", help="print only")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +126,20 @@ def main() -> None:
         line(f"{r['sampler']} {r['steps']}", r)
     if ref.reference:
         line(f"floor: {args.n} images of {Path(ref.reference['source']).name}", ref.reference, True)
+    if not args.no_record:
+        from _results import record
+
+        keys = ("sampler", "steps", "nfe", "s_per_sample", "semivariogram_rel_error",
+                "lag1_ratio", "noise_fraction")  # fmt: skip
+        numbers = {
+            "run": str(st["run_dir"]), "checkpoint": st["checkpoint"],
+            "train_steps": st["train_steps"], "real": str(args.real), "n": args.n,
+            "precision": args.precision, "threads": torch.get_num_threads(),
+            "reference": {k: base.get(k) for k in keys},
+            "rows": [{k: r.get(k) for k in keys} for r in res.rows],
+            "floor": {k: ref.reference.get(k) for k in keys[4:]} if ref.reference else None,
+        }  # fmt: skip
+        print(f"recorded in {record('quality', numbers)}")
 
 
 if __name__ == "__main__":

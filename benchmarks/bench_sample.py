@@ -174,6 +174,7 @@ def main() -> None:
         help="measure dpmsolver++ 25 steps and DDPM 1000 steps outright (slow on a CPU)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-record", action="store_true", help="print only")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,9 +185,11 @@ def main() -> None:
         f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, "
         f"{args.steps} network calls per loop, {args.repeats} interleaved repeats (median)"
     )
+    results = []
     for precision in args.precisions:  # all fp32 first: bf16 is slow on CPUs without bf16 units
         for size in args.sizes:
             r = bench(size, precision, args, device)
+            results.append(r)
             how = {True: "measured", False: "estimated from the per-step time"}
             ddpm_how, dpm_how = how[r["ddpm1000_measured"]], how[r["dpm25_measured"]]
             print(
@@ -201,6 +204,12 @@ def main() -> None:
                 f"DDPM 1000 steps {r['ddpm1000_s']:.0f} s ({ddpm_how}); "
                 f"ratio {r['ddpm1000_s'] / r['dpm25_s']:.0f}x"
             )
+    if not args.no_record:
+        from _results import record
+
+        numbers = {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch,
+                   "steps": args.steps, "repeats": args.repeats, "results": results}  # fmt: skip
+        print(f"recorded in {record('sample', numbers)}")
 
 
 if __name__ == "__main__":

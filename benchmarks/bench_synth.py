@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="scenes per kind (default per kind)")
     ap.add_argument("--size", type=int, default=None, help="pixels (default per kind)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-record", action="store_true", help="print only")
     args = ap.parse_args()
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             n, size = DEFAULTS.get(kind, (1000, GENERATORS[kind].default_size))
@@ -44,6 +46,12 @@ def main() -> None:
             print(
                 f"{kind:16s} n={n:6d} size={size:4d}  {dt:7.2f} s  {n / dt:9.0f} scenes/s  {mb:8.1f} MiB"
             )
+            rows[kind] = {"n": n, "size": size, "seconds": round(dt, 3),
+                          "scenes_s": round(n / dt, 1), "mib": round(mb, 1)}  # fmt: skip
+    if not args.no_record:
+        from _results import record
+
+        print(f"recorded in {record('synth', {'seed': args.seed, 'kinds': rows})}")
 
 
 if __name__ == "__main__":

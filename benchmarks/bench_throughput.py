@@ -22,8 +22,8 @@ pools and caches do not colour the next), printing for training and sampling at 
 Ratios are ours / bare measured in the same command; the load average is printed at the start and
 the end (a loaded machine makes every number meaningless: run it alone). ``--precision auto`` (the
 default) takes bf16 where the device computes it fast and fp32 elsewhere (on an AVX2-only CPU a
-bf16 convolution is ~60x slower than fp32: its peak is still measured and printed, with fewer
-repeats).
+bf16 convolution is tens of times slower than fp32, docs/performance.md: its peak is still
+measured and printed, with fewer repeats).
 
 Usage::
 
@@ -68,8 +68,8 @@ def _dtype(precision: str) -> torch.dtype:
 
 
 # (channels, size) of the peak probes, batch 32: the issue's large convolution, then the two
-# levels that carry most of the networks' FLOPs (on the AVX2 EPYC the large one, whose tensors
-# outgrow the cache, ran at 100-104 GFLOP/s fp32 while the networks' own levels ran faster)
+# levels that carry most of the networks' FLOPs (the large one's tensors outgrow the cache, so the
+# networks' own levels can run faster than it: their peak is the fairer one)
 PEAK_SHAPES = ((256, 32), (128, 32), (256, 16))
 
 
@@ -275,6 +275,7 @@ def main() -> None:
         "sample --compile do (inductor, a fresh cache: the compile time is a first run's)",
     )
     ap.add_argument("--kinds", default="train,sample", help="train, sample or both")
+    ap.add_argument("--no-record", action="store_true", help="print only")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -296,6 +297,7 @@ def main() -> None:
         shapes = ", ".join(f"{k} {v:.0f}" for k, v in r["by_shape"].items())
         print(f"peak 3x3 conv {p} (GFLOP/s, batch 32): {shapes}")
     peak = peaks[args.precision]["gflops"]
+    rows = []
     print(
         f"{'':26s} {'bare':>9s} {'ours':>9s} {'ours/bare':>9s} {'GFLOP/s':>15s} {'% of peak':>13s}"
     )
@@ -312,6 +314,12 @@ def main() -> None:
                 f"{ours['img_s'] / bare['img_s']:9.3f} {gf[0]:7.0f} {gf[1]:7.0f} "
                 f"{100 * gf[0] / peak:6.0f} {100 * gf[1] / peak:6.0f}   ({unit})"
             )
+            row = {"kind": kind, "size": size, "batch": batch, "unit": unit,
+                   "bare": round(bare["img_s"], 3), "ours": round(ours["img_s"], 3),
+                   "ours_over_bare": round(ours["img_s"] / bare["img_s"], 4),
+                   "gflops_bare": round(gf[0], 1), "gflops_ours": round(gf[1], 1),
+                   "pct_of_peak_ours": round(100 * gf[1] / peak, 1)}  # fmt: skip
+            rows.append(row)
             if args.compile:
                 with tempfile.TemporaryDirectory() as cache:
                     c = _run({**spec, "which": "compiled"}, {"TORCHINDUCTOR_CACHE_DIR": cache})
@@ -326,7 +334,19 @@ def main() -> None:
                         else "the mean of eager runs before and after it in its process)"
                     )
                 )
+                row["compiled"] = {"img_s": round(c["img_s"], 3),
+                                   "compile_s": round(c["compile_s"], 1),
+                                   "over_eager": round(c["img_s"] / c["eager_img_s"], 4)}  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.2f} at end")
+    if not args.no_record:
+        from _results import record
+
+        numbers = {"device": args.device, "precision": args.precision, "steps": args.steps,
+                   "threads": args.threads or torch.get_num_threads(),
+                   "peak_gflops": {p: {k: round(v, 1) for k, v in r["by_shape"].items()}
+                                   for p, r in peaks.items()},
+                   "rows": rows}  # fmt: skip
+        print(f"recorded in {record('throughput', numbers)}")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-malloc-tuning", action="store_true")
+    ap.add_argument("--no-record", action="store_true", help="print only")
     args = ap.parse_args()
     if not args.no_malloc_tuning:
         tune_malloc()
@@ -151,6 +152,7 @@ def main() -> None:
         f"channels_last {args.channels_last}, compile ours {args.compile}, bare "
         f"{args.compile_bare}"
     )
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in map(int, args.sizes.split(",")):
             data = synthesize("insar_noise", 256, size, Path(tmp) / f"d{size}.h5", seed=0)
@@ -176,6 +178,8 @@ def main() -> None:
                 bare = bare_loop(cfg, args.steps, args.warmup, device, args.compile_bare)
                 ours = our_loop(cfg, Path(tmp) / f"run{size}{prec}", args.steps, args.warmup)
                 results[name] = (bare, ours)
+                rows.append({"size": size, "precision": name, "bare_img_s": round(bare, 3),
+                             "ours_img_s": round(ours, 3), "ours_over_bare": round(ours / bare, 4)})  # fmt: skip
                 print(
                     f"{size}x{size} {name}: bare {bare:7.1f} img/s  "
                     f"ours {ours:7.1f} img/s  ours/bare {ours / bare:.3f}",
@@ -187,6 +191,15 @@ def main() -> None:
                     print(
                         f"{size}x{size} {name}/fp32: bare {b[0] / o[0]:.2f}x  ours {b[1] / o[1]:.2f}x"
                     )
+    if not args.no_record:
+        from _results import record
+
+        device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        numbers = {"device": device_name, "threads": torch.get_num_threads(), "batch": args.batch,
+                   "steps": args.steps, "channels_last": args.channels_last,
+                   "compile": args.compile, "compile_bare": args.compile_bare,
+                   "malloc_tuning": not args.no_malloc_tuning, "results": rows}  # fmt: skip
+        print(f"recorded in {record('train', numbers)}")
 
 
 if __name__ == "__main__":

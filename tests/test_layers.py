@@ -32,8 +32,49 @@ BASE = {
 }  # importable from every layer
 MATH = {"data", "accel", "models", "diffusion"}
 FORBIDDEN_IN_MATH = ("torch.distributed", "matplotlib", "click", "typer", "accelerate")
-# evaluate's metric functions are math too; its driver (metrics.py) does the file I/O
-EVALUATE_MATH_EXEMPT = {"metrics"}
+# evaluate/ is split in two: the modules of the package itself are its drivers (they read dataset
+# files, train or load networks, and write results), the pure metrics they call live in
+# evaluate/measures/. A new module has to be named here or go to measures/.
+EVALUATE_DRIVERS = {"metrics", "study", "downstream", "likelihood", "extractor", "tasks"}
+MEASURES = SRC / "evaluate" / "measures"
+# What a pure metric may not import: file formats, file systems, datasets, networks and weights,
+# result writers, and the drivers themselves. Arrays in, numbers out.
+FILE_IO_MODULES = (
+    "h5py",
+    "json",
+    "csv",
+    "pickle",
+    "io",
+    "os",
+    "shutil",
+    "tempfile",
+    "pathlib",
+    "tomllib",
+    "safetensors",
+    "torch",
+    "radardiff.data",
+    "radardiff.config",
+    "radardiff.models",
+    "radardiff._files",
+    *(f"radardiff.evaluate.{d}" for d in EVALUATE_DRIVERS),
+)
+# ... nor call what reads or writes a file, whatever it was imported as
+FILE_IO_CALLS = {
+    "open",
+    "load",
+    "loadtxt",
+    "save",
+    "savez",
+    "savez_compressed",
+    "savetxt",
+    "fromfile",
+    "tofile",
+    "dump",
+    "read_text",
+    "write_text",
+    "read_bytes",
+    "write_bytes",
+}
 
 
 def _imports(path: Path) -> list[str]:
@@ -45,6 +86,22 @@ def _imports(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.append(node.module)
     return names
+
+
+def _file_io(path: Path) -> list[str]:
+    """The imports and calls of ``path`` that read or write files (see FILE_IO_*)."""
+    found = [
+        f"imports {name}"
+        for name in _imports(path)
+        if any(name == m or name.startswith(m + ".") for m in FILE_IO_MODULES)
+    ]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+            if called in FILE_IO_CALLS:
+                found.append(f"calls {called}() at line {node.lineno}")
+    return found
 
 
 def _layer_of(path: Path) -> str:
@@ -82,12 +139,25 @@ def test_imports_point_left(path: Path):
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
 def test_math_layers_stay_pure(path: Path):
-    here = _layer_of(path)
-    math_module = here in MATH or (here == "evaluate" and path.stem not in EVALUATE_MATH_EXEMPT)
-    if not math_module:
+    # evaluate's drivers too: writing results needs no CLI, plots or process groups
+    if _layer_of(path) not in MATH | {"evaluate"}:
         return
     for name in _imports(path):
         assert not name.startswith(FORBIDDEN_IN_MATH), f"{path.relative_to(SRC)} imports {name}"
+
+
+def test_evaluate_is_drivers_and_measures():
+    here = {p.stem for p in (SRC / "evaluate").glob("*.py")} - {"__init__"}
+    why = "evaluate/: drivers are named in EVALUATE_DRIVERS, pure metrics go to evaluate/measures/"
+    assert here == EVALUATE_DRIVERS, why
+    assert len(list(MEASURES.glob("*.py"))) > 1
+
+
+@pytest.mark.parametrize(
+    "path", sorted(MEASURES.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC))
+)
+def test_pure_metrics_do_no_file_io(path: Path):
+    assert not _file_io(path), f"{path.relative_to(SRC)}: {_file_io(path)}"
 
 
 def test_config_does_not_import_torch():
@@ -115,3 +185,25 @@ def test_only_the_boundary_reaches_into_the_acceleration_unit(path: Path):
     for name in _imports(path):
         parts = name.split(".")
         assert parts[:2] != ["radardiff", UNIT], f"{path.relative_to(SRC)} imports {name}"
+
+
+def test_checker_catches_file_io(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import h5py\nfrom radardiff.data.dataset_file import DatasetFile\n"
+        "from radardiff.config.io import atomic_write_text\nimport numpy as np\n"
+        "def f(p, x):\n    np.savez(p, x=x)\n    return open(p).read()\n"
+    )
+    found = _file_io(bad)
+    assert [f for f in found if f.startswith("imports")] == [
+        "imports h5py",
+        "imports radardiff.data.dataset_file",
+        "imports radardiff.config.io",
+    ]
+    assert {f.split("(")[0] for f in found if f.startswith("calls")} == {
+        "calls savez",
+        "calls open",
+    }
+    fine = tmp_path / "fine.py"
+    fine.write_text("import numpy as np\nimport iolib\ndef f(x):\n    return np.mean(x)\n")
+    assert _file_io(fine) == []

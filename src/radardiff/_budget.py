@@ -1,7 +1,7 @@
 """What a request will cost, checked before and while it runs: disk space and time.
 
-A request that cannot fit (``downstream pairs --n 1000000000``: 39 GB written in 11 minutes
-before the disk filled) is refused before anything is written, by :func:`check_space` on its
+A request that cannot fit (``downstream pairs --n 1000000000`` once wrote tens of GB before
+the disk filled) is refused before anything is written, by :func:`check_space` on its
 estimated size; one that fits but would run for more than a day is reported once by
 :class:`Pace`, from the measured speed of its first work, so that a typo in ``--n`` is seen in
 minutes, not noticed after days.

@@ -1,12 +1,13 @@
 """Golden values: every sampler on a fixed stand-in network, pinned.
 
-The contract tests check what a sampler must do; these pin what each one does, so that a new
-diffusers release (or a change of ours) that moves any sampler's numbers fails here instead of
-drifting unseen. A deliberate change updates the table with a note of why.
+The contract tests check what a sampler must do; these pin what each one does, so that a change
+(of ours, or of torch) that moves any sampler's numbers fails here instead of drifting unseen. A
+deliberate change updates the table with a note of why.
 
 Set-up: v-prediction, T = 1000 linear, 8 steps with each sampler's default options, no clipping,
 2 samples of (2, 4, 4) from seeds 1 and 2. Values: sum, sum of |x|, x[0, 0, 0, 0], x[1, 1, 3, 2].
-Recorded with diffusers 0.42.1, torch 2.13.0 (CPU).
+Recorded with diffusers 0.42.1, torch 2.13.0 (CPU), when eight of the samplers were diffusers
+schedulers; the native solvers that replaced them reproduce the table.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from radardiff.errors import DataError
 from radardiff.evaluate.downstream import (
     ExperimentConfig,
     calibrate_physics,
-    fit_powerlaw_white,
     run_experiment,
     score_saved,
     score_task,
 )
+from radardiff.evaluate.measures.spectra import fit_powerlaw_white
 from radardiff.evaluate.tasks import TaskConfig, load_pairs, predict, split, train_task
 from radardiff.models.downstream import load_task
 
@@ -190,16 +190,19 @@ def test_experiment_refuses_leaks(noise, tmp_path):
 
 
 def test_criteria_count_detection_skill_above_chance():
-    from radardiff.evaluate.downstream import _criteria
+    from radardiff.evaluate.measures.skill import skill_criteria
 
-    det = _criteria({"physics": 0.6, "generated": 0.87, "real": 0.9, "real+generated": 0.95}, 0.5)
+    det = skill_criteria(
+        {"physics": 0.6, "generated": 0.87, "real": 0.9, "real+generated": 0.95}, 0.5
+    )
     assert det["generated_over_real"] == pytest.approx(0.87 / 0.9)  # 0.967: flattering
     assert det["generated_over_real_above_chance"] == pytest.approx(0.37 / 0.4)
     assert det["generated_reaches_90pct_of_real"] is True
     assert (
-        _criteria({"generated": 0.85, "real": 0.9}, 0.5)["generated_reaches_90pct_of_real"] is False
+        skill_criteria({"generated": 0.85, "real": 0.9}, 0.5)["generated_reaches_90pct_of_real"]
+        is False
     )
-    rec = _criteria({"physics": 0.5, "generated": 0.4, "real": 0.5, "real+generated": 0.45})
+    rec = skill_criteria({"physics": 0.5, "generated": 0.4, "real": 0.5, "real+generated": 0.45})
     assert rec == {"generated_over_real": 0.8, "generated_reaches_90pct_of_real": False,
                    "generated_beats_physics": False, "real_plus_generated_beats_real": False}  # fmt: skip
 

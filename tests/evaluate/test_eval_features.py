@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from radardiff.errors import DataError
-from radardiff.evaluate.features import fid, frechet_distance, kid, precision_recall
+from radardiff.evaluate.measures.features import fid, frechet_distance, kid, precision_recall
 
 
 def _reference_frechet(mu1, s1, mu2, s2):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from radardiff.errors import DataError
-from radardiff.evaluate.radar_stats import (
+from radardiff.evaluate.measures.radar_stats import (
     coefficient_of_variation,
     enl,
     phase_stats,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from radardiff.errors import DataError
-from radardiff.evaluate.semivariogram import (
+from radardiff.evaluate.measures.semivariogram import (
     bin_edges_px,
     semivariogram,
     semivariogram_rel_error,

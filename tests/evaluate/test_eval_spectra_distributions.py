@@ -5,9 +5,9 @@ import pytest
 from scipy.stats import norm
 
 from radardiff.errors import DataError
-from radardiff.evaluate.bands import mean_band
-from radardiff.evaluate.distributions import histograms, sample_spread, w1
-from radardiff.evaluate.spectra import psd_log_rmse, radial_psd
+from radardiff.evaluate.measures.bands import mean_band
+from radardiff.evaluate.measures.distributions import histograms, sample_spread, w1
+from radardiff.evaluate.measures.spectra import psd_log_rmse, radial_psd
 
 
 def test_white_noise_psd_is_flat_at_the_variance():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from radardiff.evaluate.features import fid
+from radardiff.evaluate.measures.features import fid
 
 tm_fid = pytest.importorskip(
     "torchmetrics.image.fid",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radardiff.evaluate.skill import (
+from radardiff.evaluate.measures.skill import (
     accuracy,
     best_threshold,
     detection_score,

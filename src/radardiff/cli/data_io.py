@@ -166,6 +166,11 @@ def prepare_cmd(
             seed=seed,
             progress=bar_callback(bar),
         )
+    _echo_prepared(result)
+
+
+def _echo_prepared(result) -> None:
+    """What ``data prepare`` read, wrote and skipped."""
     c, h, w = result.shape
     click.echo(
         f"read {result.n_items} items ({result.format}) in {result.seconds:.1f} s; "

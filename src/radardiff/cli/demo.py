@@ -58,8 +58,8 @@ def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
         val_h5 = synthesize("insar_noise", max(n_samples, 256), 32, data_dir / "val.h5", seed + 1)
         cfg = tiny_config(str(train_h5.resolve()), str(val_h5.resolve()), steps=steps)
         # a model trained a few hundred steps: DPM-Solver++ with steps uniform in time, not the
-        # recipe's Karras levels, which show its rough low-noise predictions (README, Fast
-        # sampling; on the demo run: 0.028 semivariogram error, lag-1 1.01 vs 0.129, 1.31)
+        # recipe's Karras levels, which show its rough low-noise predictions and scored worse
+        # on the demo run (docs/sampling.md, fast sampling: training length decides the spacing)
         sample = cfg.sample.model_copy(update={"options": {"use_karras_sigmas": False}})
         cfg = cfg.model_copy(update={"sample": sample})
         stages.update(1)

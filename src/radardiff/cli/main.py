@@ -90,7 +90,8 @@ def _fail(message: str, code: int) -> None:
     click.echo(f"radardiff: error: {message}", err=True)
     if signum is not None:
         # stopped: the writes are finished or abandoned by now; leave without the interpreter's
-        # teardown, whose final garbage collection of torch's and diffusers' objects took 4 s
+        # teardown, whose final garbage collection of torch's and diffusers' objects takes
+        # seconds (docs/reliability.md: the first signal stops)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if argv is None:
             # the interpreter's final garbage collection walks every object torch, diffusers
-            # and scipy made: about 4 s at each exit here. Nothing left needs it (files are
+            # and scipy made, which takes seconds at each exit. Nothing left needs it (files are
             # closed by now), so the objects are frozen out of it.
             gc.freeze()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from radardiff.cli._common import (
@@ -60,7 +62,7 @@ from radardiff.cli._common import (
     is_flag=True,
     help="Run the network compiled by torch.compile, once, for the first batch (the log says "
     "how long that took), as CUDA graphs on a GPU. On a CPU it compiles for minutes and pays "
-    "only for small networks on long runs (README, Sampling).",
+    "only for small networks on long runs (docs/sampling.md).",
 )
 @conv_kernels_option()
 @click.option(
@@ -118,32 +120,7 @@ from radardiff.cli._common import (
 @click.option(
     "--list-samplers", is_flag=True, help="List the samplers and their options, then exit."
 )
-def sample(
-    run_dir,
-    n,
-    out,
-    sampler,
-    steps,
-    classes,
-    guidance,
-    seed,
-    batch_size,
-    compile_,
-    conv_kernels,
-    options,
-    precision,
-    weights,
-    checkpoint,
-    clip,
-    no_clip,
-    cascade_run,
-    low_res,
-    low_sampler,
-    low_steps,
-    sr_noise,
-    amplitude,
-    list_samplers,
-) -> None:
+def sample(**given) -> None:
     """Generate samples from a trained run, in physical units.
 
     \b
@@ -160,62 +137,118 @@ def sample(
     In a cascade, --class/--guidance go to the low-resolution run; sample i of the output is
     the super-resolution of low-resolution sample i.
     """
-    from radardiff.diffusion import describe_samplers
+    args = _SampleArgs(**given)
+    if args.list_samplers:
+        from radardiff.diffusion import describe_samplers
 
-    if list_samplers:
         click.echo("\n".join(describe_samplers()))
         return
-    for value, name in ((run_dir, "RUN_DIR"), (n, "--n"), (out, "--out")):
-        if value is None:
-            raise click.UsageError(f"missing {name}")
-    if cascade_run and low_res:
-        raise click.UsageError("give --cascade or --low-res, not both")
-    from radardiff.sample import generate, load_run
+    args.check()
+    from radardiff.sample import load_run
     from radardiff.sample.device import pick_device
-    from radardiff.sample.generate import generate_cascade
 
     device = pick_device()
-    run = load_run(run_dir, weights=weights, device=device, checkpoint=checkpoint)
-    opts = _request(
-        run.cfg.sample,
-        n,
-        sampler,
-        steps,
-        seed,
-        batch_size,
-        classes=None if cascade_run else classes,
-        guidance=1.0 if cascade_run else guidance,  # a cascade's first stage takes them
-        sampler_options=parse_kv(options, "--option"),
-        mixed_precision=precision,
-        clip="none" if no_clip else (None if clip == "auto" else clip),
-        condition=low_res,
-        sr_noise=sr_noise,
-        amplitude=amplitude,
-        compile=compile_,
-        conv_kernels=conv_kernels,
-    )
-    if cascade_run:
-        low = load_run(cascade_run, weights=weights, device=device)
-        low_opts = _request(
-            low.cfg.sample,
-            n,
-            low_sampler,
-            low_steps,
+    run = load_run(args.run_dir, weights=args.weights, device=device, checkpoint=args.checkpoint)
+    opts = args.request(run.cfg.sample)
+    result = _cascade(args, run, opts, device) if args.cascade_run else _single(args, run, opts)
+    click.echo(f"wrote {result.n} samples to {result.path} ({result.seconds:.1f} s)")
+
+
+@dataclass(frozen=True)
+class _SampleArgs:
+    """The command line of ``radardiff sample`` as click parses it: one field per option."""
+
+    run_dir: str | None
+    n: int | None
+    out: str | None
+    sampler: str | None
+    steps: int | None
+    classes: str | None
+    guidance: float | None
+    seed: int | None
+    batch_size: int | str | None
+    compile_: bool
+    conv_kernels: str
+    options: tuple[str, ...]
+    precision: str
+    weights: str
+    checkpoint: str | None
+    clip: str
+    no_clip: bool
+    cascade_run: str | None
+    low_res: str | None
+    low_sampler: str | None
+    low_steps: int | None
+    sr_noise: int
+    amplitude: float | None
+    list_samplers: bool
+
+    def check(self) -> None:
+        for value, name in ((self.run_dir, "RUN_DIR"), (self.n, "--n"), (self.out, "--out")):
+            if value is None:
+                raise click.UsageError(f"missing {name}")
+        if self.cascade_run and self.low_res:
+            raise click.UsageError("give --cascade or --low-res, not both")
+
+    def request(self, sc):
+        """The request of RUN_DIR (in a cascade, its first stage takes --class and --guidance)."""
+        cascade = bool(self.cascade_run)
+        return _request(
+            sc,
+            self.n,
+            self.sampler,
+            self.steps,
+            self.seed,
+            self.batch_size,
+            classes=None if cascade else self.classes,
+            guidance=1.0 if cascade else self.guidance,
+            sampler_options=parse_kv(self.options, "--option"),
+            mixed_precision=self.precision,
+            clip="none" if self.no_clip else (None if self.clip == "auto" else self.clip),
+            condition=self.low_res,
+            sr_noise=self.sr_noise,
+            amplitude=self.amplitude,
+            compile=self.compile_,
+            conv_kernels=self.conv_kernels,
+        )
+
+    def low_request(self, sc, opts):
+        """The request of a cascade's first stage: its own sampler and steps, the seeds and
+        batch size of RUN_DIR's request."""
+        return _request(
+            sc,
+            self.n,
+            self.low_sampler,
+            self.low_steps,
             opts.seed,
             opts.batch_size,
-            classes=classes,
-            guidance=guidance,
-            mixed_precision=precision,
-            compile=compile_,
-            conv_kernels=conv_kernels,
+            classes=self.classes,
+            guidance=self.guidance,
+            mixed_precision=self.precision,
+            compile=self.compile_,
+            conv_kernels=self.conv_kernels,
         )
-        with progress(2 * n, f"cascade {low_opts.sampler} -> {opts.sampler}", unit="img") as bar:
-            lo, result = generate_cascade(low, low_opts, run, opts, out, bar_callback(bar))
-        click.echo(f"wrote {lo.n} low-resolution samples to {lo.path} ({lo.seconds:.1f} s)")
-    else:
-        with progress(n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
-            result = generate(run, opts, out, on_progress=bar_callback(bar))
-    click.echo(f"wrote {result.n} samples to {result.path} ({result.seconds:.1f} s)")
+
+
+def _single(args: _SampleArgs, run, opts):
+    from radardiff.sample import generate
+
+    with progress(args.n, f"sample {opts.sampler} x{opts.steps}", unit="img") as bar:
+        return generate(run, opts, args.out, on_progress=bar_callback(bar))
+
+
+def _cascade(args: _SampleArgs, run, opts, device):
+    """Sample the low-resolution run, then super-resolve its samples with RUN_DIR."""
+    from radardiff.sample import load_run
+    from radardiff.sample.generate import generate_cascade
+
+    low = load_run(args.cascade_run, weights=args.weights, device=device)
+    low_opts = args.low_request(low.cfg.sample, opts)
+    title = f"cascade {low_opts.sampler} -> {opts.sampler}"
+    with progress(2 * args.n, title, unit="img") as bar:
+        lo, result = generate_cascade(low, low_opts, run, opts, args.out, bar_callback(bar))
+    click.echo(f"wrote {lo.n} low-resolution samples to {lo.path} ({lo.seconds:.1f} s)")
+    return result
 
 
 def _request(sc, n, sampler, steps, seed, batch_size, classes, guidance, **rest):

@@ -43,7 +43,7 @@ def tiny_config(train: str = "", val: str | None = None, steps: int = 1500) -> R
             val_every=500,
             val_samples=128,
         ),
-        # the fast path of the README's Fast sampling section: v-prediction sampled by
+        # the fast path of docs/sampling.md (fast sampling on radar data): v-prediction sampled by
         # DPM-Solver++ (2M) at 25 steps on Karras et al.'s noise levels
         sample=SampleConfig(sampler="dpmsolver++", steps=25, options={"use_karras_sigmas": True}),
         evaluate=EvalConfig(),

@@ -166,7 +166,7 @@ class DiffusionConfig(_Section):
         "v",
         description="what the network predicts; v (Salimans and Ho 2022) is the default: "
         "eps-prediction's x0 error grows as 1/sqrt(abar) near t = T, and deterministic fast "
-        "samplers turn it into noise samples (README, Fast sampling)",
+        "samplers turn it into noise samples (docs/sampling.md, fast sampling)",
     )
     variance: Variance = "fixed_small"
     loss: LossType = "mse"
@@ -248,8 +248,9 @@ class SampleConfig(_Section):
     """Defaults for ``radardiff sample`` (each can be overridden on the command line).
 
     The default is DPM-Solver++ (2M) at 25 steps on the noise levels of Karras et al. 2022
-    (``use_karras_sigmas``: rho = 7, dense at low noise), the fast path measured in the README:
-    when ``options`` is not given, a sampler listed in ``DEFAULT_SAMPLER_OPTIONS`` gets those.
+    (``use_karras_sigmas``: rho = 7, dense at low noise), the fast path measured in
+    docs/sampling.md: when ``options`` is not given, a sampler listed in
+    ``DEFAULT_SAMPLER_OPTIONS`` gets those.
     """
 
     sampler: str = "dpmsolver++"

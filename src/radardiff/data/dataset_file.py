@@ -129,6 +129,14 @@ class DatasetWriter:
         self._h5 = None
         self._hold = None
         self.finite = 0
+        self._open_partial()
+        with_labels = bool(class_names) if with_labels is None else with_labels
+        self._create_datasets(shape, with_labels, extras or {})
+        self._write_attrs(kind, units, source, class_names, pixel_spacing_m, attrs or {})
+        self.n = 0
+
+    def _open_partial(self) -> None:
+        """Hold the output and open its partial file; a failure leaves neither behind."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._hold = OutputHold(self.path)
@@ -147,6 +155,14 @@ class DatasetWriter:
                 ) from None
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DataError(f"{self.path}: cannot write the dataset file ({msg})") from None
+
+    def _create_datasets(
+        self,
+        shape: tuple[int, int, int],
+        with_labels: bool,
+        extras: dict[str, tuple[tuple[int, ...], str]],
+    ) -> None:
+        """The growable images, labels and extras datasets, empty."""
         c, h, w = shape
         self._images = self._h5.create_dataset(
             "images",
@@ -155,7 +171,6 @@ class DatasetWriter:
             dtype="float32",
             chunks=_chunks((1, c, h, w), 4),
         )
-        with_labels = bool(class_names) if with_labels is None else with_labels
         self._labels = (
             self._h5.create_dataset(
                 "labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,)
@@ -164,7 +179,7 @@ class DatasetWriter:
             else None
         )
         self._extras = {}
-        for name, (tail, dtype) in (extras or {}).items():
+        for name, (tail, dtype) in extras.items():
             self._extras[name] = self._h5.create_dataset(
                 name,
                 shape=(0, *tail),
@@ -172,6 +187,16 @@ class DatasetWriter:
                 dtype=dtype,
                 chunks=_chunks((1, *tail), np.dtype(dtype).itemsize),
             )
+
+    def _write_attrs(
+        self,
+        kind: str,
+        units: str,
+        source: str,
+        class_names: list[str] | None,
+        pixel_spacing_m: float | None,
+        attrs: dict[str, Any],
+    ) -> None:
         a = self._h5.attrs
         a["kind"], a["units"], a["source"] = kind, units, source
         a["radardiff_version"] = __version__
@@ -179,9 +204,8 @@ class DatasetWriter:
             a["class_names"] = json.dumps(list(class_names))
         if pixel_spacing_m is not None:
             a["pixel_spacing_m"] = float(pixel_spacing_m)
-        for key, value in (attrs or {}).items():
+        for key, value in attrs.items():
             a[key] = value if not isinstance(value, dict | list) else json.dumps(value)
-        self.n = 0
 
     def append(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -102,42 +102,14 @@ def inspect(
         c, h, w = info.shape
         total = info.n * c * h * w
         p_keep = min(1.0, max_values / total) if total else 1.0
-        rng = np.random.default_rng(seed)
-        n_nan = 0
-        acc_n, acc_mean, acc_m2 = 0, 0.0, 0.0
-        lo, hi = math.inf, -math.inf
-        kept: list[np.ndarray] = []
-        ranges = np.full(info.n, np.nan)
+        st = _Streamed(np.full(info.n, np.nan), p_keep, np.random.default_rng(seed))
         for sl, x in ds.iter_blocks(block):
-            flat = x.reshape(x.shape[0], -1)
-            finite = np.isfinite(flat)
-            n_nan += int(flat.size - finite.sum())
-            v = flat[finite].astype(np.float64)
-            if v.size:
-                lo, hi = min(lo, v.min()), max(hi, v.max())
-                # Chan et al. pairwise merge of (count, mean, M2): no cancellation for offsets
-                bm = v.mean()
-                bm2 = np.square(v - bm).sum()
-                delta, n_new = bm - acc_mean, acc_n + v.size
-                acc_m2 += bm2 + delta**2 * acc_n * v.size / n_new
-                acc_mean += delta * v.size / n_new
-                acc_n = n_new
-                kept.append(v if p_keep >= 1.0 else v[rng.random(v.size) < p_keep])
-            has = finite.any(axis=1)
-            mx = np.where(finite, flat, -np.inf).max(axis=1)
-            mn = np.where(finite, flat, np.inf).min(axis=1)
-            ranges[sl] = np.where(has, mx - mn, np.nan)
-    n_finite = total - n_nan
-    values = np.concatenate(kept) if kept else np.empty(0)
-    mean = acc_mean if n_finite else math.nan
-    std = math.sqrt(acc_m2 / n_finite) if n_finite else math.nan
-    counts = None
-    if labels is not None:
-        names = info.class_names or [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
-        bins = (
-            np.bincount(labels, minlength=len(names)) if labels.size else np.zeros(len(names), int)
-        )
-        counts = {name: int(k) for name, k in zip(names, bins, strict=False)}
+            st.add(sl, x)
+    n_finite = total - st.n_nan
+    values = np.concatenate(st.kept) if st.kept else np.empty(0)
+    mean = st.mean if n_finite else math.nan
+    std = math.sqrt(st.m2 / n_finite) if n_finite else math.nan
+    counts = None if labels is None else _class_counts(labels, info.class_names)
     written = write_preview(path, preview) if preview is not None else None
     return InspectResult(
         path=Path(path),
@@ -150,17 +122,65 @@ def inspect(
         class_names=info.class_names,
         class_counts=counts,
         extras=list(info.extras),
-        value_min=float(lo) if n_finite else math.nan,
-        value_max=float(hi) if n_finite else math.nan,
+        value_min=float(st.lo) if n_finite else math.nan,
+        value_max=float(st.hi) if n_finite else math.nan,
         mean=float(mean),
         std=float(std),
         percentiles=_percentiles(values, VALUE_PERCENTILES),
         percentiles_exact=p_keep >= 1.0,
-        nan_fraction=n_nan / total if total else math.nan,
-        n_all_nan=int(np.isnan(ranges).sum()),
-        range_percentiles=_percentiles(ranges[np.isfinite(ranges)], RANGE_PERCENTILES),
+        nan_fraction=st.n_nan / total if total else math.nan,
+        n_all_nan=int(np.isnan(st.ranges).sum()),
+        range_percentiles=_percentiles(st.ranges[np.isfinite(st.ranges)], RANGE_PERCENTILES),
         preview=written,
     )
+
+
+@dataclass
+class _Streamed:
+    """Value statistics of a file accumulated block by block: NaN count, min, max, count, mean
+    and M2, a random subset of the values (each kept with probability ``p_keep``) for the
+    percentiles, and each sample's range (NaN for a sample without data)."""
+
+    ranges: np.ndarray
+    p_keep: float
+    rng: np.random.Generator
+    n_nan: int = 0
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+    kept: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, sl: slice, x: np.ndarray) -> None:
+        flat = x.reshape(x.shape[0], -1)
+        finite = np.isfinite(flat)
+        self.n_nan += int(flat.size - finite.sum())
+        v = flat[finite].astype(np.float64)
+        if v.size:
+            self._merge(v)
+        has = finite.any(axis=1)
+        mx = np.where(finite, flat, -np.inf).max(axis=1)
+        mn = np.where(finite, flat, np.inf).min(axis=1)
+        self.ranges[sl] = np.where(has, mx - mn, np.nan)
+
+    def _merge(self, v: np.ndarray) -> None:
+        self.lo, self.hi = min(self.lo, v.min()), max(self.hi, v.max())
+        # Chan et al. pairwise merge of (count, mean, M2): no cancellation for offsets
+        bm = v.mean()
+        bm2 = np.square(v - bm).sum()
+        delta, n_new = bm - self.mean, self.n + v.size
+        self.m2 += bm2 + delta**2 * self.n * v.size / n_new
+        self.mean += delta * v.size / n_new
+        self.n = n_new
+        self.kept.append(v if self.p_keep >= 1.0 else v[self.rng.random(v.size) < self.p_keep])
+
+
+def _class_counts(labels: np.ndarray, class_names: list[str] | None) -> dict[str, int]:
+    """Samples per class, by name (the class index when the file names none)."""
+    names = class_names or [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
+    bins = np.bincount(labels, minlength=len(names)) if labels.size else np.zeros(len(names), int)
+    return {name: int(k) for name, k in zip(names, bins, strict=False)}
 
 
 def _percentiles(v: np.ndarray, qs: Sequence[float]) -> dict[float, float]:

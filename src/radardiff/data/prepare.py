@@ -235,96 +235,129 @@ def prepare(
     batch_size: int = 256,
     progress: ProgressFn | None = None,
 ) -> PrepareResult:
-    """Read ``src`` and write dataset file(s) at ``out``.
+    """Read ``src`` and write dataset file(s) at ``out`` (``OUT_train.h5``... with ``split``).
 
     Parameters
     ----------
-    src, out
-        Source file or folder; output file (``OUT_train.h5``... when ``split`` is given).
-    format, key, label_key, classes, nodata
-        See :func:`radardiff.data.readers.open_reader`.
-    tile, stride
-        Cut each item into ``tile x tile`` crops every ``stride`` pixels (default ``tile``).
-    max_nan_fraction
-        Drop samples with a larger fraction of no-data pixels (default 0.5 with tiles, 1.0
-        without). All-NaN samples are always dropped and counted.
-    resize
-        Output size ``S`` or ``(H, W)`` of each sample (tile, or whole item), see
-        :func:`resize_nan`.
-    crop
-        Centre-crop each sample to S or (H, W), padding smaller ones with no data
-        (:func:`crop_or_pad`): mixed sizes without resampling. Excludes ``resize``.
-    kind, units
-        Dataset attributes; default to what the source suggests.
-    db
-        Convert intensities to dB first (:func:`to_db`); ``units`` then defaults to ``dB``.
-    complex_mode
-        ``intensity``, ``amplitude``, ``db`` or ``phase`` of complex data (a complex type, or
-        (real, imaginary) channel pairs): :func:`from_complex`; ``units`` then default to
-        ``linear``, ``linear``, ``dB`` or ``rad``. Complex data without it are refused.
-    split, seed
-        Train/val[/test] fractions and the seed of the split.
-    progress
-        Called as ``progress(items_done, items_total)`` after each item.
+    format, key, label_key, classes, nodata : reading, see :func:`.readers.open_reader`.
+    tile, stride : ``tile x tile`` crops of each item every ``stride`` pixels (default ``tile``).
+    max_nan_fraction : drop samples with more no data (default 0.5 with tiles, else 1.0); all-NaN
+        samples are always dropped. Dropped samples are counted.
+    resize, crop : output size S or (H, W) of each sample, resampled (:func:`resize_nan`) or
+        centre-cropped and padded with no data (:func:`crop_or_pad`); one or the other.
+    kind, units : dataset attributes; default to what the source, ``db`` or ``complex_mode`` imply.
+    db, complex_mode : dB of intensities (:func:`to_db`); ``intensity``, ``amplitude``, ``db`` or
+        ``phase`` of complex data (:func:`from_complex`), which are refused without it.
+    split, seed : train/val[/test] fractions and the seed of the split.
+    batch_size, progress : samples written at a time; ``progress(items_done, items_total)``.
     """
     t0 = time.perf_counter()
     src, out = Path(src), check_dataset_path(out)
-    tile, stride, max_nan, size = _check_options(
-        tile, stride, max_nan_fraction, resize, kind, batch_size
+    plan = _checked_plan(
+        tile, stride, max_nan_fraction, resize, crop, kind, batch_size, split, db, complex_mode
     )
-    if crop is not None and resize is not None:
-        raise ConfigError("--crop and --resize: give one (crop keeps pixels, resize resamples)")
-    crop_size = _size_option(crop, "--crop")
-    if split is not None:
-        _check_split(split)
     reader = open_reader(src, format, key=key, label_key=label_key, classes=classes, nodata=nodata)
     try:
-        n = len(reader)
-        if n == 0:
-            raise DataError(f"{src}: no samples found")
-        kind = kind or reader.info.kind
-        if complex_mode is not None and complex_mode not in COMPLEX_MODES:
-            raise ConfigError(
-                f"--complex: unknown mode '{complex_mode}'; use one of {', '.join(COMPLEX_MODES)}"
-            )
-        if complex_mode is not None and db:
-            raise ConfigError("--complex and --db: use --complex db for dB of complex data")
-        implied = COMPLEX_UNITS.get(complex_mode or "", "dB" if db else None)
-        units = units or implied or reader.info.units
-        names = [s for s, f in zip(SPLIT_NAMES, split, strict=False) if f > 0] if split else ["all"]
-        fracs = [f for f in split if f > 0] if split else [1.0]
-        paths = split_paths(out, names) if split else [out]
-        by_item = n > 1 or len(fracs) == 1
-        assign = split_assignment(n, fracs, seed) if by_item else None
-        if not by_item and tile is not None and stride < tile:
-            log.warning("%s: one scene split by overlapping tiles; splits share pixels", src)
-        options = {
-            "format": reader.info.format,
-            "key": getattr(reader, "key", None),
-            "label_key": label_key,
-            "tile": tile,
-            "stride": stride,
-            "max_nan_fraction": max_nan,
-            "resize": size,
-            "crop": list(crop_size) if crop_size else None,
-            "db": db,
-            "complex": complex_mode,
-            "split": list(split) if split else None,
-            "seed": seed,
-            "nodata": nodata,
-        }
-        sink = _Sink(paths, names, reader, kind, units, size, options, batch_size)
-        plan = _Plan(tile, stride, max_nan, size, db, complex_mode, crop_size)
-        counts = _Counts()
-        with ExitStack() as stack:
-            stack.callback(sink.abort_unclosed)
-            _stream(reader, sink, plan, counts, assign, fracs, seed, progress)
-            _check_written(src, sink, counts, max_nan)
-            outputs = sink.close()
+        n = _item_count(reader, src)
+        kind, units = _kind_and_units(reader, kind, units, db, complex_mode)
+        names, fracs, paths = _split_outputs(out, split)
+        assign = _assignment(src, n, fracs, seed, plan)
+        options = _options_record(reader, label_key, plan, split, seed, nodata)
+        sink = _Sink(paths, names, reader, kind, units, plan.size, options, batch_size)
+        outputs, counts = _write_all(src, reader, sink, plan, assign, fracs, seed, progress)
     finally:
         reader.close()
-    skipped = counts.all_nan + counts.nan_fraction + counts.too_small
-    if skipped:
+    _warn_skipped(src, counts, plan.max_nan)
+    return _result(reader, n, sink, outputs, counts, time.perf_counter() - t0)
+
+
+def _result(reader: Reader, n: int, sink: _Sink, outputs, counts: _Counts, seconds: float):
+    return PrepareResult(
+        format=reader.info.format,
+        n_items=n,
+        n_written=sum(o.n for o in outputs),
+        outputs=outputs,
+        shape=sink.shape,
+        kind=sink.kind,
+        units=sink.units,
+        class_names=reader.class_names,
+        pixel_spacing_m=sink.spacing(),
+        skipped_all_nan=counts.all_nan,
+        skipped_nan_fraction=counts.nan_fraction,
+        skipped_too_small=counts.too_small,
+        seconds=seconds,
+    )
+
+
+def _item_count(reader: Reader, src: Path) -> int:
+    n = len(reader)
+    if n == 0:
+        raise DataError(f"{src}: no samples found")
+    return n
+
+
+def _kind_and_units(reader: Reader, kind, units, db: bool, complex_mode) -> tuple[str, str]:
+    """The dataset's kind and units: as given, else implied by the conversion, else the
+    source's."""
+    if complex_mode is not None and complex_mode not in COMPLEX_MODES:
+        raise ConfigError(
+            f"--complex: unknown mode '{complex_mode}'; use one of {', '.join(COMPLEX_MODES)}"
+        )
+    if complex_mode is not None and db:
+        raise ConfigError("--complex and --db: use --complex db for dB of complex data")
+    implied = COMPLEX_UNITS.get(complex_mode or "", "dB" if db else None)
+    return kind or reader.info.kind, units or implied or reader.info.units
+
+
+def _split_outputs(out: Path, split: Sequence[float] | None):
+    """Names, fractions and paths of the output files: one per non-empty split, or ``out``."""
+    if not split:
+        return ["all"], [1.0], [out]
+    names = [s for s, f in zip(SPLIT_NAMES, split, strict=False) if f > 0]
+    return names, [f for f in split if f > 0], split_paths(out, names)
+
+
+def _assignment(src: Path, n: int, fracs: list[float], seed: int, plan: _Plan):
+    """The split of each item; None when a single item's samples are split themselves."""
+    if n > 1 or len(fracs) == 1:
+        return split_assignment(n, fracs, seed)
+    if plan.tile is not None and plan.stride < plan.tile:
+        log.warning("%s: one scene split by overlapping tiles; splits share pixels", src)
+    return None
+
+
+def _options_record(reader: Reader, label_key, plan: _Plan, split, seed: int, nodata) -> dict:
+    """The options as recorded in the output files (attribute ``prepare_options``)."""
+    return {
+        "format": reader.info.format,
+        "key": getattr(reader, "key", None),
+        "label_key": label_key,
+        "tile": plan.tile,
+        "stride": plan.stride,
+        "max_nan_fraction": plan.max_nan,
+        "resize": plan.size,
+        "crop": list(plan.crop) if plan.crop else None,
+        "db": plan.db,
+        "complex": plan.complex_mode,
+        "split": list(split) if split else None,
+        "seed": seed,
+        "nodata": nodata,
+    }
+
+
+def _write_all(src, reader, sink, plan, assign, fracs, seed, progress):
+    """Stream every item into ``sink`` and close it; on any failure what was written goes."""
+    counts = _Counts()
+    with ExitStack() as stack:
+        stack.callback(sink.abort_unclosed)
+        _stream(reader, sink, plan, counts, assign, fracs, seed, progress)
+        _check_written(src, sink, counts, plan.max_nan)
+        outputs = sink.close()
+    return outputs, counts
+
+
+def _warn_skipped(src: Path, counts: _Counts, max_nan: float) -> None:
+    if counts.all_nan + counts.nan_fraction + counts.too_small:
         log.warning(
             "%s: skipped %d all-NaN, %d over %.2f NaN, %d smaller than the tile",
             src,
@@ -333,21 +366,6 @@ def prepare(
             max_nan,
             counts.too_small,
         )
-    return PrepareResult(
-        format=reader.info.format,
-        n_items=n,
-        n_written=sum(o.n for o in outputs),
-        outputs=outputs,
-        shape=sink.shape,
-        kind=kind,
-        units=units,
-        class_names=reader.class_names,
-        pixel_spacing_m=sink.spacing(),
-        skipped_all_nan=counts.all_nan,
-        skipped_nan_fraction=counts.nan_fraction,
-        skipped_too_small=counts.too_small,
-        seconds=time.perf_counter() - t0,
-    )
 
 
 @dataclass(frozen=True)
@@ -423,7 +441,11 @@ def crop_or_pad(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _check_options(tile, stride, max_nan_fraction, resize, kind, batch_size):
+def _checked_plan(
+    tile, stride, max_nan_fraction, resize, crop, kind, batch_size, split, db, complex_mode
+) -> _Plan:
+    """How every sample is cut and sized, once the options are checked (the first wrong one is
+    refused)."""
     if tile is not None and tile < 1:
         raise ConfigError(f"--tile: must be a positive number of pixels, got {tile}")
     if stride is not None and tile is None:
@@ -439,7 +461,12 @@ def _check_options(tile, stride, max_nan_fraction, resize, kind, batch_size):
         raise ConfigError(f"--kind: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be positive, got {batch_size}")
-    return tile, stride, max_nan, size
+    if crop is not None and resize is not None:
+        raise ConfigError("--crop and --resize: give one (crop keeps pixels, resize resamples)")
+    crop_size = _size_option(crop, "--crop")
+    if split is not None:
+        _check_split(split)
+    return _Plan(tile, stride, max_nan, size, db, complex_mode, crop_size)
 
 
 def _samples(img, tile, stride, max_nan, size, counts: _Counts) -> Iterator[np.ndarray]:

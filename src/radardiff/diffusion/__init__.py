@@ -1,4 +1,5 @@
-"""Schedules, forward process, parameterisations, losses, timestep samplers, sampler registry."""
+"""Schedules, forward process, parameterisations, losses, timestep samplers, sampling grids and
+solvers, sampler registry."""
 
 from radardiff.diffusion.denoiser import (
     Conditioning,
@@ -8,7 +9,15 @@ from radardiff.diffusion.denoiser import (
     default_clip,
     x0_and_eps,
 )
-from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms, fill_invalid, masked_mean
+from radardiff.diffusion.gaussian import GaussianDiffusion, LossTerms
+from radardiff.diffusion.grids import (
+    grid_karras,
+    grid_leading,
+    grid_linspace,
+    grid_logsnr,
+    grid_trailing,
+    karras_sigmas,
+)
 from radardiff.diffusion.likelihood import (
     BitsPerDim,
     DatasetBitsPerDim,
@@ -26,6 +35,7 @@ from radardiff.diffusion.samplers import (
     make_sampler,
 )
 from radardiff.diffusion.schedule import Schedule, make_betas, spaced_timesteps
+from radardiff.diffusion.tensors import fill_invalid, masked_mean
 from radardiff.diffusion.timesteps import (
     LossSecondMomentSampler,
     UniformSampler,
@@ -64,4 +74,10 @@ __all__ = [
     "make_betas",
     "make_sampler",
     "masked_mean",
+    "grid_karras",
+    "grid_leading",
+    "grid_linspace",
+    "grid_logsnr",
+    "grid_trailing",
+    "karras_sigmas",
 ]

@@ -20,6 +20,8 @@ import torch
 from radardiff.config.schema import DiffusionConfig
 from radardiff.diffusion.denoiser import x0_and_eps
 from radardiff.diffusion.schedule import Schedule
+from radardiff.diffusion.tensors import PosteriorParams, expand_at, fill_invalid, masked_mean
+from radardiff.diffusion.vlb import vlb_terms
 from radardiff.errors import ConfigError
 
 _BUFFERS = (
@@ -38,40 +40,6 @@ _BUFFERS = (
 )
 
 
-def _expand(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``values[t]`` shaped (B, 1, 1, ...) in the dtype of ``like`` (float32 at least)."""
-    dtype = torch.promote_types(like.dtype, torch.float32)
-    return values[t].to(dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def _valid(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    return None if mask is None else mask.to(torch.bool).expand_as(like)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample mean over all but the batch dimension, over valid (``mask`` True) pixels only.
-
-    ``mask`` is (B, C, H, W) or broadcastable to ``x`` (e.g. (B, 1, H, W)). Masked entries are
-    replaced (not multiplied) by 0, so a NaN or Inf there changes neither the value nor the
-    gradient. A sample with no valid pixel gives 0.
-    """
-    dims = tuple(range(1, x.ndim))
-    valid = _valid(mask, x)
-    if valid is None:
-        return x.mean(dim=dims)
-    total = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dims)
-    return total / valid.sum(dims).clamp_min(1).to(x.dtype)
-
-
-def fill_invalid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``x`` with masked entries set to 0 (keeps NaN/Inf of no-data pixels out of any arithmetic,
-    and out of gradients: ``where`` passes exactly zero gradient to the unselected entries)."""
-    valid = _valid(mask, x)
-    if valid is None:
-        return x
-    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 @dataclass
 class LossTerms:
     """Per-sample loss terms, each of shape (B,).
@@ -84,16 +52,6 @@ class LossTerms:
     loss: torch.Tensor
     mse: torch.Tensor
     vlb: torch.Tensor | None
-
-
-@dataclass
-class PosteriorParams:
-    """The Gaussian ``p(x_{t-1} | x_t)`` the network defines, and its x_0 estimate."""
-
-    mean: torch.Tensor
-    variance: torch.Tensor
-    log_variance: torch.Tensor
-    pred_x0: torch.Tensor
 
 
 class GaussianDiffusion:
@@ -171,7 +129,7 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-        return _expand(self.sqrt_ac, t, x0) * x0 + _expand(self.sqrt_1m_ac, t, x0) * noise
+        return expand_at(self.sqrt_ac, t, x0) * x0 + expand_at(self.sqrt_1m_ac, t, x0) * noise
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the network predicts: eps, ``v = sqrt(abar) eps - sqrt(1 - abar) x0``, or x0."""
@@ -180,7 +138,7 @@ class GaussianDiffusion:
             return noise
         if p == "x0":
             return x0
-        return _expand(self.sqrt_ac, t, x0) * noise - _expand(self.sqrt_1m_ac, t, x0) * x0
+        return expand_at(self.sqrt_ac, t, x0) * noise - expand_at(self.sqrt_1m_ac, t, x0) * x0
 
     def predict_x0(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_0 from the network's mean output (see :func:`radardiff.diffusion.x0_and_eps`)."""
@@ -191,13 +149,13 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """mu~_t(x_t, x_0), the mean of q(x_{t-1} | x_t, x_0)."""
         return (
-            _expand(self.posterior_mean_coef1, t, x_t) * x0
-            + _expand(self.posterior_mean_coef2, t, x_t) * x_t
+            expand_at(self.posterior_mean_coef1, t, x_t) * x0
+            + expand_at(self.posterior_mean_coef2, t, x_t) * x_t
         )
 
     def q_posterior_log_variance(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """log beta~_t (clipped at t = 0 to log beta~_1), shaped for broadcasting with ``like``."""
-        return _expand(self.posterior_log_variance_clipped, t, like)
+        return expand_at(self.posterior_log_variance_clipped, t, like)
 
     def model_log_variance(
         self, model_output: torch.Tensor, t: torch.Tensor, channels: int
@@ -214,15 +172,15 @@ class GaussianDiffusion:
         ref = model_output[:, :channels]
         if self.cfg.variance == "learned_range":
             frac = (model_output[:, channels:] + 1.0) / 2.0
-            max_log = _expand(self.log_betas, t, ref)
-            min_log = _expand(self.posterior_log_variance_clipped, t, ref)
+            max_log = expand_at(self.log_betas, t, ref)
+            min_log = expand_at(self.posterior_log_variance_clipped, t, ref)
             return frac * max_log + (1.0 - frac) * min_log
         table = (
             self.log_large_variance
             if self.cfg.variance == "fixed_large"
             else self.posterior_log_variance_clipped
         )
-        return _expand(table, t, ref).expand_as(ref)
+        return expand_at(table, t, ref).expand_as(ref)
 
     def p_mean_variance(
         self,
@@ -305,8 +263,6 @@ class GaussianDiffusion:
         false and the loss does not need it (the training step: a fixed-variance MSE model then
         skips the VLB's work).
         """
-        from radardiff.diffusion.vlb import vlb_terms  # vlb builds on this module
-
         c = x0.shape[1]
         self.check_output(model_output, c)
         out = model_output.to(torch.promote_types(model_output.dtype, torch.float32))

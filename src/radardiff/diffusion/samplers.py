@@ -1,117 +1,156 @@
-"""Samplers: functions of one signature over the conditioned denoiser.
+"""Samplers: the registered ones, each a grid of noise levels and a solver run over it.
 
-Every sampler is ``run(prepared, denoise, x, generators, callback) -> x0``: ``denoise(x_t, t)`` is
-a :class:`radardiff.diffusion.Denoiser` bound to a batch's conditioning (guidance and x0 clipping
-included), returning a coherent (x0, eps) pair of the VP state ``x_t`` at trained timestep ``t``
-(fractional allowed); ``x`` is unit Gaussian noise, one row per generator; every random draw of a
-stochastic sampler comes from the sample's own generator, so sample i does not depend on the
-batch it is in. What a sampler needs of a run is said by flags on its :class:`SamplerSpec`
-(stochastic, learned variance, supported parameterisations, zero terminal SNR), never by its name.
+A sampler is a grid (:mod:`radardiff.diffusion.grids`: trained timesteps spaced ``trailing``,
+``leading`` or ``linspace``, Karras levels, or levels uniform in log-SNR) and a solver
+(:mod:`radardiff.diffusion.solvers`) over it, as k-diffusion separates ``get_sigmas_*`` from
+``sample_*``. :func:`make_sampler` builds a sampler's grid on a run's trained schedule from the
+user's options and keeps the rest for its solver; :meth:`PreparedSampler.run` then runs the
+solver over a :class:`radardiff.diffusion.Denoiser` bound to a batch's conditioning
+(``denoise(x_t, t)``, guidance and x0 clipping included), called at the continuous trained
+timestep of each noise level. ``x`` is unit Gaussian noise, one row per generator; every random
+draw comes from the sample's own generator, so sample i does not depend on the batch it is in.
+What a sampler needs of a run is said by flags on its :class:`SamplerSpec` (stochastic, network
+calls per step, supported parameterisations), never by its name.
 
-Most samplers are diffusers schedulers behind one adapter (:func:`run_scheduler`): configured
-with the run's own betas and respaced with ``set_timesteps(K)`` over that schedule, never a new,
-shorter one. In the notation of :mod:`radardiff.diffusion.schedule`, a K-step sampler visits
-trained timesteps ``t_K > ... > t_1`` and the respaced process has ``beta'_k = 1 - abar_{t_k} /
-abar_{t_{k-1}}``, so the marginals at the visited steps are those the network was trained on
-(Nichol and Dhariwal 2021, sec. 4). The scheduler is handed the denoiser's x0 (its
-``prediction_type`` is ``sample``; eps for the one scheduler that lacks it), so clipping is
-coherent by construction: the scheduler re-derives eps from the clipped x0 and x_t.
-
-The sigma-space solvers (DPM-Solver++, UniPC, Euler, Heun) work with ``sigma_t = sqrt((1 - abar_t)
-/ abar_t)`` (Karras et al. 2022; Lu et al. 2022). When their noise levels are not trained
-timesteps (Karras sigmas, log-SNR spacing) the network is called at the continuous timestep of that
-noise level, ``t(sigma)`` (:meth:`Schedule.time_at`); diffusers' DPM-Solver and UniPC would round
-it to an integer, so the network would see another noise level than the solver assumes.
+The user's options keep the names they had when most samplers were diffusers schedulers
+(``timestep_spacing``, ``use_karras_sigmas``, ``use_lu_lambdas``, ``solver_order``,
+``solver_type``, ``lower_order_final``): those of the grid choose it (:func:`spaced_grid`), the
+others go to the solver, with trained timesteps (``eta_min_t``, ``restart_min_t``,
+``restart_max_t``) as their noise levels and DDPM's ``variance=run`` as the run's variance.
+Every solver is native, a few lines of its paper's update: shorter than configuring,
+respacing and overriding a stateful diffusers scheduler through an adapter, and free to call the
+network at a noise level between trained timesteps without rounding it. Where the diffusers
+schedulers they replace differed (which ``leading`` and ``linspace``, Euler's and Heun's
+Karras ends) each sampler keeps the grid it had (:attr:`SamplerSpec.grid`).
 
 References
 ----------
 Ho, Jain, Abbeel 2020 (DDPM); Song, Meng, Ermon 2021 (DDIM); Lu et al. 2022, "DPM-Solver++"
 (and its SDE variant); Zhao et al. 2023, "UniPC"; Karras et al. 2022, "Elucidating the design
-space" (Euler, Heun, Karras sigmas); Nichol and Dhariwal 2021 (learned-range variance,
-respacing).
+space" (Euler, Heun, Karras sigmas); Xu et al. 2023 (restart); Song et al. 2023 (consistency
+models); Nichol and Dhariwal 2021 (learned-range variance, respacing).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import diffusers
 import numpy as np
 import torch
 
 from radardiff.config.schema import DiffusionConfig
-from radardiff.diffusion.denoiser import DenoiserOutput
+from radardiff.diffusion.grids import (
+    SPACINGS,
+    Denoise,
+    at_noise_levels,
+    grid_karras,
+    grid_logsnr,
+    grid_spaced,
+    karras_sigmas,
+)
 from radardiff.diffusion.schedule import Schedule
+from radardiff.diffusion.solvers import (
+    sample_consistency,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp,
+    sample_dpmpp_singlestep,
+    sample_heun,
+    sample_restart,
+    sample_unipc,
+)
 from radardiff.errors import ConfigError
 
-Denoise = Callable[[torch.Tensor, torch.Tensor], DenoiserOutput]
 Callback = Callable[[int], None]
-SPACINGS = ("linspace", "leading", "trailing")
+Grid = Callable[[Schedule, dict[str, Any], int], np.ndarray]
+#: the options that choose the grid; the others are the solver's
+GRID_OPTIONS = frozenset({"timestep_spacing", "use_karras_sigmas", "use_lu_lambdas", "rho"})
+# options in trained timesteps, and the solver keyword that takes their noise level
+_TIME_OPTIONS = {
+    "eta_min_t": "eta_min_sigma",
+    "restart_min_t": "restart_min_sigma",
+    "restart_max_t": "restart_max_sigma",
+}
+
+
+def spaced_grid(
+    schedule: Schedule, options: dict[str, Any], steps: int, zero_is_data: bool = True
+) -> np.ndarray:
+    """The grid the options name: Karras levels (``use_karras_sigmas``, rho = 7), levels uniform
+    in log-SNR (``use_lu_lambdas``), else trained timesteps spaced by ``timestep_spacing``
+    (``linspace`` for a sampler without that option; see :func:`grid_spaced`)."""
+    if options.get("use_karras_sigmas"):
+        return grid_karras(schedule, steps)
+    if options.get("use_lu_lambdas"):
+        return grid_logsnr(schedule, steps)
+    spacing = options.get("timestep_spacing", "linspace")
+    return grid_spaced(schedule, steps, spacing, zero_is_data)
+
+
+def ode_grid(schedule: Schedule, options: dict[str, Any], steps: int) -> np.ndarray:
+    """The grid of Euler, Euler ancestral and Heun: trained timesteps visited down to t = 0
+    (``linspace`` unrounded: they take continuous time), and with ``use_karras_sigmas`` Karras
+    levels between that grid's own first and last level rather than the schedule's ends, as the
+    diffusers schedulers they replace had it (and the README's figures for them): with few steps
+    Heun's error grows sharply as its smallest level falls towards sigma_min."""
+    spaced = grid_spaced(schedule, steps, options["timestep_spacing"], False, rounded=False)
+    if not options.get("use_karras_sigmas"):
+        return spaced
+    return np.append(karras_sigmas(spaced[-2], spaced[0], steps), 0.0)
+
+
+def consistency_grid(schedule: Schedule, options: dict[str, Any], steps: int) -> np.ndarray:
+    """The first K of K + 1 Karras levels (``rho``) from the largest noise level to the
+    smallest, then 0: the last level would give data already."""
+    return np.append(grid_karras(schedule, steps + 1, options["rho"])[:-2], 0.0)
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler: how it runs, its user options with defaults, what it needs.
+    """A registered sampler: its solver, its user options with defaults, its grid, what it needs.
 
-    ``run`` is the sampler function (see the module docstring). For a diffusers scheduler,
-    ``cls`` names its class, ``fixed`` its fixed settings and ``feed`` what it is handed
-    (``x0`` or ``eps``). ``model_calls_per_step``: network evaluations per step (Heun: 2).
-    ``ends_at_x0``: the last step returns the last x0 estimate (the chain ends at abar = 1, where
-    the posterior mean is exactly x0-hat, as improved-diffusion). ``step_options``: options passed
-    to each step rather than to the constructor; ``loop_options``: options of the adapter's loop
-    itself (``eta_min_t``: the step's eta is 0 below that trained timestep).
+    ``solve`` is a solver of :mod:`radardiff.diffusion.solvers`; ``grid(schedule, options,
+    steps)`` its grid from the merged options (:func:`spaced_grid` unless said).
+    ``model_calls_per_step``: network evaluations per step (Heun: 2).
     """
 
     name: str
     description: str
-    run: Callable[..., torch.Tensor]
+    solve: Callable[..., torch.Tensor]
     options: dict[str, Any] = field(default_factory=dict)
+    grid: Grid = spaced_grid
     stochastic: bool = False
-    uses_learned_variance: bool = False
     model_calls_per_step: int = 1
     predictions: tuple[str, ...] = ("eps", "v", "x0")
-    cls: str | None = None
-    fixed: dict[str, Any] = field(default_factory=dict)
-    feed: str = "x0"
-    ends_at_x0: bool = False
-    step_options: frozenset[str] = frozenset()
-    loop_options: frozenset[str] = frozenset()
-    times_from_sigmas: bool = True  # Karras / log-SNR levels become times t(sigma) (not Heun's)
-    # a native time grid (schedule, options, steps) -> model times, for samplers without a
-    # diffusers scheduler (``cls`` None)
-    times: Callable[[Schedule, dict[str, Any], int], np.ndarray] | None = None
 
 
 @dataclass
 class PreparedSampler:
-    """A sampler respaced to ``steps`` over a run's trained schedule.
-
-    ``model_times[i]`` is the (possibly fractional) trained timestep of the i-th network
-    evaluation; ``options`` the merged options; ``scheduler`` the respaced diffusers scheduler
-    (for inspection: each batch runs a fresh one, as schedulers keep state between steps).
-    """
+    """A sampler on a run's trained schedule with ``steps`` steps: its grid ``sigmas`` (K + 1
+    noise levels, the last 0), the merged user ``options`` and its solver's
+    ``solver_options``."""
 
     spec: SamplerSpec
     diffusion: DiffusionConfig
     schedule: Schedule
     steps: int
     options: dict[str, Any]
-    model_times: torch.Tensor
-    scheduler: Any = None
+    sigmas: np.ndarray
+    solver_options: dict[str, Any]
+
+    @property
+    def model_times(self) -> torch.Tensor:
+        """The trained timestep (fractional allowed) of each noise level of the grid above 0,
+        where the network is called (float64)."""
+        return torch.from_numpy(self.schedule.time_at(self.sigmas[:-1]))
 
     @property
     def stochastic(self) -> bool:
         """Whether sampling draws noise after the initial x_T (DDIM only with eta > 0)."""
         return self.spec.stochastic and self.options.get("eta", 1.0) > 0
-
-    def fresh_scheduler(self) -> Any:
-        """A new diffusers scheduler, respaced like :attr:`scheduler`."""
-        return _respaced_scheduler(
-            self.spec, self.diffusion, self.schedule, self.options, self.steps
-        )
 
     def run(
         self,
@@ -120,258 +159,19 @@ class PreparedSampler:
         generators: list[torch.Generator],
         callback: Callback | None = None,
     ) -> torch.Tensor:
-        """Denoise ``x`` (unit Gaussian noise) to x0 in network space."""
-        return self.spec.run(self, denoise, x, generators, callback)
-
-
-# ---- the diffusers adapter --------------------------------------------------------------------
-
-
-def step_generators(
-    generators: list[torch.Generator], device: torch.device
-) -> list[torch.Generator]:
-    """The generators a stochastic sampler's step noise comes from.
-
-    On the CPU, the samples' own generators (which drew their initial noise). On a GPU, one
-    generator per sample on the GPU, seeded from the sample's generator: drawing the step noise
-    on the host and copying it would make every step wait for the GPU. Either way sample i's
-    noise depends on its own seed only, not on the batch it is in.
-    """
-    if device.type == "cpu" or all(g.device == device for g in generators):
-        return generators
-    return [torch.Generator(device=device).manual_seed(g.initial_seed()) for g in generators]
-
-
-def _on(times: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Model times on ``device``, float64 where the device has it (the denoiser's abar)."""
-    return times.to(device, torch.float32 if device.type == "mps" else torch.float64)
-
-
-def run_scheduler(
-    prepared: PreparedSampler,
-    denoise: Denoise,
-    x: torch.Tensor,
-    generators: list[torch.Generator],
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """A diffusers scheduler over the denoiser (see the module docstring).
-
-    With a learned variance the ``ddpm`` scheduler gets the variance channels beside x0. The last
-    DDPM and DDIM step returns the x0 estimate (``ends_at_x0``): diffusers would stop at its
-    timestep 0, which is the paper's x_1.
-    """
-    spec = prepared.spec
-    sched = prepared.fresh_scheduler()
-    takes_gen = "generator" in inspect.signature(sched.step).parameters
-    gen_kw = {"generator": step_generators(generators, x.device)} if takes_gen else {}
-    step_kw = {k: v for k, v in prepared.options.items() if k in spec.step_options}
-    eta_min_t = prepared.options.get("eta_min_t", 0)
-    times = _on(prepared.model_times, x.device)  # once: a per-step host copy would stall a GPU
-    x = x * sched.init_noise_sigma
-    last = len(sched.timesteps) - 1
-    for i, t in enumerate(sched.timesteps):
-        inp = sched.scale_model_input(x, t)  # the VP x_t at model time t, for every scheduler
-        out = denoise(inp, times[i])
-        pred = out.x0 if spec.feed == "x0" else out.eps
-        if spec.uses_learned_variance and out.var is not None:
-            pred = torch.cat([pred, out.var.to(pred.dtype)], dim=1)
-        kw = step_kw
-        if "eta" in kw and float(prepared.model_times[i]) < eta_min_t:
-            kw = {**step_kw, "eta": 0.0}  # deterministic below the stochastic window
-        res = sched.step(pred, t, x, return_dict=True, **gen_kw, **kw)
-        x = res.prev_sample
-        if i == last and spec.ends_at_x0:
-            x = res.pred_original_sample
-        if callback is not None:
-            callback(i)
-    return x
-
-
-# ---- native samplers -------------------------------------------------------------------------
-
-
-def _noise_like(x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One standard normal draw per sample from its own generator (as diffusers' randn_tensor
-    with a list of generators), on the device of ``x``."""
-    gens = step_generators(generators, x.device)
-    return torch.stack(
-        [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in gens]
-    ).to(x.device)
-
-
-def run_dpmpp_2m(
-    prepared: PreparedSampler,
-    denoise: Denoise,
-    x: torch.Tensor,
-    generators: list[torch.Generator],
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """DPM-Solver++(2M) with stochasticity ``eta`` at trained timesteps ``>= eta_min_t``.
-
-    In the VP state ``x = a x0 + s eps`` (``a = sqrt(abar)``, ``s = sqrt(1 - abar)``, noise level
-    ``sigma = s / a``, ``lambda = -log sigma``), from noise level s_i to t_{i+1} with ``h =
-    lambda_next - lambda_i`` and data prediction D (2nd order, midpoint: ``D = x0_i + (x0_i -
-    x0_{i-1}) / (2 r)``, ``r = h_{i-1} / h``; 1st order at the first step):
-
-        x_next = (s_next / s_i) e^{-eta h} x + a_next (1 - e^{-(1 + eta) h}) D
-                 + s_next sqrt(1 - e^{-2 eta h}) z
-
-    eta = 0 is DPM-Solver++(2M) on the probability-flow ODE (Lu et al. 2022, Algorithm 2),
-    eta = 1 its SDE variant (sec. 5; diffusers' ``sde-dpmsolver++``), in between a partial
-    re-noising (k-diffusion's ``sample_dpmpp_2m_sde``). Above ``eta_min_t`` the noise decorrelates
-    each sample from the initial noise whose errors a deterministic solver would carry (at low
-    SNR, an eps-prediction network's x0 estimate is mostly amplified error); below it the steps
-    are deterministic and keep fine detail that few large stochastic steps would smooth away. The
-    last step returns the x0 estimate (noise level 0).
-    """
-    eta, eta_min_t = float(prepared.options["eta"]), float(prepared.options["eta_min_t"])
-    times = _on(prepared.model_times, x.device)
-    log_sig = prepared.schedule.log_sigma_at(prepared.model_times.double().numpy())
-    x0_prev = h_prev = None
-    last = len(times) - 1
-    for i in range(len(times)):
-        out = denoise(x, times[i])
-        x0 = out.x0.to(x.dtype)
-        if i == last:
-            x = x0
-        else:
-            lam, lam_next = -log_sig[i], -log_sig[i + 1]
-            h = lam_next - lam
-            e = eta if float(prepared.model_times[i]) >= eta_min_t else 0.0
-            s_i, s_next = _vp_std(log_sig[i]), _vp_std(log_sig[i + 1])
-            a_next = _vp_mean(log_sig[i + 1])
-            d = x0 if x0_prev is None else x0 + (x0 - x0_prev) / (2.0 * h_prev / h)
-            x = (s_next / s_i) * np.exp(-e * h) * x + a_next * -np.expm1(-(1.0 + e) * h) * d
-            if e > 0:
-                x = x + s_next * np.sqrt(-np.expm1(-2.0 * e * h)) * _noise_like(x, generators)
-            x0_prev, h_prev = x0, h
-        if callback is not None:
-            callback(i)
-    return x
-
-
-def run_restart(
-    prepared: PreparedSampler,
-    denoise: Denoise,
-    x: torch.Tensor,
-    generators: list[torch.Generator],
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """Restart sampling (Xu et al. 2023): Heun on the probability-flow ODE, with ``restarts``
-    returns from noise level sigma(restart_min_t) up to sigma(restart_max_t) by fresh noise,
-    each followed by ``restart_steps`` Heun steps back down.
-
-    The main trajectory visits the respaced timesteps (Heun, 2 network calls a step, 1 on the step
-    that ends at sigma = 0); a restart starts where the main trajectory first reaches
-    ``restart_min_t`` or below (on a grid too coarse for that, at its last level above 0). In the
-    VE state ``y = x / a`` (noise level sigma), a return is
-    ``y + sqrt(sigma_max^2 - sigma_min^2) z``: the forward process's own noise, which contracts the
-    errors the ODE accumulated above (their paper, Theorem 3).
-    """
-    opts = prepared.options
-    sched = prepared.schedule
-    sig = np.exp(sched.log_sigma_at(prepared.model_times.double().numpy()))
-    grid = np.append(sig, 0.0)
-    lo_sig = float(np.exp(sched.log_sigma_at(float(opts["restart_min_t"]))))
-    hi_sig = float(np.exp(sched.log_sigma_at(float(opts["restart_max_t"]))))
-    inner = np.geomspace(hi_sig, lo_sig, int(opts["restart_steps"]) + 1)
-    y = x * np.sqrt(1.0 + grid[0] ** 2)  # VE state at the first noise level
-    calls = 0
-
-    def d(y, sigma):  # dy/dsigma = (y - x0) / sigma, the denoiser called at the VP state
-        nonlocal calls
-        a = 1.0 / np.sqrt(1.0 + sigma**2)
-        t = torch.as_tensor(float(sched.time_at(sigma)), dtype=torch.float64, device=y.device)
-        out = denoise(y * a, t)
-        if callback is not None:
-            callback(calls)
-        calls += 1
-        return (y - out.x0.to(y.dtype)) / sigma, out.x0.to(y.dtype)
-
-    def heun(y, s, s_next):
-        dy, x0 = d(y, s)
-        if s_next == 0.0:
-            return x0
-        y2 = y + (s_next - s) * dy
-        dy2, _ = d(y2, s_next)
-        return y + (s_next - s) * 0.5 * (dy + dy2)
-
-    # restart where the main trajectory first reaches sigma(restart_min_t) (or, on a grid too
-    # coarse to have such a point, at its last noise level above 0)
-    positive = [i for i in range(len(sig)) if grid[i + 1] > 0]
-    at = next((i for i in positive if grid[i + 1] <= lo_sig), positive[-1] if positive else -1)
-    for i in range(len(sig)):
-        y = heun(y, grid[i], grid[i + 1])
-        if i == at and hi_sig > grid[i + 1]:
-            for _ in range(int(opts["restarts"])):
-                z = _noise_like(y, generators)
-                y = y + np.sqrt(hi_sig**2 - grid[i + 1] ** 2) * z
-                steps = np.append(inner[:-1], grid[i + 1])
-                for k in range(len(steps) - 1):
-                    y = heun(y, steps[k], steps[k + 1])
-    return y
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
-    """``n`` noise levels from ``sigma_max`` down to ``sigma_min``, evenly spaced in
-    ``sigma^(1/rho)`` (Karras et al. 2022, eq. 5); ``n = 1``: ``[sigma_max]``."""
-    if n == 1:
-        return np.array([sigma_max], np.float64)
-    ramp = np.linspace(0.0, 1.0, n)
-    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
-
-
-def consistency_times(schedule: Schedule, options: dict[str, Any], steps: int) -> np.ndarray:
-    """The K evaluation times of multistep consistency sampling: the first K of K + 1 Karras
-    noise levels from the schedule's largest to its smallest (the last would be data)."""
-    sig = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps + 1, options["rho"])
-    return schedule.time_at(sig[:steps])
-
-
-def run_consistency(
-    prepared: PreparedSampler,
-    denoise: Denoise,
-    x: torch.Tensor,
-    generators: list[torch.Generator],
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
-
-    A consistency model maps a state at any noise level to the start of its ODE trajectory, so
-    its x0 estimate is already a sample: one call at the largest noise level gives one. Each
-    further step re-noises that sample to the next, lower level with fresh noise, ``x_t = a_t x0
-    + s_t z``, and maps it back; the fresh noise restores the fine texture a one-call map loses.
-    For a model that is not a consistency model this is a crude ancestral sampler.
-    """
-    times = _on(prepared.model_times, x.device)
-    abar = prepared.schedule.abar_at(prepared.model_times.double().numpy())
-    for i in range(len(times)):
-        if i > 0:
-            x = float(np.sqrt(abar[i])) * x + float(np.sqrt(1.0 - abar[i])) * _noise_like(
-                x, generators
-            )
-        x = denoise(x, times[i]).x0.to(x.dtype)
-        if callback is not None:
-            callback(i)
-    return x
-
-
-def _vp_std(log_sigma: float) -> float:
-    """s = sigma / sqrt(1 + sigma^2)."""
-    return float(1.0 / np.sqrt(1.0 + np.exp(-2.0 * log_sigma)))
-
-
-def _vp_mean(log_sigma: float) -> float:
-    """a = 1 / sqrt(1 + sigma^2)."""
-    return float(1.0 / np.sqrt(1.0 + np.exp(2.0 * log_sigma)))
+        """Denoise ``x`` (unit Gaussian noise) to x0 in network space; ``callback(i)`` after
+        the i-th network evaluation."""
+        fn = at_noise_levels(denoise, self.schedule, self.sigmas, x.device, callback)
+        return self.spec.solve(fn, x, self.sigmas, generators, **self.solver_options)
 
 
 # ---- the registry -------------------------------------------------------------------------------
 
 _SPACING = {"timestep_spacing": "trailing"}
+_VISIT_ZERO = partial(spaced_grid, zero_is_data=False)  # DDPM, DDIM: Lin et al.'s Table 2
 # use_lu_lambdas: uniform in log-SNR lambda = -2 log sigma (Lu et al. 2022, "DPM-Solver++", sec. 6)
 _SIGMA_SPACINGS = {"use_karras_sigmas": False, "use_lu_lambdas": False}
+_DPM = {"solver_order": 2, **_SIGMA_SPACINGS, "lower_order_final": True, "solver_type": "midpoint"}
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
@@ -379,72 +179,46 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "ddpm",
             "ancestral DDPM on the respaced schedule; honours a learned (range) variance "
             "(variance=run), or takes beta~ (fixed_small) or beta (fixed_large)",
-            run_scheduler,
+            sample_ddpm,
             options={**_SPACING, "variance": "run"},
+            grid=_VISIT_ZERO,
             stochastic=True,
-            uses_learned_variance=True,
-            cls="DDPMScheduler",
-            fixed={"clip_sample": False},
-            ends_at_x0=True,
         ),
         SamplerSpec(
             "ddim",
             "DDIM (eta=0 deterministic, eta=1 ancestral-like; eta only at trained timesteps "
             ">= eta_min_t)",
-            run_scheduler,
+            sample_ddim,
             options={**_SPACING, "eta": 0.0, "eta_min_t": 0},
+            grid=_VISIT_ZERO,
             stochastic=True,  # with eta > 0
-            cls="DDIMScheduler",
-            fixed={"clip_sample": False, "set_alpha_to_one": True},
-            ends_at_x0=True,
-            step_options=frozenset({"eta"}),
-            loop_options=frozenset({"eta_min_t"}),
         ),
         SamplerSpec(
             "dpmsolver++",
             "DPM-Solver++ multistep, orders 1-3 (data prediction)",
-            run_scheduler,
-            options={
-                **_SPACING,
-                "solver_order": 2,
-                **_SIGMA_SPACINGS,
-                "lower_order_final": True,
-                "solver_type": "midpoint",
-            },
-            cls="DPMSolverMultistepScheduler",
-            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
+            sample_dpmpp,
+            options={**_SPACING, **_DPM},
         ),
         SamplerSpec(
             "dpmsolver++-sde",
             "SDE-DPM-Solver++ multistep, orders 1-2 (Lu et al. 2022, sec. 5)",
-            run_scheduler,
-            options={
-                **_SPACING,
-                "solver_order": 2,
-                **_SIGMA_SPACINGS,
-                "lower_order_final": True,
-                "solver_type": "midpoint",
-            },
+            partial(sample_dpmpp, eta=1.0),
+            options={**_SPACING, **_DPM},
             stochastic=True,
-            cls="DPMSolverMultistepScheduler",
-            fixed={"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "dpmsolver++-hybrid",
             "DPM-Solver++(2M), stochastic (eta) at trained timesteps >= eta_min_t, "
             "deterministic below",
-            run_dpmpp_2m,
+            sample_dpmpp,
             options={**_SPACING, **_SIGMA_SPACINGS, "eta": 1.0, "eta_min_t": 0},
             stochastic=True,
-            cls="DPMSolverMultistepScheduler",  # its respaced timesteps are the time grid
-            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
-            loop_options=frozenset({"eta", "eta_min_t"}),
         ),
         SamplerSpec(
             "restart",
             "Restart sampling: Heun ODE steps with `restarts` returns by fresh noise from "
             "restart_min_t up to restart_max_t, each followed by restart_steps Heun steps",
-            run_restart,
+            sample_restart,
             options={
                 **_SPACING,
                 **_SIGMA_SPACINGS,
@@ -455,63 +229,54 @@ SAMPLERS: dict[str, SamplerSpec] = {
             },
             stochastic=True,
             model_calls_per_step=2,
-            cls="DPMSolverMultistepScheduler",  # its respaced timesteps are the time grid
-            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
-            loop_options=frozenset({"restart_min_t", "restart_max_t", "restarts", "restart_steps"}),
         ),
         SamplerSpec(
             "consistency",
             "multistep consistency sampling: x0 of a consistency-distilled student, re-noised "
             "to each next Karras level (rho) with fresh noise",
-            run_consistency,
+            sample_consistency,
             options={"rho": 7.0},
+            grid=consistency_grid,
             stochastic=True,  # from the second step on
-            times=consistency_times,
         ),
         SamplerSpec(
             "dpmsolver++-singlestep",
             "DPM-Solver++ singlestep, orders 1-3 (linspace timesteps)",
-            run_scheduler,
+            sample_dpmpp_singlestep,
             options={"solver_order": 2, **_SIGMA_SPACINGS, "lower_order_final": True},
-            cls="DPMSolverSinglestepScheduler",
-            fixed={"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "unipc",
             "UniPC multistep predictor-corrector, orders 1-3",
-            run_scheduler,
+            sample_unipc,
             options={**_SPACING, "solver_order": 2, **_SIGMA_SPACINGS, "solver_type": "bh2"},
-            cls="UniPCMultistepScheduler",
-            fixed={"final_sigmas_type": "zero"},
         ),
         SamplerSpec(
             "euler",
             "Euler on the probability-flow ODE (Karras et al. 2022)",
-            run_scheduler,
+            sample_ddim,  # DDIM with eta = 0 is Euler's method (see its docstring)
             options={**_SPACING, "use_karras_sigmas": False},
-            cls="EulerDiscreteScheduler",
-            fixed={"final_sigmas_type": "zero"},
+            grid=ode_grid,
         ),
         SamplerSpec(
             "euler_ancestral",
             "Euler ancestral",
-            run_scheduler,
+            sample_ddpm,  # with beta~: Euler ancestral (see its docstring)
             options={**_SPACING},
+            grid=ode_grid,
             stochastic=True,
-            cls="EulerAncestralDiscreteScheduler",
-            feed="eps",  # diffusers lacks x0 ("sample") here
         ),
         SamplerSpec(
             "heun",
             "Heun 2nd order",
-            run_scheduler,
+            sample_heun,
             options={**_SPACING, "use_karras_sigmas": False},
+            grid=ode_grid,
             model_calls_per_step=2,
-            cls="HeunDiscreteScheduler",
-            times_from_sigmas=False,
         ),
     ]
 }
+
 _CHOICES = {
     "timestep_spacing": SPACINGS,
     "solver_order": {
@@ -637,68 +402,25 @@ def make_sampler(
     check_serves(spec, diffusion)
     merged = _check_options(spec, options or {})
     schedule = schedule or Schedule(diffusion)
-    if spec.times is not None:
-        times = torch.from_numpy(np.asarray(spec.times(schedule, merged, int(steps)), np.float64))
-        return PreparedSampler(spec, diffusion, schedule, int(steps), merged, times)
-    scheduler = _respaced_scheduler(spec, diffusion, schedule, merged, int(steps))
-    times = torch.as_tensor(scheduler.timesteps).double()
-    return PreparedSampler(spec, diffusion, schedule, int(steps), merged, times, scheduler)
+    sigmas = np.asarray(spec.grid(schedule, merged, int(steps)), np.float64)
+    solver = _solver_options(merged, schedule, diffusion)
+    return PreparedSampler(spec, diffusion, schedule, int(steps), merged, sigmas, solver)
 
 
-def _respaced_scheduler(spec, diffusion, schedule, merged, steps: int) -> Any:
-    scheduler = _build_scheduler(spec, diffusion, schedule, merged)
-    scheduler.set_timesteps(steps)
-    _continuous_spacing(scheduler, spec, schedule, merged, steps)
-    return scheduler
-
-
-def sampling_betas(schedule: Schedule) -> np.ndarray:
-    """The trained betas, with abar = 0 (zero terminal SNR) made finite
-    (:attr:`Schedule.sampling_abar`): the sigma-space solvers need a finite largest noise level."""
-    abar = schedule.sampling_abar
-    return 1.0 - abar / np.append(1.0, abar[:-1])
-
-
-def _build_scheduler(
-    spec: SamplerSpec, diffusion: DiffusionConfig, schedule: Schedule, merged: dict
-) -> Any:
-    """The diffusers scheduler on the trained betas, fed x0 (or eps) and, for DDPM, the
-    run's variance."""
-    cls = getattr(diffusers, spec.cls)
-    ctor = {k: v for k, v in merged.items() if k not in spec.step_options | spec.loop_options}
-    if "use_lu_lambdas" in ctor and "use_lu_lambdas" not in _ctor_params(cls):
-        del ctor["use_lu_lambdas"]  # applied by _continuous_spacing
-    if "variance" in ctor:
-        chosen = ctor.pop("variance")
-        ctor["variance_type"] = diffusion.variance if chosen == "run" else chosen
-    return cls(
-        num_train_timesteps=diffusion.timesteps,
-        trained_betas=sampling_betas(schedule).tolist(),
-        prediction_type="sample" if spec.feed == "x0" else "epsilon",
-        **spec.fixed,
-        **ctor,
-    )
-
-
-def _continuous_spacing(scheduler, spec: SamplerSpec, schedule: Schedule, merged, steps) -> None:
-    """Karras / log-SNR noise levels: the network time t(sigma), unrounded, as timesteps.
-
-    As the scheduler's keys these also stay distinct (diffusers' rounded ones repeat when K is
-    close to T, which breaks its index lookup). Log-SNR spacing is set here for the classes that
-    lack ``use_lu_lambdas``.
-    """
-    if not (merged.get("use_karras_sigmas") or merged.get("use_lu_lambdas")):
-        return
-    if merged.get("use_lu_lambdas") and "use_lu_lambdas" not in _ctor_params(type(scheduler)):
-        sig = np.exp(np.linspace(schedule.log_sigmas[-1], schedule.log_sigmas[0], steps))
-        scheduler.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))
-    if spec.times_from_sigmas:  # Heun's interleaved times are t(sigma) already
-        sig = scheduler.sigmas.double().numpy()[: len(scheduler.timesteps)]
-        scheduler.timesteps = torch.from_numpy(schedule.time_at(sig))
-
-
-def _ctor_params(cls: type) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters)
+def _solver_options(
+    merged: dict[str, Any], schedule: Schedule, diffusion: DiffusionConfig
+) -> dict[str, Any]:
+    """The solver's keywords: the options less the grid's, trained timesteps as their noise
+    levels, DDPM's ``variance=run`` as the run's own."""
+    opts = {k: v for k, v in merged.items() if k not in GRID_OPTIONS}
+    for key, level in _TIME_OPTIONS.items():
+        if key in opts:
+            opts[level] = float(np.exp(schedule.log_sigma_at(float(opts.pop(key)))))
+    if merged.get("eta_min_t", 0) > schedule.T - 1:
+        opts["eta_min_sigma"] = np.inf  # a window above the last trained timestep is empty
+    if opts.get("variance") == "run":
+        opts["variance"] = diffusion.variance
+    return opts
 
 
 def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:

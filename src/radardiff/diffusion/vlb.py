@@ -27,18 +27,42 @@ Decoders, for data scaled to [-1, 1]:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import torch
 
-from radardiff.diffusion.gaussian import PosteriorParams, _expand, masked_mean
-
-if TYPE_CHECKING:
-    from radardiff.diffusion.gaussian import GaussianDiffusion
+from radardiff.diffusion.tensors import PosteriorParams, expand_at, masked_mean
 
 Decoder = Literal["discretized", "continuous"]
 BIN_WIDTH = 2.0 / 255.0
 LN2 = math.log(2.0)
+
+
+class Process(Protocol):
+    """What the bound needs of a process: :class:`radardiff.diffusion.GaussianDiffusion` has it.
+
+    Named by what it needs rather than imported, because the process computes its training loss
+    from this module.
+    """
+
+    T: int
+    sqrt_ac: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
+    def p_mean_variance(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip_denoised: bool = False,
+        detach_mean: bool = False,
+    ) -> PosteriorParams: ...
+
+    def q_posterior_mean(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def q_posterior_log_variance(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor: ...
 
 
 def normal_kl(
@@ -97,7 +121,7 @@ def gaussian_log_density(
 
 
 def vlb_terms(
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     model_output: torch.Tensor,
     x0: torch.Tensor,
     x_t: torch.Tensor,
@@ -128,7 +152,7 @@ def vlb_terms(
 
 
 def terms_from_params(
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     p: PosteriorParams,
     x0: torch.Tensor,
     x_t: torch.Tensor,
@@ -154,12 +178,12 @@ def terms_from_params(
 
 
 def prior_bpd(
-    diffusion: GaussianDiffusion, x0: torch.Tensor, mask: torch.Tensor | None = None
+    diffusion: Process, x0: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``L_T = KL(q(x_T | x_0) || N(0, I))`` per sample (B,), bits per dimension:
     ``1/2 (abar x0^2 + (1 - abar) - 1 - log(1 - abar))`` at the last step of ``diffusion``."""
     t = torch.full((x0.shape[0],), diffusion.T - 1, dtype=torch.long, device=x0.device)
-    mean = _expand(diffusion.sqrt_ac, t, x0) * x0
-    log_var = torch.log1p(-_expand(diffusion.alphas_cumprod, t, x0)).expand_as(x0)
+    mean = expand_at(diffusion.sqrt_ac, t, x0) * x0
+    log_var = torch.log1p(-expand_at(diffusion.alphas_cumprod, t, x0)).expand_as(x0)
     kl = normal_kl(mean, log_var, torch.zeros_like(x0), torch.zeros_like(x0))
     return masked_mean(kl, mask) / LN2

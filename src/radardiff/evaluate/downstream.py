@@ -33,7 +33,8 @@ from radardiff.config.io import atomic_write_text
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
 from radardiff.errors import DataError
-from radardiff.evaluate.skill import detection_score, recovery_score
+from radardiff.evaluate.measures.skill import detection_score, recovery_score, summarise_over_seeds
+from radardiff.evaluate.measures.spectra import fit_powerlaw_white
 from radardiff.evaluate.tasks import Pairs, TaskConfig, load_pairs, predict, train_task
 from radardiff.models.downstream import TASK_FILE, load_task
 
@@ -84,14 +85,26 @@ def calibrate_physics(path) -> dict:
     """
     from radardiff.data.synth.fields import radial_psd
 
-    f = DatasetFile(path)
+    x, std = _tiles_to_fit(path)
+    spec = radial_psd(x - x.mean(axis=(1, 2), keepdims=True))
+    beta, white = fit_powerlaw_white(spec.k, spec.psd)
+    var = float(np.median(std**2))
+    return {"beta": round(beta, 3), "turb_std": round(float(np.sqrt(max(var - white, 0.01 * var))), 4),
+            "turb_std_spread": round(float(np.std(np.log(std))), 4), "strat_k": 0.0,
+            "ramp_rad": 0.0, "noise_std": round(float(np.sqrt(white)), 4)}  # fmt: skip
+
+
+def _tiles_to_fit(path) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles of ``path`` without no data (N, H, W) and the non-zero standard deviations of
+    the valid pixels of every tile; refused when too few are left to fit the generator to."""
     clean, stds = [], []
-    for _, block in f.iter_blocks(1024):
-        x = block[:, 0].astype(np.float64)
-        ok = np.isfinite(x).reshape(len(x), -1)
-        clean.append(x[ok.all(axis=1)])
-        some = ok.sum(axis=1) > 1
-        stds.append(np.nanstd(x[some], axis=(1, 2)))
+    with DatasetFile(path) as f:
+        for _, block in f.iter_blocks(1024):
+            x = block[:, 0].astype(np.float64)
+            ok = np.isfinite(x).reshape(len(x), -1)
+            clean.append(x[ok.all(axis=1)])
+            some = ok.sum(axis=1) > 1
+            stds.append(np.nanstd(x[some], axis=(1, 2)))
     x = np.concatenate(clean)
     std = np.concatenate(stds)
     if len(x) < 8 or x.shape[-1] != x.shape[-2]:
@@ -101,31 +114,7 @@ def calibrate_physics(path) -> dict:
     std = std[std > 0]
     if std.size < 8:
         raise DataError(f"{path}: the tiles are constant; cannot fit the generator")
-    spec = radial_psd(x - x.mean(axis=(1, 2), keepdims=True))
-    beta, white = fit_powerlaw_white(spec.k, spec.psd)
-    var = float(np.median(std**2))
-    return {"beta": round(beta, 3), "turb_std": round(float(np.sqrt(max(var - white, 0.01 * var))), 4),
-            "turb_std_spread": round(float(np.std(np.log(std))), 4), "strat_k": 0.0,
-            "ramp_rad": 0.0, "noise_std": round(float(np.sqrt(white)), 4)}  # fmt: skip
-
-
-def fit_powerlaw_white(k: np.ndarray, psd: np.ndarray) -> tuple[float, float]:
-    """``(beta, N)`` of ``P(k) = A k**-beta + N`` by least squares in ``log P``: beta on a grid
-    of 0.05 in [0, 6], N on a grid of fractions of min P, A in closed form for each."""
-    k, p = np.asarray(k, np.float64), np.asarray(psd, np.float64)
-    ok = (k > 0) & (p > 0)
-    k, p = k[ok], p[ok]
-    logp, logk = np.log(p), np.log(k)
-    best = (np.inf, 0.0, 0.0)
-    for noise in p.min() * np.linspace(0.0, 0.98, 50):
-        rest = np.log(p - noise)
-        for beta in np.arange(0.0, 6.0001, 0.05):
-            log_a = np.mean(rest + beta * logk)
-            model = np.log(np.exp(log_a - beta * logk) + noise)
-            err = float(np.sum((logp - model) ** 2))
-            if err < best[0]:
-                best = (err, float(beta), float(noise))
-    return best[1], best[2]
+    return x, std
 
 
 @dataclass(frozen=True)
@@ -278,7 +267,7 @@ def run_experiment(
                 score = score_task(net, meta, test)
                 rows.append({"task": task, "set": name, "seed": seed, **score,
                              "val_score": meta["val_score"], "best_step": meta["best_step"]})  # fmt: skip
-    result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise(rows),
+    result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise_over_seeds(rows),
               "noise_realism": noise_realism(cfg, out / "realism")}  # fmt: skip
     atomic_write_text(out / RESULTS, json.dumps(result, indent=1, default=_jsonable) + "\n")
     atomic_write_text(out / "downstream.md", markdown_table(result))
@@ -342,49 +331,6 @@ def _pairs(path: Path, files, n, seed, pp, masks, spacing) -> Path:
 
 def _plain(p: PairParams) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(p), default=_jsonable))
-
-
-def summarise(rows: list[dict]) -> dict:
-    """Per task and set: mean, standard deviation (ddof 1) and count over seeds of each score,
-    and the experiment's three comparisons on the mean skill."""
-    out: dict = {}
-    for task in dict.fromkeys(r["task"] for r in rows):
-        sets = {}
-        for name in dict.fromkeys(r["set"] for r in rows if r["task"] == task):
-            mine = [r for r in rows if r["task"] == task and r["set"] == name]
-            keys = [k for k, v in mine[0].items() if isinstance(v, float) and k != "threshold"]
-            sets[name] = {k: _spread([r[k] for r in mine]) for k in keys}
-            sets[name]["seeds"] = len(mine)
-        skill = {name: s["skill"]["mean"] for name, s in sets.items()}
-        out[task] = {"sets": sets, "criteria": _criteria(skill, CHANCE.get(task, 0.0))}
-    return out
-
-
-def _spread(values: list[float]) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-
-
-CHANCE = {"recovery": 0.0, "detection": 0.5}  # the skill of a network that learned nothing
-
-
-def _criteria(skill: dict, chance: float = 0.0) -> dict:
-    """The experiment's comparisons on mean skills; ``generated_over_real`` also above chance
-    (AUC - 0.5) for detection, where an AUC ratio flatters a poor network."""
-    c: dict = {}
-    if "generated" in skill and "real" in skill and skill["real"] > chance:
-        c["generated_over_real"] = skill["generated"] / skill["real"]
-        if chance:
-            c["generated_over_real_above_chance"] = (skill["generated"] - chance) / (
-                skill["real"] - chance
-            )
-        key = "generated_over_real_above_chance" if chance else "generated_over_real"
-        c["generated_reaches_90pct_of_real"] = bool(c[key] >= 0.9)
-    if "generated" in skill and "physics" in skill:
-        c["generated_beats_physics"] = bool(skill["generated"] > skill["physics"])
-    if "real+generated" in skill and "real" in skill:
-        c["real_plus_generated_beats_real"] = bool(skill["real+generated"] > skill["real"])
-    return c
 
 
 def _describe(cfg: ExperimentConfig, spacing: float) -> dict:

@@ -321,6 +321,18 @@ def _load_training_data(
     return torch.from_numpy(x), None if labels is None else torch.from_numpy(labels).long()
 
 
+def _mode_and_classes(ds: DatasetFile, mode: str) -> tuple[str, int]:
+    """The training mode (``auto`` resolved) and the number of classes of the file's labels."""
+    n_classes = 0
+    if ds.info.has_labels:  # labels beyond the named classes still get an output
+        n_classes = max(len(ds.info.class_names or []), int(ds.labels().max()) + 1)
+    if mode == "auto":
+        mode = "classifier" if n_classes >= 2 else "simclr"
+    if mode == "classifier" and n_classes < 2:
+        raise DataError(f"{ds.path}: a classifier extractor needs labels of at least 2 classes")
+    return mode, n_classes
+
+
 @holding("out_dir")
 def train_extractor(
     data_file: str | os.PathLike,
@@ -356,13 +368,7 @@ def train_extractor(
     t0 = time.perf_counter()
     with DatasetFile(data_file) as ds:
         info = ds.info
-        n_classes = 0
-        if info.has_labels:  # labels beyond the named classes still get an output
-            n_classes = max(len(info.class_names or []), int(ds.labels().max()) + 1)
-        if mode == "auto":
-            mode = "classifier" if n_classes >= 2 else "simclr"
-        if mode == "classifier" and n_classes < 2:
-            raise DataError(f"{ds.path}: a classifier extractor needs labels of at least 2 classes")
+        mode, n_classes = _mode_and_classes(ds, mode)
         norm = Normalizer.fit(ds, normalization, to_db)
         x, y = _load_training_data(ds, norm, max_samples, np.random.default_rng(seed))
     if x.shape[0] < 2:

@@ -81,6 +81,25 @@ def run_bits_per_dim(
         raise DataError(
             f"--likelihood-steps must be between 2 and {T} (the trained T), got {steps}"
         )
+    norm, labels = _read_samples(run, data_file, n, seed)
+    diffusion = GaussianDiffusion(run.cfg.diffusion).to(device)
+    denoiser = Denoiser.from_run(run, schedule=diffusion.schedule)
+
+    def model_fn(x, t, cond=None):
+        return denoiser.network_output(x, t, cond or denoiser.condition()).float()
+
+    batches = _batches(run, denoiser, norm, labels, batch_size, device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    r = dataset_bits_per_dim(model_fn, diffusion, batches, steps=steps, generator=gen)
+    return RunBitsPerDim(
+        bits_per_dim=r.total, bits_per_dim_continuous=r.total_continuous, stderr=r.total_stderr,
+        prior=r.prior, steps=len(r.timesteps), n=r.n_samples, run_dir=Path(run_dir),
+        data_file=Path(data_file), terms=r.terms, timesteps=r.timesteps,
+    )  # fmt: skip
+
+
+def _read_samples(run, data_file, n: int, seed: int):
+    """The normalised samples used and their labels (None for an unconditional run)."""
     with DatasetFile(data_file) as ds:
         _check_fits(run, ds)
         valid = valid_sample_indices(ds, to_db=run.normalizer.to_db)  # streamed
@@ -89,29 +108,19 @@ def run_bits_per_dim(
         idx = np.sort(np.random.default_rng(seed).permutation(valid)[:n])
         norm = run.normalizer.transform(ds.images(idx))
         labels = ds.labels(idx) if run.num_classes else None
-    diffusion = GaussianDiffusion(run.cfg.diffusion).to(device)
-    denoiser = Denoiser.from_run(run, schedule=diffusion.schedule)
+    return norm, labels
 
-    def model_fn(x, t, cond=None):
-        return denoiser.network_output(x, t, cond or denoiser.condition()).float()
 
-    def batches():
-        for s in range(0, idx.size, batch_size):
-            sl = slice(s, s + batch_size)
-            x0 = torch.from_numpy(norm.images[sl]).to(device)
-            mask = torch.from_numpy(norm.mask[sl]).to(device)
-            classes = None if labels is None else torch.from_numpy(labels[sl])
-            stats = torch.from_numpy(norm.stats[sl]) if run.cfg.model.range_conditioning else None
-            cond = denoiser.condition(classes, stats=stats).to(device)
-            yield x0, mask, {"cond": cond}
-
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    r = dataset_bits_per_dim(model_fn, diffusion, batches(), steps=steps, generator=gen)
-    return RunBitsPerDim(
-        bits_per_dim=r.total, bits_per_dim_continuous=r.total_continuous, stderr=r.total_stderr,
-        prior=r.prior, steps=len(r.timesteps), n=r.n_samples, run_dir=Path(run_dir),
-        data_file=Path(data_file), terms=r.terms, timesteps=r.timesteps,
-    )  # fmt: skip
+def _batches(run, denoiser: Denoiser, norm, labels, batch_size: int, device):
+    """``(x0, mask, {"cond": ...})`` per batch of the normalised samples, on ``device``."""
+    for s in range(0, norm.images.shape[0], batch_size):
+        sl = slice(s, s + batch_size)
+        x0 = torch.from_numpy(norm.images[sl]).to(device)
+        mask = torch.from_numpy(norm.mask[sl]).to(device)
+        classes = None if labels is None else torch.from_numpy(labels[sl])
+        stats = torch.from_numpy(norm.stats[sl]) if run.cfg.model.range_conditioning else None
+        cond = denoiser.condition(classes, stats=stats).to(device)
+        yield x0, mask, {"cond": cond}
 
 
 def _check_fits(run, ds: DatasetFile) -> None:

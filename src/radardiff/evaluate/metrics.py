@@ -117,12 +117,17 @@ from radardiff.config import EvalConfig
 from radardiff.config.io import atomic_write_text
 from radardiff.data import DatasetFile
 from radardiff.errors import ConfigError, DataError
-from radardiff.evaluate.bands import Band, mean_band
-from radardiff.evaluate.distributions import histograms, sample_spread, w1
-from radardiff.evaluate.features import fid, kid, precision_recall
-from radardiff.evaluate.radar_stats import phase_stats, speckle_stats, to_linear_intensity, wrap
-from radardiff.evaluate.semivariogram import semivariogram, semivariogram_rel_error
-from radardiff.evaluate.spectra import psd_log_rmse, radial_frequencies, radial_psd
+from radardiff.evaluate.measures.bands import Band, mean_band
+from radardiff.evaluate.measures.distributions import histograms, sample_spread, w1
+from radardiff.evaluate.measures.features import fid, kid, precision_recall
+from radardiff.evaluate.measures.radar_stats import (
+    phase_stats,
+    speckle_stats,
+    to_linear_intensity,
+    wrap,
+)
+from radardiff.evaluate.measures.semivariogram import semivariogram, semivariogram_rel_error
+from radardiff.evaluate.measures.spectra import psd_log_rmse, radial_frequencies, radial_psd
 
 SCHEMA = "radardiff.metrics/1"
 HISTOGRAM_MAX_PIXELS = 2_000_000
@@ -177,6 +182,24 @@ class _SetStats:
 
     def get(self, key: str) -> np.ndarray:
         return np.concatenate(self.parts[key], axis=0)
+
+    def extend(self, block: dict[str, np.ndarray]) -> None:
+        for key, value in block.items():
+            self.add(key, value)
+
+
+@dataclass
+class _Plan:
+    """What one evaluation measures, on which samples of each set, with which generator."""
+
+    metrics: tuple[str, ...]
+    cap: int
+    seed: int
+    rng: np.random.Generator
+    idx: dict[str, np.ndarray]  # "real" / "fake": indices of the samples used, sorted
+    spacing: float | None
+    mismatch: list[str]
+    centre: bool
 
 
 def _check_comparable(
@@ -249,6 +272,38 @@ def _pixel_subset(x: np.ndarray, per_image: int, rng: np.random.Generator) -> li
     return out
 
 
+def _image_stats(x: np.ndarray, metrics: tuple[str, ...], max_lag: int | None) -> dict:
+    """Per-image curves and spreads of one block (B, C, H, W): semivariograms, PSDs, ranges."""
+    out = {}
+    if "semivariogram" in metrics:
+        sv = _per_channel(lambda z: semivariogram(z, max_lag=max_lag), x)
+        out.update({f"sv_{key}": sv[key] for key in ("gamma", "gamma_x", "gamma_y")})
+    if "psd" in metrics:
+        out["psd"] = _per_channel(radial_psd, x)["psd"]
+    if "ranges" in metrics:
+        spread = _per_channel(sample_spread, x)
+        out["range"], out["std"] = spread["range"], spread["std"]
+    return out
+
+
+def _radar_image_stats(x: np.ndarray, metrics: tuple[str, ...], units: str) -> dict:
+    """Per-image speckle and wrapped-phase statistics of one block (B, C, H, W)."""
+    out = {}
+    if "speckle" in metrics:
+        sp = _per_channel(speckle_stats, to_linear_intensity(x, units))
+        out["enl"], out["cv"] = sp["enl"], sp["cv"]
+    if "phase" in metrics:
+        out.update(_per_channel(phase_stats, wrap(x)))
+    return out
+
+
+def _centred(x: np.ndarray) -> np.ndarray:
+    """``x`` minus each sample's mean per channel (all-NaN channels stay NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return x - np.nanmean(x, axis=(2, 3), keepdims=True)
+
+
 def _collect(
     ds: DatasetFile,
     indices: np.ndarray,
@@ -257,39 +312,21 @@ def _collect(
     rng: np.random.Generator,
     centre: bool = False,
 ) -> _SetStats:
-    info = ds.info
-    c, h, w = info.shape
+    """Per-sample statistics of the images ``indices`` of ``ds``, read in bounded blocks."""
+    c, h, w = ds.info.shape
     stats = _SetStats()
     block = max(1, _BLOCK_BYTES // (16 * c * h * w * 4))
     per_image = max(1, HISTOGRAM_MAX_PIXELS // max(1, len(indices)))
     pixels: list[list[np.ndarray]] = [[] for _ in range(c)]
     for start in range(0, len(indices), block):
         x = ds.images(indices[start : start + block]).astype(np.float64)
-        if "semivariogram" in metrics:
-            sv = _per_channel(lambda z: semivariogram(z, max_lag=max_lag), x)
-            for key in ("gamma", "gamma_x", "gamma_y"):
-                stats.add(f"sv_{key}", sv[key])
-        if "psd" in metrics:
-            stats.add("psd", _per_channel(radial_psd, x)["psd"])
-        if "ranges" in metrics:
-            spread = _per_channel(sample_spread, x)
-            stats.add("range", spread["range"])
-            stats.add("std", spread["std"])
+        stats.extend(_image_stats(x, metrics, max_lag))
         if "histogram" in metrics:
-            if centre:  # the reference of unwrapped phase is arbitrary: each sample's mean goes
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels stay NaN
-                    x = x - np.nanmean(x, axis=(2, 3), keepdims=True)
+            # the reference of unwrapped phase is arbitrary: each sample's mean goes
+            x = _centred(x) if centre else x
             for ch, v in enumerate(_pixel_subset(x, per_image, rng)):
                 pixels[ch].append(v)
-        if "speckle" in metrics:
-            sp = _per_channel(speckle_stats, to_linear_intensity(x, info.units))
-            stats.add("enl", sp["enl"])
-            stats.add("cv", sp["cv"])
-        if "phase" in metrics:
-            ph = _per_channel(phase_stats, wrap(x))
-            for key, value in ph.items():
-                stats.add(key, value)
+        stats.extend(_radar_image_stats(x, metrics, ds.info.units))
     if "histogram" in metrics:
         stats.parts["pixels"] = [np.concatenate(p) for p in pixels]
     return stats
@@ -514,6 +551,140 @@ def _likelihood_scalars(lik, settings: dict, scalars: dict) -> None:
     settings["likelihood_run"] = str(lik.run_dir)
 
 
+def _speckle_scalars(r: _SetStats, f: _SetStats, arrays: dict, scalars: dict) -> None:
+    for name, s in (("real", r), ("fake", f)):
+        arrays[f"enl_{name}"], arrays[f"cv_{name}"] = s.get("enl"), s.get("cv")
+        scalars[f"enl_{name}"] = _nan_stat(np.nanmedian, arrays[f"enl_{name}"])
+        scalars[f"cv_{name}"] = _nan_stat(np.nanmean, arrays[f"cv_{name}"])
+
+
+def _phase_scalars(r: _SetStats, f: _SetStats, arrays: dict, scalars: dict) -> None:
+    for name, s in (("real", r), ("fake", f)):
+        for key in s.parts:
+            if key.startswith(("grad_", "residue_density")):
+                short = key.replace("grad_", "phase_grad_")
+                arrays[f"{short}_{name}"] = s.get(key)
+        scalars[f"residue_density_{name}"] = _nan_stat(
+            np.nanmean, arrays[f"residue_density_{name}"]
+        )
+
+
+def _fill_sections(r: _SetStats, f: _SetStats, plan: _Plan, cfg, info, result, arrays) -> None:
+    """The curves, distributions and scalars of every requested metric into ``result`` (JSON)
+    and ``arrays`` (npz); ``info`` is the real set's."""
+    m, scalars, boot, rng = plan.metrics, result["scalars"], cfg.bootstrap, plan.rng
+    if "semivariogram" in m:
+        sv = _semivariogram_section(r, f, plan.spacing, boot, rng, arrays, scalars)
+        result["semivariogram"] = sv
+        result["noise_samples"] = _noise_section(arrays, scalars, plan.idx)
+    if "psd" in m:
+        freq = radial_frequencies(*info.shape[1:])
+        result["psd"] = _psd_section(r, f, freq, boot, rng, arrays, scalars)
+    if "histogram" in m:
+        result["histogram"] = _histogram_section(r, f, info.units, arrays, scalars)
+    if "ranges" in m:
+        result["ranges"] = _ranges_section(r, f, arrays, scalars)
+    if "speckle" in m:
+        _speckle_scalars(r, f, arrays, scalars)
+    if "phase" in m:
+        _phase_scalars(r, f, arrays, scalars)
+
+
+def _check_max_lag(cfg: EvalConfig, metrics: tuple[str, ...], ds: DatasetFile) -> None:
+    side = min(ds.info.shape[1:])
+    if "semivariogram" in metrics and cfg.max_lag is not None and cfg.max_lag >= side:
+        raise ConfigError(
+            f"evaluate.max_lag={cfg.max_lag}: must be below the image side ({side} px) of {ds.path}"
+        )
+
+
+def _plan(
+    rset: DatasetFile,
+    fset: DatasetFile,
+    cfg: EvalConfig,
+    max_samples: int | None,
+    seed: int | None,
+    allow_mismatch: bool,
+) -> _Plan:
+    """Check that the sets are comparable and the request fits them, and choose the samples."""
+    spacing, mismatch = _check_comparable(rset, fset, allow_mismatch)
+    cap = max_samples or cfg.max_samples
+    metrics = tuple(dict.fromkeys(cfg.metrics))
+    _check_max_lag(cfg, metrics, rset)
+    seed = cfg.seed if seed is None else seed
+    rng = np.random.default_rng(seed)
+    idx = {name: _choose(len(ds), cap, rng) for name, ds in (("real", rset), ("fake", fset))}
+    _check_metrics(metrics, rset, len(idx["real"]))
+    _check_metrics(metrics, fset, len(idx["fake"]))
+    centre = rset.info.kind in CENTRED_KINDS
+    return _Plan(metrics, cap, seed, rng, idx, spacing, mismatch, centre)
+
+
+def _settings(plan: _Plan, cfg: EvalConfig) -> dict[str, Any]:
+    return {
+        "max_samples": plan.cap,
+        "seed": plan.seed,
+        "bootstrap": cfg.bootstrap,
+        "max_lag": cfg.max_lag,
+        "curve_channel": 0,
+        "histogram_max_pixels": HISTOGRAM_MAX_PIXELS,
+        "metrics": list(plan.metrics),
+        "feature_extractor": None,
+        "likelihood_run": None,
+        "mismatch_allowed": plan.mismatch,
+        "histogram_centred": plan.centre and "histogram" in plan.metrics,
+    }
+
+
+def _ready_extractor(extractor: Any, given_features: tuple, rset, fset) -> Any:
+    """The extractor object to compute features with, checked against both sets; None when no
+    extractor is asked for or both feature arrays are given."""
+    if extractor is None or not any(f is None for f in given_features):
+        return None
+    from radardiff.evaluate.extractor import load_extractor
+
+    ext = extractor if hasattr(extractor, "features") else load_extractor(extractor)
+    ext.check_fits(rset.info)  # before the long statistics, not after
+    ext.check_fits(fset.info)
+    return ext
+
+
+def _measure(rset: DatasetFile, fset: DatasetFile, cfg: EvalConfig, plan: _Plan):
+    """The metrics dictionary (every schema key) and the arrays for ``arrays.npz``."""
+    r = _collect(rset, plan.idx["real"], plan.metrics, cfg.max_lag, plan.rng, plan.centre)
+    f = _collect(fset, plan.idx["fake"], plan.metrics, cfg.max_lag, plan.rng, plan.centre)
+    result = empty_metrics()
+    result["real"] = _set_info(rset, len(plan.idx["real"]))
+    result["fake"] = _set_info(fset, len(plan.idx["fake"]))
+    result["settings"] = _settings(plan, cfg)
+    arrays: dict[str, np.ndarray] = {}
+    _fill_sections(r, f, plan, cfg, rset.info, result, arrays)
+    return result, arrays
+
+
+def _feature_metrics(ext, sets: tuple, plan: _Plan, given: tuple, k: int, result: dict) -> None:
+    """FID, KID and precision/recall from the given features, or from ``ext`` on exactly the
+    samples used."""
+    real_features, fake_features = given
+    if ext is not None:
+        from radardiff.evaluate.extractor import features_of
+
+        real_features = features_of(ext, sets[0], plan.idx["real"])
+        fake_features = features_of(ext, sets[1], plan.idx["fake"])
+        where = getattr(ext, "path", None)
+        result["settings"]["feature_extractor"] = f"{ext.name} ({where})" if where else ext.name
+    if real_features is not None and fake_features is not None:
+        _feature_scalars(real_features, fake_features, k, plan.rng, result["scalars"])
+
+
+def _write_results(out: Path, result: dict, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    result = _json_clean(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    _write_npz(out / "arrays.npz", arrays)
+    return result
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -561,29 +732,20 @@ def evaluate_files(
     real, fake : path
         Dataset files (HDF5, images in physical units, NaN = no data).
     cfg : EvalConfig
-        ``metrics`` (subset of semivariogram, psd, histogram, ranges, speckle, phase),
-        ``max_lag`` (semivariogram, pixels), ``bootstrap`` (resamples for bands; 0 = standard
-        error), and ``max_samples`` when the config defines it.
+        ``metrics`` (of semivariogram, psd, histogram, ranges, speckle, phase), ``max_lag``
+        (pixels), ``bootstrap`` (resamples for bands; 0: standard error), ``max_samples``, ``seed``.
     out_dir : path
         Folder for ``metrics.json`` and ``arrays.npz`` (created; both written atomically).
-    max_samples : int, optional
-        Cap on images used per set (overrides ``cfg.max_samples``, 2000 by default).
-    seed : int, optional
-        Seed (default ``cfg.seed``) of the generator behind sample choice, pixel subsets and bootstrap draws.
+    max_samples, seed : int, optional
+        Override ``cfg``'s: images used per set; seed of sample choice, pixel subsets, bootstraps.
     real_features, fake_features : ndarray (N, D), optional
-        Features of the two sets from one extractor; when both are given, FID, KID and improved
-        precision/recall (with ``k`` neighbours) fill their scalars.
+        Features of both sets from one extractor: FID, KID, precision/recall (``k`` neighbours).
     extractor : path or extractor object, optional
-        A feature extractor (folder from ``radardiff features train``, a local InceptionV3
-        weights file, or an object from :func:`radardiff.evaluate.extractor.load_extractor`);
-        features of exactly the images used are computed and fill the feature scalars.
-        Ignored when ``real_features`` and ``fake_features`` are given.
+        See :func:`.extractor.load_extractor`: features of exactly the images used, unless given.
     likelihood : RunBitsPerDim, optional
-        From :func:`radardiff.evaluate.likelihood.run_bits_per_dim`; fills the ``bits_per_dim*``
-        scalars.
+        From :func:`.likelihood.run_bits_per_dim`: the ``bits_per_dim*`` scalars.
     allow_mismatch : bool
-        Compare sets of different kinds or pixel spacings (shapes and units must still agree);
-        the differences are listed in ``settings.mismatch_allowed``.
+        Compare sets of different kinds or pixel spacings (``settings.mismatch_allowed``).
 
     Returns
     -------
@@ -595,96 +757,16 @@ def evaluate_files(
     ConfigError
         ``max_lag`` not below the image side.
     DataError
-        Unreadable files, sets that are not comparable (shape, kind, units, pixel spacing),
-        too few samples for a requested statistic, or a metric that does not apply to the kind.
+        Unreadable or incomparable files (shape, units; kind, spacing unless allowed), too few
+        samples for a statistic, a metric that does not apply to the kind, no finite metric.
     """
-    out = Path(out_dir)
-    rset, fset = DatasetFile(real), DatasetFile(fake)
-    try:
-        spacing, mismatch = _check_comparable(rset, fset, allow_mismatch)
-        cap = max_samples or cfg.max_samples
-        metrics = tuple(dict.fromkeys(cfg.metrics))
-        side = min(rset.info.shape[1:])
-        if "semivariogram" in metrics and cfg.max_lag is not None and cfg.max_lag >= side:
-            raise ConfigError(
-                f"evaluate.max_lag={cfg.max_lag}: must be below the image side ({side} px) of "
-                f"{rset.path}"
-            )
-        seed = cfg.seed if seed is None else seed
-        rng = np.random.default_rng(seed)
-        idx = {name: _choose(len(ds), cap, rng) for name, ds in (("real", rset), ("fake", fset))}
-        _check_metrics(metrics, rset, len(idx["real"]))
-        _check_metrics(metrics, fset, len(idx["fake"]))
-        ext = None
-        if extractor is not None and (real_features is None or fake_features is None):
-            from radardiff.evaluate.extractor import load_extractor
-
-            ext = extractor if hasattr(extractor, "features") else load_extractor(extractor)
-            ext.check_fits(rset.info)  # before the long statistics, not after
-            ext.check_fits(fset.info)
-        centre = rset.info.kind in CENTRED_KINDS
-        r = _collect(rset, idx["real"], metrics, cfg.max_lag, rng, centre)
-        f = _collect(fset, idx["fake"], metrics, cfg.max_lag, rng, centre)
-        result = empty_metrics()
-        result["real"] = _set_info(rset, len(idx["real"]))
-        result["fake"] = _set_info(fset, len(idx["fake"]))
-        result["settings"] = {
-            "max_samples": cap,
-            "seed": seed,
-            "bootstrap": cfg.bootstrap,
-            "max_lag": cfg.max_lag,
-            "curve_channel": 0,
-            "histogram_max_pixels": HISTOGRAM_MAX_PIXELS,
-            "metrics": list(metrics),
-            "feature_extractor": None,
-            "likelihood_run": None,
-            "mismatch_allowed": mismatch,
-            "histogram_centred": centre and "histogram" in metrics,
-        }
-        scalars, arrays = result["scalars"], {}
-        if "semivariogram" in metrics:
-            result["semivariogram"] = _semivariogram_section(
-                r, f, spacing, cfg.bootstrap, rng, arrays, scalars
-            )
-            result["noise_samples"] = _noise_section(arrays, scalars, idx)
-        if "psd" in metrics:
-            freq = radial_frequencies(*rset.info.shape[1:])
-            result["psd"] = _psd_section(r, f, freq, cfg.bootstrap, rng, arrays, scalars)
-        if "histogram" in metrics:
-            result["histogram"] = _histogram_section(r, f, rset.info.units, arrays, scalars)
-        if "ranges" in metrics:
-            result["ranges"] = _ranges_section(r, f, arrays, scalars)
-        if "speckle" in metrics:
-            for name, s in (("real", r), ("fake", f)):
-                arrays[f"enl_{name}"], arrays[f"cv_{name}"] = s.get("enl"), s.get("cv")
-                scalars[f"enl_{name}"] = _nan_stat(np.nanmedian, arrays[f"enl_{name}"])
-                scalars[f"cv_{name}"] = _nan_stat(np.nanmean, arrays[f"cv_{name}"])
-        if "phase" in metrics:
-            for name, s in (("real", r), ("fake", f)):
-                for key in s.parts:
-                    if key.startswith(("grad_", "residue_density")):
-                        short = key.replace("grad_", "phase_grad_")
-                        arrays[f"{short}_{name}"] = s.get(key)
-                scalars[f"residue_density_{name}"] = _nan_stat(
-                    np.nanmean, arrays[f"residue_density_{name}"]
-                )
-        if ext is not None:
-            from radardiff.evaluate.extractor import features_of
-
-            real_features = features_of(ext, rset, idx["real"])
-            fake_features = features_of(ext, fset, idx["fake"])
-            where = getattr(ext, "path", None)
-            result["settings"]["feature_extractor"] = f"{ext.name} ({where})" if where else ext.name
-        if real_features is not None and fake_features is not None:
-            _feature_scalars(real_features, fake_features, k, rng, scalars)
+    given = (real_features, fake_features)
+    with DatasetFile(real) as rset, DatasetFile(fake) as fset:
+        plan = _plan(rset, fset, cfg, max_samples, seed, allow_mismatch)
+        ext = _ready_extractor(extractor, given, rset, fset)
+        result, arrays = _measure(rset, fset, cfg, plan)
+        _feature_metrics(ext, (rset, fset), plan, given, k, result)
         if likelihood is not None:
-            _likelihood_scalars(likelihood, result["settings"], scalars)
-    finally:
-        rset.close()
-        fset.close()
+            _likelihood_scalars(likelihood, result["settings"], result["scalars"])
     _refuse_unmeasured(result["scalars"], fake)
-    result = _json_clean(result)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
-    _write_npz(out / "arrays.npz", arrays)
-    return result
+    return _write_results(Path(out_dir), result, arrays)

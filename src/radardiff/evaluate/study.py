@@ -202,33 +202,57 @@ def study_samplers(
 
     Parameters
     ----------
-    run_dir : a trained run directory (its EMA weights are used).
-    samplers : sampler variants, ``NAME[:key=value...]`` (:func:`parse_sampler`).
-    steps_list : step counts; each sampler runs at each of them.
-    n : samples per row (the same seeds 0..n-1 of ``seed`` in every row).
+    run_dir, checkpoint : a trained run (EMA weights), a step or checkpoint name of it (latest).
+    samplers, steps_list : variants ``NAME[:key=value...]`` (:func:`parse_sampler`), step counts.
+    n, seed : samples per row: the same seeds 0..n-1 of ``seed`` in every row.
     real : the real dataset file the samples are compared with.
-    out_dir : default ``RUN/study``; samples go to ``out_dir/samples``, metrics to
-        ``out_dir/eval/SAMPLER_STEPS``.
-    eval_cfg : metrics and settings (default: the run's ``evaluate`` section).
-    extractor : feature extractor (path or object) for FID/KID/precision/recall, optional.
+    out_dir : default ``RUN/study``: samples in ``samples/``, metrics in ``eval/SAMPLER_STEPS``.
+    eval_cfg, extractor : metrics and settings (default: the run's ``evaluate`` section); a
+        feature extractor (path or object) for FID/KID/precision/recall, optional.
     on_row : called with each row as soon as it is complete.
-    with_reference : also evaluate ``n`` images of ``floor`` against ``real`` (the
-        ``reference`` entry: the scores of a perfect sampler at this ``n``).
-    checkpoint : a step number or checkpoint name of the run (default: the latest).
-    floor : the file the reference images come from (default: the run's training file).
-    precision : ``no``, ``bf16`` or ``fp16`` autocast of the network.
-    students : distilled runs of this run (``radardiff distill``): one row each, with its own
-        default sampler and steps, the same seeds, real and floor files.
-    compile : sample with each network compiled (``radardiff sample --compile``), compiled
-        before the first row is timed, for the study's batch size.
-    conv_kernels : ``auto``, ``radardiff`` or ``torch``: whose 3x3 and 1x1 convolutions the
-        networks run (``radardiff sample --conv-kernels``).
+    with_reference, floor : also evaluate ``n`` images of ``floor`` (default: the run's training
+        file) against ``real``: the ``reference`` entry, what a perfect sampler scores at ``n``.
+    students : distilled runs of this run: a row each, with its own default sampler and steps.
+    batch_size, device, precision, compile, conv_kernels : as ``radardiff sample`` takes them;
+        networks are compiled before the first row is timed, for the study's batch size.
 
     Returns
     -------
     StudyResult
         The rows (see the module docstring) and the paths of ``samplers.json`` / ``.csv``.
     """
+    variants = _variants(samplers, steps_list, n)
+    run = load_run(run_dir, device=device, checkpoint=checkpoint)
+    out = Path(out_dir) if out_dir is not None else run.run.root / "study"
+    cfg = eval_cfg or run.cfg.evaluate
+    st = _Study(run, real, cfg, _loaded_extractor(extractor), out, n, seed, batch_size)
+    how = {"seed": seed, "batch_size": batch_size, "mixed_precision": precision,
+           "compile": compile, "conv_kernels": conv_kernels}  # fmt: skip
+    requests, student_runs = _requests(st, variants, steps_list, students, how, device)
+    _warm_up(run, requests[0][2], student_runs)
+    rows = _rows(st, requests, on_row)
+    floor_file = _floor_file(run, floor)
+    reference = _reference(st, floor_file) if with_reference else None
+    settings = _settings(st, how, device, variants, steps_list, student_runs, floor_file)
+    return _write_study(out, rows, settings, reference)
+
+
+@dataclass
+class _Study:
+    """What every row of one study shares."""
+
+    run: LoadedRun
+    real: str | os.PathLike
+    cfg: EvalConfig
+    extractor: Any
+    out: Path
+    n: int
+    seed: int
+    batch_size: int
+
+
+def _variants(samplers: Sequence[str], steps_list: Sequence[int], n: int) -> list[SamplerVariant]:
+    """The sampler variants, parsed once the request as a whole has been checked."""
     if not samplers or not steps_list:
         raise ConfigError("study: give at least one sampler and one step count")
     if n < 2:
@@ -236,64 +260,87 @@ def study_samplers(
     bad = [s for s in steps_list if s < 1]
     if bad:
         raise ConfigError(f"study: --steps must be positive, got {bad[0]}")
-    variants = [parse_sampler(s) for s in samplers]
-    run = load_run(run_dir, device=device, checkpoint=checkpoint)
-    out = Path(out_dir) if out_dir is not None else run.run.root / "study"
-    cfg = eval_cfg or run.cfg.evaluate
+    return [parse_sampler(s) for s in samplers]
+
+
+def _loaded_extractor(extractor: Any) -> Any:
     if extractor is not None and not hasattr(extractor, "features"):
         from radardiff.evaluate.extractor import load_extractor
 
-        extractor = load_extractor(extractor)
-    how = {"seed": seed, "batch_size": batch_size, "mixed_precision": precision,
-           "compile": compile, "conv_kernels": conv_kernels}  # fmt: skip
-    requests = [(v, int(k), _options(v, n, k, how)) for v in variants for k in steps_list]
+        return load_extractor(extractor)
+    return extractor
+
+
+def _requests(st: _Study, variants, steps_list, students, how: dict, device):
+    """Every ``(variant or student, steps, options)`` of the study, and the loaded students;
+    each request checked against its sampler before the first long generation."""
+    requests = [(v, int(k), _options(v, st.n, k, how)) for v in variants for k in steps_list]
     student_runs = [load_run(s, device=device) for s in students]
-    for st in student_runs:
-        requests.append((st, st.cfg.sample.steps, request(st.cfg.sample, n, **how)))
-    for who, _, opts in requests:  # check every request before the first long generation
-        diffusion = (who if isinstance(who, LoadedRun) else run).cfg.diffusion
+    for student in student_runs:
+        sc = student.cfg.sample
+        requests.append((student, sc.steps, request(sc, st.n, **how)))
+    for who, _, opts in requests:
+        diffusion = (who if isinstance(who, LoadedRun) else st.run).cfg.diffusion
         make_sampler(opts.sampler, diffusion, opts.steps, opts.sampler_options)
-    _warm_up(run, requests[0][2], student_runs)
+    return requests, student_runs
+
+
+def _floor_file(run: LoadedRun, floor: str | os.PathLike | None) -> Path | None:
+    """Where the reference images come from: ``floor``, else the run's training file."""
+    if floor:
+        return Path(floor)
+    return Path(run.cfg.data.train) if run.cfg.data.train else None
+
+
+def _rows(st: _Study, requests, on_row) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for who, k, opts in requests:
-        student = who if isinstance(who, LoadedRun) else None
-        source = student or run
-        text = _student_label(student) if student else who.text
-        tag = _tag(text, k)
-        path = out / "samples" / f"{tag}.h5"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _clear(path)
-        wall, calls, result = _timed_generate(source, opts, path)
-        metrics = evaluate_files(real, result.path, cfg, out / "eval" / tag, extractor=extractor)
-        how = (
-            {"name": opts.sampler, "options": opts.sampler_options, "clip": opts.clip,
-             "student": str(student.run.root)} if student
-            else {"name": who.name, "options": who.options, "clip": who.clip}
-        )  # fmt: skip
-        row = {
-            "sampler": text, **how, "steps": k, "n": n, "wall_s": wall, "s_per_sample": wall / n,
-            "nfe": calls / -(-n // batch_size), **metrics["scalars"],
-            "samples": str(result.path), "metrics": str(out / "eval" / tag / "metrics.json"),
-        }  # fmt: skip
-        rows.append(row)
+        rows.append(_row(st, who, k, opts))
         if on_row is not None:
-            on_row(row)
-    floor_file = (
-        Path(floor) if floor else (Path(run.cfg.data.train) if run.cfg.data.train else None)
-    )
-    reference = (
-        _reference(floor_file, n, real, cfg, extractor, out, seed) if with_reference else None
-    )
-    settings = {
-        "run_dir": str(run.run.root), "run_name": run.cfg.name, "checkpoint": run.checkpoint.name,
-        **training_length(run.run, _step_of(run.checkpoint)), "real": str(real),
-        "floor": None if floor_file is None else str(floor_file), "n": n, "seed": seed,
-        "batch_size": batch_size, "device": str(device), "precision": precision,
-        "compile": compile, "conv_kernels": conv_kernels,
-        "samplers": [v.text for v in variants], "steps": [int(k) for k in steps_list],
-        "students": [str(st.run.root) for st in student_runs],
-        "metrics": list(cfg.metrics), "feature_extractor": getattr(extractor, "name", None),
+            on_row(rows[-1])
+    return rows
+
+
+def _row(st: _Study, who, k: int, opts: SampleOptions) -> dict[str, Any]:
+    """Generate, time and evaluate one request: its row of the table."""
+    student = who if isinstance(who, LoadedRun) else None
+    text = _student_label(student) if student else who.text
+    tag = _tag(text, k)
+    path = st.out / "samples" / f"{tag}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear(path)
+    wall, calls, result = _timed_generate(student or st.run, opts, path)
+    where = st.out / "eval" / tag
+    metrics = evaluate_files(st.real, result.path, st.cfg, where, extractor=st.extractor)
+    how = (
+        {"name": opts.sampler, "options": opts.sampler_options, "clip": opts.clip,
+         "student": str(student.run.root)} if student
+        else {"name": who.name, "options": who.options, "clip": who.clip}
+    )  # fmt: skip
+    n = st.n
+    return {
+        "sampler": text, **how, "steps": k, "n": n, "wall_s": wall, "s_per_sample": wall / n,
+        "nfe": calls / -(-n // st.batch_size), **metrics["scalars"],
+        "samples": str(result.path), "metrics": str(where / "metrics.json"),
     }  # fmt: skip
+
+
+def _settings(st: _Study, how: dict, device, variants, steps_list, students, floor_file) -> dict:
+    """What every number of the study stands on (the module docstring's ``settings``)."""
+    run = st.run
+    return {
+        "run_dir": str(run.run.root), "run_name": run.cfg.name, "checkpoint": run.checkpoint.name,
+        **training_length(run.run, _step_of(run.checkpoint)), "real": str(st.real),
+        "floor": None if floor_file is None else str(floor_file), "n": st.n, "seed": st.seed,
+        "batch_size": st.batch_size, "device": str(device), "precision": how["mixed_precision"],
+        "compile": how["compile"], "conv_kernels": how["conv_kernels"],
+        "samplers": [v.text for v in variants], "steps": [int(k) for k in steps_list],
+        "students": [str(s.run.root) for s in students],
+        "metrics": list(st.cfg.metrics), "feature_extractor": getattr(st.extractor, "name", None),
+    }  # fmt: skip
+
+
+def _write_study(out: Path, rows: list, settings: dict, reference: dict | None) -> StudyResult:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"schema": SCHEMA, "rows": rows, "settings": settings, "reference": reference}
     json_path, csv_path = out / "samplers.json", out / "samplers.csv"
@@ -355,21 +402,23 @@ def _step_of(ckpt: Path) -> int:
         return 0
 
 
-def _reference(train, n, real, cfg, extractor, out: Path, seed: int) -> dict[str, Any] | None:
+def _reference(st: _Study, train: Path | None) -> dict[str, Any] | None:
     """Scalars of ``n`` images of ``train`` (the floor file) against ``real``: what a perfect
     sampler would score with ``n`` samples (the finite-sample floor of every metric); None
     without such a file."""
+    n = st.n
     if train is None or not train.is_file():
         return None
     with DatasetFile(train) as ds:
         if len(ds) < n:
             return None
-        idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))
+        idx = np.sort(np.random.default_rng(st.seed).choice(len(ds), n, replace=False))
         i = ds.info
         path = write_dataset(
-            out / "samples" / "reference_floor.h5", ds.images(idx), ds.labels(idx),
+            st.out / "samples" / "reference_floor.h5", ds.images(idx), ds.labels(idx),
             kind=i.kind, units=i.units, class_names=i.class_names,
             pixel_spacing_m=i.pixel_spacing_m, source=f"{train} (study reference)",
         )  # fmt: skip
-    metrics = evaluate_files(real, path, cfg, out / "eval" / "reference", extractor=extractor)
+    where = st.out / "eval" / "reference"
+    metrics = evaluate_files(st.real, path, st.cfg, where, extractor=st.extractor)
     return {"source": str(train), "n": n, **metrics["scalars"]}

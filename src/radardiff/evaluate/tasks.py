@@ -27,7 +27,7 @@ from radardiff._files import holding
 from radardiff._hardware import resolve_precision
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError, DataError
-from radardiff.evaluate.skill import best_threshold, recovery_score, roc_auc
+from radardiff.evaluate.measures.skill import best_threshold, recovery_score, roc_auc
 from radardiff.models.downstream import build, encode, save_task
 
 TASKS = {"recovery": "unet", "detection": "cnn"}

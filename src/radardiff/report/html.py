@@ -75,81 +75,66 @@ def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
 
 
 def _metrics_sections(m: dict) -> str:
+    """The plots of a metrics.json: semivariogram, PSD, histogram, per-sample ranges and stds."""
     units = m.get("real", {}).get("units", "")
     out = []
-    sv = m.get("semivariogram")
-    if sv:
-        lags = sv.get("lags_m") or sv["lags_px"]
-        xl = "lag (m)" if sv.get("lags_m") else "lag (pixels)"
-        out.append(
-            _img(
-                figures.band_plot(
-                    lags,
-                    sv["real"],
-                    sv["fake"],
-                    xl,
-                    f"semivariance ({units}²)",
-                    f"semivariogram ({sv.get('ci', '')})",
-                ),
-                "semivariogram",
-            )
-        )
-    psd = m.get("psd")
-    if psd:
-        out.append(
-            _img(
-                figures.band_plot(
-                    psd["freq_cycles_per_px"],
-                    psd["real"],
-                    psd["fake"],
-                    "frequency (cycles/pixel)",
-                    "power",
-                    "radially averaged PSD",
-                    logx=True,
-                    logy=True,
-                ),
-                "psd",
-            )
-        )
-    hist = m.get("histogram")
-    if hist:
-        out.append(
-            _img(
-                figures.histogram_plot(
-                    hist["bin_edges"], hist["real"], hist["fake"], hist.get("units", units)
-                ),
-                "histogram",
-            )
-        )
-    rng = m.get("ranges")
-    if rng:
-        out.append(
-            _img(
-                figures.distribution_plot(
-                    rng["real_range"],
-                    rng["fake_range"],
-                    f"per-sample range ({units})",
-                    "range distribution",
-                ),
-                "ranges",
-            )
-        )
-        out.append(
-            _img(
-                figures.distribution_plot(
-                    rng["real_std"],
-                    rng["fake_std"],
-                    f"per-sample std ({units})",
-                    "std distribution",
-                ),
-                "stds",
-            )
-        )
-    return (
-        f'<div class="row">{"".join(out)}</div>'
-        if out
-        else '<p class="note">No radar statistics.</p>'
+    if m.get("semivariogram"):
+        out.append(_semivariogram_figure(m["semivariogram"], units))
+    if m.get("psd"):
+        out.append(_psd_figure(m["psd"]))
+    if m.get("histogram"):
+        out.append(_histogram_figure(m["histogram"], units))
+    if m.get("ranges"):
+        out += _spread_figures(m["ranges"], units)
+    if not out:
+        return '<p class="note">No radar statistics.</p>'
+    return f'<div class="row">{"".join(out)}</div>'
+
+
+def _semivariogram_figure(sv: dict, units: str) -> str:
+    lags = sv.get("lags_m") or sv["lags_px"]
+    xl = "lag (m)" if sv.get("lags_m") else "lag (pixels)"
+    png = figures.band_plot(
+        lags,
+        sv["real"],
+        sv["fake"],
+        xl,
+        f"semivariance ({units}²)",
+        f"semivariogram ({sv.get('ci', '')})",
     )
+    return _img(png, "semivariogram")
+
+
+def _psd_figure(psd: dict) -> str:
+    png = figures.band_plot(
+        psd["freq_cycles_per_px"],
+        psd["real"],
+        psd["fake"],
+        "frequency (cycles/pixel)",
+        "power",
+        "radially averaged PSD",
+        logx=True,
+        logy=True,
+    )
+    return _img(png, "psd")
+
+
+def _histogram_figure(hist: dict, units: str) -> str:
+    png = figures.histogram_plot(
+        hist["bin_edges"], hist["real"], hist["fake"], hist.get("units", units)
+    )
+    return _img(png, "histogram")
+
+
+def _spread_figures(rng: dict, units: str) -> list[str]:
+    """Distributions of the per-sample ranges and standard deviations."""
+    ranges = figures.distribution_plot(
+        rng["real_range"], rng["fake_range"], f"per-sample range ({units})", "range distribution"
+    )
+    stds = figures.distribution_plot(
+        rng["real_std"], rng["fake_std"], f"per-sample std ({units})", "std distribution"
+    )
+    return [_img(ranges, "ranges"), _img(stds, "stds")]
 
 
 def _noise_gallery(m: dict) -> str:

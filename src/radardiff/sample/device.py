@@ -18,9 +18,8 @@ def pick_device() -> torch.device:
 
 
 AUTO_BATCH = "auto"
-# On a CPU a bigger batch does not go faster: the insar_noise_32 network in channels-last fp32
-# (2-core AVX2 EPYC, 2 threads, 3 interleaved repeats) ran 6.1-6.6 image-calls/s at batch 8,
-# 6.3-6.8 at 32, 5.7-6.2 at 64 and 5.1-5.3 at 128, where the activations outgrow the cache
+# On a CPU a bigger batch does not go faster: past a few dozen images the activations outgrow
+# the cache and image-calls per second fall (docs/performance.md, "CPU sampling batch size")
 CPU_BATCH = 64
 # a batch is what an interrupted request keeps (finished batches are parts on disk) and what the
 # progress bar counts, so even a GPU with room for more is given at most this many a batch

@@ -219,6 +219,25 @@ def _kind(name: str) -> SynthKind:
     return GENERATORS[name]
 
 
+def _with_spacing(gen: SynthKind, params, pixel_spacing_m: float | None, size: int):
+    """``params`` with the extent ``pixel_spacing_m`` sets (generators with a physical extent),
+    and the spacing to record (scale-free generators; None: the generator's own)."""
+    if pixel_spacing_m is None:
+        return params, None
+    if not (math.isfinite(pixel_spacing_m) and pixel_spacing_m > 0):
+        raise DataError(
+            f"--pixel-spacing must be a positive number of metres, got {pixel_spacing_m}"
+        )
+    if gen.extent_param and gen.extent_param in (params or {}):
+        raise DataError(
+            f"--pixel-spacing and --param {gen.extent_param}: give one (the extent is "
+            "spacing x size)"
+        )
+    if gen.extent_param:
+        return {**(params or {}), gen.extent_param: pixel_spacing_m * size}, None
+    return params, float(pixel_spacing_m)
+
+
 def synthesize(
     name: str,
     n: int,
@@ -245,21 +264,7 @@ def synthesize(
         raise DataError(f"--size must be at least 8, got {size}")
     if seed < 0:
         raise DataError(f"--seed must be >= 0, got {seed}")
-    spacing = None
-    if pixel_spacing_m is not None:
-        if not (math.isfinite(pixel_spacing_m) and pixel_spacing_m > 0):
-            raise DataError(
-                f"--pixel-spacing must be a positive number of metres, got {pixel_spacing_m}"
-            )
-        if gen.extent_param and gen.extent_param in (params or {}):
-            raise DataError(
-                f"--pixel-spacing and --param {gen.extent_param}: give one (the extent is "
-                "spacing x size)"
-            )
-        if gen.extent_param:
-            params = {**(params or {}), gen.extent_param: pixel_spacing_m * size}
-        else:
-            spacing = float(pixel_spacing_m)
+    params, spacing = _with_spacing(gen, params, pixel_spacing_m, size)
     p = build_params(name, params)
     extras = {k: ((1, size, size), "<f4") for k in gen.extras(p)}
     check_space(out, 4.0 * n * (1 + len(extras)) * size * size, f"{n} scenes of {size} px")

@@ -2,7 +2,9 @@
 
 - deformation recovery: RMSE over valid pixels, and the same as a fraction of the signal's RMS;
   skill ``1 - RMSE / RMS(signal)`` (1: perfect, 0: no better than predicting no deformation);
-- detection: ROC AUC (Mann-Whitney), and accuracy at a threshold chosen on validation data.
+- detection: ROC AUC (Mann-Whitney), and accuracy at a threshold chosen on validation data;
+- over seeds: mean and standard deviation of each score, and the downstream experiment's
+  comparisons of training sets on mean skill.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
 
 @dataclass(frozen=True)
 class DetectionScore:
+    """ROC AUC, accuracy at ``threshold``, and the number of present and absent cases."""
+
     auc: float
     accuracy: float
     threshold: float
@@ -99,3 +103,67 @@ def detection_score(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
         roc_auc(scores, y), accuracy(scores, y, threshold), float(threshold),
         int(y.sum()), int((~y).sum()),
     )  # fmt: skip
+
+
+# the skill of a network that learned nothing: no better than predicting no deformation, or a
+# coin for detection
+CHANCE = {"recovery": 0.0, "detection": 0.5}
+
+
+def summarise_over_seeds(rows: list[dict]) -> dict:
+    """Per task and training set, each score's mean and standard deviation over seeds, and the
+    comparisons of :func:`skill_criteria` on the mean skill.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per (task, set, seed): ``task``, ``set`` and the float scores (``skill`` among them;
+        ``threshold`` is a setting, not a score).
+
+    Returns
+    -------
+    dict
+        ``{task: {"sets": {set: {score: {"mean", "std"}, "seeds": n}}, "criteria": {...}}}``,
+        ``std`` with ``ddof=1`` (0 for one seed).
+    """
+    out: dict = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        sets = {}
+        for name in dict.fromkeys(r["set"] for r in rows if r["task"] == task):
+            mine = [r for r in rows if r["task"] == task and r["set"] == name]
+            keys = [k for k, v in mine[0].items() if isinstance(v, float) and k != "threshold"]
+            sets[name] = {k: _spread([r[k] for r in mine]) for k in keys}
+            sets[name]["seeds"] = len(mine)
+        skill = {name: s["skill"]["mean"] for name, s in sets.items()}
+        out[task] = {"sets": sets, "criteria": skill_criteria(skill, CHANCE.get(task, 0.0))}
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+def skill_criteria(skill: dict, chance: float = 0.0) -> dict:
+    """The downstream experiment's comparisons of mean skills per training set.
+
+    ``generated_over_real = s_gen / s_real`` (when ``s_real`` > chance); for detection, where
+    an AUC ratio flatters a poor network, also ``(s_gen - c) / (s_real - c)`` with the chance
+    skill ``c`` = 0.5, and that ratio decides ``generated_reaches_90pct_of_real`` (>= 0.9).
+    ``generated_beats_physics`` and ``real_plus_generated_beats_real`` compare means directly.
+    Only the comparisons whose sets are present are returned.
+    """
+    c: dict = {}
+    if "generated" in skill and "real" in skill and skill["real"] > chance:
+        c["generated_over_real"] = skill["generated"] / skill["real"]
+        if chance:
+            c["generated_over_real_above_chance"] = (skill["generated"] - chance) / (
+                skill["real"] - chance
+            )
+        key = "generated_over_real_above_chance" if chance else "generated_over_real"
+        c["generated_reaches_90pct_of_real"] = bool(c[key] >= 0.9)
+    if "generated" in skill and "physics" in skill:
+        c["generated_beats_physics"] = bool(skill["generated"] > skill["physics"])
+    if "real+generated" in skill and "real" in skill:
+        c["real_plus_generated_beats_real"] = bool(skill["real+generated"] > skill["real"])
+    return c

@@ -28,12 +28,22 @@ class SampleSpread:
 
 
 def sample_spread(images: np.ndarray) -> SampleSpread:
-    """Range and (population) standard deviation of each sample's finite pixels.
+    r"""Range and (population) standard deviation of each sample's finite pixels.
+
+    .. math:: r_b = \max_i x_{b,i} - \min_i x_{b,i}, \qquad
+              s_b = \sqrt{\tfrac{1}{n_b} \textstyle\sum_i (x_{b,i} - \bar x_b)^2},
+
+    over the :math:`n_b` finite pixels :math:`x_{b,i}` of sample :math:`b`.
 
     Parameters
     ----------
     images : ndarray, shape (B, ...)
         NaN marks missing pixels; a sample with no finite pixel gets NaN.
+
+    Returns
+    -------
+    SampleSpread
+        ``range`` and ``std``, shape (B,), in the units of ``images``.
     """
     z = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
     ok = np.isfinite(z)
@@ -49,7 +59,14 @@ def sample_spread(images: np.ndarray) -> SampleSpread:
 
 
 def w1(real: np.ndarray, fake: np.ndarray) -> float:
-    """Wasserstein-1 distance between the finite values of two samples (same units as input)."""
+    r"""Wasserstein-1 distance between the finite values of two samples.
+
+    .. math:: W_1(P, Q) = \int |F_P(t) - F_Q(t)| \, dt
+
+    between their empirical distribution functions (Villani 2009, Optimal Transport, ch. 6),
+    by :func:`scipy.stats.wasserstein_distance`. In the units of the input; 0 for identical
+    distributions.
+    """
     a = np.asarray(real, dtype=np.float64).ravel()
     b = np.asarray(fake, dtype=np.float64).ravel()
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
@@ -68,10 +85,17 @@ class Histograms:
 
 
 def histograms(real: np.ndarray, fake: np.ndarray, bins: int = 100) -> Histograms:
-    """Density histograms of the finite values of two sets on shared, equal-width edges.
+    r"""Density histograms of the finite values of two sets on shared, equal-width edges.
 
     The edges span the 0.1 and 99.9 percentiles of the pooled values, so one outlier does not
-    squeeze every other value into a single bin; values outside are not counted.
+    squeeze every other value into a single bin; values outside are not counted. Each histogram
+    is a density, :math:`h_j = n_j / (n \, \Delta)` with :math:`\Delta` the bin width, as
+    :func:`numpy.histogram` with ``density=True`` gives.
+
+    Returns
+    -------
+    Histograms
+        ``bin_edges`` (bins + 1,) and the two densities (bins,).
     """
     a = np.asarray(real, dtype=np.float64).ravel()
     b = np.asarray(fake, dtype=np.float64).ravel()

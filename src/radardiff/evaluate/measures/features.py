@@ -66,8 +66,9 @@ def frechet_distance(
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet Inception(-style) Distance between two feature sets (N, D).
 
-    Means and unbiased covariances (``ddof=1``) of each set, then :func:`frechet_distance`.
-    Needs at least 2 samples per set; a reliable value needs N well above D.
+    Means and unbiased covariances (``ddof=1``) of each set, then :func:`frechet_distance`
+    (Heusel et al. 2017, "GANs trained by a two time-scale update rule"). Needs at least 2
+    samples per set; a reliable value needs N well above D.
     """
     a = _as_features(real, "real", 2)
     b = _as_features(fake, "fake", 2)

@@ -36,7 +36,9 @@ def to_linear_intensity(values: np.ndarray, units: str) -> np.ndarray:
 def enl(intensity: np.ndarray) -> float:
     r"""Equivalent number of looks :math:`\mu^2 / \sigma^2` of a homogeneous linear-intensity area.
 
-    NaN pixels are ignored. Raises DataError with fewer than 2 finite values.
+    :math:`\sigma^2` is the sample variance (``ddof=1``); NaN pixels are ignored; a constant
+    area gives infinity (Oliver & Quegan 2004, Understanding Synthetic Aperture Radar Images,
+    ch. 4). Raises DataError with fewer than 2 finite values.
     """
     v = np.asarray(intensity, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
@@ -47,7 +49,11 @@ def enl(intensity: np.ndarray) -> float:
 
 
 def coefficient_of_variation(intensity: np.ndarray) -> float:
-    r"""Coefficient of variation :math:`\sigma / \mu` of linear intensity (NaN ignored)."""
+    r"""Coefficient of variation :math:`\sigma / \mu` of linear intensity (NaN ignored).
+
+    :math:`\sigma` with ``ddof=1``; :math:`1 / \sqrt{L}` for fully developed L-look speckle
+    (Oliver & Quegan 2004, ch. 4). Raises DataError with fewer than 2 finite values.
+    """
     v = np.asarray(intensity, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size < 2:
@@ -71,7 +77,20 @@ class SpeckleStats:
 
 
 def speckle_stats(intensity: np.ndarray, block: int = 8) -> SpeckleStats:
-    """Windowed ENL and whole-image CV of each linear-intensity image (B, H, W)."""
+    r"""Windowed ENL and whole-image CV of each linear-intensity image (B, H, W).
+
+    .. math:: \mathrm{ENL}_b = \operatorname{median}_w \frac{\mu_w^2}{\sigma_w^2}, \qquad
+              \mathrm{CV}_b = \frac{\sigma_b}{\mu_b},
+
+    over the non-overlapping ``block`` x ``block`` windows :math:`w` of image :math:`b`
+    (variances with ``ddof=1``, NaN ignored; a window of zero variance is left out). See
+    :func:`enl` and :func:`coefficient_of_variation` for the references.
+
+    Returns
+    -------
+    SpeckleStats
+        ``enl`` and ``cv``, shape (B,); NaN for an image without valid windows or pixels.
+    """
     z = np.asarray(intensity, dtype=np.float64)
     if z.ndim == 2:
         z = z[None]
@@ -117,7 +136,9 @@ class PhaseStats:
 def residues(phase: np.ndarray) -> np.ndarray:
     r"""Residue charge :math:`q \in \{-1, 0, 1\}` of each 2x2 loop, shape (..., H-1, W-1).
 
-    The loop runs (y,x) -> (y,x+1) -> (y+1,x+1) -> (y+1,x) -> (y,x); NaN where a corner is NaN.
+    :math:`q = \frac{1}{2\pi} \sum_{k=1}^4 W(\phi_{k+1} - \phi_k)` around the loop, rounded
+    (Goldstein, Zebker & Werner 1988). The loop runs (y,x) -> (y,x+1) -> (y+1,x+1) -> (y+1,x)
+    -> (y,x); NaN where a corner is NaN.
     """
     p = np.asarray(phase, dtype=np.float64)
     d1 = wrap(p[..., :-1, 1:] - p[..., :-1, :-1])
@@ -128,7 +149,19 @@ def residues(phase: np.ndarray) -> np.ndarray:
 
 
 def phase_stats(phase: np.ndarray) -> PhaseStats:
-    """Wrapped-gradient statistics and residue density of each phase image (B, H, W), radians."""
+    r"""Wrapped-gradient statistics and residue density of each phase image (B, H, W), radians.
+
+    With :math:`W` the wrapping to :math:`(-\pi, \pi]`, the gradients are
+    :math:`g_x = W(\phi_{y,x+1} - \phi_{y,x})` and :math:`g_y = W(\phi_{y+1,x} - \phi_{y,x})`;
+    their mean absolute value and (population) standard deviation are reported per image, and
+    the residue density is the fraction of 2x2 loops with all corners valid whose charge
+    (:func:`residues`) is not 0 (Goldstein, Zebker & Werner 1988, Radio Science 23(4)).
+
+    Returns
+    -------
+    PhaseStats
+        Each field of shape (B,); NaN where an image has no valid gradient or loop.
+    """
     p = np.asarray(phase, dtype=np.float64)
     if p.ndim == 2:
         p = p[None]

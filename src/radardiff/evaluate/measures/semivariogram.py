@@ -74,17 +74,21 @@ def bin_edges_px(max_lag: int) -> np.ndarray:
     return np.arange(1, max_lag + 1, dtype=np.float64) + 0.5
 
 
+def _fft_shape(h: int, w: int) -> tuple[int, int]:
+    """Padded FFT shape: at least (2H - 1, 2W - 1), so that no lag wraps around."""
+    return sfft.next_fast_len(2 * h - 1, real=True), sfft.next_fast_len(2 * w - 1, real=True)
+
+
 @lru_cache(maxsize=16)
-def _lag_geometry(h: int, w: int, max_lag: int):
-    """Padded FFT shape, crop of the correlation around lag 0, and the crop -> bin matrix."""
-    shape = (sfft.next_fast_len(2 * h - 1, real=True), sfft.next_fast_len(2 * w - 1, real=True))
+def _bin_matrix(max_lag: int) -> sp.csr_matrix:
+    """Sparse (2L+1)^2 x L matrix taking the cropped lags -L..L (rows, columns) to the isotropic
+    distance bins 1..L."""
     dy = np.arange(-max_lag, max_lag + 1)
     dist = np.hypot(dy[:, None], dy[None, :]).ravel()
     k = np.floor(dist + 0.5).astype(np.int64)  # bin k: k - 1/2 <= d < k + 1/2
     keep = (k >= 1) & (k <= max_lag)
     rows = np.nonzero(keep)[0]
-    binmat = sp.csr_matrix((np.ones(rows.size), (rows, k[keep] - 1)), shape=(dist.size, max_lag))
-    return shape, binmat
+    return sp.csr_matrix((np.ones(rows.size), (rows, k[keep] - 1)), shape=(dist.size, max_lag))
 
 
 def _crop(corr: np.ndarray, max_lag: int) -> np.ndarray:
@@ -127,17 +131,33 @@ def semivariogram(
     Matheron, G. (1962). Traité de géostatistique appliquée. Marcotte, D. (1996). Fast variogram
     computation with FFT. Computers & Geosciences 22(10), 1175-1186.
     """
+    z, max_lag = _checked(images, max_lag)
+    z, m = _centred(z, mask, standardize)
+    num, npair = _correlations(z, m, max_lag, workers)
+    return _binned(num, npair, max_lag)
+
+
+def _checked(images: np.ndarray, max_lag: int | None) -> tuple[np.ndarray, int]:
+    """Images as float64 (B, H, W) and the largest lag, or the reason they do not qualify."""
     z = np.asarray(images, dtype=np.float64)
     if z.ndim == 2:
         z = z[None]
     if z.ndim != 3:
         raise ValueError(f"images must be (B, H, W) or (H, W), got shape {z.shape}")
-    b, h, w = z.shape
+    h, w = z.shape[1:]
     if min(h, w) < 2:
         raise DataError(f"a semivariogram needs images of at least 2x2 pixels, got {h}x{w}")
     max_lag = min(h, w) // 2 if max_lag is None else int(max_lag)
     if not 1 <= max_lag < min(h, w):
         raise DataError(f"max_lag={max_lag} must lie in [1, {min(h, w) - 1}] for {h}x{w} images")
+    return z, max_lag
+
+
+def _centred(
+    z: np.ndarray, mask: np.ndarray | None, standardize: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validity mask m (float, 1 = data) and the values minus each image's mean, zero where
+    m is 0, divided by each image's standard deviation when ``standardize``."""
     m = np.isfinite(z)
     if mask is not None:
         m &= np.broadcast_to(np.asarray(mask, dtype=bool), z.shape)
@@ -153,8 +173,14 @@ def semivariogram(
         if standardize:
             sd = np.sqrt((z**2).sum(axis=(1, 2), keepdims=True) / np.maximum(count, 1))
             z = z / np.where(sd > 0, sd, 1.0)
+    return z, m
 
-    shape, binmat = _lag_geometry(h, w, max_lag)
+
+def _correlations(
+    z: np.ndarray, m: np.ndarray, max_lag: int, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """num(h) and N(h) (module docstring) at lags -max_lag..max_lag: (B, 2L+1, 2L+1) each."""
+    shape = _fft_shape(*z.shape[1:])
     fm = sfft.rfft2(m, s=shape, workers=workers)
     fz = sfft.rfft2(z, s=shape, workers=workers)
     fz2 = sfft.rfft2(z * z, s=shape, workers=workers)
@@ -163,11 +189,15 @@ def semivariogram(
         2.0 * (fm.conj() * fz2).real - 2.0 * (fz.conj() * fz).real, s=shape, workers=workers
     )
     npair = sfft.irfft2((fm.conj() * fm).real, s=shape, workers=workers)
-    num = _crop(num, max_lag)
-    npair = np.rint(_crop(npair, max_lag))  # pair counts are integers; drop FFT round-off
+    # pair counts are integers; rounding drops the FFT round-off
+    return _crop(num, max_lag), np.rint(_crop(npair, max_lag))
 
+
+def _binned(num: np.ndarray, npair: np.ndarray, max_lag: int) -> SemivariogramResult:
+    """gamma = num / (2 N), pooled over the isotropic distance bins, and along the two axes."""
+    b, binmat = num.shape[0], _bin_matrix(max_lag)
     lags = np.arange(1, max_lag + 1)
-    c = max_lag
+    c = max_lag  # index of lag 0
     flat_num = num.reshape(b, -1) @ binmat
     flat_n = npair.reshape(b, -1) @ binmat
     with np.errstate(invalid="ignore", divide="ignore"):

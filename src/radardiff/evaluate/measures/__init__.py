@@ -1,0 +1,15 @@
+"""Pure metrics: arrays in, numbers or fixed-shape result dataclasses out.
+
+No module here reads or writes a file, opens a dataset, trains or loads a network, or writes JSON;
+the drivers one level up (:mod:`radardiff.evaluate.metrics`, :mod:`~radardiff.evaluate.study`,
+:mod:`~radardiff.evaluate.downstream`, ...) do that and call these. ``tests/test_layers.py``
+checks the rule on the source.
+
+- :mod:`.semivariogram`: exact FFT Matheron semivariograms and their relative error;
+- :mod:`.spectra`: radially averaged power spectra and their log-RMSE;
+- :mod:`.distributions`: Wasserstein-1 distances, histograms, per-sample spread;
+- :mod:`.radar_stats`: speckle (ENL, CV) and wrapped-phase statistics (gradients, residues);
+- :mod:`.bands`: bootstrap or normal confidence bands of a mean curve;
+- :mod:`.features`: FID, KID, improved precision and recall of feature arrays;
+- :mod:`.skill`: skill scores of the downstream tasks (recovery RMSE, ROC AUC, accuracy).
+"""
