@@ -111,3 +111,23 @@ def test_spaced_timesteps_are_distinct_and_span_the_schedule(T, K):
     ts = spaced_timesteps(T, K)
     assert len(ts) == K and len(np.unique(ts)) == K and (np.diff(ts) > 0).all()
     assert ts[-1] == T - 1 and (K == 1 or ts[0] == 0)
+
+
+def test_signal_noise_is_the_one_place_of_the_coefficients():
+    """(sqrt(abar), sqrt(1 - abar)) for tensors, arrays and floats alike; a^2 + s^2 = 1."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from radardiff.diffusion import signal_noise
+
+    abar = np.array([1.0, 0.75, 0.25, 0.0])
+    a, s = signal_noise(abar)
+    np.testing.assert_array_equal(a, np.sqrt(abar))
+    np.testing.assert_allclose(a**2 + s**2, 1.0, rtol=0, atol=1e-15)
+    ta, ts = signal_noise(torch.tensor(abar, dtype=torch.float32))
+    assert ta.dtype == torch.float32 and torch.equal(ta, torch.tensor(abar).float().sqrt())
+    assert signal_noise(0.36) == (0.6, 0.8)
+    assert signal_noise(1.0 + 1e-16) == (math.sqrt(1.0 + 1e-16), 0.0)  # rounding above 1: no NaN
+    assert float(signal_noise(torch.tensor(1.0000001))[1]) == 0.0

@@ -34,7 +34,7 @@ from radardiff.diffusion.samplers import (
     initial_noise,
     make_sampler,
 )
-from radardiff.diffusion.schedule import Schedule, make_betas, spaced_timesteps
+from radardiff.diffusion.schedule import Schedule, make_betas, signal_noise, spaced_timesteps
 from radardiff.diffusion.tensors import fill_invalid, masked_mean
 from radardiff.diffusion.timesteps import (
     LossSecondMomentSampler,
@@ -44,6 +44,7 @@ from radardiff.diffusion.timesteps import (
 from radardiff.diffusion.vlb import prior_bpd, vlb_terms
 
 __all__ = [
+    "signal_noise",
     "Conditioning",
     "Denoiser",
     "DenoiserOutput",

@@ -30,7 +30,7 @@ import torch
 
 from radardiff import _stop
 from radardiff.config.schema import RunConfig
-from radardiff.diffusion.schedule import Schedule
+from radardiff.diffusion.schedule import Schedule, signal_noise
 from radardiff.errors import ConfigError
 from radardiff.models import log_range_moments, range_embedding_value
 
@@ -64,8 +64,7 @@ def x0_and_eps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) from the network's mean output ``out`` in parameterisation ``prediction``
     (``eps``, ``v`` or ``x0``) at noise level ``abar`` (scalar or one per sample)."""
-    a = _shaped(abar, x_t)
-    sa, sb = a.sqrt(), (1.0 - a).sqrt()
+    sa, sb = signal_noise(_shaped(abar, x_t))
     if prediction == "eps":
         return (x_t - sb * out) / sa, out
     if prediction == "v":
@@ -76,8 +75,8 @@ def x0_and_eps(
 
 
 def eps_from_x0(x0: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    a = _shaped(abar, x_t)
-    return (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()
+    sa, sb = signal_noise(_shaped(abar, x_t))
+    return (x_t - sa * x0) / sb
 
 
 def clip_x0(x0: torch.Tensor, mode: str, percentile: float = 0.995) -> torch.Tensor:
@@ -110,8 +109,8 @@ class DenoiserOutput:
 
     @property
     def v(self) -> torch.Tensor:
-        a = _shaped(self.abar, self.x0)
-        return a.sqrt() * self.eps - (1.0 - a).sqrt() * self.x0
+        sa, sb = signal_noise(_shaped(self.abar, self.x0))
+        return sa * self.eps - sb * self.x0
 
 
 @dataclass

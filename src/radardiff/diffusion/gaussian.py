@@ -19,7 +19,7 @@ import torch
 
 from radardiff.config.schema import DiffusionConfig
 from radardiff.diffusion.denoiser import x0_and_eps
-from radardiff.diffusion.schedule import Schedule
+from radardiff.diffusion.schedule import Schedule, signal_noise
 from radardiff.diffusion.tensors import PosteriorParams, expand_at, fill_invalid, masked_mean
 from radardiff.diffusion.vlb import vlb_terms
 from radardiff.errors import ConfigError
@@ -79,11 +79,12 @@ class GaussianDiffusion:
         self.schedule = Schedule(cfg) if schedule is None else schedule
         self.T = self.schedule.T
         s = self.schedule
+        sqrt_ac, sqrt_1m_ac = signal_noise(s.alphas_cumprod)
         arrays = {
             "betas": s.betas,
             "alphas_cumprod": s.alphas_cumprod,
-            "sqrt_ac": np.sqrt(s.alphas_cumprod),
-            "sqrt_1m_ac": np.sqrt(1.0 - s.alphas_cumprod),
+            "sqrt_ac": sqrt_ac,
+            "sqrt_1m_ac": sqrt_1m_ac,
             "snr": s.snr,
             "posterior_variance": s.posterior_variance,
             "posterior_log_variance_clipped": s.posterior_log_variance_clipped,

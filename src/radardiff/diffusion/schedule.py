@@ -29,6 +29,20 @@ MAX_BETA = 0.999
 MIN_SAMPLING_ABAR = 2.0**-24
 
 
+def signal_noise(abar):
+    """The VP process's coefficients at noise level ``abar``: ``(a, s) = (sqrt(abar),
+    sqrt(1 - abar))``, ``x_t = a x0 + s eps`` (Ho et al. 2020, eq. 4). The one place they are
+    computed: a tensor gives tensors (its dtype and device), anything else float64 arrays or
+    floats; ``1 - abar`` below 0 by rounding counts as 0."""
+    if isinstance(abar, torch.Tensor):
+        return abar.sqrt(), (1.0 - abar).clamp_min(0.0).sqrt()
+    if np.ndim(abar) == 0:
+        abar = float(abar)
+        return math.sqrt(abar), math.sqrt(max(1.0 - abar, 0.0))
+    abar = np.asarray(abar, dtype=np.float64)
+    return np.sqrt(abar), np.sqrt(np.maximum(1.0 - abar, 0.0))
+
+
 def cosine_alpha_bar(t: np.ndarray | float, s: float = COSINE_OFFSET) -> np.ndarray | float:
     """``f(t) = cos^2(((t + s) / (1 + s)) pi / 2)`` for continuous ``t`` in [0, 1] (Nichol and
     Dhariwal 2021, eq. 17); the schedule's ``abar`` is ``f(t/T) / f(0)`` before clipping."""

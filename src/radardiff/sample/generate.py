@@ -35,7 +35,7 @@ from radardiff.config.schema import SampleConfig
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.diffusion import SAMPLERS, Denoiser, PreparedSampler, initial_noise, make_sampler
 from radardiff.diffusion.denoiser import CLIP_MODES, default_clip
-from radardiff.diffusion.schedule import Schedule
+from radardiff.diffusion.schedule import Schedule, signal_noise
 from radardiff.errors import ConfigError, DiskFullError, RadarDiffError, is_disk_full
 from radardiff.models import LoadedRun, condition_frame, upsample
 from radardiff.models.network import NetworkPolicy, prepare_network
@@ -304,8 +304,8 @@ def _superres_conditions(
         noise = torch.stack(
             [torch.randn(cond.shape[1:], generator=_seeded(opts.seed, i, 13)) for i in idx]
         )
-        abar = float(Schedule(run.cfg.diffusion).alphas_cumprod[opts.sr_noise])
-        cond = abar**0.5 * cond + (1.0 - abar) ** 0.5 * noise
+        a, s = signal_noise(Schedule(run.cfg.diffusion).alphas_cumprod[opts.sr_noise])
+        cond = a * cond + s * noise
     level = torch.full((len(idx),), float(opts.sr_noise))
     return BatchConditions(
         labels=condition.labels(idx), stats=low.stats, low=cond, level=level, frame=(c, h)

@@ -58,6 +58,7 @@ from radardiff.config.io import apply_overrides, config_to_dict
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.diffusion import Denoiser, default_clip, fill_invalid, masked_mean, x0_and_eps
 from radardiff.diffusion.samplers import karras_sigmas
+from radardiff.diffusion.schedule import signal_noise
 from radardiff.errors import ConfigError
 from radardiff.models import LoadedRun, load_run
 from radardiff.models.run import write_manifest
@@ -249,8 +250,7 @@ class _DistillObjective(Objective):
         """(a, s) shaped (B, 1, 1, 1), float64; t < 0 is the chain's end (abar = 1)."""
         end = t < 0
         abar = trainer.diffusion.schedule.abar_at_tensor(t.clamp_min(0.0))
-        abar = torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1)
-        return abar.sqrt(), (1.0 - abar).clamp_min(0.0).sqrt()
+        return signal_noise(torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1))
 
     def student_x0(self, trainer: Trainer, z, t, cond, denoiser=None) -> torch.Tensor:
         """The student's (or ``denoiser``'s) x0 estimate of ``z`` at trained times ``t`` (>= 0),
