@@ -5,7 +5,7 @@ For a 32x32 and a 64x64 recipe-sized UNet (``configs/insar_noise_32.toml``; the 
 autocast:
 
 * ``bare``: a loop of UNet forwards on fixed inputs (the floor any sampler pays);
-* ``ours``: a prepared sampler over the run's ``Denoiser`` (scheduler step, per-sample
+* ``ours``: a prepared sampler over the run's ``Denoiser`` (the solver's step, per-sample
   generators, parameterisation, casting) on the same inputs and number of network calls, for
   dpmsolver++ and ddpm;
 * overhead (target < 5 %): against the separate bare loop, ours / bare - 1 (interleaved

@@ -211,23 +211,23 @@ class _DistillObjective(Objective):
         self.teacher: torch.nn.Module | None = None
         self._teacher_denoiser: Denoiser | None = None
 
-    def run_ready(self, trainer: Trainer) -> None:
+    def run_ready(self, trainer) -> None:
         if not kept_teacher(trainer.run_dir).is_dir():
             keep_teacher(self.teacher_run, trainer.run_dir)
 
-    def normalizer(self, trainer: Trainer) -> Normalizer:
+    def normalizer(self, trainer) -> Normalizer:
         norm = copy.deepcopy(self.teacher_run.normalizer)
         norm.valid_indices = valid_sample_indices(trainer.data, to_db=norm.to_db)
         return norm
 
-    def network(self, trainer: Trainer) -> torch.nn.Module:
+    def network(self, trainer) -> torch.nn.Module:
         model = super().network(trainer)
         model.load_state_dict(self.teacher_run.model.state_dict())
         self.teacher = copy.deepcopy(self.teacher_run.model).float().eval()
         self.teacher.requires_grad_(False)
         return model
 
-    def teacher_denoiser(self, trainer: Trainer) -> Denoiser:
+    def teacher_denoiser(self, trainer) -> Denoiser:
         """The teacher as sampling uses it: the run's x0 clipping, the distillation's guidance,
         the training's precision; on the kernels where the student trains on them (the teacher
         runs without gradients)."""
@@ -241,18 +241,18 @@ class _DistillObjective(Objective):
             )
         return self._teacher_denoiser
 
-    def lr(self, trainer: Trainer, step: int) -> float:
+    def lr(self, trainer, step: int) -> float:
         per = trainer.cfg.distill.steps_per_stage
         return trainer.cfg.distill.lr * (1.0 - (step % per) / per)
 
     @staticmethod
-    def coefs(trainer: Trainer, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def coefs(trainer, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, s) shaped (B, 1, 1, 1), float64; t < 0 is the chain's end (abar = 1)."""
         end = t < 0
         abar = trainer.diffusion.schedule.abar_at_tensor(t.clamp_min(0.0))
         return signal_noise(torch.where(end, torch.ones_like(abar), abar).reshape(-1, 1, 1, 1))
 
-    def student_x0(self, trainer: Trainer, z, t, cond, denoiser=None) -> torch.Tensor:
+    def student_x0(self, trainer, z, t, cond, denoiser=None) -> torch.Tensor:
         """The student's (or ``denoiser``'s) x0 estimate of ``z`` at trained times ``t`` (>= 0),
         unclipped."""
         out = (denoiser or trainer.denoiser).network_output(z, t, cond)
@@ -261,7 +261,7 @@ class _DistillObjective(Objective):
         return x0_and_eps(out[:, :c].float(), z, abar, trainer.cfg.diffusion.prediction)[0]
 
     @staticmethod
-    def inputs(trainer: Trainer, batch, gen, noise_gen):
+    def inputs(trainer, batch, gen, noise_gen):
         """(clean x0 with invalid pixels filled, mask, conditioning, noise) of a batch."""
         device = trainer.acc.device
         x0, low = target_and_condition(trainer.cfg, to_device(batch["image"], device))
@@ -279,15 +279,15 @@ class ProgressiveObjective(_DistillObjective):
     method = "progressive"
 
     @staticmethod
-    def stage(trainer: Trainer) -> int:
+    def stage(trainer) -> int:
         d = trainer.cfg.distill
         return min(trainer.state.step // d.steps_per_stage, d.stages - 1)
 
-    def student_steps(self, trainer: Trainer, stage: int | None = None) -> int:
+    def student_steps(self, trainer, stage: int | None = None) -> int:
         stage = self.stage(trainer) if stage is None else stage
         return trainer.cfg.distill.teacher_steps // 2 ** (stage + 1)
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer) -> None:
         per, step = trainer.cfg.distill.steps_per_stage, trainer.state.step
         if step % per or step >= trainer.cfg.train.steps:
             return
@@ -308,7 +308,7 @@ class ProgressiveObjective(_DistillObjective):
         if (ckpt / "teacher").is_dir():
             load_weights(self.teacher, ckpt / "teacher")
 
-    def loss(self, trainer: Trainer, batch, gen, noise_gen):
+    def loss(self, trainer, batch, gen, noise_gen):
         device, n_steps = trainer.acc.device, self.student_steps(trainer)
         T = trainer.cfg.diffusion.timesteps
         b = batch["image"].shape[0]
@@ -370,14 +370,14 @@ class ConsistencyObjective(_DistillObjective):
         self._target_denoiser: Denoiser | None = None
         self._grid: torch.Tensor | None = None
 
-    def network(self, trainer: Trainer) -> torch.nn.Module:
+    def network(self, trainer) -> torch.nn.Module:
         model = super().network(trainer)
         if trainer.cfg.distill.target_ema > 0:
             self.target = copy.deepcopy(self.teacher).float().eval()
             self.target.requires_grad_(False)
         return model
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer) -> None:
         if self.target is None:
             return
         dst = list(self.target.parameters())
@@ -391,7 +391,7 @@ class ConsistencyObjective(_DistillObjective):
         if self.target is not None and (ckpt / "target").is_dir():
             load_weights(self.target, ckpt / "target")
 
-    def target_x0(self, trainer: Trainer, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+    def target_x0(self, trainer, z: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """f^-: the target network's x0 estimate (the student itself when target_ema = 0)."""
         if self.target is None:
             return self.student_x0(trainer, z, t, cond)
@@ -401,7 +401,7 @@ class ConsistencyObjective(_DistillObjective):
             )
         return self.student_x0(trainer, z, t, cond, self._target_denoiser)
 
-    def loss(self, trainer: Trainer, batch, gen, noise_gen):
+    def loss(self, trainer, batch, gen, noise_gen):
         d, device = trainer.cfg.distill, trainer.acc.device
         if self._grid is None:
             self._grid = consistency_grid(trainer.diffusion.schedule, d.teacher_steps)

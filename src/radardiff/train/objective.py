@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from radardiff.data.normalize import Normalizer
 from radardiff.models import build_unet
 from radardiff.train.step import train_step
-
-if TYPE_CHECKING:
-    from radardiff.train.loop import Trainer
 
 
 def lr_at(cfg, step: int) -> float:
@@ -41,8 +37,9 @@ def lr_at(cfg, step: int) -> float:
 class Objective:
     """The base objective: a diffusion network trained from scratch (see the module docstring).
 
-    Each hook gets the trainer, whose attributes it may read (``cfg``, ``acc``, ``denoiser``,
-    ``diffusion``, ``normalizer``, ``net``, ``raw_model``, ``ema``, ``state`` ...).
+    Each hook gets the trainer (:class:`radardiff.train.loop.Trainer`, which this module does not
+    import: the loop imports its objectives), whose attributes it may read (``cfg``, ``acc``,
+    ``denoiser``, ``diffusion``, ``normalizer``, ``net``, ``raw_model``, ``ema``, ``state`` ...).
     """
 
     method = "none"  # the ``distill.method`` of the runs it trains
@@ -50,14 +47,14 @@ class Objective:
         str, ...
     ] = ()  # entries it makes in the run directory (gone with a failed start)
 
-    def run_ready(self, trainer: Trainer) -> None:
+    def run_ready(self, trainer) -> None:
         """Called once the run directory exists (main process), before anything is trained."""
 
-    def normalizer(self, trainer: Trainer) -> Normalizer | None:
+    def normalizer(self, trainer) -> Normalizer | None:
         """The normalisation of a fresh run, or None: fitted to the training data."""
         return None
 
-    def network(self, trainer: Trainer) -> torch.nn.Module:
+    def network(self, trainer) -> torch.nn.Module:
         """The network a fresh run starts from (the trainer seeds torch first)."""
         norm = trainer.normalizer
         return build_unet(
@@ -66,18 +63,18 @@ class Objective:
             trainer.diffusion.learned_variance,
         )
 
-    def prepared(self, trainer: Trainer) -> None:
+    def prepared(self, trainer) -> None:
         """Called once the trained network is prepared (kernels, compile) and the denoiser made:
         other networks the objective runs can follow it onto the same kernels."""
 
-    def loss(self, trainer: Trainer, batch, gen, noise_gen):
+    def loss(self, trainer, batch, gen, noise_gen):
         """(scalar loss, per-sample loss, per-sample timesteps) of one micro-batch."""
         raise NotImplementedError
 
-    def lr(self, trainer: Trainer, step: int) -> float:
+    def lr(self, trainer, step: int) -> float:
         return lr_at(trainer.cfg, step)
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer) -> None:
         """Called after each optimizer step and EMA update, before logging and checkpoints."""
 
     def extras(self) -> dict[str, torch.nn.Module]:
@@ -92,7 +89,7 @@ class DiffusionObjective(Objective):
     """Improved-DDPM training: the run's parameterisation and loss (simple, hybrid with a learned
     variance, masked), timesteps from the run's timestep sampler."""
 
-    def loss(self, trainer: Trainer, batch, gen, noise_gen):
+    def loss(self, trainer, batch, gen, noise_gen):
         return train_step(
             trainer.denoiser,
             trainer.diffusion,
