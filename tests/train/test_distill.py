@@ -44,6 +44,17 @@ def _cfg(teacher, **distill):
     return student_config(load_run(teacher), {**opts, **distill}, "student")
 
 
+def _same_weights(a_run: Path, b_run: Path, step: int, folders: tuple[str, ...]) -> None:
+    """The two runs' checkpoints of ``step`` hold the same weights, bit for bit, in each folder."""
+    for which in folders:
+        a, b = (
+            load_file(run / "checkpoints" / f"step_{step:07d}" / which
+                      / "diffusion_pytorch_model.safetensors")
+            for run in (a_run, b_run)
+        )  # fmt: skip
+        assert all(torch.equal(a[k], b[k]) for k in a), which
+
+
 def test_one_student_step_lands_where_two_teacher_steps_land():
     """DDIM from z with the target x~ (eps re-derived from it) reaches the teacher's z''."""
     g = torch.Generator().manual_seed(0)
@@ -123,16 +134,7 @@ def test_distillation_resumes_bit_identically(teacher, tmp_path):
     short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 3})})
     distiller(short, tmp_path / "resumed").run()  # stopped mid stage 1
     distill(cfg, tmp_path / "resumed", resume=True)
-    for which in ("model", "ema", "teacher"):
-        a = load_file(
-            tmp_path
-            / f"straight/checkpoints/step_0000004/{which}/diffusion_pytorch_model.safetensors"
-        )
-        b = load_file(
-            tmp_path
-            / f"resumed/checkpoints/step_0000004/{which}/diffusion_pytorch_model.safetensors"
-        )
-        assert all(torch.equal(a[k], b[k]) for k in a), which
+    _same_weights(tmp_path / "straight", tmp_path / "resumed", 4, ("model", "ema", "teacher"))
 
 
 def test_bad_distillation_input(teacher, noise_files, tmp_path):
@@ -296,12 +298,7 @@ def test_consistency_distillation_makes_a_normal_run_and_resumes(teacher, tmp_pa
     # the target network trails the student: between the start and the student's weights
     assert any(not torch.equal(target_w[k], original[k]) for k in target_w)
     assert any(not torch.equal(target_w[k], student_w[k]) for k in target_w)
-    for which in ("model", "ema", "target"):
-        a, b = (
-            load_file(tmp_path / f"{d}/checkpoints/step_0000003/{which}/diffusion_pytorch_model.safetensors")
-            for d in ("straight", "resumed")
-        )  # fmt: skip
-        assert all(torch.equal(a[k], b[k]) for k in a), which
+    _same_weights(tmp_path / "straight", tmp_path / "resumed", 3, ("model", "ema", "target"))
     from radardiff.data import DatasetFile
     from radardiff.sample import SampleOptions, generate
 
@@ -392,9 +389,4 @@ def test_a_student_keeps_its_teacher_and_resumes_after_the_teachers_checkpoint_i
     assert (kept / "checkpoints" / cfg.distill.teacher_checkpoint / "manifest.json").is_file()
     shutil.rmtree(own / "checkpoints" / cfg.distill.teacher_checkpoint)  # the rotation
     distill(cfg, tmp_path / "resumed", resume=True)
-    for which in ("model", "ema", "target"):
-        a, b = (
-            load_file(tmp_path / f"{d}/checkpoints/step_0000003/{which}/diffusion_pytorch_model.safetensors")
-            for d in ("straight", "resumed")
-        )  # fmt: skip
-        assert all(torch.equal(a[k], b[k]) for k in a), which
+    _same_weights(tmp_path / "straight", tmp_path / "resumed", 3, ("model", "ema", "target"))
