@@ -154,3 +154,12 @@ def test_a_pace_over_a_day_is_reported_once(monkeypatch, caplog):
 def test_human_units():
     assert _budget.human_bytes(39e9) == "39.0 GB" and _budget.human_bytes(512) == "512 B"
     assert _budget.human_seconds(90) == "90 s" and _budget.human_seconds(3 * 86400) == "3.0 days"
+
+
+def test_a_writer_that_fails_to_start_leaves_no_partial_file_nor_hold(tmp_path):
+    out = tmp_path / "d.h5"
+    with pytest.raises(TypeError):  # h5py cannot store this attribute
+        DatasetWriter(out, (1, 4, 4), kind="generic", units="", attrs={"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+    with hold_output(out):  # not held by the failed writer
+        pass

@@ -131,8 +131,14 @@ class DatasetWriter:
         self.finite = 0
         self._open_partial()
         with_labels = bool(class_names) if with_labels is None else with_labels
-        self._create_datasets(shape, with_labels, extras or {})
-        self._write_attrs(kind, units, source, class_names, pixel_spacing_m, attrs or {})
+        try:
+            self._create_datasets(shape, with_labels, extras or {})
+            self._write_attrs(kind, units, source, class_names, pixel_spacing_m, attrs or {})
+        except BaseException as err:  # a full disk, a bad attribute: no partial file, no hold
+            self.abort()
+            if isinstance(err, Exception):
+                self._raise_disk_full(err)
+            raise
         self.n = 0
 
     def _open_partial(self) -> None:
