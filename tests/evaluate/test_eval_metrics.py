@@ -135,7 +135,7 @@ def test_speckle_and_phase_metrics(tmp_path):
     d = evaluate_files(p, q, EvalConfig(metrics=("phase",)), tmp_path / "o2")
     assert d["scalars"]["residue_density_real"] == pytest.approx(1 / 3, abs=0.05)
     assert d["scalars"]["residue_density_fake"] == 0.0
-    with pytest.raises(DataError, match="'speckle' needs kind sar_backscatter"):
+    with pytest.raises(DataError, match=r"'speckle' needs SAR intensity \(kind sar_backscatter"):
         evaluate_files(p, q, EvalConfig(metrics=("speckle",)), tmp_path / "o3")
 
 

@@ -18,7 +18,16 @@ import click
 @click.option(
     "--metrics",
     default=None,
-    help="Comma-separated subset of: semivariogram, psd, histogram, ranges, speckle, phase.",
+    help="Comma-separated subset of: semivariogram, psd, histogram, ranges, speckle, phase, "
+    "sar (speckle, texture, correlation, bright targets, polarisation ratio: SAR intensity), "
+    "memorisation (needs --train).",
+)
+@click.option(
+    "--train",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The model's training data (.h5): the memorisation check of --fake against it, with "
+    "--real as images the model did not see. Adds 'memorisation' to the metrics.",
 )
 @click.option("--max-lag", type=int, default=None, help="Largest semivariogram lag in pixels.")
 @click.option(
@@ -68,6 +77,7 @@ def evaluate(
     likelihood_steps: int | None,
     likelihood_n: int,
     allow_mismatch: bool,
+    train: str | None,
 ) -> None:
     """Compare generated data with real data in radar terms; writes OUT/metrics.json.
 
@@ -78,6 +88,8 @@ def evaluate(
       radardiff evaluate --real data/val.h5 --fake runs/demo/samples/s.h5 --out runs/demo/eval \\
           --features features/demo --likelihood-run runs/demo --likelihood-steps 100
       radardiff evaluate --real data/unw.h5 --fake noise.h5 --out eval --allow-mismatch
+      radardiff evaluate --real data/sar_val.h5 --fake sar.h5 --out eval --metrics sar,histogram \\
+          --train data/sar_train.h5
     The schema of metrics.json is documented in radardiff.evaluate.metrics.
     """
     from radardiff.config import EvalConfig, RunDir, load_config, validate_config
@@ -89,6 +101,8 @@ def evaluate(
         data["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()]
     if max_lag is not None:
         data["max_lag"] = max_lag
+    if train and "memorisation" not in data["metrics"]:
+        data["metrics"] = [*data["metrics"], "memorisation"]
     cfg = validate_config(data, "--metrics/--max-lag", EvalConfig)
     if likelihood_steps is not None and likelihood_run is None:
         raise click.UsageError("--likelihood-steps needs --likelihood-run")
@@ -106,8 +120,9 @@ def evaluate(
             likelihood_run, real, steps=likelihood_steps, n=likelihood_n, device=pick_device()
         )
     result = evaluate_files(
-        real, fake, cfg, out, extractor=extractor, likelihood=lik, allow_mismatch=allow_mismatch
-    )
+        real, fake, cfg, out, extractor=extractor, likelihood=lik, allow_mismatch=allow_mismatch,
+        train=train,
+    )  # fmt: skip
     shown = {k: v for k, v in result["scalars"].items() if v is not None}
     for key, value in shown.items():
         click.echo(f"{key:28s} {value:.6g}")

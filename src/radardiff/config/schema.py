@@ -29,7 +29,9 @@ CompileMode = Literal[
 # (CPU, fp32, not compiled), torch (oneDNN) elsewhere
 ConvKernels = Literal["auto", "radardiff", "torch"]
 LrSchedule = Literal["constant", "cosine", "linear"]
-MetricName = Literal["semivariogram", "psd", "histogram", "ranges", "speckle", "phase"]
+MetricName = Literal[
+    "semivariogram", "psd", "histogram", "ranges", "speckle", "phase", "sar", "memorisation"
+]
 
 
 # The reference code's channel multipliers by image size.

@@ -64,7 +64,19 @@ numbers are written as ``null``.
                           natural bound for continuous radar data; can be negative),
         "bits_per_dim_stderr":     standard error of bits_per_dim over the samples,
         "bits_per_dim_steps":      number of kept timesteps K of the (respaced) bound (T = all),
-        "bits_per_dim_n":          number of real samples in the bound
+        "bits_per_dim_n":          number of real samples in the bound,
+        "sar_enl_ratio":   median ENL of the fake set's homogeneous windows / the real set's (1 is
+                           right; metric "sar", linear intensity, :mod:`.measures.sar`),
+        "sar_k2_w1", "sar_k3_w1":  Wasserstein-1 between per-image log-cumulants k2, k3,
+        "sar_acf1_error":  |fake - real| lag-1 speckle autocorrelation, mean over x and y,
+        "sar_db_w1":       Wasserstein-1 between pixel values in dB (the dark tail included),
+        "sar_peak_db_w1":  Wasserstein-1 between per-image brightest pixels in dB,
+        "sar_pol_ratio_w1": Wasserstein-1 between VV/VH ratios in dB (two-channel sets),
+        "memorisation_ratio": median nearest-training distance of the fake samples / that of the
+                           real ones (held out: about 1; copies: near 0; metric "memorisation",
+                           :mod:`.measures.memorisation`),
+        "near_copy_fraction": share of fake samples nearer the training set than the real ones'
+                           5th percentile (about 0.05 without copying)
       },
       "semivariogram": {
         "lags_px": [L floats], "lags_m": [L floats] | null (null when no pixel spacing),
@@ -83,7 +95,17 @@ numbers are written as ``null``.
                         squared physical units, channel 0), "factor": 3, "percentile": 95,
                         "worst_fake": [indices into the fake file, worst first, at most 16],
                         "worst_fake_lag1": [their lag-1 semivariance],
-                        "worst_real": [...], "worst_real_lag1": [...]} | null
+                        "worst_real": [...], "worst_real_lag1": [...]} | null,
+      "sar": {"real": SUMMARY, "fake": SUMMARY,
+              "by_class": {class name: {"real": SUMMARY, "fake": SUMMARY | null}} | null} | null
+             SUMMARY: medians over images, one value per channel, of "enl", "cv", "windows"
+             (homogeneous windows found), "k2", "k3", "acf_x", "acf_y" ([3] lags each),
+             "peak_db", "peak_contrast_db"; "enl_measurable" (share of images with at least two
+             homogeneous windows); "db_quantiles" {"1","5","50","95","99": [per channel]};
+             "pol_ratio_db_median" (two channels) | null,
+      "memorisation": {"train": str, "n_train": int, "n_train_used": int, "n_fake": int,
+                       "n_heldout": int, "fake_median": float, "heldout_median": float,
+                       "ratio": float, "near_copy_fraction": float} | null
     }
 
 The lag-1 semivariance of a sample is the mean of its directional semivariances at one pixel
@@ -94,14 +116,18 @@ over channels. ``arrays.npz`` holds every channel: per-sample curves ``sv_{set}_
 ``sv_{set}_gamma_x``, ``sv_{set}_gamma_y`` (n_used, C, L), ``sv_lags_px``, ``psd_{set}``
 (n_used, C, K), ``psd_freq``, ``range_{set}``, ``std_{set}`` (n_used, C), ``hist_edges``,
 ``hist_{set}`` (C, B), ``enl_{set}``, ``cv_{set}``, ``residue_density_{set}`` and
-``phase_grad_{mean_abs,std}_{x,y}_{set}`` and ``lag1_{set}`` (lag-1 semivariance) (n_used, C), for
-set in {real, fake}, when computed.
+``phase_grad_{mean_abs,std}_{x,y}_{set}`` and ``lag1_{set}`` (lag-1 semivariance) (n_used, C),
+``sar_{key}_{set}`` (n_used, C[, 3]) for the SAR summary's keys, for set in {real, fake}, and
+``nn_distance_fake``, ``nn_distance_heldout`` (memorisation), when computed. Images of the SAR
+metrics are read as linear intensity: dB values converted, and a set said to be linear whose
+values are mostly negative read as dB, with a warning.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import warnings
@@ -120,15 +146,18 @@ from radardiff.errors import ConfigError, DataError
 from radardiff.evaluate.measures.bands import Band, mean_band
 from radardiff.evaluate.measures.distributions import histograms, sample_spread, w1
 from radardiff.evaluate.measures.features import fid, kid, precision_recall
+from radardiff.evaluate.measures.memorisation import memorisation
 from radardiff.evaluate.measures.radar_stats import (
     phase_stats,
     speckle_stats,
     to_linear_intensity,
     wrap,
 )
+from radardiff.evaluate.measures.sar import polarisation_ratio_db, sar_stats
 from radardiff.evaluate.measures.semivariogram import semivariogram, semivariogram_rel_error
 from radardiff.evaluate.measures.spectra import psd_log_rmse, radial_frequencies, radial_psd
 
+log = logging.getLogger(__name__)
 SCHEMA = "radardiff.metrics/1"
 HISTOGRAM_MAX_PIXELS = 2_000_000
 SCALAR_KEYS = (
@@ -156,6 +185,15 @@ SCALAR_KEYS = (
     "bits_per_dim_stderr",
     "bits_per_dim_steps",
     "bits_per_dim_n",
+    "sar_enl_ratio",
+    "sar_k2_w1",
+    "sar_k3_w1",
+    "sar_acf1_error",
+    "sar_db_w1",
+    "sar_peak_db_w1",
+    "sar_pol_ratio_w1",
+    "memorisation_ratio",
+    "near_copy_fraction",
 )
 # A sample is a "noise sample" when its lag-1 semivariance exceeds NOISE_FACTOR times the
 # NOISE_PERCENTILE-th percentile of the real set's; the report shows the WORST_SHOWN roughest.
@@ -166,7 +204,13 @@ WORST_SHOWN = 16
 # kinds whose values have an arbitrary reference per sample (unwrapped phase): their pixel-value
 # distribution is compared after removing each sample's mean
 CENTRED_KINDS = ("insar_unwrapped", "insar_noise")
-MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1}
+MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1,
+               "sar": 1, "memorisation": 2}  # fmt: skip
+# the largest share of its values below 0 a linear intensity may have (noise around 0 aside):
+# more, and the values are dB
+DB_NEGATIVE_SHARE = 0.5
+# memory for the training images of the memorisation check (standardised float64)
+_MEMORISATION_BYTES = 512 << 20
 # Budget for one block of images; the padded complex FFTs take ~16x the float32 image bytes.
 _BLOCK_BYTES = 32 << 20
 
@@ -200,6 +244,7 @@ class _Plan:
     spacing: float | None
     mismatch: list[str]
     centre: bool
+    units: dict[str, str] = field(default_factory=dict)  # how each set's values are read
 
 
 def _check_comparable(
@@ -240,8 +285,11 @@ def _check_metrics(metrics: tuple[str, ...], ds: DatasetFile, n_used: int) -> No
                 f"{ds.path}: metric '{name}' needs at least {MIN_SAMPLES[name]} samples, "
                 f"got {n_used} (the file holds {ds.info.n})"
             )
-        if name == "speckle" and kind != "sar_backscatter":
-            raise DataError(f"{ds.path}: metric 'speckle' needs kind sar_backscatter, got '{kind}'")
+        if name in ("speckle", "sar") and kind != "sar_backscatter":
+            raise DataError(
+                f"{ds.path}: metric '{name}' needs SAR intensity (kind sar_backscatter, linear "
+                f"or dB), got kind '{kind}'"
+            )
         if name == "phase" and kind not in ("insar_wrapped", "insar_unwrapped"):
             raise DataError(
                 f"{ds.path}: metric 'phase' needs kind insar_wrapped or insar_unwrapped, "
@@ -287,14 +335,31 @@ def _image_stats(x: np.ndarray, metrics: tuple[str, ...], max_lag: int | None) -
 
 
 def _radar_image_stats(x: np.ndarray, metrics: tuple[str, ...], units: str) -> dict:
-    """Per-image speckle and wrapped-phase statistics of one block (B, C, H, W)."""
+    """Per-image speckle, SAR and wrapped-phase statistics of one block (B, C, H, W)."""
     out = {}
     if "speckle" in metrics:
         sp = _per_channel(speckle_stats, to_linear_intensity(x, units))
         out["enl"], out["cv"] = sp["enl"], sp["cv"]
+    if "sar" in metrics:
+        sar = _per_channel(sar_stats, to_linear_intensity(x, units))
+        out.update({f"sar_{key}": value for key, value in sar.items()})
     if "phase" in metrics:
         out.update(_per_channel(phase_stats, wrap(x)))
     return out
+
+
+def _sar_pixels(x: np.ndarray, units: str, per_image: int, rng, stats: _SetStats) -> None:
+    """Random dB pixels of each channel, and the VV/VH ratio's of two-channel images, of one
+    block into ``stats`` (``sar_db_<c>``, ``sar_pol``)."""
+    intensity = to_linear_intensity(x, units)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = np.where(intensity > 0, 10 * np.log10(np.where(intensity > 0, intensity, 1.0)), np.nan)
+    for ch, v in enumerate(_pixel_subset(db, per_image, rng)):
+        stats.add(f"sar_db_{ch}", v)
+    if x.shape[1] == 2:
+        ratio = polarisation_ratio_db(intensity[:, 0], intensity[:, 1])
+        keep = min(ratio.size, per_image * x.shape[0])
+        stats.add("sar_pol", rng.choice(ratio, keep, replace=False) if keep < ratio.size else ratio)
 
 
 def _centred(x: np.ndarray) -> np.ndarray:
@@ -311,22 +376,30 @@ def _collect(
     max_lag: int | None,
     rng: np.random.Generator,
     centre: bool = False,
+    units: str | None = None,
 ) -> _SetStats:
-    """Per-sample statistics of the images ``indices`` of ``ds``, read in bounded blocks."""
+    """Per-sample statistics of the images ``indices`` of ``ds``, read in bounded blocks
+    (``units``: how to read the values, default the file's)."""
     c, h, w = ds.info.shape
+    units = ds.info.units if units is None else units
     stats = _SetStats()
     block = max(1, _BLOCK_BYTES // (16 * c * h * w * 4))
     per_image = max(1, HISTOGRAM_MAX_PIXELS // max(1, len(indices)))
     pixels: list[list[np.ndarray]] = [[] for _ in range(c)]
     for start in range(0, len(indices), block):
-        x = ds.images(indices[start : start + block]).astype(np.float64)
+        chunk = indices[start : start + block]
+        x = ds.images(chunk).astype(np.float64)
         stats.extend(_image_stats(x, metrics, max_lag))
+        if ds.info.has_labels:
+            stats.add("labels", ds.labels(chunk))
+        if "sar" in metrics:
+            _sar_pixels(x, units, per_image, rng, stats)
         if "histogram" in metrics:
             # the reference of unwrapped phase is arbitrary: each sample's mean goes
             x = _centred(x) if centre else x
             for ch, v in enumerate(_pixel_subset(x, per_image, rng)):
                 pixels[ch].append(v)
-        stats.extend(_radar_image_stats(x, metrics, ds.info.units))
+        stats.extend(_radar_image_stats(x, metrics, units))
     if "histogram" in metrics:
         stats.parts["pixels"] = [np.concatenate(p) for p in pixels]
     return stats
@@ -411,6 +484,8 @@ def empty_metrics() -> dict[str, Any]:
         "histogram": None,
         "ranges": None,
         "noise_samples": None,
+        "sar": None,
+        "memorisation": None,
     }
 
 
@@ -569,6 +644,118 @@ def _phase_scalars(r: _SetStats, f: _SetStats, arrays: dict, scalars: dict) -> N
         )
 
 
+# per-image SAR statistics kept in arrays.npz and summarised per set (medians over images)
+_SAR_KEYS = ("enl", "cv", "windows", "k2", "k3", "acf_x", "acf_y", "peak_db", "peak_contrast_db")
+_DB_QUANTILES = (1, 5, 50, 95, 99)
+
+
+def _sar_summary(s: _SetStats, mask: np.ndarray | None = None) -> dict[str, Any]:
+    """Medians over the images (``mask``: of some only) of a set's SAR statistics, channel by
+    channel, and the share of images whose ENL could be measured."""
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for key in _SAR_KEYS:
+            v = s.get(f"sar_{key}")
+            v = v if mask is None else v[mask]
+            out[key] = np.nanmedian(v, axis=0) if len(v) else None
+        enl = s.get("sar_enl") if mask is None else s.get("sar_enl")[mask]
+        out["enl_measurable"] = np.mean(np.isfinite(enl), axis=0) if len(enl) else None
+    return out
+
+
+def _sar_distances(r: _SetStats, f: _SetStats, scalars: dict) -> None:
+    """The SAR scalars: fake against real, averaged over channels."""
+    c = r.get("sar_k2").shape[1]
+    per = {key: [] for key in ("enl", "k2", "k3", "acf", "db", "peak")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for ch in range(c):
+            er, ef = (np.nanmedian(s.get("sar_enl")[:, ch]) for s in (r, f))
+            per["enl"].append(ef / er)
+            for key in ("k2", "k3"):
+                per[key].append(w1(r.get(f"sar_{key}")[:, ch], f.get(f"sar_{key}")[:, ch]))
+            acf = [abs(np.nanmedian(f.get(a)[:, ch, 0]) - np.nanmedian(r.get(a)[:, ch, 0]))
+                   for a in ("sar_acf_x", "sar_acf_y")]  # fmt: skip
+            per["acf"].append(float(np.mean(acf)))
+            per["db"].append(w1(r.get(f"sar_db_{ch}"), f.get(f"sar_db_{ch}")))
+            per["peak"].append(w1(r.get("sar_peak_db")[:, ch], f.get("sar_peak_db")[:, ch]))
+    for key, name in (("enl", "sar_enl_ratio"), ("k2", "sar_k2_w1"), ("k3", "sar_k3_w1"),
+                      ("acf", "sar_acf1_error"), ("db", "sar_db_w1"), ("peak", "sar_peak_db_w1")):  # fmt: skip
+        scalars[name] = _mean_over_channels(per[key])
+    if "sar_pol" in r.parts and "sar_pol" in f.parts:
+        scalars["sar_pol_ratio_w1"] = w1(r.get("sar_pol"), f.get("sar_pol"))
+
+
+def _sar_section(r: _SetStats, f: _SetStats, names: list[str] | None, arrays, scalars) -> dict:
+    """The ``sar`` section: each set's medians, dB quantiles and polarisation ratio, per class
+    where both sets have labels; the scalars fake against real."""
+    section: dict[str, Any] = {}
+    for name, s in (("real", r), ("fake", f)):
+        for key in _SAR_KEYS:
+            arrays[f"sar_{key}_{name}"] = s.get(f"sar_{key}")
+        summary = _sar_summary(s)
+        c = s.get("sar_k2").shape[1]
+        summary["db_quantiles"] = {str(q): [np.percentile(s.get(f"sar_db_{ch}"), q)
+                                            for ch in range(c)] for q in _DB_QUANTILES}  # fmt: skip
+        pol = s.get("sar_pol") if "sar_pol" in s.parts else None
+        summary["pol_ratio_db_median"] = None if pol is None or not pol.size else np.median(pol)
+        section[name] = summary
+    _sar_distances(r, f, scalars)
+    section["by_class"] = _sar_by_class(r, f, names)
+    return section
+
+
+def _sar_by_class(r: _SetStats, f: _SetStats, names: list[str] | None) -> dict | None:
+    """The per-class medians of both sets, where both have labels; a class of the real set
+    without generated samples is said once."""
+    if names is None or "labels" not in r.parts or "labels" not in f.parts:
+        return None
+    lr, lf = r.get("labels"), f.get("labels")
+    out = {}
+    for k in np.unique(lr):
+        name = names[int(k)] if 0 <= int(k) < len(names) else str(int(k))
+        if not np.any(lf == k):
+            log.warning("class '%s' of the real set has no generated samples: left out of "
+                        "the per-class SAR statistics", name)  # fmt: skip
+            out[name] = {"real": _sar_summary(r, lr == k), "fake": None}
+            continue
+        out[name] = {"real": _sar_summary(r, lr == k), "fake": _sar_summary(f, lf == k)}
+    return out
+
+
+def _memorisation_section(
+    train, rset: DatasetFile, fset: DatasetFile, plan: _Plan, arrays, scalars
+):
+    """Nearest-training distances of the generated samples used against those of the real
+    samples used (images the model did not see: ``--real`` must be a held-out split)."""
+    if train is None:
+        raise ConfigError("metric 'memorisation' needs the training data (--train FILE.h5)")
+    with DatasetFile(train) as tset:
+        if Path(train).resolve() == rset.path.resolve():
+            raise DataError(
+                f"{train}: the memorisation check needs --real images the model did not see, "
+                "not its training file"
+            )
+        if tset.info.shape != rset.info.shape:
+            raise DataError(
+                f"{train}: training images are {tset.info.shape}, the real ones {rset.info.shape}"
+            )
+        per_image = 8 * int(np.prod(tset.info.shape))
+        cap = max(2, min(len(tset), _MEMORISATION_BYTES // per_image))
+        idx = _choose(len(tset), cap, np.random.default_rng([plan.seed, 17]))
+        result = memorisation(fset.images(plan.idx["fake"]), tset.images(idx),
+                              rset.images(plan.idx["real"]))  # fmt: skip
+    arrays["nn_distance_fake"] = result.fake_distances
+    arrays["nn_distance_heldout"] = result.heldout_distances
+    scalars["memorisation_ratio"] = result.ratio
+    scalars["near_copy_fraction"] = result.near_copy_fraction
+    return {"train": str(train), "n_train_used": len(idx), "n_train": len(tset),
+            "n_fake": len(plan.idx["fake"]), "n_heldout": len(plan.idx["real"]),
+            "fake_median": result.fake_median, "heldout_median": result.heldout_median,
+            "ratio": result.ratio, "near_copy_fraction": result.near_copy_fraction}  # fmt: skip
+
+
 def _fill_sections(r: _SetStats, f: _SetStats, plan: _Plan, cfg, info, result, arrays) -> None:
     """The curves, distributions and scalars of every requested metric into ``result`` (JSON)
     and ``arrays`` (npz); ``info`` is the real set's."""
@@ -588,6 +775,8 @@ def _fill_sections(r: _SetStats, f: _SetStats, plan: _Plan, cfg, info, result, a
         _speckle_scalars(r, f, arrays, scalars)
     if "phase" in m:
         _phase_scalars(r, f, arrays, scalars)
+    if "sar" in m:
+        result["sar"] = _sar_section(r, f, info.class_names, arrays, scalars)
 
 
 def _check_max_lag(cfg: EvalConfig, metrics: tuple[str, ...], ds: DatasetFile) -> None:
@@ -617,7 +806,25 @@ def _plan(
     _check_metrics(metrics, rset, len(idx["real"]))
     _check_metrics(metrics, fset, len(idx["fake"]))
     centre = rset.info.kind in CENTRED_KINDS
-    return _Plan(metrics, cap, seed, rng, idx, spacing, mismatch, centre)
+    units = {name: _intensity_units(ds, metrics) for name, ds in (("real", rset), ("fake", fset))}
+    return _Plan(metrics, cap, seed, rng, idx, spacing, mismatch, centre, units)
+
+
+def _intensity_units(ds: DatasetFile, metrics: tuple[str, ...]) -> str:
+    """How SAR metrics read ``ds``: its units, or dB where it says linear but most of its values
+    are negative (which only dB can be), with one line saying so."""
+    units = ds.info.units
+    if not {"sar", "speckle"} & set(metrics) or "db" in units.lower():
+        return units
+    sample = ds.images(slice(0, min(len(ds), 64)))
+    finite = sample[np.isfinite(sample)]
+    if finite.size and float(np.mean(finite < 0)) > DB_NEGATIVE_SHARE:
+        log.warning(
+            "%s: units '%s' but %.0f %% of the values are negative: read as dB for the SAR "
+            "metrics", ds.path, units, 100 * float(np.mean(finite < 0)),
+        )  # fmt: skip
+        return "dB"
+    return units
 
 
 def _settings(plan: _Plan, cfg: EvalConfig) -> dict[str, Any]:
@@ -651,8 +858,10 @@ def _ready_extractor(extractor: Any, given_features: tuple, rset, fset) -> Any:
 
 def _measure(rset: DatasetFile, fset: DatasetFile, cfg: EvalConfig, plan: _Plan):
     """The metrics dictionary (every schema key) and the arrays for ``arrays.npz``."""
-    r = _collect(rset, plan.idx["real"], plan.metrics, cfg.max_lag, plan.rng, plan.centre)
-    f = _collect(fset, plan.idx["fake"], plan.metrics, cfg.max_lag, plan.rng, plan.centre)
+    r = _collect(rset, plan.idx["real"], plan.metrics, cfg.max_lag, plan.rng, plan.centre,
+                 plan.units.get("real"))  # fmt: skip
+    f = _collect(fset, plan.idx["fake"], plan.metrics, cfg.max_lag, plan.rng, plan.centre,
+                 plan.units.get("fake"))  # fmt: skip
     result = empty_metrics()
     result["real"] = _set_info(rset, len(plan.idx["real"]))
     result["fake"] = _set_info(fset, len(plan.idx["fake"]))
@@ -724,6 +933,7 @@ def evaluate_files(
     extractor: Any = None,
     likelihood: Any = None,
     allow_mismatch: bool = False,
+    train: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compare a generated dataset file with a real one; write metrics.json and arrays.npz.
 
@@ -732,8 +942,8 @@ def evaluate_files(
     real, fake : path
         Dataset files (HDF5, images in physical units, NaN = no data).
     cfg : EvalConfig
-        ``metrics`` (of semivariogram, psd, histogram, ranges, speckle, phase), ``max_lag``
-        (pixels), ``bootstrap`` (resamples for bands; 0: standard error), ``max_samples``, ``seed``.
+        ``metrics`` (:data:`radardiff.config.schema.MetricName`), ``max_lag`` (pixels),
+        ``bootstrap`` (resamples for bands; 0: standard error), ``max_samples``, ``seed``.
     out_dir : path
         Folder for ``metrics.json`` and ``arrays.npz`` (created; both written atomically).
     max_samples, seed : int, optional
@@ -746,25 +956,23 @@ def evaluate_files(
         From :func:`.likelihood.run_bits_per_dim`: the ``bits_per_dim*`` scalars.
     allow_mismatch : bool
         Compare sets of different kinds or pixel spacings (``settings.mismatch_allowed``).
+    train : path, optional
+        The model's training data, for ``memorisation`` (``real``: images it did not see).
 
-    Returns
-    -------
-    dict
-        The metrics dictionary exactly as written to ``metrics.json`` (schema above).
-
-    Raises
-    ------
-    ConfigError
-        ``max_lag`` not below the image side.
-    DataError
-        Unreadable or incomparable files (shape, units; kind, spacing unless allowed), too few
-        samples for a statistic, a metric that does not apply to the kind, no finite metric.
+    Returns the metrics dictionary exactly as written to ``metrics.json`` (schema above).
+    Raises ConfigError (``max_lag`` not below the image side, ``memorisation`` without
+    ``train``) or DataError (unreadable or incomparable files, too few samples for a
+    statistic, a metric that does not apply to the kind, no finite metric).
     """
     given = (real_features, fake_features)
     with DatasetFile(real) as rset, DatasetFile(fake) as fset:
         plan = _plan(rset, fset, cfg, max_samples, seed, allow_mismatch)
         ext = _ready_extractor(extractor, given, rset, fset)
         result, arrays = _measure(rset, fset, cfg, plan)
+        if "memorisation" in plan.metrics:
+            result["memorisation"] = _memorisation_section(
+                train, rset, fset, plan, arrays, result["scalars"]
+            )
         _feature_metrics(ext, (rset, fset), plan, given, k, result)
         if likelihood is not None:
             _likelihood_scalars(likelihood, result["settings"], result["scalars"])

@@ -174,6 +174,64 @@ def _noise_gallery(m: dict) -> str:
     return f'<p class="note">{html.escape(note)}</p><div class="row">{row}</div>'
 
 
+# the SAR summary's rows: (label, key in the summary, format)
+SAR_ROWS = (
+    ("ENL of homogeneous windows", "enl", "{:.3g}"),
+    ("coefficient of variation", "cv", "{:.3g}"),
+    ("homogeneous windows per tile", "windows", "{:.3g}"),
+    ("images with a measurable ENL", "enl_measurable", "{:.0%}"),
+    ("log-cumulant k2", "k2", "{:.3f}"),
+    ("log-cumulant k3", "k3", "{:.3f}"),
+    ("brightest pixel (dB)", "peak_db", "{:.2f}"),
+    ("its contrast over its neighbours (dB)", "peak_contrast_db", "{:.2f}"),
+)
+
+
+def _sar_cells(summary: dict | None, key: str, fmt: str, ch: int) -> str:
+    value = None if summary is None else summary.get(key)
+    if isinstance(value, list):
+        value = value[ch] if ch < len(value) else None
+        if isinstance(value, list):  # autocorrelation lags: the first
+            value = value[0]
+    return f"<td>{fmt.format(value)}</td>" if isinstance(value, int | float) else "<td>-</td>"
+
+
+def _sar_table(sar: dict) -> str:
+    """Real against generated, per channel: the SAR summary of metrics.json."""
+    real, fake = sar.get("real") or {}, sar.get("fake") or {}
+    channels = len(real.get("k2") or [0])
+    head = "".join(f"<th>real, ch {c}</th><th>generated, ch {c}</th>" for c in range(channels))
+    rows = list(SAR_ROWS) + [("speckle correlation, lag 1 along x", "acf_x", "{:.3f}"),
+                             ("speckle correlation, lag 1 along y", "acf_y", "{:.3f}")]  # fmt: skip
+    body = ""
+    for label, key, fmt in rows:
+        cells = "".join(_sar_cells(s, key, fmt, c) for c in range(channels) for s in (real, fake))
+        body += f"<tr><td>{html.escape(label)}</td>{cells}</tr>"
+    for q in ("1", "50", "99"):
+        cells = "".join(
+            _sar_cells(s.get("db_quantiles"), q, "{:.2f}", c)
+            for c in range(channels)
+            for s in (real, fake)
+        )
+        body += f"<tr><td>{q}th percentile (dB)</td>{cells}</tr>"
+    return f"<table><tr><th>statistic</th>{head}</tr>{body}</table>"
+
+
+def _sar_parts(run: RunDir, m: dict | None) -> list[str]:
+    """The SAR section (heading, table, texture diagram) where the metrics hold one."""
+    if not m or not m.get("sar"):
+        return []
+    out = _sar_table(m["sar"])
+    arrays_path = run.eval / "arrays.npz"
+    if arrays_path.is_file():
+        with np.load(arrays_path) as a:
+            if "sar_k2_real" in a.files:
+                out += _img(figures.texture_diagram(a["sar_k2_real"][:, 0], a["sar_k3_real"][:, 0],
+                                                    a["sar_k2_fake"][:, 0], a["sar_k3_fake"][:, 0]),
+                            "texture diagram")  # fmt: skip
+    return ["<h2>SAR statistics</h2>", out]
+
+
 def _metrics_table(m: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>"
@@ -323,6 +381,7 @@ def write_report(run_dir: str | Path, real: str | None = None, samples: str | No
         else '<p class="note">Not evaluated yet (radardiff evaluate).</p>',
         "<h2>Noise samples</h2>",
         _noise_gallery(metrics) if metrics else "",
+        *_sar_parts(run, metrics),
         "<h2>Metrics</h2>",
         _metrics_table(metrics) if metrics else "",
         "<h2>Sampler study</h2>",

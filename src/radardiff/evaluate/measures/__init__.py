@@ -9,6 +9,9 @@ checks the rule on the source.
 - :mod:`.spectra`: radially averaged power spectra and their log-RMSE;
 - :mod:`.distributions`: Wasserstein-1 distances, histograms, per-sample spread;
 - :mod:`.radar_stats`: speckle (ENL, CV) and wrapped-phase statistics (gradients, residues);
+- :mod:`.sar`: SAR intensity: homogeneous-window ENL, log-cumulants, speckle correlation, bright
+  targets, polarisation ratio;
+- :mod:`.memorisation`: nearest-training distances of generated against held-out images;
 - :mod:`.bands`: bootstrap or normal confidence bands of a mean curve;
 - :mod:`.features`: FID, KID, improved precision and recall of feature arrays;
 - :mod:`.skill`: skill scores of the downstream tasks (recovery RMSE, ROC AUC, accuracy).
