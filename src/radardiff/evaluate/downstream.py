@@ -33,9 +33,21 @@ from radardiff.config.io import atomic_write_text
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.pairs import NoiseSource, PairParams, write_pairs
 from radardiff.errors import DataError
-from radardiff.evaluate.measures.skill import detection_score, recovery_score, summarise_over_seeds
+from radardiff.evaluate.measures.skill import (
+    classification_score,
+    detection_score,
+    recovery_score,
+    summarise_over_seeds,
+)
 from radardiff.evaluate.measures.spectra import fit_powerlaw_white
-from radardiff.evaluate.tasks import Pairs, TaskConfig, load_pairs, predict, train_task
+from radardiff.evaluate.tasks import (
+    Pairs,
+    TaskConfig,
+    load_labelled,
+    load_pairs,
+    predict,
+    train_task,
+)
 from radardiff.models.downstream import TASK_FILE, load_task
 
 log = logging.getLogger(__name__)
@@ -46,8 +58,13 @@ RESULTS = "downstream.json"
 def score_task(net, meta: dict, pairs: str | Path | Pairs) -> dict:
     """The network's skill on a pairs file (or pairs already read): recovery RMSE (the pairs'
     units), RMSE as a fraction of the signal's RMS and skill ``1 - fraction``; detection ROC AUC
-    and accuracy at the network's validation threshold."""
-    p = pairs if isinstance(pairs, Pairs) else load_pairs(pairs, meta["task"])
+    and accuracy at the network's validation threshold; classification (of a labelled image
+    set) accuracy and balanced accuracy (the skill), per-class recall and confusion matrix."""
+    classify = meta["task"] == "classification"
+    if isinstance(pairs, Pairs):
+        p = pairs
+    else:
+        p = load_labelled(pairs, meta["classes"]) if classify else load_pairs(pairs, meta["task"])
     if p.wrapped != meta["wrapped"]:
         raise DataError(
             f"{p.path}: {'wrapped' if p.wrapped else 'unwrapped'} inputs, but the network "
@@ -55,7 +72,17 @@ def score_task(net, meta: dict, pairs: str | Path | Pairs) -> dict:
         )
     if p.units.strip().lower() != str(meta["units"]).strip().lower():
         raise DataError(f"{p.path}: units '{p.units}' differ from the network's '{meta['units']}'")
+    if classify and (p.kind, p.inputs.shape[1]) != (meta["kind"], meta["channels"]):
+        raise DataError(
+            f"{p.path}: {p.kind} of {p.inputs.shape[1]} channel(s), but the network was trained "
+            f"on {meta['kind']} of {meta['channels']}"
+        )
     out = predict(net, meta, p.inputs)
+    if classify:
+        c = classification_score(out, p.targets)
+        return {"accuracy": c.accuracy, "balanced_accuracy": c.balanced_accuracy,
+                "skill": c.balanced_accuracy, "recall": dict(zip(meta["classes"], c.recall, strict=True)),
+                "confusion": c.confusion, "n": c.n}  # fmt: skip
     if meta["task"] == "detection":
         d = detection_score(out, p.targets, meta["threshold"])
         return {"auc": d.auc, "accuracy": d.accuracy, "threshold": d.threshold, "skill": d.auc,
@@ -352,7 +379,9 @@ def _jsonable(o):
 
 
 COLUMNS = {"recovery": [("skill", "skill"), ("rmse", "RMSE"), ("rmse_fraction", "RMSE / signal")],
-            "detection": [("auc", "ROC AUC"), ("accuracy", "accuracy")]}  # fmt: skip
+            "detection": [("auc", "ROC AUC"), ("accuracy", "accuracy")],
+            "classification": [("balanced_accuracy", "balanced accuracy"),
+                               ("accuracy", "accuracy")]}  # fmt: skip
 
 
 def table_rows(result: dict) -> list[tuple[str, str, list[str]]]:
@@ -369,7 +398,7 @@ def markdown_table(result: dict) -> str:
     lines = []
     for task, s in result["summary"].items():
         head = [h for _, h in COLUMNS[task]]
-        lines += [f"### {task}", "", "| training noise | " + " | ".join(head) + " | seeds |",
+        lines += [f"### {task}", "", f"| training {'set' if task == 'classification' else 'noise'} | " + " | ".join(head) + " | seeds |",
                   "|---" * (len(head) + 2) + "|"]  # fmt: skip
         lines += [f"| {name} | " + " | ".join(cells) + " |"
                   for t, name, cells in table_rows(result) if t == task]  # fmt: skip

@@ -4,11 +4,16 @@
 - ``recovery``: :class:`~radardiff.models.downstream.SmallUNet`, input -> deformation field,
   mean squared error over the input's valid pixels;
 - ``detection``: :class:`~radardiff.models.downstream.SmallCNN`, input -> logit of "deformation
-  present", binary cross-entropy.
+  present", binary cross-entropy;
+- ``classification``: the same network with one logit per class, on a labelled image set of any
+  kind (:func:`load_labelled`: SAR in dB, one or two polarisations, phase, digits), cross-entropy;
+  each channel standardised with the training images' mean and standard deviation.
 
 AdamW with a linear warm-up and cosine decay (bf16 autocast with ``precision='bf16'``); a validation share of the pairs (``val_fraction``,
 drawn with the seed) picks the best step (lowest validation RMSE, highest validation AUC) and,
-for detection, the decision threshold (highest validation accuracy). Everything random comes
+for detection, the decision threshold (highest validation accuracy); classification picks the step of highest
+validation balanced accuracy, and ``augment`` adds the eight flips and quarter turns of each
+training image (for data whose classes do not depend on orientation). Everything random comes
 from the seed: the same file, config and seed give the same network.
 """
 
@@ -18,6 +23,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,10 +33,15 @@ from radardiff._files import holding
 from radardiff._hardware import resolve_precision
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.errors import ConfigError, DataError
-from radardiff.evaluate.measures.skill import best_threshold, recovery_score, roc_auc
-from radardiff.models.downstream import build, encode, save_task
+from radardiff.evaluate.measures.skill import (
+    best_threshold,
+    classification_score,
+    recovery_score,
+    roc_auc,
+)
+from radardiff.models.downstream import build, encode, encode_channels, save_task
 
-TASKS = {"recovery": "unet", "detection": "cnn"}
+TASKS = {"recovery": "unet", "detection": "cnn", "classification": "classifier"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class TaskConfig:
     val_every: int = 100
     seed: int = 0
     precision: str = "no"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -70,14 +82,17 @@ class TaskConfig:
 
 @dataclass
 class Pairs:
-    """A pairs file in memory: inputs (N, 1, H, W) with NaN, and the task's targets."""
+    """A pairs file in memory: inputs (N, 1, H, W) with NaN, and the task's targets; or a
+    labelled image set (inputs (N, C, H, W), targets the class indices into ``classes``)."""
 
     path: str
     inputs: np.ndarray
-    targets: np.ndarray  # (N, 1, H, W) deformation, or (N,) 0/1 presence
+    targets: np.ndarray  # (N, 1, H, W) deformation, (N,) 0/1 presence or (N,) class
     wrapped: bool
     units: str
     record: str = ""  # identifies the pairs: a hash of their recipe and count
+    classes: list[str] | None = None
+    kind: str = ""
 
     @property
     def valid(self) -> np.ndarray:
@@ -108,11 +123,54 @@ def load_pairs(path, task: str) -> Pairs:
     return Pairs(str(path), inputs, targets, f.info.kind == "insar_wrapped", f.info.units, record)
 
 
+def load_labelled(paths, classes: list[str] | None = None) -> Pairs:
+    """The images and class labels of one or more dataset files (one set, for classification).
+
+    Labels are matched by class name: with ``classes`` (a network's), in that order, and a class
+    of a file that is not among them is refused; without, the first file's classes, which the
+    other files must hold too. The files must agree on kind, units and image shape.
+    """
+    paths = [paths] if isinstance(paths, str | bytes) or not hasattr(paths, "__iter__") else paths
+    images, labels, digest, first = [], [], hashlib.sha256(), None
+    for path in paths:
+        f = DatasetFile(path)
+        info, lab = f.info, f.labels()
+        if lab is None or not info.class_names:
+            raise DataError(f"{path}: no class labels; classification needs a labelled set")
+        if first is None:
+            first = info
+            classes = list(classes) if classes is not None else list(info.class_names)
+        elif (info.kind, info.units, info.shape) != (first.kind, first.units, first.shape):
+            raise DataError(
+                f"{path}: {info.kind} ({info.units}) of shape {info.shape}, but {paths[0]} "
+                f"holds {first.kind} ({first.units}) of shape {first.shape}"
+            )
+        mine = list(info.class_names)
+        used = [mine[i] for i in np.unique(lab)]
+        missing = [c for c in used if c not in classes]
+        if missing:
+            raise DataError(
+                f"{path}: class '{missing[0]}' is not among the classes it is compared with "
+                f"({', '.join(classes)})"
+            )
+        to_ref = np.array([classes.index(c) if c in classes else -1 for c in mine], np.int64)
+        x = f.images().astype(np.float32)
+        if not np.isfinite(x).reshape(len(x), -1).any(axis=1).all():
+            raise DataError(f"{path}: some images have no valid pixel")
+        images.append(x)
+        labels.append(to_ref[lab])
+        digest.update(f"{Path(path).resolve()}|{info.n}|{Path(path).stat().st_mtime_ns}".encode())
+    return Pairs(
+        ",".join(map(str, paths)), np.concatenate(images), np.concatenate(labels),
+        first.kind == "insar_wrapped", first.units, digest.hexdigest()[:16], classes, first.kind,
+    )  # fmt: skip
+
+
 def split(
     n: int, fraction: float, seed: int, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices, ``round(fraction * n)`` for validation; with ``labels``,
-    stratified (that share of each class), so both classes reach both sides."""
+    stratified (that share of each class), so every class reaches both sides."""
     rng = np.random.default_rng([seed, 3])
     groups = (
         [np.arange(n)]
@@ -140,31 +198,62 @@ def _input_scale(p: Pairs, idx: np.ndarray) -> float:
     return s if math.isfinite(s) and s > 0 else 1.0
 
 
+def _channel_stats(p: Pairs, idx: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the valid pixels of ``p.inputs[idx]``."""
+    x = p.inputs[idx]
+    mean = np.nanmean(x, axis=(0, 2, 3)).astype(np.float64)
+    std = np.nanstd(x, axis=(0, 2, 3)).astype(np.float64)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def _encode(meta: dict, x: torch.Tensor) -> torch.Tensor:
+    if meta["task"] == "classification":
+        return encode_channels(x, meta["wrapped"], torch.tensor(meta["mean"]),
+                               torch.tensor(meta["std"]))  # fmt: skip
+    return encode(x, meta["wrapped"], meta["scale"])
+
+
+def _dihedral(rng: np.random.Generator, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """One of the eight flips and quarter turns, the same for every tensor (B, C, H, W)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for t in tensors:
+        t = torch.rot90(t, k, dims=(2, 3)) if k else t
+        out.append(torch.flip(t, dims=(3,)) if flip else t)
+    return out
+
+
 def _loss(task: str, out: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     if task == "detection":
         return torch.nn.functional.binary_cross_entropy_with_logits(out, target)
+    if task == "classification":
+        return torch.nn.functional.cross_entropy(out, target)
     m = valid.to(out.dtype)
     return ((out - target) ** 2 * m).sum() / m.sum().clamp_min(1)
 
 
 @torch.no_grad()
 def predict(net: torch.nn.Module, meta: dict, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Deformation fields (N, 1, H, W) in the pairs' units, or detection logits (N,)."""
+    """Deformation fields (N, 1, H, W) in the pairs' units, detection logits (N,) or class
+    logits (N, K)."""
     net.eval()
     dev = next(net.parameters()).device
     outs = []
     for i in range(0, len(inputs), batch):
-        x = encode(torch.from_numpy(inputs[i : i + batch]).to(dev), meta["wrapped"], meta["scale"])
-        y = net(x).float().cpu()
+        y = net(_encode(meta, torch.from_numpy(inputs[i : i + batch]).to(dev))).float().cpu()
         outs.append((y * meta["scale"]).numpy() if meta["task"] == "recovery" else y.numpy())
     return np.concatenate(outs)
 
 
 def _validate(net, meta, p: Pairs, idx: np.ndarray) -> float:
-    """The validation score to maximise: -RMSE (recovery) or AUC (detection)."""
+    """The validation score to maximise: -RMSE (recovery), AUC (detection) or balanced
+    accuracy (classification)."""
     out = predict(net, meta, p.inputs[idx])
     if meta["task"] == "detection":
         return roc_auc(out, p.targets[idx])
+    if meta["task"] == "classification":
+        return classification_score(out, p.targets[idx]).balanced_accuracy
     return -recovery_score(out, p.targets[idx], p.valid[idx]).rmse
 
 
@@ -186,16 +275,19 @@ def train_task(
     when given. The network does not depend on the device beyond floating-point rounding."""
     dev = torch.device(device)
     bf16 = resolve_precision(cfg.precision, dev, "--precision") == "bf16"
-    labels = pairs.targets if cfg.task == "detection" else None
+    classify = cfg.task == "classification"
+    if classify != (pairs.classes is not None):
+        raise DataError(
+            f"{pairs.path}: " + ("not a labelled image set" if classify else "a labelled image "
+                                 f"set, not pairs for {cfg.task}")
+        )  # fmt: skip
+    labels = pairs.targets if cfg.task in ("detection", "classification") else None
     tr, va = split(len(pairs.inputs), cfg.val_fraction, cfg.seed, labels)
-    scale = _input_scale(pairs, tr)
-    meta = {"task": cfg.task, "arch": TASKS[cfg.task], "wrapped": pairs.wrapped,
-            "width": cfg.width, "levels": cfg.levels, "scale": scale, "units": pairs.units,
-            "config": asdict(cfg), "train_pairs": pairs.path,
-            "train_pairs_record": pairs.record}  # fmt: skip
+    meta = _describe_net(pairs, cfg, tr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        net = build(TASKS[cfg.task], pairs.wrapped, cfg.width, cfg.levels).to(dev)
+        net = build(TASKS[cfg.task], pairs.wrapped, cfg.width, cfg.levels,
+                    meta.get("channels", 1), len(pairs.classes or [None])).to(dev)  # fmt: skip
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     rng = np.random.default_rng([cfg.seed, 4])
@@ -207,9 +299,13 @@ def train_task(
         net.train()
         b = torch.from_numpy(rng.choice(tr, size=min(cfg.batch_size, tr.size), replace=False))
         x = x_all[b].to(dev)
-        target = (t_all[b] if cfg.task == "detection" else t_all[b] / scale).to(dev)
+        target = (t_all[b] / meta["scale"] if cfg.task == "recovery" else t_all[b]).to(dev)
+        if cfg.augment and cfg.task == "recovery":
+            x, target = _dihedral(rng, x, target)
+        elif cfg.augment:
+            (x,) = _dihedral(rng, x)
         with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
-            pred = net(encode(x, pairs.wrapped, scale)).float()
+            pred = net(_encode(meta, x)).float()
         loss = _loss(cfg.task, pred, target, torch.isfinite(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,6 +327,19 @@ def train_task(
     if out is not None:
         save_task(net.cpu(), meta, out)
     return TrainedTask(net.cpu().eval(), meta)
+
+
+def _describe_net(pairs: Pairs, cfg: TaskConfig, tr: np.ndarray) -> dict:
+    """The network's ``task.json``: what it is, how its inputs are encoded, what it learned on."""
+    meta = {"task": cfg.task, "arch": TASKS[cfg.task], "wrapped": pairs.wrapped,
+            "width": cfg.width, "levels": cfg.levels, "scale": _input_scale(pairs, tr),
+            "units": pairs.units, "config": asdict(cfg), "train_pairs": pairs.path,
+            "train_pairs_record": pairs.record}  # fmt: skip
+    if pairs.classes is not None:
+        mean, std = _channel_stats(pairs, tr)
+        meta.update(channels=int(pairs.inputs.shape[1]), classes=list(pairs.classes),
+                    mean=mean, std=std, kind=pairs.kind)  # fmt: skip
+    return meta
 
 
 def _lr_factor(step: int, cfg: TaskConfig) -> float:

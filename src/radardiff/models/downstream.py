@@ -4,11 +4,14 @@
   convolutions with GroupNorm and SiLU per level, average-pool down, nearest up, skip
   concatenation; per-pixel regression (deformation recovery).
 - :class:`SmallCNN`: ``levels`` such blocks with 2x2 max-pooling, global average pooling and a
-  linear layer to one logit (deformation detection).
+  linear layer to one logit (deformation detection) or one per class (``arch='classifier'``).
 
 Inputs are encoded by :func:`encode`: unwrapped phase as ``(value / scale, valid)``, wrapped
 phase as ``(cos, sin, valid)`` (phase is circular: the network never sees the 2 pi jump), with
-0 where there is no data and ``valid`` the 0/1 no-data mask.
+0 where there is no data and ``valid`` the 0/1 no-data mask. Images of several channels (the
+classifier's: SAR in dB, VV and VH, phase, any labelled set) by :func:`encode_channels`: each
+channel standardised with its own mean and standard deviation (wrapped phase as its cos and
+sin), then the mask.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("unet", "cnn")
+ARCHS = ("unet", "cnn", "classifier")
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -60,7 +63,9 @@ class SmallUNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, in_channels: int, width: int = 16, levels: int = 3):
+    """Logits (B,) with ``outputs=1``, else (B, outputs)."""
+
+    def __init__(self, in_channels: int, width: int = 16, levels: int = 3, outputs: int = 1):
         super().__init__()
         layers, cin = [], in_channels
         for i in range(levels):
@@ -68,23 +73,30 @@ class SmallCNN(nn.Module):
             layers += [_block(cin, c), nn.MaxPool2d(2)]
             cin = c
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin, 1)
+        self.head = nn.Linear(cin, outputs)
+        self.outputs = outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3))).squeeze(1)
+        y = self.head(self.features(x).mean(dim=(2, 3)))
+        return y.squeeze(1) if self.outputs == 1 else y
 
 
-def input_channels(wrapped: bool) -> int:
-    return 3 if wrapped else 2
+def input_channels(wrapped: bool, channels: int = 1) -> int:
+    return channels * (2 if wrapped else 1) + 1
 
 
-def build(arch: str, wrapped: bool, width: int = 16, levels: int = 3) -> nn.Module:
-    """The network ``arch`` (``unet`` or ``cnn``) for wrapped or unwrapped inputs."""
-    cin = input_channels(wrapped)
+def build(
+    arch: str, wrapped: bool, width: int = 16, levels: int = 3, channels: int = 1, outputs: int = 1
+) -> nn.Module:
+    """The network ``arch`` (``unet``, ``cnn`` or ``classifier`` of ``outputs`` classes) for
+    wrapped or other inputs of ``channels`` channels."""
+    cin = input_channels(wrapped, channels)
     if arch == "unet":
         return SmallUNet(cin, 1, width, levels)
     if arch == "cnn":
         return SmallCNN(cin, width, levels)
+    if arch == "classifier":
+        return SmallCNN(cin, width, levels, outputs)
     raise ValueError(f"unknown downstream network '{arch}'; expected one of {', '.join(ARCHS)}")
 
 
@@ -96,6 +108,24 @@ def encode(x: torch.Tensor, wrapped: bool, scale: float = 1.0) -> torch.Tensor:
     if wrapped:
         return torch.cat([torch.cos(v) * m, torch.sin(v) * m, m], dim=1)
     return torch.cat([v / scale, m], dim=1)
+
+
+def encode_channels(
+    x: torch.Tensor, wrapped: bool, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """(B, C, H, W) with NaN where there is no data -> network input: ``(x - mean) / std`` per
+    channel (``mean``, ``std`` of shape (C,)), or ``cos, sin`` of each channel of wrapped phase,
+    0 where there is no data, then the mask of pixels valid in every channel."""
+    valid = torch.isfinite(x)
+    v = torch.where(valid, x, torch.zeros_like(x))
+    m = valid.all(dim=1, keepdim=True).to(x.dtype)
+    if wrapped:
+        parts = [torch.cos(v) * m, torch.sin(v) * m]
+    else:
+        mean = mean.to(x).view(1, -1, 1, 1)
+        std = std.to(x).view(1, -1, 1, 1)
+        parts = [(v - mean) / std * m]
+    return torch.cat([*parts, m], dim=1)
 
 
 TASK_FILE = "task.json"
@@ -138,7 +168,8 @@ def load_task(path) -> tuple[nn.Module, dict]:
     path = Path(path)
     try:
         meta = json.loads((path / TASK_FILE).read_text(encoding="utf-8"))
-        net = build(meta["arch"], meta["wrapped"], meta["width"], meta["levels"])
+        net = build(meta["arch"], meta["wrapped"], meta["width"], meta["levels"],
+                    meta.get("channels", 1), len(meta.get("classes") or [None]))  # fmt: skip
         net.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -300,13 +300,23 @@ def _study_table(study: dict) -> str:
 
 
 def _downstream(run: RunDir) -> str:
-    """The train-on-generated / test-on-real table of ``radardiff downstream experiment``."""
-    from radardiff.evaluate.downstream import COLUMNS, RESULTS, table_rows
+    """The train-on-generated / test-on-real tables of ``radardiff downstream experiment``: the
+    InSAR tasks' and the classification's."""
+    from radardiff.evaluate import classification, downstream
 
-    path = run.root / "downstream" / RESULTS
-    if not path.is_file():
+    parts = []
+    for name in (downstream.RESULTS, classification.RESULTS):
+        path = run.root / "downstream" / name
+        if path.is_file():
+            parts.append(_downstream_tables(json.loads(path.read_text(encoding="utf-8"))))
+    if not parts:
         return '<p class="note">No downstream experiment yet (radardiff downstream experiment).</p>'
-    result = json.loads(path.read_text(encoding="utf-8"))
+    return "".join(parts)
+
+
+def _downstream_tables(result: dict) -> str:
+    from radardiff.evaluate.downstream import COLUMNS, table_rows
+
     parts = []
     for task, summary in result.get("summary", {}).items():
         head = "".join(f"<th>{html.escape(h)}</th>" for _, h in COLUMNS[task])
@@ -323,8 +333,9 @@ def _downstream(run: RunDir) -> str:
             else f"{k.replace('_', ' ')}: {v}"
             for k, v in summary.get("criteria", {}).items()
         )
+        what = "set" if task == "classification" else "noise"
         parts.append(
-            f"<h3>{html.escape(task)}</h3><table><tr><th>training noise</th>{head}"
+            f"<h3>{html.escape(task)}</h3><table><tr><th>training {what}</th>{head}"
             f'<th>seeds</th></tr>{body}</table><p class="note">{html.escape(crit)}</p>'
         )
     realism = result.get("noise_realism") or {}
@@ -342,10 +353,19 @@ def _downstream(run: RunDir) -> str:
             f"</tr>{body}</table>"
         )
     cfg = result.get("config", {})
-    note = (
-        f"Tested on {cfg.get('n_test')} pairs of {cfg.get('test_real')}; {cfg.get('n_train')} "
-        f"training pairs per set and seed; mean ± standard deviation over seeds."
-    )
+    if "classes" in cfg:
+        counts = ", ".join(f"{k} {v}" for k, v in cfg.get("test_counts", {}).items())
+        note = (
+            f"Tested on the labelled images of {cfg.get('test_real')} ({counts}); chance "
+            f"balanced accuracy {1 / len(cfg['classes']):.3f}; mean ± standard deviation over "
+            "seeds."
+        )
+    else:
+        note = (
+            f"Tested on {cfg.get('n_test')} pairs of {cfg.get('test_real')}; "
+            f"{cfg.get('n_train')} training pairs per set and seed; mean ± standard deviation "
+            "over seeds."
+        )
     return "".join(parts) + f'<p class="note">{html.escape(note)}</p>'
 
 

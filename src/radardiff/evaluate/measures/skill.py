@@ -3,6 +3,8 @@
 - deformation recovery: RMSE over valid pixels, and the same as a fraction of the signal's RMS;
   skill ``1 - RMSE / RMS(signal)`` (1: perfect, 0: no better than predicting no deformation);
 - detection: ROC AUC (Mann-Whitney), and accuracy at a threshold chosen on validation data;
+- classification: accuracy, balanced accuracy (the mean of the per-class recalls, so a rare
+  class counts as much as a common one), the recalls and the confusion matrix;
 - over seeds: mean and standard deviation of each score, and the downstream experiment's
   comparisons of training sets on mean skill.
 """
@@ -105,12 +107,44 @@ def detection_score(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ClassificationScore:
+    """``confusion[i][j]``: test images of class i predicted as j; ``recall[i]`` its diagonal
+    over its row (None for a class without test images, left out of ``balanced_accuracy``)."""
+
+    accuracy: float
+    balanced_accuracy: float
+    recall: list[float | None]
+    confusion: list[list[int]]
+    n: int
+
+
+def classification_score(logits: np.ndarray, labels: np.ndarray) -> ClassificationScore:
+    """Scores of class predictions ``argmax(logits)`` (N, K) against ``labels`` (N,) in 0..K-1."""
+    logits = np.asarray(logits)
+    y = np.asarray(labels).astype(np.int64)
+    k = logits.shape[1]
+    if y.size == 0:
+        raise ValueError("no test images to score")
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"labels outside 0..{k - 1}")
+    pred = np.argmax(logits, axis=1)
+    conf = np.zeros((k, k), np.int64)
+    np.add.at(conf, (y, pred), 1)
+    rows = conf.sum(axis=1)
+    recall = [float(conf[i, i] / rows[i]) if rows[i] else None for i in range(k)]
+    present = [r for r in recall if r is not None]
+    return ClassificationScore(
+        float(np.mean(pred == y)), float(np.mean(present)), recall, conf.tolist(), int(y.size)
+    )
+
+
 # the skill of a network that learned nothing: no better than predicting no deformation, or a
 # coin for detection
-CHANCE = {"recovery": 0.0, "detection": 0.5}
+CHANCE = {"recovery": 0.0, "detection": 0.5}  # classification: 1 / the number of classes
 
 
-def summarise_over_seeds(rows: list[dict]) -> dict:
+def summarise_over_seeds(rows: list[dict], chance: dict | None = None) -> dict:
     """Per task and training set, each score's mean and standard deviation over seeds, and the
     comparisons of :func:`skill_criteria` on the mean skill.
 
@@ -119,6 +153,8 @@ def summarise_over_seeds(rows: list[dict]) -> dict:
     rows : list of dict
         One per (task, set, seed): ``task``, ``set`` and the float scores (``skill`` among them;
         ``threshold`` is a setting, not a score).
+    chance : dict, optional
+        The chance skill of tasks not in :data:`CHANCE` (classification: 1 / classes).
 
     Returns
     -------
@@ -135,7 +171,10 @@ def summarise_over_seeds(rows: list[dict]) -> dict:
             sets[name] = {k: _spread([r[k] for r in mine]) for k in keys}
             sets[name]["seeds"] = len(mine)
         skill = {name: s["skill"]["mean"] for name, s in sets.items()}
-        out[task] = {"sets": sets, "criteria": skill_criteria(skill, CHANCE.get(task, 0.0))}
+        out[task] = {
+            "sets": sets,
+            "criteria": skill_criteria(skill, {**CHANCE, **(chance or {})}.get(task, 0.0)),
+        }
     return out
 
 
@@ -147,9 +186,9 @@ def _spread(values: list[float]) -> dict:
 def skill_criteria(skill: dict, chance: float = 0.0) -> dict:
     """The downstream experiment's comparisons of mean skills per training set.
 
-    ``generated_over_real = s_gen / s_real`` (when ``s_real`` > chance); for detection, where
-    an AUC ratio flatters a poor network, also ``(s_gen - c) / (s_real - c)`` with the chance
-    skill ``c`` = 0.5, and that ratio decides ``generated_reaches_90pct_of_real`` (>= 0.9).
+    ``generated_over_real = s_gen / s_real`` (when ``s_real`` > chance); where chance is not 0
+    (detection: an AUC ratio flatters a poor network, ``c`` = 0.5; classification: ``c`` = 1 /
+    classes), also ``(s_gen - c) / (s_real - c)``, and that ratio decides ``generated_reaches_90pct_of_real`` (>= 0.9).
     ``generated_beats_physics`` and ``real_plus_generated_beats_real`` compare means directly.
     Only the comparisons whose sets are present are returned.
     """
