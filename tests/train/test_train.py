@@ -160,6 +160,43 @@ def test_batches_depend_on_step_not_on_history():
     assert r0 + r1 == StepBatchSampler(n=10, batch_size=4, seed=3).batch_for(0)
 
 
+def test_augmented_batches_mirror_the_same_images_on_resume(tmp_path):
+    """flips: the same images as without augmentation, each with a code 0-3 fixed by the step
+    (a resumed run mirrors alike), all four used; the dataset serves exactly the mirrored image
+    and mask; dihedral adds the transposes."""
+    from radardiff.data.dataset_file import DatasetFile, write_dataset
+    from radardiff.data.normalize import Normalizer
+    from radardiff.data.torch_dataset import RadarDataset, mirror
+
+    plain = StepBatchSampler(n=10, batch_size=4, seed=3)
+    flips = StepBatchSampler(n=10, batch_size=4, seed=3, augment="flips")
+    got = [flips.batch_for(k) for k in range(10)]
+    assert [[i for i, _ in b] for b in got] == [plain.batch_for(k) for k in range(10)]
+    assert {c for b in got for _, c in b} == {0, 1, 2, 3}
+    assert (
+        StepBatchSampler(n=10, batch_size=4, seed=3, start_step=7, augment="flips").batch_for(7)
+        == got[7]
+    )
+    codes = {
+        c for k in range(20) for _, c in StepBatchSampler(10, 4, 3, augment="dihedral").batch_for(k)
+    }
+    assert codes == set(range(8))
+    a = np.arange(6.0).reshape(1, 2, 3)
+    assert mirror(a, 1).tolist() == [[[2, 1, 0], [5, 4, 3]]]
+    assert mirror(a, 2).tolist() == [[[3, 4, 5], [0, 1, 2]]]
+    assert mirror(a, 4).tolist() == [[[0, 3], [1, 4], [2, 5]]]
+    x = np.random.default_rng(0).normal(size=(3, 1, 4, 4)).astype(np.float32)
+    x[1, 0, 0, 3] = np.nan
+    f = DatasetFile(write_dataset(tmp_path / "d.h5", x, kind="generic", units=""))
+    norm = Normalizer(method="none", channels=1)
+    ds = RadarDataset(f, norm)
+    b = ds.__getitems__([(1, 3), 2])
+    want = x[1, :, ::-1, ::-1]
+    assert np.array_equal(np.isnan(want), ~b["mask"][0].numpy().astype(bool))
+    assert np.allclose(b["image"][0].numpy()[~np.isnan(want)], want[~np.isnan(want)])
+    assert np.allclose(b["image"][1].numpy(), x[2])
+
+
 def test_learning_rate_schedule():
     cfg = tiny_run_config(
         "x", train={"steps": 110, "warmup_steps": 10, "lr": 1.0, "lr_schedule": "cosine"}

@@ -29,6 +29,7 @@ CompileMode = Literal[
 # (CPU, fp32, not compiled), torch (oneDNN) elsewhere
 ConvKernels = Literal["auto", "radardiff", "torch"]
 LrSchedule = Literal["constant", "cosine", "linear"]
+Augment = Literal["none", "flips", "dihedral"]
 MetricName = Literal[
     "semivariogram", "psd", "histogram", "ranges", "speckle", "phase", "sar", "memorisation"
 ]
@@ -207,6 +208,12 @@ class TrainConfig(_Section):
     )
     ema_warmup_ratio: float = Field(0.05, ge=0.0, description="half-life <= ratio * images seen")
     seed: int = Field(0, ge=0)
+    augment: Augment = Field(
+        "none",
+        description="mirror images as they are drawn: flips (left-right and up-down: keeps the "
+        "image axes, so range and azimuth stay apart, as SAR speckle correlation and GRD "
+        "geometry need) or dihedral (also quarter turns, for data without a preferred axis)",
+    )
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)

@@ -16,7 +16,8 @@ class RadarDataset(Dataset):
     """Normalised samples of a dataset file, read lazily in batches.
 
     Only samples that hold data are served (all-NaN samples are skipped, see
-    :meth:`Normalizer.fit`). ``__getitems__`` reads a whole batch with one sorted HDF5 read.
+    :meth:`Normalizer.fit`). ``__getitems__`` reads a whole batch with one sorted HDF5 read; an
+    item ``(i, code)`` is sample ``i`` mirrored by :func:`mirror` ``code``.
     """
 
     def __init__(
@@ -33,13 +34,18 @@ class RadarDataset(Dataset):
     def __len__(self) -> int:
         return int(self.indices.size)
 
-    def __getitems__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        idx = self.indices[np.asarray(items, dtype=np.int64)]
+    def __getitems__(self, items: list) -> dict[str, torch.Tensor]:
+        pairs = np.asarray([(i, 0) if np.ndim(i) == 0 else tuple(i) for i in items], np.int64)
+        idx = self.indices[pairs[:, 0]]
         batch = self.normalizer.transform(self.data.images(idx))
         labels = self.data.labels(idx)
+        images, mask = batch.images, batch.mask
+        if pairs[:, 1].any():
+            images = np.stack([mirror(a, c) for a, c in zip(images, pairs[:, 1], strict=True)])
+            mask = np.stack([mirror(a, c) for a, c in zip(mask, pairs[:, 1], strict=True)])
         return {
-            "image": torch.from_numpy(batch.images),
-            "mask": torch.from_numpy(batch.mask),
+            "image": torch.from_numpy(images),
+            "mask": torch.from_numpy(mask),
             "label": torch.from_numpy(labels if labels is not None else np.full(idx.size, -1)),
             "stats": torch.from_numpy(batch.stats.astype(np.float32)),
             "index": torch.from_numpy(idx),
@@ -47,6 +53,21 @@ class RadarDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([item]).items()}
+
+
+AUGMENT_CODES = {"none": 1, "flips": 4, "dihedral": 8}
+
+
+def mirror(a: np.ndarray, code: int) -> np.ndarray:
+    """(C, H, W) mirrored: bit 0 of ``code`` flips left-right, bit 1 up-down, bit 2 swaps the
+    axes (codes 0-3: the flips; 0-7: the eight symmetries of the square)."""
+    if code & 4:
+        a = a.swapaxes(-1, -2)
+    if code & 1:
+        a = a[..., ::-1]
+    if code & 2:
+        a = a[..., ::-1, :]
+    return np.ascontiguousarray(a)
 
 
 def identity_collate(batch):
@@ -58,7 +79,9 @@ class StepBatchSampler(Sampler[list[int]]):
     """Batches of a seeded shuffle, addressed by global step, so a resumed run sees the same data.
 
     The stream is the concatenation of permutations of ``range(n)``, permutation ``e`` drawn from
-    ``seed`` and ``e``. Process ``rank`` of ``world`` takes every ``world``-th batch.
+    ``seed`` and ``e``. Process ``rank`` of ``world`` takes every ``world``-th batch. With
+    ``augment`` (``flips`` or ``dihedral``) each item is ``(i, code)``, the :func:`mirror` code
+    drawn with the permutation, so a resumed run mirrors the same images the same way.
     """
 
     def __init__(
@@ -70,21 +93,29 @@ class StepBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world: int = 1,
         steps: int | None = None,
+        augment: str = "none",
     ):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start_step, self.rank, self.world, self.steps = start_step, rank, world, steps
+        self.codes = AUGMENT_CODES[augment]
 
     def _perm(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
-    def batch_for(self, step: int) -> list[int]:
+    def batch_for(self, step: int) -> list:
         global_batch = step * self.world + self.rank
         start = global_batch * self.batch_size
-        out: list[int] = []
+        out: list = []
         while len(out) < self.batch_size:
             epoch, offset = divmod(start + len(out), self.n)
-            perm = self._perm(epoch)
-            out.extend(perm[offset : offset + self.batch_size - len(out)].tolist())
+            take = slice(offset, offset + self.batch_size - len(out))
+            perm = self._perm(epoch)[take].tolist()
+            if self.codes > 1:
+                codes = np.random.default_rng([self.seed, epoch, 1]).integers(
+                    self.codes, size=self.n
+                )
+                perm = list(zip(perm, codes[take].tolist(), strict=True))
+            out.extend(perm)
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

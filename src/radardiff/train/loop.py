@@ -332,6 +332,7 @@ class Trainer:
             rank=acc.process_index,
             world=acc.num_processes,
             steps=tc.steps * tc.grad_accum,
+            augment=tc.augment,
         )
         on_gpu = acc.device.type == "cuda"
         workers = cfg.data.num_workers

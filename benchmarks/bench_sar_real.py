@@ -1,0 +1,192 @@
+"""Generated SAR against real SAR: a recipe trained on real Sentinel-1 (or SLC) tiles, sampled,
+and every SAR metric of ``evaluate --metrics sar`` set beside its floor.
+
+The real tiles are split by scene (``data prepare --split``): the model learns the training
+scenes only. Each metric is measured three ways, with the same number of tiles:
+
+* ``floor``: the training tiles against the held-out scenes' tiles, other real tiles of the same
+  sensor (what a perfect generator of that kind of data reaches);
+* ``generated``: the training tiles against the samples of the recipe's default sampler (and of
+  DDPM with every step, ``--ddpm``, for scale);
+* memorisation: the samples' nearest-training distances against those of the held-out tiles.
+
+Usage::
+
+    python benchmarks/bench_sar_real.py --recipe configs/sar_grd_32.toml           # VV+VH 32 px
+    python benchmarks/bench_sar_real.py --recipe configs/sar_grd_64.toml --tile 64
+    python benchmarks/bench_sar_real.py --recipe configs/sar_grd_32.toml --channels VV --ddpm
+    python benchmarks/bench_sar_real.py --run runs/sar_grd --tile 32         # a trained run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+REALDATA = HERE.parent.parent / "shared" / "realdata"
+SCALARS = ("sar_enl_ratio", "sar_k2_w1", "sar_k3_w1", "sar_acf1_error", "sar_db_w1",
+           "sar_peak_db_w1", "sar_pol_ratio_w1", "histogram_w1", "psd_log_rmse")  # fmt: skip
+
+
+def _tiles(img: np.ndarray, tile: int, stride: int, rows: tuple[int, int]) -> list[np.ndarray]:
+    """(C, H, W) -> the ``tile`` crops every ``stride`` pixels whose rows lie in ``rows``."""
+    top, bottom = rows
+    return [img[:, i : i + tile, j : j + tile] for i in range(top, bottom - tile + 1, stride)
+            for j in range(0, img.shape[-1] - tile + 1, stride)]  # fmt: skip
+
+
+def real_tiles(realdata: Path, tile: int, stride: int, channels: str, holdout: str,
+               work: Path) -> tuple[Path, Path]:  # fmt: skip
+    """Training and held-out real tiles in dB.
+
+    ``holdout='strip'``: every scene gives training tiles from its top and held-out tiles from its
+    bottom ``tile`` rows, ``tile // 4`` rows apart (other tiles of the same scenes: the
+    distribution the model learned); ``'scene'``: whole scenes held out (Sentinel-1 GRD: 4
+    training / 2 held-out patches; needed where a scene is too small for a strip). Sentinel-1
+    GRD (``VV+VH``, ``VV`` or ``VH``), or the SLC crop's intensity (``SLC``, one scene).
+    """
+    from radardiff.data.dataset_file import DatasetFile, write_dataset
+    from radardiff.data.prepare import prepare
+
+    if channels == "SLC":
+        z = np.load(realdata / "sar_slc_merlin" / "slc_256x256_real_imag.npy")
+        scenes = [10 * np.log10(np.maximum(z[..., 0] ** 2 + z[..., 1] ** 2, 1e-10))[None]]
+    else:
+        res = prepare(realdata / "sar_bigearthnet_s1_example", work / "grd_scenes.h5")
+        x = DatasetFile(res.outputs[0].path).images()
+        pick = {"VV+VH": slice(0, 2), "VV": slice(0, 1), "VH": slice(1, 2)}[channels]
+        scenes = list(x[:, pick])
+    sets: dict[str, list] = {"train": [], "val": []}
+    for k, img in enumerate(scenes):
+        h = img.shape[-2]
+        if holdout == "strip":
+            cut = h - tile
+            sets["train"] += _tiles(img, tile, stride, (0, cut - tile // 4))
+            sets["val"] += _tiles(img, tile, max(1, stride // 2), (cut, h))
+        else:
+            sets["train" if k % 3 != 2 else "val"] += _tiles(img, tile, stride, (0, h))
+    out = []
+    for name, tiles in sets.items():
+        arr = np.stack(tiles).astype(np.float32)
+        out.append(write_dataset(work / f"real_{channels.replace('+', '')}_{tile}_{holdout}_{name}.h5",
+                                 arr, kind="sar_backscatter", units="dB", source=str(realdata)))  # fmt: skip
+    return out[0], out[1]
+
+
+def train_recipe(
+    recipe: Path, train: Path, val: Path, steps: int | None, work: Path
+) -> tuple[Path, float]:
+    from radardiff.config import load_config, validate_config
+    from radardiff.data.dataset_file import DatasetFile
+    from radardiff.train import train as train_run
+
+    cfg = load_config(recipe).model_dump()
+    cfg["data"].update(train=str(train), val=str(val))
+    cfg["model"]["in_channels"] = DatasetFile(train).info.channels
+    cfg["model"]["num_classes"] = 0
+    if steps:
+        cfg["train"]["steps"] = steps
+    cfg = validate_config(cfg, recipe.stem)
+    t0 = time.perf_counter()
+    train_run(cfg, work / "run")
+    return work / "run", (time.perf_counter() - t0) / 60
+
+
+def sample(
+    run: Path, n: int, out: Path, sampler: str | None = None, steps: int | None = None
+) -> tuple[Path, float]:
+    from radardiff.sample import generate, load_run
+    from radardiff.sample.generate import request
+
+    loaded = load_run(run)
+    opts = request(loaded.cfg.sample, n, sampler=sampler, steps=steps, mixed_precision="auto")
+    t0 = time.perf_counter()
+    generate(loaded, opts, out)
+    return out, (time.perf_counter() - t0) / 60
+
+
+def score(train: Path, val: Path, fake: Path, work: Path, name: str) -> dict:
+    from radardiff.config import EvalConfig
+    from radardiff.evaluate import evaluate_files
+
+    cfg = EvalConfig(metrics=("sar", "histogram", "psd"), bootstrap=0)
+    m = evaluate_files(train, fake, cfg, work / name, allow_mismatch=True)
+    out = {k: m["scalars"].get(k) for k in SCALARS}
+    if name != "floor":
+        mem = evaluate_files(val, fake, EvalConfig(metrics=("histogram", "memorisation"), bootstrap=0),
+                             work / f"{name}_mem", allow_mismatch=True, train=train)  # fmt: skip
+        out["memorisation_ratio"] = mem["scalars"].get("memorisation_ratio")
+        out["near_copy_fraction"] = mem["scalars"].get("near_copy_fraction")
+    sar = m.get("sar", {})
+    out["enl_real_fake"] = [sar.get("real", {}).get("enl"), sar.get("fake", {}).get("enl")]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default=str(HERE.parent / "configs" / "sar_grd_32.toml"))
+    ap.add_argument("--run", default=None, help="a trained run instead of training the recipe")
+    ap.add_argument("--tile", type=int, default=32)
+    ap.add_argument("--stride", type=int, default=8)
+    ap.add_argument("--channels", choices=("VV+VH", "VV", "VH", "SLC"), default="VV+VH")
+    ap.add_argument("--holdout", choices=("strip", "scene"), default="strip")
+    ap.add_argument("--steps", type=int, default=None, help="training steps [the recipe's]")
+    ap.add_argument("--n", type=int, default=None, help="samples [as many as held-out tiles]")
+    ap.add_argument("--ddpm", action="store_true", help="also DDPM with every step")
+    ap.add_argument("--work", default="bench_sar_real_work")
+    ap.add_argument("--realdata", default=str(REALDATA))
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    from radardiff.data.dataset_file import DatasetFile
+
+    train, val = real_tiles(Path(args.realdata), args.tile, args.stride, args.channels,
+                            args.holdout, work)  # fmt: skip
+    minutes = None
+    run = Path(args.run) if args.run else None
+    if run is None:
+        run, minutes = train_recipe(Path(args.recipe), train, val, args.steps, work)
+    n = args.n or DatasetFile(val).info.n
+    rows = {"floor": score(train, val, val, work, "floor")}
+    from radardiff.config import load_config
+
+    sc = load_config(run / "config.toml").sample
+    fake, smin = sample(run, n, work / "generated.h5")
+    rows[f"generated ({sc.sampler} {sc.steps})"] = {**score(train, val, fake, work, "generated"),
+                                                    "sample_minutes": round(smin, 2)}  # fmt: skip
+    if args.ddpm:
+        fake, smin = sample(
+            run,
+            n,
+            work / "generated_ddpm.h5",
+            "ddpm",
+            load_config(run / "config.toml").diffusion.timesteps,
+        )
+        rows["generated (ddpm, every step)"] = {
+            **score(train, val, fake, work, "ddpm"),
+            "sample_minutes": round(smin, 2),
+        }
+    for name, r in rows.items():
+        print(f"{name:32s} " + "  ".join(f"{k.replace('sar_', '')} {v:.3g}" for k, v in r.items()
+                                           if isinstance(v, float)))  # fmt: skip
+    numbers = {"channels": args.channels, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
+               "recipe": args.recipe if not args.run else str(run), "train_minutes": minutes and round(minutes, 1),
+               "training_steps": load_config(run / "config.toml").train.steps,
+               "n_train": DatasetFile(train).info.n, "n_heldout": DatasetFile(val).info.n, "n_samples": n,
+               "rows": rows, "load_average_end": list(os.getloadavg())}  # fmt: skip
+    if not args.no_record:
+        from _results import record
+
+        print(f"recorded in {record('sar_real', numbers)}")
+
+
+if __name__ == "__main__":
+    main()
