@@ -322,3 +322,23 @@ def test_hybrid_loss_validation_is_on_the_training_loss_scale(tmp_path, noise_fi
     train_loss = next(r["loss"] for r in rows if "loss" in r)
     val_loss = next(r["val_loss"] for r in rows if "val_loss" in r)
     assert 0.2 < val_loss / train_loss < 5, (val_loss, train_loss)
+
+
+def test_to_db_auto_converts_linear_backscatter_only(tmp_path):
+    """auto: linear sigma0 is converted, dB is not; true on dB data is refused in one line
+    (it would make every negative dB value no data)."""
+    from radardiff.config import RunDir
+    from radardiff.data.dataset_file import DatasetFile
+    from radardiff.data.synth import synthesize
+    from radardiff.errors import ConfigError
+    from radardiff.train.rundir import normalizer_of
+
+    lin = DatasetFile(synthesize("sar", 4, 16, tmp_path / "lin.h5", seed=0))
+    db = DatasetFile(synthesize("sar", 4, 16, tmp_path / "db.h5", seed=0, params={"db": True}))
+    run = RunDir(tmp_path / "run")
+    for data, to_db, want in ((lin, "auto", True), (db, "auto", False), (lin, True, True)):
+        cfg = tiny_run_config(str(data.path), data={"to_db": to_db})
+        norm, _ = normalizer_of(run, cfg, data, False, None)
+        assert norm.to_db is want
+    with pytest.raises(ConfigError, match=r"db\.h5: data\.to_db converts linear intensity .* dB"):
+        normalizer_of(run, tiny_run_config(str(db.path), data={"to_db": True}), db, False, None)

@@ -58,7 +58,11 @@ class DataConfig(_Section):
     train: str = Field("", description="dataset file (HDF5) of the training split")
     val: str | None = Field(None, description="dataset file of the validation split")
     normalization: Normalization = "minmax_pm1"
-    to_db: bool = Field(False, description="convert linear sigma0 to dB before normalising")
+    to_db: bool | Literal["auto"] = Field(
+        False,
+        description="convert linear sigma0 to dB before normalising; auto: when the training "
+        "file is SAR backscatter in linear units (not dB, no negative value)",
+    )
     num_workers: int | None = Field(
         None,
         ge=0,

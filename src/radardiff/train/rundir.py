@@ -7,6 +7,8 @@ import json
 import logging
 import shutil
 
+import numpy as np
+
 from radardiff.config import RunConfig, RunDir, atomic_write_text, load_config, save_config
 from radardiff.data.dataset_file import DatasetFile
 from radardiff.data.normalize import Normalizer, valid_sample_indices
@@ -82,7 +84,29 @@ def normalizer_of(
         return norm, False
     if given is not None:
         return given, True
-    return Normalizer.fit(data, cfg.data.normalization, cfg.data.to_db), True
+    return Normalizer.fit(data, cfg.data.normalization, resolve_to_db(cfg.data.to_db, data)), True
+
+
+def resolve_to_db(to_db: bool | str, data: DatasetFile) -> bool:
+    """``data.to_db`` for this file: ``auto`` converts SAR backscatter in linear units; dB data
+    (units dB, or negative values) given to ``true`` are refused, not turned into no data."""
+    if to_db is False:
+        return False
+    info = data.info
+    db_units = info.units.strip().lower() in ("db", "decibel", "decibels")
+    negative = db_units or any(np.nanmin(b) < 0 for _, b in data.iter_blocks(4096) if np.isfinite(b).any())
+    if to_db == "auto":
+        convert = info.kind == "sar_backscatter" and not negative
+        log.info("%s: data.to_db = auto: %s", data.path,
+                 "linear backscatter, converted to dB" if convert else "not converted")  # fmt: skip
+        return convert
+    if negative:
+        why = "its units are dB" if db_units else "it holds negative values"
+        raise ConfigError(
+            f"{data.path}: data.to_db converts linear intensity to dB, but {why}; "
+            "set data.to_db = false (or auto)"
+        )
+    return True
 
 
 def check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> None:
