@@ -94,7 +94,9 @@ def resolve_to_db(to_db: bool | str, data: DatasetFile) -> bool:
         return False
     info = data.info
     db_units = info.units.strip().lower() in ("db", "decibel", "decibels")
-    negative = db_units or any(np.nanmin(b) < 0 for _, b in data.iter_blocks(4096) if np.isfinite(b).any())
+    negative = db_units or any(
+        np.nanmin(b) < 0 for _, b in data.iter_blocks(4096) if np.isfinite(b).any()
+    )
     if to_db == "auto":
         convert = info.kind == "sar_backscatter" and not negative
         log.info("%s: data.to_db = auto: %s", data.path,
