@@ -190,7 +190,11 @@ def test_db_refused_on_values_already_in_db(tmp_path):
     lin = rng.gamma(1.0, 0.05, (3, 1, 8, 8)).astype(np.float32)
     lin[:, 0, 0, :2] = -1e-4
     np.save(tmp_path / "lin.npy", lin)
-    assert prepare(tmp_path / "lin.npy", tmp_path / "l.h5", db=True).units == "dB"
+    res = prepare(tmp_path / "lin.npy", tmp_path / "l.h5", db=True)
+    # dB of intensities is backscatter even when the files say nothing (untagged chips), so
+    # the SAR metrics and to_db = "auto" know it; a kind given still wins
+    assert (res.units, res.kind) == ("dB", "sar_backscatter")
+    assert prepare(tmp_path / "lin.npy", tmp_path / "g.h5", db=True, kind="generic").kind == "generic"
 
 
 def test_hdf5_labels_round_trip(tmp_path):

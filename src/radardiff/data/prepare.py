@@ -306,7 +306,10 @@ def _kind_and_units(reader: Reader, kind, units, db: bool, complex_mode) -> tupl
     if complex_mode is not None and db:
         raise ConfigError("--complex and --db: use --complex db for dB of complex data")
     implied = COMPLEX_UNITS.get(complex_mode or "", "dB" if db else None)
-    return kind or reader.info.kind, units or implied or reader.info.units
+    source_kind = reader.info.kind
+    if source_kind == "generic" and (db or complex_mode in ("intensity", "db")):
+        source_kind = "sar_backscatter"  # dB of intensities: backscatter whatever the files say
+    return kind or source_kind, units or implied or reader.info.units
 
 
 def _split_outputs(out: Path, split: Sequence[float] | None):
