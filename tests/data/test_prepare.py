@@ -194,7 +194,9 @@ def test_db_refused_on_values_already_in_db(tmp_path):
     # dB of intensities is backscatter even when the files say nothing (untagged chips), so
     # the SAR metrics and to_db = "auto" know it; a kind given still wins
     assert (res.units, res.kind) == ("dB", "sar_backscatter")
-    assert prepare(tmp_path / "lin.npy", tmp_path / "g.h5", db=True, kind="generic").kind == "generic"
+    assert (
+        prepare(tmp_path / "lin.npy", tmp_path / "g.h5", db=True, kind="generic").kind == "generic"
+    )
 
 
 def test_hdf5_labels_round_trip(tmp_path):
