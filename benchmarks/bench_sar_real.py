@@ -81,7 +81,7 @@ def real_tiles(realdata: Path, tile: int, stride: int, channels: str, holdout: s
 
 
 def train_recipe(
-    recipe: Path, train: Path, val: Path, steps: int | None, work: Path
+    recipe: Path, train: Path, val: Path, steps: int | None, work: Path, augment: str | None = None
 ) -> tuple[Path, float]:
     from radardiff.config import load_config, validate_config
     from radardiff.data.dataset_file import DatasetFile
@@ -93,6 +93,8 @@ def train_recipe(
     cfg["model"]["num_classes"] = 0
     if steps:
         cfg["train"]["steps"] = steps
+    if augment:
+        cfg["train"]["augment"] = augment
     cfg = validate_config(cfg, recipe.stem)
     t0 = time.perf_counter()
     train_run(cfg, work / "run")

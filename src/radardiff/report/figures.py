@@ -22,9 +22,16 @@ def _png(fig) -> bytes:
 
 
 def image_grid(
-    images: np.ndarray, title: str, units: str, lo: float, hi: float, ncols: int = 8
+    images: np.ndarray,
+    title: str,
+    units: str,
+    lo: float,
+    hi: float,
+    ncols: int = 8,
+    cmap: str = "RdBu_r",
 ) -> bytes:
-    """First channel of up to 32 images on a shared colour scale (physical units)."""
+    """First channel of up to 32 images on a shared colour scale (physical units); ``cmap``
+    grey for SAR backscatter, as radar images are shown."""
     x = images[:32, 0]
     n = x.shape[0]
     ncols = min(ncols, n)
@@ -34,7 +41,7 @@ def image_grid(
     for k, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if k < n:
-            im = ax.imshow(np.ma.masked_invalid(x[k]), cmap="RdBu_r", vmin=lo, vmax=hi)
+            im = ax.imshow(np.ma.masked_invalid(x[k]), cmap=cmap, vmin=lo, vmax=hi)
     fig.suptitle(title)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label=units)

@@ -42,6 +42,10 @@ def _newest(folder: Path, pattern: str) -> Path | None:
     return files[-1] if files else None
 
 
+def _cmap(info) -> str:
+    return "gray" if info.kind == "sar_backscatter" else "RdBu_r"
+
+
 def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
     sets = [(name, d) for name, d in (("real", real), ("generated", fake)) if d is not None]
     if not sets:
@@ -59,7 +63,9 @@ def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
             cname = names[c] if c < len(names) else str(c)
             row = [
                 _img(
-                    figures.image_grid(x[lab == c][:16], f"{name}: {cname}", info.units, lo, hi, 4),
+                    figures.image_grid(
+                        x[lab == c][:16], f"{name}: {cname}", info.units, lo, hi, 4, _cmap(info)
+                    ),  # fmt: skip
                     f"{name} {cname}",
                 )
                 for name, (x, lab, info) in loaded.items()
@@ -68,7 +74,7 @@ def _grids(real: DatasetFile | None, fake: DatasetFile | None) -> str:
             parts.append(f'<h3>{html.escape(cname)}</h3><div class="row">{"".join(row)}</div>')
         return "".join(parts)
     row = [
-        _img(figures.image_grid(x, name, info.units, lo, hi), name)
+        _img(figures.image_grid(x, name, info.units, lo, hi, cmap=_cmap(info)), name)
         for name, (x, _, info) in loaded.items()
     ]
     return f'<div class="row">{"".join(row)}</div>'
