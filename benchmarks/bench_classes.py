@@ -75,7 +75,9 @@ def model_config(train: Path, channels: int, steps: int, normalization: str):
     return validate_config(cfg, "bench_classes")
 
 
-def run(name: str, steps: int, seeds: tuple[int, ...], work: Path) -> dict:
+def run(
+    name: str, steps: int, seeds: tuple[int, ...], work: Path, normalization: str | None
+) -> dict:
     from radardiff.evaluate.classification import (
         ClassificationConfig,
         default_classification,
@@ -89,6 +91,7 @@ def run(name: str, steps: int, seeds: tuple[int, ...], work: Path) -> dict:
         "mnist": (mnist, "global_minmax"),
         "sar_synth": (sar_synth, "global_standardize"),
     }[name]
+    norm = normalization or norm
     tr, te = make(work)
     from radardiff.data.dataset_file import DatasetFile
 
@@ -118,6 +121,8 @@ def main() -> None:
     ap.add_argument("--set", choices=("mnist", "sar_synth"), default="mnist")
     ap.add_argument("--steps", type=int, default=4000, help="diffusion training steps")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--normalization", default=None,
+                    help="data.normalization [global_minmax for mnist, global_standardize for sar_synth]")  # fmt: skip
     ap.add_argument("--work", default=None, help="keep the run and files here [a temporary dir]")
     ap.add_argument("--no-record", action="store_true", help="print only")
     args = ap.parse_args()
@@ -127,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        numbers = run(args.set, args.steps, seeds, work)
+        numbers = run(args.set, args.steps, seeds, work, args.normalization)
     numbers["load_average_end"] = list(os.getloadavg())
     if not args.no_record:
         from _results import record
