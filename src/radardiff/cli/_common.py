@@ -62,6 +62,12 @@ class FiniteFloat(click.FloatRange):
 
     name = "number"
 
+    def _describe_range(self) -> str:
+        # click writes "[x<=None]" for a range without bounds; say nothing instead
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
     def convert(self, value, param, ctx):
         v = super().convert(value, param, ctx)
         if not math.isfinite(v):
