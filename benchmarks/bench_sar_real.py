@@ -53,11 +53,13 @@ def real_tiles(realdata: Path, tile: int, stride: int, channels: str, holdout: s
     GRD (``VV+VH``, ``VV`` or ``VH``), or the SLC crop's intensity (``SLC``, one scene).
     """
     from radardiff.data.dataset_file import DatasetFile, write_dataset
-    from radardiff.data.prepare import prepare
+    from radardiff.data.prepare import prepare, to_db
 
     if channels == "SLC":
         z = np.load(realdata / "sar_slc_merlin" / "slc_256x256_real_imag.npy")
-        scenes = [10 * np.log10(np.maximum(z[..., 0] ** 2 + z[..., 1] ** 2, 1e-10))[None]]
+        # as data prepare --complex db: a zero intensity (14 pixels of this integer-quantised
+        # crop) is no data, not -100 dB, which would stretch its tile's range
+        scenes = [to_db((z[..., 0] ** 2 + z[..., 1] ** 2)[None])]
     else:
         res = prepare(realdata / "sar_bigearthnet_s1_example", work / "grd_scenes.h5")
         x = DatasetFile(res.outputs[0].path).images()
