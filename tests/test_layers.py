@@ -35,7 +35,15 @@ FORBIDDEN_IN_MATH = ("torch.distributed", "matplotlib", "click", "typer", "accel
 # evaluate/ is split in two: the modules of the package itself are its drivers (they read dataset
 # files, train or load networks, and write results), the pure metrics they call live in
 # evaluate/measures/. A new module has to be named here or go to measures/.
-EVALUATE_DRIVERS = {"metrics", "study", "downstream", "likelihood", "extractor", "tasks", "classification"}
+EVALUATE_DRIVERS = {
+    "metrics",
+    "study",
+    "downstream",
+    "likelihood",
+    "extractor",
+    "tasks",
+    "classification",
+}
 MEASURES = SRC / "evaluate" / "measures"
 # What a pure metric may not import: file formats, file systems, datasets, networks and weights,
 # result writers, and the drivers themselves. Arrays in, numbers out.
