@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sar_real import REALDATA, SCALARS, real_tiles, train_recipe  # noqa: E402
+from bench_sar_real import REALDATA, SCALARS, real_tiles, sar_metrics, train_recipe  # noqa: E402
 
 
 def averaged(src: Path, out: Path, size: int) -> Path:
@@ -76,11 +76,7 @@ def copying(train: Path, heldout: Path, fake: Path, stride_px: int) -> dict:
 
 
 def score(train: Path, fake: Path, work: Path, name: str) -> dict:
-    from radardiff.config import EvalConfig
-    from radardiff.evaluate import evaluate_files
-
-    m = evaluate_files(train, fake, EvalConfig(metrics=("sar", "histogram", "psd"), bootstrap=0),
-                       work / name, allow_mismatch=True)  # fmt: skip
+    m = sar_metrics(train, fake, work, name)
     return {k: m["scalars"].get(k) for k in SCALARS}
 
 

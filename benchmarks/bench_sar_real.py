@@ -116,12 +116,20 @@ def sample(
     return out, (time.perf_counter() - t0) / 60
 
 
-def score(train: Path, val: Path, fake: Path, work: Path, name: str) -> dict:
+def sar_metrics(train: Path, fake: Path, work: Path, name: str) -> dict:
+    """``metrics.json`` of ``fake`` against ``train`` with the SAR, histogram and PSD metrics."""
     from radardiff.config import EvalConfig
     from radardiff.evaluate import evaluate_files
 
     cfg = EvalConfig(metrics=("sar", "histogram", "psd"), bootstrap=0)
-    m = evaluate_files(train, fake, cfg, work / name, allow_mismatch=True)
+    return evaluate_files(train, fake, cfg, work / name, allow_mismatch=True)
+
+
+def score(train: Path, val: Path, fake: Path, work: Path, name: str) -> dict:
+    from radardiff.config import EvalConfig
+    from radardiff.evaluate import evaluate_files
+
+    m = sar_metrics(train, fake, work, name)
     out = {k: m["scalars"].get(k) for k in SCALARS}
     if name != "floor":
         mem = evaluate_files(val, fake, EvalConfig(metrics=("histogram", "memorisation"), bootstrap=0),
