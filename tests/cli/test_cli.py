@@ -160,7 +160,7 @@ def test_dry_run_prints_the_resolved_config(tmp_path, capsys):
         (
             ["sample", "nope_run", "--n", "2", "--out", "s.h5"],
             1,
-            "nope_run: run directory not found",
+            "nope_run: no such run directory or shipped model",
         ),
     ],
 )

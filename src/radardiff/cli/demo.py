@@ -9,7 +9,8 @@ import click
 
 from radardiff.cli._common import SEED, bar_callback, progress
 
-STAGES = ("synthesise data", "train", "sample", "evaluate", "report")
+STAGES = ("shipped model", "synthesise data", "train", "sample", "evaluate", "report")
+SHIPPED = "envisat-noise-32"  # real ENVISAT atmospheric noise, sampled before the demo trains
 
 
 @click.command()
@@ -28,6 +29,9 @@ STAGES = ("synthesise data", "train", "sample", "evaluate", "report")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
     """Synthesise 32x32 InSAR noise, train a small model on the CPU, sample, evaluate, report.
+
+    First, in seconds, 64 samples of the shipped model envisat-noise-32 (real ENVISAT
+    atmospheric noise; 'radardiff models' lists the others) go to OUT/shipped/.
 
     \b
     Example:
@@ -54,6 +58,9 @@ def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
     marker.touch()
     with progress(len(STAGES), "demo", unit="stage") as stages:
         stages.set_postfix_str(STAGES[0])
+        shipped = _shipped_samples(root / "shipped", seed)
+        stages.update(1)
+        stages.set_postfix_str(STAGES[1])
         train_h5 = synthesize("insar_noise", n_train, 32, data_dir / "train.h5", seed)
         val_h5 = synthesize("insar_noise", max(n_samples, 256), 32, data_dir / "val.h5", seed + 1)
         cfg = tiny_config(str(train_h5.resolve()), str(val_h5.resolve()), steps=steps)
@@ -63,21 +70,40 @@ def demo(out: str, steps: int, n_train: int, n_samples: int, seed: int) -> None:
         sample = cfg.sample.model_copy(update={"options": {"use_karras_sigmas": False}})
         cfg = cfg.model_copy(update={"sample": sample})
         stages.update(1)
-        stages.set_postfix_str(STAGES[1])
+        stages.set_postfix_str(STAGES[2])
         with progress(cfg.train.steps, "  train", unit="step") as bar:
             train(cfg, root, on_progress=bar_callback(bar))
         stages.update(1)
-        stages.set_postfix_str(STAGES[2])
+        stages.set_postfix_str(STAGES[3])
         samples = run.samples / f"{cfg.sample.sampler}_{cfg.sample.steps}.h5"
         opts = request(cfg.sample, n_samples, seed=seed)
         with progress(n_samples, "  sample", unit="img") as bar:
             generate(load_run(root), opts, samples, on_progress=bar_callback(bar))
         stages.update(1)
-        stages.set_postfix_str(STAGES[3])
+        stages.set_postfix_str(STAGES[4])
         evaluate_files(val_h5, samples, cfg.evaluate, run.eval)
         stages.update(1)
-        stages.set_postfix_str(STAGES[4])
+        stages.set_postfix_str(STAGES[5])
         page = write_report(root)
         stages.update(1)
+    if shipped is not None:
+        click.echo(f"shipped model {SHIPPED}: {shipped.resolve()} (and .h5 beside it)")
     click.echo(f"report: {page.resolve()}")
     click.echo(f"metrics: {run.metrics.resolve()}")
+
+
+def _shipped_samples(out: Path, seed: int) -> Path | None:
+    """64 samples of the shipped model, as a PNG grid and a dataset file (None when this
+    installation ships no models)."""
+    from radardiff.data import DatasetFile
+    from radardiff.models.shipped import shipped_models
+    from radardiff.sample import generate, load_run
+    from radardiff.sample.generate import request
+    from radardiff.sample.writers import write_png_grid
+
+    if SHIPPED not in shipped_models():
+        return None
+    run = load_run(SHIPPED)
+    generate(run, request(run.cfg.sample, 64, seed=seed), out / f"{SHIPPED}.h5")
+    with DatasetFile(out / f"{SHIPPED}.h5") as f:
+        return write_png_grid(out / f"{SHIPPED}.png", f.images())

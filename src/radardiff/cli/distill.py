@@ -69,9 +69,11 @@ def distill(
     """
     from radardiff.config import RunDir, dumps_config, load_config
     from radardiff.models import load_run
+    from radardiff.models.shipped import refuse_shipped
     from radardiff.train.distill import distill as run_distill
     from radardiff.train.distill import student_config
 
+    refuse_shipped(out, "--out")
     if teacher is None:
         if not resume:
             raise click.UsageError("missing TEACHER (only --resume may omit it)")

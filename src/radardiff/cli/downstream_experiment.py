@@ -103,6 +103,12 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
         raise click.UsageError("give one of --run and --generated")
     if out is None and run_dir is None:
         raise click.UsageError("--out is needed with --generated")
+    if run_dir is not None:
+        from radardiff.models.shipped import refuse_shipped, resolve_run
+
+        run_dir = str(resolve_run(run_dir))
+        if out is None:
+            refuse_shipped(run_dir, "--run (without --out the experiment is written into it)")
     out = Path(out or Path(run_dir) / "downstream")
     task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
     if "classification" in task_list:

@@ -94,7 +94,9 @@ def evaluate(
     """
     from radardiff.config import EvalConfig, RunDir, load_config, validate_config
     from radardiff.evaluate import evaluate_files
+    from radardiff.models.shipped import resolve_run
 
+    run_dir = None if run_dir is None else str(resolve_run(run_dir))
     base = load_config(RunDir(run_dir).config).evaluate if run_dir else EvalConfig()
     data = base.model_dump()
     if metrics:

@@ -24,6 +24,8 @@ Examples:
   radardiff sample runs/noise --n 64 --out runs/noise/samples/s.h5 --sampler ddim --steps 50
   radardiff evaluate --real data/val.h5 --fake runs/noise/samples/s.h5 --out runs/noise/eval
   radardiff report runs/noise
+  radardiff models                                 # the shipped models
+  radardiff sample envisat-noise-32 --n 1000 --out noise.h5
 """
 
 
@@ -69,12 +71,15 @@ def _register() -> None:
     from radardiff.cli.downstream import downstream
     from radardiff.cli.evaluate import evaluate
     from radardiff.cli.features import features
+    from radardiff.cli.models import models
     from radardiff.cli.report import report
     from radardiff.cli.sample import sample
     from radardiff.cli.study import study
     from radardiff.cli.train import train
 
-    for cmd in (data, train, distill, sample, evaluate, features, study, downstream, report, demo):
+    for cmd in (
+        data, train, distill, sample, evaluate, features, study, downstream, report, demo, models,
+    ):  # fmt: skip
         cli.add_command(cmd)
 
 

@@ -27,7 +27,9 @@ def report(run_dir: str, real: str | None, samples: str | None) -> None:
       radardiff report runs/demo
       xdg-open runs/demo/report/index.html
     """
+    from radardiff.models.shipped import refuse_shipped
     from radardiff.report import write_report
 
+    refuse_shipped(run_dir, "RUN_DIR (report writes RUN_DIR/report)")
     path = write_report(run_dir, real=real, samples=samples)
     click.echo(f"report: {path}")

@@ -43,8 +43,10 @@ def train(
       torchrun --nproc_per_node 2 -m radardiff train configs/tiny.toml --out runs/tiny2
     """
     from radardiff.config import RunDir, dumps_config, load_config
+    from radardiff.models.shipped import refuse_shipped
     from radardiff.train import train as run_training
 
+    refuse_shipped(out, "--out")
     if config is None:
         if not resume:
             raise click.UsageError("missing CONFIG (only --resume may omit it)")

@@ -447,6 +447,10 @@ def noise_file(
     path = Path(spec)
     if path.is_file():
         return path
+    from radardiff.models.shipped import shipped_models
+
+    if not path.exists() and spec in shipped_models():
+        path = shipped_models()[spec]
     if spec == "insar_noise":
         if size is None or pixel_spacing_m is None:
             raise DataError("insar_noise as noise: give --size and --pixel-spacing (the tiles')")

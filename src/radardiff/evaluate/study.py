@@ -68,7 +68,7 @@ from radardiff.data import DatasetFile
 from radardiff.data.dataset_file import write_dataset
 from radardiff.diffusion import make_sampler
 from radardiff.diffusion.denoiser import CLIP_MODES
-from radardiff.errors import ConfigError
+from radardiff.errors import ConfigError, RunDirError
 from radardiff.evaluate.metrics import SCALAR_KEYS, evaluate_files
 from radardiff.models import LoadedRun
 from radardiff.models.network import compiled_for_sampling
@@ -223,6 +223,8 @@ def study_samplers(
     """
     variants = _variants(samplers, steps_list, n)
     run = load_run(run_dir, device=device, checkpoint=checkpoint)
+    if out_dir is None and run.exported:
+        raise RunDirError(f"{run_dir}: an exported (read-only) model; give the study's --out")
     out = Path(out_dir) if out_dir is not None else run.run.root / "study"
     cfg = eval_cfg or run.cfg.evaluate
     st = _Study(run, real, cfg, _loaded_extractor(extractor), out, n, seed, batch_size)
@@ -329,8 +331,8 @@ def _settings(st: _Study, how: dict, device, variants, steps_list, students, flo
     """What every number of the study stands on (the module docstring's ``settings``)."""
     run = st.run
     return {
-        "run_dir": str(run.run.root), "run_name": run.cfg.name, "checkpoint": run.checkpoint.name,
-        **training_length(run.run, _step_of(run.checkpoint)), "real": str(st.real),
+        "run_dir": str(run.run.root), "run_name": run.cfg.name, "checkpoint": run.checkpoint_name,
+        **training_length(run.run, _step_of(run.checkpoint_name)), "real": str(st.real),
         "floor": None if floor_file is None else str(floor_file), "n": st.n, "seed": st.seed,
         "batch_size": st.batch_size, "device": str(device), "precision": how["mixed_precision"],
         "compile": how["compile"], "conv_kernels": how["conv_kernels"],
@@ -395,9 +397,9 @@ def _tag(text: str, steps: int) -> str:
     return f"{safe}_{steps}"
 
 
-def _step_of(ckpt: Path) -> int:
+def _step_of(name: str) -> int:
     try:
-        return int(ckpt.name.split("_")[-1])
+        return int(name.split("_")[-1])
     except ValueError:
         return 0
 

@@ -19,6 +19,7 @@ from radardiff.config import RunConfig, RunDir, load_config
 from radardiff.config.io import config_to_dict
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
+from radardiff.models.shipped import is_exported, resolve_run
 
 WEIGHTS = ("ema", "model")
 log = logging.getLogger(__name__)
@@ -43,6 +44,19 @@ class LoadedRun:
         are reused only under the same identity)."""
         root = self.run.root.resolve()
         return f"{root}|{self.checkpoint.name}|{self.weights}|{self.weights_id}"
+
+    @property
+    def exported(self) -> bool:
+        """An exported (or shipped) model folder, not a training run directory."""
+        return self.checkpoint == self.run.root
+
+    @property
+    def checkpoint_name(self) -> str:
+        """``step_NNNNNNN`` of the weights (an exported model's from its ``state.json``)."""
+        if not self.exported:
+            return self.checkpoint.name
+        state = json.loads((self.checkpoint / "state.json").read_text(encoding="utf-8"))
+        return RunDir.checkpoint_name(int(state.get("step", 0)))
 
     @property
     def data_channels(self) -> int:
@@ -138,6 +152,8 @@ def weights_hash(model_dir: Path) -> str:
     them checked, on the way, against the checkpoint's manifest (:class:`RunDirError` naming a
     file that does not match)."""
     model_dir = Path(model_dir)
+    if is_exported(model_dir):
+        return _exported_hash(model_dir)
     doc = _manifest(model_dir.parent)
     if doc is None:
         _unverifiable(model_dir.parent)
@@ -154,6 +170,22 @@ def weights_hash(model_dir: Path) -> str:
             folder, _, name = key.partition("/")
             if folder == model_dir.name and not (model_dir / name).is_file():
                 raise RunDirError(f"{model_dir / name}: missing from its checkpoint; not loaded")
+    return digest.hexdigest()[:16]
+
+
+def _exported_hash(folder: Path) -> str:
+    """An exported model: every file it holds is checked against its manifest (the card and
+    the normaliser as much as the weights), and none may be missing."""
+    doc = _manifest(folder)
+    if doc is None:
+        raise RunDirError(f"{folder}: exported model without manifest.json; not loaded")
+    digest = hashlib.sha256()
+    for key in sorted(doc["sha256"]):
+        path = folder / key
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing from its exported model; not loaded")
+        actual = _file_digest(path, digest if path.suffix in _HASHED else None)
+        _check_digest(path, doc["sha256"][key], actual)
     return digest.hexdigest()[:16]
 
 
@@ -206,6 +238,24 @@ def load_verified(model_dir: Path) -> UNet2DModel:
     return load_model(model_dir)
 
 
+def _check_exported_choice(root: Path, given, weights: str, checkpoint) -> None:
+    """An exported model holds one network: its EMA weights at the step it was exported."""
+    if weights != "ema":
+        raise RunDirError(f"{given}: an exported model holds only its EMA weights (--weights ema)")
+    if checkpoint is None:
+        return
+    try:
+        step = int(json.loads((root / "state.json").read_text(encoding="utf-8")).get("step", 0))
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{root / 'state.json'}: missing or unreadable ({err})") from None
+    wanted = str(checkpoint)
+    if wanted not in (str(step), RunDir.checkpoint_name(step)):
+        raise RunDirError(
+            f"{given}: an exported model holds one checkpoint ({RunDir.checkpoint_name(step)}), "
+            f"not '{checkpoint}'"
+        )
+
+
 def load_run(
     run_dir: str | Path,
     weights: str = "ema",
@@ -214,13 +264,20 @@ def load_run(
 ) -> LoadedRun:
     """Everything sampling needs, read from the run directory alone.
 
-    ``checkpoint``: a step number or a checkpoint name (``step_0004000``) of the run; default
-    the newest complete one (``checkpoints/latest``).
+    ``run_dir``: a run directory, an exported model folder or the name of a shipped model
+    (:mod:`radardiff.models.shipped`). ``checkpoint``: a step number or a checkpoint name
+    (``step_0004000``) of the run; default the newest complete one (``checkpoints/latest``).
     """
-    run = RunDir(run_dir)
+    run = RunDir(resolve_run(run_dir))
     if weights not in WEIGHTS:
         raise RunDirError(f"weights must be 'ema' or 'model', got '{weights}'")
-    ckpt = run.require_checkpoint() if checkpoint is None else run.named_checkpoint(checkpoint)
+    if is_exported(run.root):
+        weights_hash(run.root)  # every file of the folder is checked before any is read
+        _check_exported_choice(run.root, run_dir, weights, checkpoint)
+        ckpt = model_dir = run.root
+    else:
+        ckpt = run.require_checkpoint() if checkpoint is None else run.named_checkpoint(checkpoint)
+        model_dir = ckpt / weights
     cfg = load_config(run.config)
     norm = Normalizer.load(run.normalizer)
     try:
@@ -228,10 +285,11 @@ def load_run(
     except (OSError, ValueError) as err:
         raise RunDirError(f"{run.data_info}: missing or unreadable ({err})") from None
     check_architecture(ckpt, cfg, run.config)
-    weights_id = weights_hash(ckpt / weights)  # checked against the manifest before loading
-    model = load_model(ckpt / weights)
-    _check_network(model, cfg, ckpt / weights, run.config)
+    weights_id = weights_hash(model_dir)  # checked against the manifest before loading
+    model = load_model(model_dir)
+    _check_network(model, cfg, model_dir, run.config)
     return LoadedRun(
         cfg=cfg, run=run, checkpoint=ckpt, normalizer=norm, data_info=info,
-        model=model.to(device).eval(), weights=weights, weights_id=weights_id,
+        model=model.float().to(device).eval(), weights=weights,
+        weights_id=weights_id,
     )  # fmt: skip

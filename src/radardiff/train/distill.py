@@ -87,7 +87,7 @@ def student_config(
             **defaults,
             **distill,
             "teacher": str(teacher.run.root.resolve()),
-            "teacher_checkpoint": teacher.checkpoint.name,
+            "teacher_checkpoint": teacher.checkpoint_name,
         },
         "distill",
         DistillConfig,
@@ -178,11 +178,11 @@ def keep_teacher(teacher: LoadedRun, student: RunDir) -> Path:
     def write(tmp: Path) -> None:
         for path in (src.config, src.normalizer, src.data_info):
             shutil.copy2(path, tmp / path.name)
-        ckpt = tmp / "checkpoints" / teacher.checkpoint.name
+        ckpt = tmp / "checkpoints" / teacher.checkpoint_name
         teacher.model.save_pretrained(ckpt / teacher.weights, safe_serialization=True)
         write_manifest(ckpt, teacher.cfg)
         shutil.copy2(teacher.checkpoint / "state.json", ckpt / "state.json")
-        (tmp / "checkpoints" / "latest").write_text(teacher.checkpoint.name + "\n")
+        (tmp / "checkpoints" / "latest").write_text(teacher.checkpoint_name + "\n")
 
     replace_dir(dest, write)
     return dest
