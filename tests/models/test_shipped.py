@@ -98,6 +98,11 @@ def test_card_and_facts(exported):
     assert facts["kind"] == "insar_noise" and facts["weights_dtype"] == "float16"
     assert facts["image_size"] == 16 and facts["train_steps"] == 4
     assert headline(facts) == "semivariogram relative error 0.09 (floor 0.13)"
+    alt = {**SCORES, "floor_alt": {"label": "unseen dates",
+                                   "scores": {"semivariogram_rel_error": 0.33}}}  # fmt: skip
+    card2 = model_card({**facts, "scores": alt})
+    assert "| floor | floor, unseen dates |" in card2
+    assert "| semivariogram relative error (0 is perfect) | 0.09 | 0.13 | 0.33 |" in card2
     # a number not given is not written
     bare = model_card({**facts, "scores": {}})
     assert "Measured scores" not in bare and "s per 1000" not in bare
@@ -227,3 +232,10 @@ def test_downstream_and_evaluate_take_a_shipped_name(shelf, tmp_path, noise_file
     main(["evaluate", "--real", str(noise_files[1]), "--fake", str(made), "--out",
           str(tmp_path / "eval"), "--run", "toy-fp16", "--metrics", "histogram"])  # fmt: skip
     assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_markdown_table(shelf):
+    res = CliRunner().invoke(cli, ["models", "list", "--markdown"])
+    assert res.exit_code == 0, res.output
+    rows = [x for x in res.output.splitlines() if x.startswith("| `toy-fp16`")]
+    assert len(rows) == 1 and "| 0.09 (0.13) | 1.1 (0.93) | 0.98 |" in rows[0], res.output

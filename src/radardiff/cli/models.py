@@ -27,14 +27,25 @@ def models(ctx: click.Context) -> None:
 
 
 @models.command("list")
-def list_cmd() -> None:
-    """List the shipped models."""
-    from radardiff.models.export import headline
+@click.option("--markdown", is_flag=True, help="A Markdown table with every card score.")
+def list_cmd(markdown: bool = False) -> None:
+    """List the shipped models.
+
+    \b
+    Example:
+      radardiff models list --markdown     # the table of docs/models.md
+    """
+    from radardiff.models.export import headline, markdown_table
     from radardiff.models.shipped import folder_bytes, read_facts, shipped_models
 
     found = shipped_models()
     if not found:
         click.echo("no shipped models in this installation")
+        return
+    if markdown:
+        docs = {name: read_facts(folder) for name, folder in found.items()}
+        sizes = {name: folder_bytes(folder) for name, folder in found.items()}
+        click.echo(markdown_table(docs, sizes))
         return
     click.echo(f"{'name':<22s} {'kind':<16s} {'size':>8s} {'units':<8s} score against its floor")
     for name, folder in found.items():

@@ -116,6 +116,26 @@ def headline(doc: dict) -> str:
     return "not measured"
 
 
+def markdown_table(docs: dict[str, dict], sizes: dict[str, int]) -> str:
+    """Shipped models side by side: size, sampler, cost and each score against its floor."""
+    keys = [k for k in SCORES if any(k in ((d.get("scores") or {}).get("generated") or {})
+                                     for d in docs.values())]  # fmt: skip
+    head = ["model", "kind", "size on disk", "sampler, calls", "s per 1000 (CPU)",
+            *[SCORES[k].split(" (")[0] for k in keys], "memorisation"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, d in docs.items():
+        sc = d.get("scores") or {}
+        gen, floor = sc.get("generated") or {}, sc.get("floor") or {}
+        cells = [
+            f"`{name}`", d["kind"], f"{sizes[name] / 1e6:.1f} MB",
+            f"{d['sampler']}, {d['sampler_steps']}", _fmt(sc.get("seconds_per_1000")),
+            *[f"{_fmt(gen.get(k))} ({_fmt(floor.get(k))})" for k in keys],
+            _fmt(sc.get("memorisation_ratio")),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def model_card(doc: dict) -> str:
     """The model card (Hugging Face layout) of an exported model's facts."""
     sc = doc.get("scores") or {}
@@ -189,6 +209,7 @@ def model_card(doc: dict) -> str:
     if doc.get("command"):
         body += ["", "```bash", doc["command"], "```"]
     gen, floor = sc.get("generated") or {}, sc.get("floor") or {}
+    alt = sc.get("floor_alt")  # a second floor: {"label": ..., "scores": {...}}
     rows = [k for k in SCORES if gen.get(k) is not None]
     if rows:
         body += [
@@ -197,15 +218,25 @@ def model_card(doc: dict) -> str:
             "",
             f"{sc.get('samples')} samples of the default sampler against {sc.get('real')} real "
             "images of the training distribution; the floor is the same score of other real "
-            "images of that distribution against them (what a perfect generator reaches).",
+            "images of that distribution against them (what a perfect generator reaches)"
+            + (f"; the second floor ({alt['label']}) is the same score of "
+               f"{alt.get('description') or alt['label']}" if alt else "") + ".",
             "",
-            "| score | generated | floor |" + (" fp32 weights |" if sc.get("fp32") else ""),
-            "| --- | --- | --- |" + (" --- |" if sc.get("fp32") else ""),
-        ]
+            "| score | generated | floor |" + (f" floor, {alt['label']} |" if alt else "")
+            + (" generated, fp32 weights |" if sc.get("fp32") else ""),
+            "| --- | --- | --- |" + (" --- |" if alt else "") + (" --- |" if sc.get("fp32") else ""),
+        ]  # fmt: skip
         fp32 = (sc.get("fp32") or {}).get("generated") or {}
+        spread = sc.get("spread") or {}
         for k in rows:
-            extra = f" {_fmt(fp32.get(k))} |" if sc.get("fp32") else ""
-            body.append(f"| {SCORES[k]} | {_fmt(gen[k])} | {_fmt(floor.get(k))} |{extra}")
+            extra = f" {_fmt(alt['scores'].get(k))} |" if alt else ""
+            extra += f" {_fmt(fp32.get(k))} |" if sc.get("fp32") else ""
+            value = _fmt(gen[k]) + (f" ± {_fmt(spread[k])}" if spread.get(k) is not None else "")
+            body.append(f"| {SCORES[k]} | {value} | {_fmt(floor.get(k))} |{extra}")
+        if spread:
+            body += ["", "± is the spread `make cards` allows: three times the difference "
+                     "between two sampling seeds over the square root of two, at least 5 % of "
+                     "the score."]  # fmt: skip
         if sc.get("memorisation_ratio") is not None:
             body += ["", f"Memorisation: median distance of samples to their nearest training "
                      f"image over that of images never trained on, {sc['memorisation_ratio']:.2f} "
