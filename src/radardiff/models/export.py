@@ -180,7 +180,8 @@ def model_card(doc: dict) -> str:
         "```python",
         "from diffusers import UNet2DModel",
         "from radardiff.models import load_run",
-        f'run = load_run("{doc["name"]}")            # network, normaliser, sampler settings',
+        "",
+        f'run = load_run("{doc["name"]}")  # network, normaliser, sampler settings',
         'unet = UNet2DModel.from_pretrained("path/to/this/folder")',
         "```",
         "",
@@ -216,27 +217,30 @@ def model_card(doc: dict) -> str:
             "",
             "## Measured scores",
             "",
-            f"{sc.get('samples')} samples of the default sampler against {sc.get('real')} real "
+            f"{sc.get('samples')} samples of the default sampler"
+            + (f" (the mean of {len(sc['seeds'])} seeds' scores)" if sc.get("seeds") else "")
+            + f" against {sc.get('real')} real "
             "images of the training distribution; the floor is the same score of other real "
             "images of that distribution against them (what a perfect generator reaches)"
             + (f"; the second floor ({alt['label']}) is the same score of "
                f"{alt.get('description') or alt['label']}" if alt else "") + ".",
             "",
             "| score | generated | floor |" + (f" floor, {alt['label']} |" if alt else "")
-            + (" generated, fp32 weights |" if sc.get("fp32") else ""),
+            + (" seed 0, float16 / float32 weights |" if sc.get("fp32") else ""),
             "| --- | --- | --- |" + (" --- |" if alt else "") + (" --- |" if sc.get("fp32") else ""),
         ]  # fmt: skip
         fp32 = (sc.get("fp32") or {}).get("generated") or {}
         spread = sc.get("spread") or {}
         for k in rows:
             extra = f" {_fmt(alt['scores'].get(k))} |" if alt else ""
-            extra += f" {_fmt(fp32.get(k))} |" if sc.get("fp32") else ""
+            half0 = (sc.get("seeds") or {}).get("0", gen)
+            extra += f" {_fmt(half0.get(k))} / {_fmt(fp32.get(k))} |" if sc.get("fp32") else ""
             value = _fmt(gen[k]) + (f" ± {_fmt(spread[k])}" if spread.get(k) is not None else "")
             body.append(f"| {SCORES[k]} | {value} | {_fmt(floor.get(k))} |{extra}")
         if spread:
-            body += ["", "± is the spread `make cards` allows: three times the difference "
-                     "between two sampling seeds over the square root of two, at least 5 % of "
-                     "the score."]  # fmt: skip
+            n_seeds = len(sc.get("seeds") or {}) or "several"
+            body += ["", f"± is the spread `make cards` allows: three standard deviations of the "
+                     f"score over {n_seeds} sampling seeds, at least 10 % of the score."]  # fmt: skip
         if sc.get("memorisation_ratio") is not None:
             body += ["", f"Memorisation: median distance of samples to their nearest training "
                      f"image over that of images never trained on, {sc['memorisation_ratio']:.2f} "
