@@ -289,12 +289,17 @@ RESCORE_SEED = 3  # make cards samples with a seed none of them used
 
 
 def spread_of(runs: list[dict]) -> dict:
-    """What ``make cards`` allows a score to move: three standard deviations over the seeds,
-    at least 10 % of the score."""
+    """What ``make cards`` allows a new seed's score to differ from the card's mean: the 99 %
+    prediction interval of one more seed from these seeds' scores (Student's t with n - 1
+    degrees of freedom, ``t s sqrt(1 + 1/n)``), at least 10 % of the score."""
+    from scipy.stats import t
+
+    n = len(runs)
+    factor = float(t.ppf(0.995, n - 1)) * (1.0 + 1.0 / n) ** 0.5
     out = {}
-    for k, v in runs[0]["generated"].items():
-        vals = np.array([r["generated"].get(k, v) for r in runs], dtype=np.float64)
-        out[k] = float(max(3.0 * vals.std(ddof=1), 0.1 * abs(v)))
+    for k in mean_of(runs):
+        vals = np.array([r["generated"][k] for r in runs], dtype=np.float64)
+        out[k] = float(max(factor * vals.std(ddof=1), 0.1 * abs(vals.mean())))
     return out
 
 

@@ -239,8 +239,9 @@ def model_card(doc: dict) -> str:
             body.append(f"| {SCORES[k]} | {value} | {_fmt(floor.get(k))} |{extra}")
         if spread:
             n_seeds = len(sc.get("seeds") or {}) or "several"
-            body += ["", f"± is the spread `make cards` allows: three standard deviations of the "
-                     f"score over {n_seeds} sampling seeds, at least 10 % of the score."]  # fmt: skip
+            body += ["", f"± is the spread `make cards` allows a new seed's score: the 99 % "
+                     f"prediction interval from the {n_seeds} seeds' scores (Student's t), at "
+                     "least 10 % of the score."]  # fmt: skip
         if sc.get("memorisation_ratio") is not None:
             body += ["", f"Memorisation: median distance of samples to their nearest training "
                      f"image over that of images never trained on, {sc['memorisation_ratio']:.2f} "
