@@ -41,7 +41,7 @@ def test_png_grid(reference, tmp_path):
     out = generate(run, OPTS, tmp_path / "g.png").path
     grid = np.asarray(Image.open(out))
     assert grid.shape == (2 * 17 + 1, 3 * 17 + 1) and grid.dtype == np.uint8
-    np.testing.assert_array_equal(grid, grid_image(images))
+    np.testing.assert_array_equal(grid, grid_image(images, centre=True))  # insar_noise: centred
 
 
 def test_grid_image_values():
@@ -74,3 +74,17 @@ def test_unknown_output_format():
     with pytest.raises(ConfigError, match=r"x\.jpg: unknown output extension"):
         output_format(Path("x.jpg"))
     assert output_format(Path("a.hdf5")) == "h5" and output_format(Path("a.tiff")) == "tif"
+
+
+def test_grid_centres_images_of_arbitrary_reference():
+    """Unwrapped phase: each tile minus its mean, so offsets between tiles do not hide them."""
+    from radardiff.sample.writers import grid_image
+
+    rng = np.random.default_rng(0)
+    texture = rng.normal(size=(1, 1, 8, 8))
+    images = np.concatenate([texture + 100.0, texture - 100.0])  # same texture, far apart
+    plain, centred = grid_image(images), grid_image(images, centre=True)
+    a, b = centred[1:9, 1:9], centred[1:9, 10:18]
+    np.testing.assert_array_equal(a, b)  # centred: the same tile twice
+    assert a.std() > 40  # and its texture spans the grey levels
+    assert plain[1:9, 1:9].std() < 2 and plain[1:9, 10:18].std() < 2  # plain: two flat tiles

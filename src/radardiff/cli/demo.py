@@ -99,11 +99,12 @@ def _shipped_samples(out: Path, seed: int) -> Path | None:
     from radardiff.models.shipped import shipped_models
     from radardiff.sample import generate, load_run
     from radardiff.sample.generate import request
-    from radardiff.sample.writers import write_png_grid
+    from radardiff.sample.writers import REFERENCE_FREE_KINDS, write_png_grid
 
     if SHIPPED not in shipped_models():
         return None
     run = load_run(SHIPPED)
     generate(run, request(run.cfg.sample, 64, seed=seed), out / f"{SHIPPED}.h5")
     with DatasetFile(out / f"{SHIPPED}.h5") as f:
-        return write_png_grid(out / f"{SHIPPED}.png", f.images())
+        centre = f.info.kind in REFERENCE_FREE_KINDS
+        return write_png_grid(out / f"{SHIPPED}.png", f.images(), centre=centre)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path, signature
     if fmt == "npz":
         return write_npz(out, images, labels, arrays["seeds"])
     if fmt == "png":
-        return write_png_grid(out, images)
+        return write_png_grid(out, images, centre=info["kind"] in REFERENCE_FREE_KINDS)
     return write_geotiffs(out, images, info.get("pixel_spacing_m"))
 
 
@@ -100,9 +101,19 @@ def _write_atomic(out: Path, write) -> Path:
     return out
 
 
-def grid_image(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
-    """First channel of each image, each scaled by the 2-98 % percentiles of the whole set, tiled."""
-    x = images[:, 0]
+# unwrapped phase has an arbitrary reference per image: a grid shows each image minus its mean
+# (as the histogram metric does, radardiff.evaluate.metrics.CENTRED_KINDS)
+REFERENCE_FREE_KINDS = ("insar_unwrapped", "insar_noise")
+
+
+def grid_image(images: np.ndarray, ncols: int | None = None, centre: bool = False) -> np.ndarray:
+    """First channel of each image (minus its mean with ``centre``), all scaled by the 2-98 %
+    percentiles of the whole set, tiled."""
+    x = images[:, 0].astype(np.float64)
+    if centre:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images stay NaN
+            x = x - np.nanmean(x, axis=(1, 2), keepdims=True)
     finite = x[np.isfinite(x)]
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
     scaled = np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
@@ -119,10 +130,11 @@ def grid_image(images: np.ndarray, ncols: int | None = None) -> np.ndarray:
     return (grid * 255).round().astype(np.uint8)
 
 
-def write_png_grid(out: Path, images: np.ndarray) -> Path:
+def write_png_grid(out: Path, images: np.ndarray, centre: bool = False) -> Path:
     from PIL import Image
 
-    return _write_atomic(out, lambda fh: Image.fromarray(grid_image(images)).save(fh, "PNG"))
+    grid = grid_image(images, centre=centre)
+    return _write_atomic(out, lambda fh: Image.fromarray(grid).save(fh, "PNG"))
 
 
 def write_geotiffs(out: Path, images: np.ndarray, pixel_spacing_m: float | None) -> Path:
