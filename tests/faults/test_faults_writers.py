@@ -183,7 +183,13 @@ def test_a_second_writer_of_one_output_is_refused(work, tmp_path, capsys):
     for first_args, second_args, out in racing:
         first = start(*first_args)
         wait_for(first, lambda out=out: lock_path(out).exists() and lock_path(out).read_text())
-        second = cli(*second_args)
+        # paused while it holds the output: a fast first writer (100,000 pairs take 4 s) must not
+        # finish before the second has even started
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = cli(*second_args)
+        finally:
+            first.send_signal(signal.SIGCONT)
         tried += 1
         line = one_clean_line(second.returncode, second.stderr, 1)
         assert f"being written by process {first.pid}" in line, line
