@@ -55,8 +55,7 @@ class LoadedRun:
         """``step_NNNNNNN`` of the weights (an exported model's from its ``state.json``)."""
         if not self.exported:
             return self.checkpoint.name
-        state = json.loads((self.checkpoint / "state.json").read_text(encoding="utf-8"))
-        return RunDir.checkpoint_name(int(state.get("step", 0)))
+        return RunDir.checkpoint_name(_exported_step(self.checkpoint))
 
     @property
     def data_channels(self) -> int:
@@ -238,16 +237,21 @@ def load_verified(model_dir: Path) -> UNet2DModel:
     return load_model(model_dir)
 
 
+def _exported_step(root: Path) -> int:
+    """The training step an exported model's weights were exported at (its ``state.json``)."""
+    try:
+        return int(json.loads((root / "state.json").read_text(encoding="utf-8")).get("step", 0))
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{root / 'state.json'}: missing or unreadable ({err})") from None
+
+
 def _check_exported_choice(root: Path, given, weights: str, checkpoint) -> None:
     """An exported model holds one network: its EMA weights at the step it was exported."""
     if weights != "ema":
         raise RunDirError(f"{given}: an exported model holds only its EMA weights (--weights ema)")
     if checkpoint is None:
         return
-    try:
-        step = int(json.loads((root / "state.json").read_text(encoding="utf-8")).get("step", 0))
-    except (OSError, ValueError) as err:
-        raise RunDirError(f"{root / 'state.json'}: missing or unreadable ({err})") from None
+    step = _exported_step(root)
     wanted = str(checkpoint)
     if wanted not in (str(step), RunDir.checkpoint_name(step)):
         raise RunDirError(
@@ -271,8 +275,9 @@ def load_run(
     run = RunDir(resolve_run(run_dir))
     if weights not in WEIGHTS:
         raise RunDirError(f"weights must be 'ema' or 'model', got '{weights}'")
+    weights_id = None
     if is_exported(run.root):
-        weights_hash(run.root)  # every file of the folder is checked before any is read
+        weights_id = weights_hash(run.root)  # every file of the folder, before any is read
         _check_exported_choice(run.root, run_dir, weights, checkpoint)
         ckpt = model_dir = run.root
     else:
@@ -285,7 +290,8 @@ def load_run(
     except (OSError, ValueError) as err:
         raise RunDirError(f"{run.data_info}: missing or unreadable ({err})") from None
     check_architecture(ckpt, cfg, run.config)
-    weights_id = weights_hash(model_dir)  # checked against the manifest before loading
+    if weights_id is None:
+        weights_id = weights_hash(model_dir)  # checked against the manifest before loading
     model = load_model(model_dir)
     _check_network(model, cfg, model_dir, run.config)
     return LoadedRun(
