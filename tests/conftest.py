@@ -78,6 +78,19 @@ def write_config(path: Path, cfg: RunConfig) -> Path:
     return path
 
 
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """``radardiff ARGS`` in this process: (exit code, stdout, stderr)."""
+    from radardiff.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

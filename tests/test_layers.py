@@ -43,6 +43,7 @@ EVALUATE_DRIVERS = {
     "extractor",
     "tasks",
     "classification",
+    "curve",
 }
 MEASURES = SRC / "evaluate" / "measures"
 # What a pure metric may not import: file formats, file systems, datasets, networks and weights,

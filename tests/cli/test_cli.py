@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import tiny_run_config, write_config
+from conftest import run_cli, tiny_run_config, write_config  # noqa: F401  (run_cli: other tests import it from here)
 from radardiff.cli.main import cli, main
 
 VERBS = [
@@ -35,16 +35,6 @@ VERBS = [
     "report",
     "demo",
 ]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(err: str) -> str:

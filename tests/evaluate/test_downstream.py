@@ -20,6 +20,7 @@ from radardiff.evaluate.downstream import (
     score_saved,
     score_task,
 )
+from radardiff.evaluate.measures.skill import unwrapping_score
 from radardiff.evaluate.measures.spectra import fit_powerlaw_white
 from radardiff.evaluate.tasks import TaskConfig, load_pairs, predict, split, train_task
 from radardiff.models.downstream import load_task
@@ -67,6 +68,37 @@ def test_detection_network_separates_and_keeps_its_threshold(noise, tmp_path):
     score = score_saved(tmp_path / "net", te)
     assert score["auc"] > 0.8 and score["threshold"] == result.meta["threshold"]
     assert score["n_present"] + score["n_absent"] == 128
+
+
+def test_unwrapping_network_unwraps_fringes(noise, tmp_path):
+    """Sources of 20-60 mm (4.5-13.4 rad, up to two fringes) on 0.2 rad noise, wrapped: the
+    network's fields are within pi of the truth far more often than the wrapped input is."""
+    kw = {"label": "unwrapped", "wrap": True, "peak_los_m": (0.02, 0.06)}
+    tr = _pairs(tmp_path / "tr.h5", [noise["train"]], 256, **kw)
+    te = _pairs(tmp_path / "te.h5", [noise["test"]], 64, seed=9, **kw)
+    cfg = TaskConfig(task="unwrapping", steps=150, batch_size=16, val_every=50, width=8, levels=2)
+    result = train_task(load_pairs(tr, "unwrapping"), cfg, tmp_path / "net")
+    score = score_saved(tmp_path / "net", te)
+    test = load_pairs(te, "unwrapping")
+    as_is = unwrapping_score(test.inputs, test.targets, test.valid)
+    assert score["within_pi"] > as_is.within_pi + 0.1 and score["rmse"] < 0.6 * as_is.rmse
+    assert result.meta["scale"] > 1.0  # the truth's spread, not the wrapped input's
+    with pytest.raises(DataError, match="no unwrapped truth"):
+        load_pairs(_pairs(tmp_path / "rec.h5", [noise["train"]], 8), "unwrapping")
+
+
+def test_unwrapping_loss_ignores_each_fields_constant():
+    from radardiff.evaluate.tasks import _loss
+
+    g = torch.Generator().manual_seed(0)
+    out, target = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g)
+    valid = torch.ones_like(out, dtype=torch.bool)
+    valid[0, 0, :4] = False
+    target = torch.where(valid, target, torch.nan)
+    shift = torch.tensor([5.0, -2.0, 40.0]).view(3, 1, 1, 1)
+    a = _loss("unwrapping", out, target, valid)
+    assert torch.isfinite(a) and torch.allclose(a, _loss("unwrapping", out + shift, target, valid))
+    assert _loss("unwrapping", target.nan_to_num() + shift, target, valid) < 1e-10
 
 
 def test_training_is_seeded_and_saving_round_trips(noise, tmp_path):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from radardiff.evaluate.measures.memorisation import mean_pairwise_distance
 from radardiff.evaluate.measures.skill import (
     accuracy,
     best_threshold,
     detection_score,
     recovery_score,
     roc_auc,
+    unwrapping_score,
 )
 
 
@@ -64,3 +66,30 @@ def test_recovery_score_analytic():
     bad[0, 0, 3, 3] = 1e6
     valid[0, 0, 3, 3] = False
     assert recovery_score(bad, target, valid).rmse == 0
+
+
+def test_unwrapping_score_is_blind_to_a_constant_and_counts_pi_errors():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0.0, 5.0, (3, 1, 8, 8))
+    valid = np.ones_like(truth, bool)
+    same = unwrapping_score(truth + 7.3, truth, valid)  # any constant: a perfect unwrapping
+    assert same.within_pi == same.skill == 1.0 and same.rmse < 1e-12 and same.n == 3
+    # a 2 pi jump on a quarter of every field: after the mean error (pi / 2) is removed, the
+    # quarter is off by 3 pi / 2 and the rest by pi / 2
+    pred = truth.copy()
+    pred[:, :, :2, :] += 2 * np.pi
+    s = unwrapping_score(pred, truth, valid)
+    assert s.within_pi == pytest.approx(0.75)
+    assert s.rmse == pytest.approx(np.pi * np.sqrt(0.75))
+    # no data and NaN truth are left out
+    valid[:, :, :2, :] = False
+    assert unwrapping_score(pred, np.where(valid, truth, np.nan), valid).within_pi == 1.0
+
+
+def test_mean_pairwise_distance_in_the_images_units():
+    a = np.where(np.indices((4, 4)).sum(axis=0) % 2 == 0, 1.0, -1.0)[None]
+    x = np.stack([a + 5.0, -a - 2.0])  # each image's mean is removed: distance |2a| = 2
+    assert mean_pairwise_distance(x) == pytest.approx(2.0)
+    assert mean_pairwise_distance(np.stack([a, a, a])) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        mean_pairwise_distance(x[:1])

@@ -160,11 +160,14 @@ def _pair(value: str | None, option: str):
 
 @downstream.command("train")
 @click.argument("pairs", type=click.Path(dir_okay=False))
-@click.option("--task", type=click.Choice(["recovery", "detection"]), required=True)
+@click.option("--task", type=click.Choice(["recovery", "detection", "unwrapping"]), required=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Network directory.")
 @click.option("--steps", type=click.IntRange(min=1), default=1200, show_default=True)
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=None, help="[32 recovery, 64 detection]"
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="[32 recovery and unwrapping, 64 detection]",
 )
 @click.option("--lr", type=FiniteFloat(), default=2e-3, show_default=True)
 @click.option("--width", type=click.IntRange(min=1), default=16, show_default=True)
@@ -178,12 +181,14 @@ def train_cmd(pairs, task, out, steps, batch_size, lr, width, val_fraction, seed
 
     recovery: a small U-Net, noisy unwrapped (or wrapped) phase -> deformation field;
     detection: a small CNN, input -> deformation present or not (its threshold chosen on the
-    validation share).
+    validation share); unwrapping: the U-Net, wrapped phase -> unwrapped phase (pairs made with
+    --wrap --label unwrapped), its error measured after removing each field's mean.
 
     \b
     Examples:
       radardiff downstream train rec.h5 --task recovery --out nets/rec
       radardiff downstream train det.h5 --task detection --out nets/det --precision auto
+      radardiff downstream train unw.h5 --task unwrapping --out nets/unw
     """
     from radardiff.evaluate.downstream import default_training
     from radardiff.evaluate.tasks import load_pairs, train_task

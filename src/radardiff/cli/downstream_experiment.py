@@ -39,9 +39,10 @@ from radardiff.cli._common import FiniteFloat, parse_int_list, parse_kv, precisi
 @click.option("--n-train", type=click.IntRange(min=2), default=4000, show_default=True,
               help="Training pairs per set and seed.")  # fmt: skip
 @click.option("--n-test", type=click.IntRange(min=2), default=2000, show_default=True)
-@click.option("--n-noise", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Generated and physics noise tiles to make.")  # fmt: skip
-@click.option("--tasks", default="recovery,detection", show_default=True)
+@click.option("--n-noise", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Generated and physics noise tiles to make (the curve: per replicate, 0 = "
+              "as many as its real tiles).")  # fmt: skip
+@click.option("--tasks", default="recovery,detection,unwrapping", show_default=True)
 @click.option(
     "--wavelength",
     type=FiniteFloat(),
@@ -69,9 +70,28 @@ from radardiff.cli._common import FiniteFloat, parse_int_list, parse_kv, precisi
     is_flag=True,
     help="Sample --run with its network compiled (as radardiff sample --compile).",
 )
+@click.option("--scene-counts", default=None, metavar="N,N,...",
+              help="The curve: numbers of real training scenes (e.g. 1,2,4,8,11); each "
+              "replicate trains its own generator on exactly those scenes.")  # fmt: skip
+@click.option("--draws", type=int, default=3, show_default=True,
+              help="Replicates per scene count (different scene subsets where they exist).")  # fmt: skip
+@click.option("--gen-steps", type=int, default=600, show_default=True,
+              help="Training steps of each replicate's generator.")  # fmt: skip
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="Generator recipe (TOML) [the built-in tiny recipe].")  # fmt: skip
+@click.option("--gen-set", "gen_set", multiple=True, metavar="KEY=VALUE",
+              help="Override of the generator recipe, e.g. --gen-set train.batch_size=16.")  # fmt: skip
+@click.option("--split", type=click.Choice(["scenes", "dates"]), default="scenes",
+              show_default=True, help="dates: leave out of training every scene that shares an "
+              "acquisition date with a test scene.")  # fmt: skip
+@click.option("--knobs", default="", help="Generator knobs measured at --knob-counts: ddpm "
+              "(DDPM-1000 sampling), x4 (four times the generated noise), e.g. ddpm,x4.")  # fmt: skip
+@click.option("--knob-counts", default=None, help="Scene counts where --knobs are measured "
+              "[the two smallest].")  # fmt: skip
 def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seeds, n_train,
                    n_test, n_noise, tasks, wavelength, sampler, sample_steps, checkpoint,
-                   precision, no_masks, overrides, device, compile_) -> None:  # fmt: skip
+                   precision, no_masks, overrides, device, compile_, scene_counts, draws,
+                   gen_steps, recipe, gen_set, split, knobs, knob_counts) -> None:  # fmt: skip
     """Train each reference task on four noise sets (physics, generated, real, real +
     generated) for each seed and test every network on the held-out real scenes.
 
@@ -96,7 +116,20 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
           --test-real scenes_val.h5 --wavelength 0.0562 --precision auto
       radardiff downstream experiment --tasks classification --run runs/sar \\
           --train-real sar_train.h5 --test-real sar_test.h5 --seeds 0,1,2
+      radardiff downstream experiment --scene-counts 1,2,4,8,11 --train-real scenes_train.h5 \\
+          --test-real scenes_val.h5 --wavelength 0.0562 --knobs ddpm,x4 --out curve/
     """
+    if scene_counts is not None:
+        if run_dir or generated or physics or checkpoint or compile_:
+            raise click.UsageError("--scene-counts trains a generator per replicate: no --run, "
+                                   "--generated, --physics, --checkpoint or --compile")  # fmt: skip
+        if out is None:
+            raise click.UsageError("--out is needed with --scene-counts")
+        _curve(train_real, test_real, out, scene_counts, draws, seeds, gen_steps, recipe, gen_set,
+               split, knobs, knob_counts, tasks, overrides, wavelength, precision,
+               {"sampler": sampler, "steps": sample_steps, "precision": precision,
+                "device": device}, n_train, n_test, n_noise, not no_masks)  # fmt: skip
+        return
     from radardiff.evaluate.downstream import ExperimentConfig, experiment_inputs, run_experiment
 
     if (run_dir is None) == (generated is None):
@@ -184,3 +217,32 @@ def _classification(train_real, test_real, run_dir, generated, physics, out, see
                                 device=device)  # fmt: skip
     click.echo(markdown(result), nl=False)
     click.echo(f"wrote {out / 'classification.json'}")
+
+
+def _curve(train_real, test_real, out, counts, draws, seeds, gen_steps, recipe, gen_set, split,
+           knobs, knob_counts, tasks, overrides, wavelength, precision, sampling, n_train, n_test,
+           n_noise, masks) -> None:  # fmt: skip
+    from radardiff.evaluate.curve import CurveConfig, markdown_curve, plan_curve, run_curve
+    from radardiff.evaluate.downstream import experiment_inputs
+
+    task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if "classification" in task_list:
+        raise click.UsageError("--scene-counts: the InSAR tasks only (no classification)")
+    pairs, training = experiment_inputs(task_list, parse_kv(overrides, "--set"), wavelength,
+                                        precision)  # fmt: skip
+    cfg = CurveConfig(
+        pool=train_real, test_real=test_real, counts=parse_int_list(counts, "--scene-counts") or (),
+        draws=draws, seeds=parse_int_list(seeds, "--seeds") or (), recipe=recipe,
+        recipe_set=tuple(gen_set), gen_steps=gen_steps, n_noise=n_noise, split=split,
+        tasks=task_list, n_train=n_train, n_test=n_test, pairs=pairs, training=training,
+        masks=masks, knobs=tuple(k.strip() for k in knobs.split(",") if k.strip()),
+        knob_counts=parse_int_list(knob_counts, "--knob-counts"), sampling=sampling,
+    )  # fmt: skip
+    plan = plan_curve(cfg)  # every refusal before anything is written
+    click.echo(f"{len(plan.replicates)} replicates on {len(plan.pool)} training scenes", err=True)
+    result = run_curve(cfg, out, on_progress=lambda msg: click.echo(f"  {msg}", err=True))
+    from radardiff.report import write_downstream_report
+
+    page = write_downstream_report(out)
+    click.echo(markdown_curve(result), nl=False)
+    click.echo(f"wrote {Path(out) / 'downstream.json'}, {Path(out) / 'curve.png'} and {page}")

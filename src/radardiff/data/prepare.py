@@ -10,7 +10,9 @@ Splits are seeded and exact: with ``split=(0.8, 0.1, 0.1)`` the source items are
 one scene never leak between train and test. A single source item (one scene) is split by
 tile instead, which can leak where tiles overlap (``stride < tile``): a warning says so.
 Each output names its source items (attribute ``items``, a JSON list, when under 60,000
-characters), so that a later step can check that two files share no scene.
+characters), so that a later step can check that two files share no scene, and records the item
+of every sample (extra ``scene``: its index in ``items``), so that a later step can take the
+tiles of some scenes only (:mod:`radardiff.data.scenes`).
 
 Each output is written to a temporary file and renamed when complete
 (:class:`~radardiff.data.dataset_file.DatasetWriter`): an interrupted run leaves no
@@ -34,6 +36,7 @@ from radardiff import _stop
 from radardiff.data.dataset_file import KINDS, DatasetWriter, check_dataset_path
 from radardiff.data.readers import open_reader
 from radardiff.data.readers.base import Reader, negative_fraction
+from radardiff.data.scenes import SCENE_EXTRA
 from radardiff.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -517,12 +520,12 @@ class _Sink:
         self.kind, self.units, self.size = kind, units, size
         self.options, self.batch = options, batch
         self.writers: list[DatasetWriter] = []
-        self.buffers: list[list[tuple[np.ndarray, int | None]]] = [[] for _ in names]
+        self.buffers: list[list[tuple[np.ndarray, int | None, int]]] = [[] for _ in names]
         self.shape: tuple[int, int, int] = (0, 0, 0)
         self.first_name = ""
         self.total = 0
         self.class_counts = [dict() for _ in names]
-        self.items: list[dict[str, None]] = [dict() for _ in names]  # source items per split
+        self.items: list[dict[str, int]] = [dict() for _ in names]  # source item -> its index
         self._scales: set[float] = set()
         self._closed = False
 
@@ -542,6 +545,7 @@ class _Sink:
                     pixel_spacing_m=None,
                     source=str(self.reader.src),
                     attrs=attrs,
+                    extras={SCENE_EXTRA: ((), "<i4")},
                 )
             )
 
@@ -561,8 +565,8 @@ class _Sink:
         if self.size is not None:
             # source pixels per output pixel, to rescale the pixel spacing
             self._scales.add(round(rows / self.size[0], 9))
-        self.buffers[s].append((sample, label))
-        self.items[s].setdefault(name, None)
+        scene = self.items[s].setdefault(name, len(self.items[s]))
+        self.buffers[s].append((sample, label, scene))
         self.total += 1
         if label is not None:
             cname = (self.reader.class_names or [])[label]
@@ -576,7 +580,8 @@ class _Sink:
             return
         images = np.stack([b[0] for b in buf])
         labels = None if buf[0][1] is None else np.array([b[1] for b in buf], np.int64)
-        self.writers[s].append(images, labels)
+        scenes = np.array([b[2] for b in buf], np.int32)
+        self.writers[s].append(images, labels, **{SCENE_EXTRA: scenes})
         buf.clear()
 
     def spacing(self) -> float | None:

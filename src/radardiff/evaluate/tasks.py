@@ -5,6 +5,9 @@
   mean squared error over the input's valid pixels;
 - ``detection``: :class:`~radardiff.models.downstream.SmallCNN`, input -> logit of "deformation
   present", binary cross-entropy;
+- ``unwrapping``: the U-Net, wrapped phase (cos, sin, mask) -> unwrapped phase, mean squared
+  error over the valid pixels after the mean error of each field is removed (the truth is known
+  up to a constant: the network is not asked for the field's absolute level);
 - ``classification``: the same network with one logit per class, on a labelled image set of any
   kind (:func:`load_labelled`: SAR in dB, one or two polarisations, phase, digits), cross-entropy;
   each channel standardised with the training images' mean and standard deviation.
@@ -38,10 +41,17 @@ from radardiff.evaluate.measures.skill import (
     classification_score,
     recovery_score,
     roc_auc,
+    unwrapping_score,
 )
 from radardiff.models.downstream import build, encode, encode_channels, save_task
 
-TASKS = {"recovery": "unet", "detection": "cnn", "classification": "classifier"}
+TASKS = {
+    "recovery": "unet",
+    "detection": "cnn",
+    "unwrapping": "unet",
+    "classification": "classifier",
+}
+FIELD_TASKS = ("recovery", "unwrapping")  # per-pixel outputs, scaled by the network's 'scale'
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,13 @@ def load_pairs(path, task: str) -> Pairs:
         if np.unique(labels).size < 2:
             raise DataError(f"{path}: every pair has the same presence label; detection needs both")
         targets = labels.astype(np.float32)
+    elif task == "unwrapping":
+        if f.info.kind != "insar_wrapped" or "unwrapped" not in f.info.extras:
+            raise DataError(
+                f"{path}: no unwrapped truth; unwrapping needs pairs made with --wrap --label "
+                "unwrapped"
+            )
+        targets = f.extra("unwrapped").astype(np.float32)
     else:
         targets = f.extra("deformation").astype(np.float32)
     inputs = f.images().astype(np.float32)
@@ -190,7 +207,14 @@ def split(
     return np.setdiff1d(np.arange(n), va), va
 
 
-def _input_scale(p: Pairs, idx: np.ndarray) -> float:
+def _input_scale(p: Pairs, idx: np.ndarray, task: str = "recovery") -> float:
+    """The network's scale: of the inputs (unwrapped phase), or of the mean-referenced truth
+    (unwrapping, whose inputs are wrapped), so that the network sees and makes values near 1."""
+    if task == "unwrapping":
+        t = p.targets[idx].astype(np.float64)
+        t = t - np.nanmean(t, axis=(1, 2, 3), keepdims=True)
+        s = float(np.nanstd(t))
+        return s if math.isfinite(s) and s > 0 else 1.0
     if p.wrapped:
         return 1.0
     x = p.inputs[idx]
@@ -230,6 +254,12 @@ def _loss(task: str, out: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
     if task == "classification":
         return torch.nn.functional.cross_entropy(out, target)
     m = valid.to(out.dtype)
+    if task == "unwrapping":
+        m = m * torch.isfinite(target).to(out.dtype)
+        d = (out - torch.nan_to_num(target)) * m
+        count = m.sum(dim=(2, 3), keepdim=True)
+        d = (d - d.sum(dim=(2, 3), keepdim=True) / count.clamp_min(1)) * m
+        return (d**2).sum() / m.sum().clamp_min(1)
     return ((out - target) ** 2 * m).sum() / m.sum().clamp_min(1)
 
 
@@ -242,7 +272,7 @@ def predict(net: torch.nn.Module, meta: dict, inputs: np.ndarray, batch: int = 2
     outs = []
     for i in range(0, len(inputs), batch):
         y = net(_encode(meta, torch.from_numpy(inputs[i : i + batch]).to(dev))).float().cpu()
-        outs.append((y * meta["scale"]).numpy() if meta["task"] == "recovery" else y.numpy())
+        outs.append((y * meta["scale"]).numpy() if meta["task"] in FIELD_TASKS else y.numpy())
     return np.concatenate(outs)
 
 
@@ -254,6 +284,8 @@ def _validate(net, meta, p: Pairs, idx: np.ndarray) -> float:
         return roc_auc(out, p.targets[idx])
     if meta["task"] == "classification":
         return classification_score(out, p.targets[idx]).balanced_accuracy
+    if meta["task"] == "unwrapping":
+        return -unwrapping_score(out, p.targets[idx], p.valid[idx]).rmse
     return -recovery_score(out, p.targets[idx], p.valid[idx]).rmse
 
 
@@ -299,8 +331,8 @@ def train_task(
         net.train()
         b = torch.from_numpy(rng.choice(tr, size=min(cfg.batch_size, tr.size), replace=False))
         x = x_all[b].to(dev)
-        target = (t_all[b] / meta["scale"] if cfg.task == "recovery" else t_all[b]).to(dev)
-        if cfg.augment and cfg.task == "recovery":
+        target = (t_all[b] / meta["scale"] if cfg.task in FIELD_TASKS else t_all[b]).to(dev)
+        if cfg.augment and cfg.task in FIELD_TASKS:
             x, target = _dihedral(rng, x, target)
         elif cfg.augment:
             (x,) = _dihedral(rng, x)
@@ -332,7 +364,7 @@ def train_task(
 def _describe_net(pairs: Pairs, cfg: TaskConfig, tr: np.ndarray) -> dict:
     """The network's ``task.json``: what it is, how its inputs are encoded, what it learned on."""
     meta = {"task": cfg.task, "arch": TASKS[cfg.task], "wrapped": pairs.wrapped,
-            "width": cfg.width, "levels": cfg.levels, "scale": _input_scale(pairs, tr),
+            "width": cfg.width, "levels": cfg.levels, "scale": _input_scale(pairs, tr, cfg.task),
             "units": pairs.units, "config": asdict(cfg), "train_pairs": pairs.path,
             "train_pairs_record": pairs.record}  # fmt: skip
     if pairs.classes is not None:

@@ -198,3 +198,37 @@ def study_plot(
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+CURVE_STYLE = {"physics": ("#7f7f7f", ":"), "generated": (FAKE, "--"), "real": (REAL, "-"),
+               "real+generated": ("#2ca02c", "-")}  # fmt: skip
+KNOB_COLORS = ("#9467bd", "#bcbd22", "#17becf", "#ff7f0e", "#8c564b")
+
+
+def curve_plot(curve: dict) -> bytes:
+    """Downstream skill against the number of real training scenes: one panel per task, one
+    line per training set (mean over replicates), a band of one standard deviation."""
+    tasks = list(curve)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        s = curve[task]
+        for k, (name, per) in enumerate(s["sets"].items()):
+            counts = sorted(int(c) for c in per)
+            mean = np.array([per[_key(per, c)]["mean"] for c in counts])
+            std = np.array([per[_key(per, c)]["std"] for c in counts])
+            color, ls = CURVE_STYLE.get(name, (KNOB_COLORS[k % len(KNOB_COLORS)], "-."))
+            ax.plot(counts, mean, ls, color=color, marker="o", ms=3, label=name)
+            ax.fill_between(counts, mean - std, mean + std, color=color, alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xticks(sorted(int(c) for c in s["counts"]))
+        ax.set_xlabel("real training scenes")
+        ax.set_ylabel(s.get("skill_name", "skill"))
+        ax.set_title(task)
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _key(per: dict, count: int):
+    """A count's key as stored (int in memory, str after a JSON round trip)."""
+    return count if count in per else str(count)

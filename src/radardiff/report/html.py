@@ -320,9 +320,58 @@ def _downstream(run: RunDir) -> str:
     return "".join(parts)
 
 
+def _curve_html(result: dict) -> str:
+    """The curve over the amount of real data: its figure and tables."""
+    from radardiff.evaluate.curve import curve_tables, describe_curve
+
+    parts = [_img(figures.curve_plot(result["curve"]), "skill against real scenes"),
+             f'<p class="note">{html.escape(describe_curve(result))}</p>']  # fmt: skip
+    for title, head, rows, note in curve_tables(result):
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                       for r in rows)  # fmt: skip
+        parts.append(f"<h3>{html.escape(title)}</h3><table><tr>{th}</tr>{body}</table>"
+                     + (f'<p class="note">{html.escape(note)}</p>' if note else ""))  # fmt: skip
+    return "".join(parts)
+
+
+@holding("folder", lambda folder: folder / "report")
+def write_downstream_report(folder: str | Path) -> Path:
+    """``FOLDER/report/index.html`` (and ``FOLDER/curve.png`` for a curve) from the results of
+    a downstream experiment written to ``FOLDER`` (its ``--out``)."""
+    from radardiff.evaluate import classification, downstream
+
+    folder = Path(folder)
+    found = [folder / n for n in (downstream.RESULTS, classification.RESULTS)]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise RunDirError(
+            f"{folder}: neither a run directory nor a downstream experiment's folder "
+            f"(no config.toml, no {downstream.RESULTS})"
+        )
+    parts = [f"<h1>radardiff downstream experiment</h1><p class='sub'>"
+             f"{html.escape(str(folder.resolve()))}</p>"]  # fmt: skip
+    for path in found:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        parts.append(_downstream_tables(result))
+        if "curve" in result:
+            from radardiff.config.io import atomic_write_bytes
+
+            atomic_write_bytes(folder / "curve.png", figures.curve_plot(result["curve"]))
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>radardiff: '
+        f"downstream</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    out = folder / "report" / "index.html"
+    atomic_write_text(out, page)
+    return out
+
+
 def _downstream_tables(result: dict) -> str:
     from radardiff.evaluate.downstream import COLUMNS, table_rows
 
+    if "curve" in result:
+        return _curve_html(result)
     parts = []
     for task, summary in result.get("summary", {}).items():
         head = "".join(f"<th>{html.escape(h)}</th>" for _, h in COLUMNS[task])

@@ -11,8 +11,10 @@ checks the rule on the source.
 - :mod:`.radar_stats`: speckle (ENL, CV) and wrapped-phase statistics (gradients, residues);
 - :mod:`.sar`: SAR intensity: homogeneous-window ENL, log-cumulants, speckle correlation, bright
   targets, polarisation ratio;
-- :mod:`.memorisation`: nearest-training distances of generated against held-out images;
+- :mod:`.memorisation`: nearest-training distances of generated against held-out images, and
+  the mean pairwise distance of a set (its diversity);
 - :mod:`.bands`: bootstrap or normal confidence bands of a mean curve;
 - :mod:`.features`: FID, KID, improved precision and recall of feature arrays;
-- :mod:`.skill`: skill scores of the downstream tasks (recovery RMSE, ROC AUC, accuracy).
+- :mod:`.skill`: skill scores of the downstream tasks (recovery RMSE, ROC AUC, unwrapping within
+  pi, accuracy).
 """

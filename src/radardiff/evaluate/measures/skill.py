@@ -3,6 +3,9 @@
 - deformation recovery: RMSE over valid pixels, and the same as a fraction of the signal's RMS;
   skill ``1 - RMSE / RMS(signal)`` (1: perfect, 0: no better than predicting no deformation);
 - detection: ROC AUC (Mann-Whitney), and accuracy at a threshold chosen on validation data;
+- phase unwrapping: the fraction of valid pixels within pi of the true unwrapped phase and the
+  RMSE, both after removing each field's mean from prediction and truth (an unwrapped field is
+  known up to a constant); skill = the fraction within pi;
 - classification: accuracy, balanced accuracy (the mean of the per-class recalls, so a rare
   class counts as much as a common one), the recalls and the confusion matrix;
 - over seeds: mean and standard deviation of each score, and the downstream experiment's
@@ -44,6 +47,33 @@ def recovery_score(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> R
     rms = float(np.sqrt(np.mean(tgt**2)))
     frac = rmse / rms if rms > 0 else float("inf")
     return RecoveryScore(rmse, rms, frac, 1.0 - frac, int(len(pred)))
+
+
+@dataclass(frozen=True)
+class UnwrappingScore:
+    """``within_pi``: fraction of valid pixels whose error is below pi; ``rmse`` in radians;
+    both after each field's mean over its valid pixels is removed from prediction and truth."""
+
+    within_pi: float
+    rmse: float
+    skill: float
+    n: int
+
+
+def unwrapping_score(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> UnwrappingScore:
+    """Scores of unwrapped-phase fields (N, 1, H, W) against the truth, pooled over the valid
+    pixels of all fields (a field counts by its number of valid pixels)."""
+    v = np.asarray(valid, bool) & np.isfinite(target)
+    p = np.where(v, np.asarray(pred, np.float64), 0.0)
+    t = np.where(v, np.asarray(target, np.float64), 0.0)
+    axes = tuple(range(1, p.ndim))
+    count = v.sum(axis=axes, keepdims=True)
+    if int(count.sum()) == 0:
+        raise ValueError("no valid pixels to score")
+    err = (p - t) - (p - t).sum(axis=axes, keepdims=True) / np.maximum(count, 1)
+    e = err[v]
+    within = float(np.mean(np.abs(e) < np.pi))
+    return UnwrappingScore(within, float(np.sqrt(np.mean(e**2))), within, int(len(pred)))
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
