@@ -90,6 +90,10 @@ def test_mean_pairwise_distance_in_the_images_units():
     a = np.where(np.indices((4, 4)).sum(axis=0) % 2 == 0, 1.0, -1.0)[None]
     x = np.stack([a + 5.0, -a - 2.0])  # each image's mean is removed: distance |2a| = 2
     assert mean_pairwise_distance(x) == pytest.approx(2.0)
-    assert mean_pairwise_distance(np.stack([a, a, a])) == pytest.approx(0.0)
+    assert mean_pairwise_distance(np.stack([a, a, a])) == pytest.approx(0.0, abs=1e-6)
+    # holes: the distance is over the pixels valid in both, each mean over its own valid pixels
+    holed = x.copy()
+    holed[0, 0, :2] = np.nan  # the first image keeps its lower half, still +-1 around 5
+    assert mean_pairwise_distance(holed) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         mean_pairwise_distance(x[:1])

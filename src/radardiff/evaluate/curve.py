@@ -307,7 +307,8 @@ def _replicate(cfg: CurveConfig, rep: Replicate, knobs: bool, where: Path, say) 
 
 class _Clock:
     """Seconds of each stage of a replicate, kept in ``timing.json`` beside it: a stage that a
-    resumed curve finds made (in under a fifth of the time it took) keeps the time it took."""
+    resumed curve finds made (in under a fifth of the time it took) keeps the time it took; one
+    that it partly makes again (a knob's networks added) adds the new time to it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -327,7 +328,10 @@ class _Clock:
             yield
             took = time.perf_counter() - t0
             old = self.before.get(stage)
-            self.seconds[stage] = old if old is not None and took < 0.2 * old else round(took, 1)
+            if old is None:
+                self.seconds[stage] = round(took, 1)
+            else:  # found made (kept), or partly or wholly made again (the times add up)
+                self.seconds[stage] = old if took < 0.2 * old else round(old + took, 1)
 
         return timed()
 

@@ -89,23 +89,23 @@ def memorisation(fake: np.ndarray, train: np.ndarray, heldout: np.ndarray) -> Me
 
 
 def mean_pairwise_distance(images: np.ndarray, max_n: int = 512, seed: int = 0) -> float:
-    """The mean Euclidean distance between two different images of a set (N, C, H, W), each
-    image's mean over its finite pixels removed first (an interferogram's zero is arbitrary) and
-    no data set to 0, divided by the square root of the number of pixels (so it is in the
-    images' units: the RMS difference of two images); over ``max_n`` images drawn with ``seed``
-    when there are more. A generator's samples that are too alike (a model trained on few
-    scenes that collapses onto them) have a smaller one than the real images."""
+    """The mean distance between two different images of a set (N, C, H, W): the RMS difference
+    over the pixels valid in both, each image's mean over its own valid pixels removed first (an
+    interferogram's zero is arbitrary), so it is in the images' units and holes neither add nor
+    remove distance; over ``max_n`` images drawn with ``seed`` when there are more (pairs without
+    a common valid pixel are left out). A generator's samples that are too alike (a model
+    trained on few scenes that collapses onto them) have a smaller one than the real images."""
     x = np.asarray(images, dtype=np.float64)
-    if len(x) < 2:
-        raise ValueError("the mean pairwise distance needs at least two images")
     if len(x) > max_n:
         x = x[np.sort(np.random.default_rng([seed, 6]).choice(len(x), max_n, replace=False))]
     flat = x.reshape(len(x), -1)
-    finite = np.isfinite(flat)
-    z = np.where(finite, flat, 0.0)
-    mean = z.sum(axis=1, keepdims=True) / np.maximum(finite.sum(axis=1, keepdims=True), 1)
-    z = np.where(finite, z - mean, 0.0)
-    sq = (z * z).sum(axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
-    n = len(z)
-    return float(np.sqrt(d2).sum() / (n * (n - 1)) / np.sqrt(flat.shape[1]))
+    m = np.isfinite(flat).astype(np.float64)
+    z = np.where(m > 0, flat, 0.0)
+    z = (z - z.sum(axis=1, keepdims=True) / np.maximum(m.sum(axis=1, keepdims=True), 1)) * m
+    sq = z * z
+    common = m @ m.T
+    d2 = sq @ m.T + m @ sq.T - 2.0 * z @ z.T  # sum over the common valid pixels of (a - b)**2
+    pair = ~np.eye(len(z), dtype=bool) & (common > 0)
+    if not pair.any():
+        raise ValueError("the mean pairwise distance needs two images with common valid pixels")
+    return float(np.mean(np.sqrt(np.maximum(d2[pair], 0.0) / common[pair])))
