@@ -166,6 +166,7 @@ def test_curve_end_to_end_and_resume(pool, tmp_path, capsys):
         (["--scene-counts", "9"], "9 scenes asked"),
         (["--scene-counts", "2", "--split", "dates"], "left by --split dates"),
         (["--scene-counts", "1", "--run", "x"], "no --run"),
+        (["--n-noise", "0", "--generated", "x"], "--n-noise: at least 1"),
     ],
 )
 def test_cli_refuses_in_one_line_and_writes_nothing(pool, tmp_path, capsys, args, message):

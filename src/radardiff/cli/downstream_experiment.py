@@ -132,6 +132,8 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
         return
     from radardiff.evaluate.downstream import ExperimentConfig, experiment_inputs, run_experiment
 
+    if n_noise < 1:
+        raise click.UsageError("--n-noise: at least 1 (0 is the curve's: with --scene-counts)")
     if (run_dir is None) == (generated is None):
         raise click.UsageError("give one of --run and --generated")
     if out is None and run_dir is None:
