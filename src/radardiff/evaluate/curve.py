@@ -39,7 +39,6 @@ replicate is not made again.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -69,10 +68,8 @@ from radardiff.evaluate.downstream import (
 )
 from radardiff.evaluate.measures.memorisation import mean_pairwise_distance, memorisation
 
-log = logging.getLogger(__name__)
 RESULTS = "downstream.json"
 KNOBS = {"ddpm": "real+generated (DDPM-1000)", "x4": "real+generated (4x generated)"}
-BASE_SETS = ("physics", "generated", "real", "real+generated")
 SPLITS = ("scenes", "dates")
 MIN_NOISE = 256
 

@@ -186,7 +186,6 @@ class ExperimentConfig:
     run: str | None = None  # the run behind ``generated``: checked not to know the test scenes
     # more training sets, name -> noise files mixed in equal shares (the curve's generator knobs)
     extra_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    realism: bool = True  # compare each noise set with the real training tiles
 
 
 def default_pairs(task: str, **given) -> PairParams:
@@ -325,7 +324,7 @@ def run_experiment(
                 rows.append({"task": task, "set": name, "seed": seed, **score,
                              "val_score": meta["val_score"], "best_step": meta["best_step"]})  # fmt: skip
     result = {"config": _describe(cfg, spacing), "results": rows, "summary": summarise_over_seeds(rows),
-              "noise_realism": noise_realism(cfg, out / "realism") if cfg.realism else {}}  # fmt: skip
+              "noise_realism": noise_realism(cfg, out / "realism")}  # fmt: skip
     atomic_write_text(out / RESULTS, json.dumps(result, indent=1, default=_jsonable) + "\n")
     atomic_write_text(out / "downstream.md", markdown_table(result))
     return result
