@@ -108,6 +108,29 @@ def _parse_split(ctx, param, value: str | None):
     "--split", callback=_parse_split, help="Train,val[,test] fractions, e.g. 0.8,0.1,0.1."
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A map beside the images, tiled with them (repeatable): one file for every scene (a "
+    "DEM beside a stack), a folder of maps named like the scenes, or a stack of one per scene.",
+)
+@click.option(
+    "--map-units",
+    multiple=True,
+    metavar="NAME=UNITS",
+    help="Units of a map [default: its GeoTIFF tag; m for a DEM by its file name].",
+)
+@click.option(
+    "--map-classes",
+    multiple=True,
+    metavar="NAME=A,B,..",
+    help="Make a map a label map: class names for the values 0, 1, ... or VALUE:NAME pairs.",
+)
+@click.option(
+    "--map-nodata", multiple=True, metavar="NAME=VALUE", help="A map's no-data value."
+)
 def prepare_cmd(
     src,
     out,
@@ -127,6 +150,10 @@ def prepare_cmd(
     complex_mode,
     split,
     seed,
+    maps,
+    map_units,
+    map_classes,
+    map_nodata,
 ):
     """Convert SRC (image folder, TenGeoP folders, HDF5, GeoTIFF, .npy/.npz, CSV) to dataset files.
 
@@ -139,10 +166,17 @@ def prepare_cmd(
       radardiff data prepare slc_iq.npy --complex db --tile 64 --out slc_db.h5
       radardiff data prepare ship_chips/ --crop 64 --classes filename --out ships.h5
       radardiff data prepare mnist_5k.csv.gz --out mnist.h5     # 784 pixels + label per row
+      radardiff data prepare pyrate_envisat_unw/ --nodata 0 --tile 32 --stride 8 \\
+          --map dem=pyrate_envisat_unw/dem.tif --out ifg_dem.h5   # the DEM tiled beside
+      radardiff data prepare scenes/ --tile 64 --map land=masks/ \\
+          --map-classes land=0:water,1:land,255:ship --out labelled.h5
     """
     from radardiff.cli._common import bar_callback
     from radardiff.cli._common import progress as progress_bar
+    from radardiff.data.map_sources import parse_map_specs
     from radardiff.data.prepare import prepare
+
+    specs = parse_map_specs(maps, map_units, map_classes, map_nodata)
 
     with progress_bar(0, "prepare", unit="item") as bar:
         result = prepare(
@@ -165,6 +199,7 @@ def prepare_cmd(
             split=split,
             seed=seed,
             progress=bar_callback(bar),
+            maps=specs,
         )
     _echo_prepared(result)
 
@@ -176,6 +211,8 @@ def _echo_prepared(result) -> None:
         f"read {result.n_items} items ({result.format}) in {result.seconds:.1f} s; "
         f"samples ({c}, {h}, {w}), kind {result.kind}, units {result.units}"
     )
+    if result.maps:
+        click.echo(f"maps: {'; '.join(m.describe() for m in result.maps)}")
     for o in result.outputs:
         classes_txt = f"  classes {o.class_counts}" if o.class_counts is not None else ""
         click.echo(f"wrote {o.path}: {o.n} samples{classes_txt}")

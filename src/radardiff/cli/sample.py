@@ -118,6 +118,15 @@ from radardiff.cli._common import (
     "[default: drawn from the training set].",
 )
 @click.option(
+    "--map",
+    "map_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Map-conditioned runs: the map(s) to follow, a dataset file with the run's maps (one "
+    "for all samples, or one per sample), a .npy array or a one-band GeoTIFF; written with the "
+    "samples as their label. --guidance W > 1 follows it more strongly.",
+)
+@click.option(
     "--list-samplers", is_flag=True, help="List the samplers and their options, then exit."
 )
 def sample(**given) -> None:
@@ -133,6 +142,7 @@ def sample(**given) -> None:
       radardiff sample runs/sar_sr --low-res data/sar128_val.h5 --n 16 --out sr.h5 --sr-noise 50
       radardiff sample runs/noise_range --n 64 --out amp.h5 --amplitude 0.05
       radardiff sample runs/demo --n 4096 --out big.h5 --batch-size auto --compile
+      radardiff sample runs/dem_noise --map ifg_dem_val.h5 --n 64 --out over_dem.h5
     Interrupted? Run the same command again: finished batches are kept.
     In a cascade, --class/--guidance go to the low-resolution run; sample i of the output is
     the super-resolution of low-resolution sample i.
@@ -181,6 +191,7 @@ class _SampleArgs:
     low_steps: int | None
     sr_noise: int
     amplitude: float | None
+    map_file: str | None
     list_samplers: bool
 
     def check(self) -> None:
@@ -210,6 +221,7 @@ class _SampleArgs:
             amplitude=self.amplitude,
             compile=self.compile_,
             conv_kernels=self.conv_kernels,
+            maps=self.map_file,
         )
 
     def low_request(self, sc, opts):
@@ -227,6 +239,7 @@ class _SampleArgs:
             mixed_precision=self.precision,
             compile=self.compile_,
             conv_kernels=self.conv_kernels,
+            maps=self.map_file,
         )
 
 

@@ -97,6 +97,14 @@ class ModelConfig(_Section):
     superres_aug_max: int = Field(
         200, ge=0, description="largest diffusion step of the noise put on the low-res condition"
     )
+    maps: tuple[str, ...] = Field(
+        (),
+        description="names of the training file's maps the network is conditioned on (extra "
+        "input planes: label maps one-hot, other maps standardised); empty: none",
+    )
+    map_dropout: float = Field(
+        0.1, ge=0.0, le=1.0, description="map dropout in training, for classifier-free guidance"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -123,6 +131,8 @@ class ModelConfig(_Section):
                 f"{' and '.join(conditions)} cannot be combined: each uses the network's one "
                 "conditioning embedding"
             )
+        if len(set(self.maps)) != len(self.maps):
+            raise ValueError(f"maps {list(self.maps)}: a map is named twice")
         low = self.superres_low_size
         if low and (low >= self.image_size or self.image_size % low):
             raise ValueError(

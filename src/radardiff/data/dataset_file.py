@@ -5,6 +5,9 @@ Layout (see DESIGN.md):
 - ``images``: float32 (N, C, H, W), physical units, NaN where there is no data;
 - ``labels`` (optional): int64 (N,), class names in the attribute ``class_names`` (JSON list);
 - optional per-sample extras of leading size N (``seeds``, ``coherence``, ``unwrapped`` ...);
+- optional ``maps``: float32 (N, M, H, W) on the images' grid, described by the attribute
+  ``map_channels`` (label maps with class names, a DEM in metres...; see
+  :mod:`radardiff.data.maps`);
 - attributes ``kind``, ``units``, ``pixel_spacing_m`` (optional), ``source``,
   ``radardiff_version``.
 
@@ -29,6 +32,15 @@ import numpy as np
 from radardiff import _stop
 from radardiff._files import OutputHold
 from radardiff._version import __version__
+from radardiff.data.maps import (
+    MAPS_ATTR,
+    MAPS_DATASET,
+    MapChannel,
+    channels_from_attr,
+    channels_to_attr,
+    check_channels,
+    check_maps,
+)
 from radardiff.errors import DataError, DiskFullError, is_disk_full
 
 KINDS = ("sar_backscatter", "insar_unwrapped", "insar_wrapped", "insar_noise", "generic")
@@ -59,12 +71,12 @@ def _check_stored(path: Path, dset) -> None:
         have = dset.id.get_num_chunks()
         if have < want:
             raise DataError(
-                f"{path}: 'images' declares {dset.shape[0]} images {dset.shape[1:]} but only "
+                f"{path}: '{dset.name.lstrip('/')}' declares {dset.shape[0]} images {dset.shape[1:]} but only "
                 f"{have} of its {want} chunks were ever written (truncated or never filled)"
             )
     elif dset.id.get_storage_size() < declared:
         raise DataError(
-            f"{path}: 'images' declares {dset.shape[0]} images {dset.shape[1:]} "
+            f"{path}: '{dset.name.lstrip('/')}' declares {dset.shape[0]} images {dset.shape[1:]} "
             f"({declared} bytes) but stores {dset.id.get_storage_size()} bytes"
         )
 
@@ -85,6 +97,7 @@ class DatasetInfo:
     pixel_spacing_m: float | None
     source: str
     extras: list[str] = field(default_factory=list)
+    maps: tuple[MapChannel, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -121,6 +134,7 @@ class DatasetWriter:
         source: str = "",
         extras: dict[str, tuple[tuple[int, ...], str]] | None = None,
         attrs: dict[str, Any] | None = None,
+        maps: tuple[MapChannel, ...] | list[MapChannel] = (),
     ) -> None:
         if kind not in KINDS:
             raise DataError(f"{path}: unknown kind '{kind}'; expected one of {', '.join(KINDS)}")
@@ -132,6 +146,9 @@ class DatasetWriter:
         self._open_partial()
         with_labels = bool(class_names) if with_labels is None else with_labels
         try:
+            self.map_channels = check_channels(maps, str(self.path))
+            if MAPS_DATASET in (extras or {}):
+                raise DataError(f"{self.path}: '{MAPS_DATASET}' is not an extra; give maps=")
             self._create_datasets(shape, with_labels, extras or {})
             self._write_attrs(kind, units, source, class_names, pixel_spacing_m, attrs or {})
         except BaseException as err:  # a full disk, a bad attribute: no partial file, no hold
@@ -184,6 +201,16 @@ class DatasetWriter:
             if with_labels
             else None
         )
+        self._maps = None
+        if self.map_channels:
+            m = len(self.map_channels)
+            self._maps = self._h5.create_dataset(
+                MAPS_DATASET,
+                shape=(0, m, h, w),
+                maxshape=(None, m, h, w),
+                dtype="float32",
+                chunks=_chunks((1, m, h, w), 4),
+            )
         self._extras = {}
         for name, (tail, dtype) in extras.items():
             self._extras[name] = self._h5.create_dataset(
@@ -212,13 +239,19 @@ class DatasetWriter:
             a["pixel_spacing_m"] = float(pixel_spacing_m)
         for key, value in attrs.items():
             a[key] = value if not isinstance(value, dict | list) else json.dumps(value)
+        if self.map_channels:
+            a[MAPS_ATTR] = channels_to_attr(self.map_channels)
 
     def append(
         self,
         images: np.ndarray,
         labels: np.ndarray | None = None,
+        maps: np.ndarray | None = None,
         **extras: np.ndarray,
     ) -> None:
+        """Append ``images`` with their labels, maps (checked by
+        :func:`radardiff.data.maps.check_maps`) and extras: all or none of them, as the file
+        was opened."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != self._images.shape[1:]:
             raise DataError(
@@ -231,7 +264,16 @@ class DatasetWriter:
             raise DataError(f"{self.path}: labels must be given for every batch or for none")
         if set(extras) != set(self._extras):
             raise DataError(f"{self.path}: extras {sorted(extras)} != {sorted(self._extras)}")
+        if (maps is None) != (self._maps is None):
+            raise DataError(
+                f"{self.path}: maps must be given for every batch of a file with maps, and only "
+                "there"
+            )
+        if maps is not None:
+            maps = check_maps(maps, images, self.map_channels, str(self.path))
         self._grow_write(self._images, images)
+        if maps is not None:
+            self._grow_write(self._maps, maps)
         self.finite += int(np.isfinite(images).sum())
         if labels is not None:
             self._grow_write(self._labels, np.asarray(labels, dtype=np.int64).reshape(k))
@@ -309,6 +351,8 @@ def write_dataset(
     source: str = "",
     extras: dict[str, np.ndarray] | None = None,
     attrs: dict[str, Any] | None = None,
+    maps: np.ndarray | None = None,
+    map_channels: tuple[MapChannel, ...] | list[MapChannel] = (),
 ) -> Path:
     """Write a whole in-memory dataset atomically."""
     images = np.asarray(images, dtype=np.float32)
@@ -325,8 +369,9 @@ def write_dataset(
         source=source,
         extras=spec,
         attrs=attrs,
+        maps=map_channels,
     ) as writer:
-        writer.append(images, labels, **extras)
+        writer.append(images, labels, maps, **extras)
     return Path(path)
 
 
@@ -370,7 +415,8 @@ class DatasetFile:
                     )
                 a = dict(h5.attrs)
                 names = json.loads(a["class_names"]) if "class_names" in a else None
-                extras = [k for k in keys if k not in ("images", "labels")]
+                extras = [k for k in keys if k not in ("images", "labels", MAPS_DATASET)]
+                maps = self._map_info(h5, a, img.shape)
                 return DatasetInfo(
                     path=self.path,
                     n=n,
@@ -384,11 +430,31 @@ class DatasetFile:
                     pixel_spacing_m=float(a["pixel_spacing_m"]) if "pixel_spacing_m" in a else None,
                     source=str(a.get("source", "")),
                     extras=extras,
+                    maps=maps,
                 )
         except DataError:
             raise
         except (OSError, KeyError, ValueError) as err:
             raise DataError(f"{self.path}: not a readable HDF5 dataset file ({err})") from None
+
+    def _map_info(self, h5: h5py.File, a: dict, shape: tuple[int, ...]) -> tuple[MapChannel, ...]:
+        """The map channels, checked against the stored ``maps`` (grid and count)."""
+        if MAPS_DATASET not in h5:
+            if MAPS_ATTR in a:
+                raise DataError(f"{self.path}: attribute '{MAPS_ATTR}' without a 'maps' dataset")
+            return ()
+        if MAPS_ATTR not in a:
+            raise DataError(f"{self.path}: 'maps' without the attribute '{MAPS_ATTR}' naming them")
+        channels = check_channels(channels_from_attr(a[MAPS_ATTR], str(self.path)), str(self.path))
+        dset = h5[MAPS_DATASET]
+        want = (shape[0], len(channels), *shape[2:])
+        if dset.shape != want:
+            raise DataError(
+                f"{self.path}: 'maps' has shape {dset.shape}, expected {want} (the images' grid, "
+                f"{len(channels)} channel(s))"
+            )
+        _check_stored(self.path, dset)
+        return channels
 
     def __len__(self) -> int:
         return self.info.n
@@ -420,6 +486,12 @@ class DatasetFile:
         if bad.any():
             x = np.where(bad, np.float32(np.nan), x)
         return x
+
+    def maps(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray | None:
+        """The maps of the samples ``(n, M, H, W)``, or None for a file without maps."""
+        if not self.info.maps:
+            return None
+        return self._take(MAPS_DATASET, indices).astype(np.float32, copy=False)
 
     def labels(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray | None:
         return self._take("labels", indices) if self.info.has_labels else None

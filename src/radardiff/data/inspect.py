@@ -49,6 +49,8 @@ class InspectResult:
     n_all_nan: int
     range_percentiles: dict[float, float]
     preview: Path | None
+    # per map channel: name, units, classes and class fractions, or min / max / mean
+    maps: list[dict] = field(default_factory=list)
 
     def to_text(self) -> str:
         """A human-readable report (what ``radardiff data inspect`` prints)."""
@@ -67,6 +69,8 @@ class InspectResult:
             lines.append(f"classes     {len(self.class_counts)}   {counts}")
         if self.extras:
             lines.append(f"extras      {', '.join(self.extras)}")
+        for m in self.maps:
+            lines.append(f"map         {_map_text(m)}")
         lines += [
             f"values      min {self.value_min:.6g}  max {self.value_max:.6g}  "
             f"mean {self.mean:.6g}  std {self.std:.6g}  [{u}]",
@@ -79,6 +83,46 @@ class InspectResult:
         if self.preview is not None:
             lines.append(f"preview     {self.preview}")
         return "\n".join(lines)
+
+
+def _map_text(m: dict) -> str:
+    nan = f"; {100 * m['nan_fraction']:.3f} % NaN"
+    if m["classes"] is not None:
+        shares = ", ".join(f"{k} {100 * v:.1f} %" for k, v in m["class_fractions"].items())
+        return f"{m['name']}: label map, {shares}{nan}"
+    return (
+        f"{m['name']}: min {m['min']:.6g}  max {m['max']:.6g}  mean {m['mean']:.6g}  "
+        f"[{m['units'] or 'no units'}]{nan}"
+    )
+
+
+def _map_summary(ds: DatasetFile, block: int) -> list[dict]:
+    """Each map channel's class shares (label maps) or range and mean, streamed."""
+    out = []
+    for m, ch in enumerate(ds.info.maps):
+        counts = np.zeros(len(ch.classes or ()), np.int64)
+        lo, hi, total, n, nan = math.inf, -math.inf, 0.0, 0, 0
+        for start in range(0, ds.info.n, block):
+            v = ds.maps(slice(start, start + block))[:, m]
+            f = v[np.isfinite(v)]
+            nan += v.size - f.size
+            if ch.categorical:
+                counts += np.bincount(f.astype(np.int64), minlength=counts.size)[: counts.size]
+            elif f.size:
+                lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
+                total, n = total + float(f.sum(dtype=np.float64)), n + f.size
+        size = ds.info.n * ds.info.height * ds.info.width
+        entry = {**ch.to_json(), "nan_fraction": nan / size if size else math.nan}
+        if ch.categorical:
+            share = counts / max(int(counts.sum()), 1)
+            entry["class_fractions"] = {
+                c: float(x) for c, x in zip(ch.classes or (), share, strict=True)
+            }
+        else:
+            entry.update(min=lo if n else math.nan, max=hi if n else math.nan,
+                         mean=total / n if n else math.nan)  # fmt: skip
+        out.append(entry)
+    return out
 
 
 def _fmt(p: dict[float, float]) -> str:
@@ -105,6 +149,7 @@ def inspect(
         st = _Streamed(np.full(info.n, np.nan), p_keep, np.random.default_rng(seed))
         for sl, x in ds.iter_blocks(block):
             st.add(sl, x)
+        maps = _map_summary(ds, block)
     n_finite = total - st.n_nan
     values = np.concatenate(st.kept) if st.kept else np.empty(0)
     mean = st.mean if n_finite else math.nan
@@ -132,6 +177,7 @@ def inspect(
         n_all_nan=int(np.isnan(st.ranges).sum()),
         range_percentiles=_percentiles(st.ranges[np.isfinite(st.ranges)], RANGE_PERCENTILES),
         preview=written,
+        maps=maps,
     )
 
 

@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 
 from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.maps import MapEncoder
 from radardiff.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class Normalizer:
     sample_labels: np.ndarray | None = None  # (N_valid,) labels of those samples
     skipped_all_nan: int = 0
     valid_indices: np.ndarray | None = None  # training samples that hold data (not all NaN)
+    maps: MapEncoder | None = None  # how the maps a model is conditioned on enter it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -333,6 +335,7 @@ class Normalizer:
             "sample_stats": arr(self.sample_stats),
             "sample_labels": arr(self.sample_labels),
             "skipped_all_nan": self.skipped_all_nan,
+            "maps": None if self.maps is None else self.maps.to_dict(),
         }
 
     @classmethod
@@ -349,6 +352,7 @@ class Normalizer:
             sample_stats=arr("sample_stats"),
             sample_labels=arr("sample_labels", np.int64),
             skipped_all_nan=int(d.get("skipped_all_nan", 0)),
+            maps=None if d.get("maps") is None else MapEncoder.from_dict(d["maps"]),
         )
 
     def save(self, path: str | os.PathLike) -> None:

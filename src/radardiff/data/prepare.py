@@ -14,6 +14,11 @@ characters), so that a later step can check that two files share no scene, and r
 of every sample (extra ``scene``: its index in ``items``), so that a later step can take the
 tiles of some scenes only (:mod:`radardiff.data.scenes`).
 
+Maps (``maps=[MapSpec(...)]``, ``--map NAME=PATH``): a label map, a DEM, a coherence map per
+scene or for the whole stack (:mod:`radardiff.data.map_sources`), read on each scene's grid, cut
+into the same tiles as the images (nearest neighbour for label maps where samples are resized)
+and written as the output's ``maps`` (:mod:`radardiff.data.maps`).
+
 Each output is written to a temporary file and renamed when complete
 (:class:`~radardiff.data.dataset_file.DatasetWriter`): an interrupted run leaves no
 half-written dataset.
@@ -34,6 +39,8 @@ import numpy as np
 
 from radardiff import _stop
 from radardiff.data.dataset_file import KINDS, DatasetWriter, check_dataset_path
+from radardiff.data.map_sources import MapSet, MapSpec
+from radardiff.data.maps import MapChannel, check_maps
 from radardiff.data.readers import open_reader
 from radardiff.data.readers.base import Reader, negative_fraction
 from radardiff.data.scenes import SCENE_EXTRA
@@ -72,6 +79,7 @@ class PrepareResult:
     skipped_nan_fraction: int
     skipped_too_small: int
     seconds: float
+    maps: tuple[MapChannel, ...] = ()
 
 
 def parse_split(text: str) -> tuple[float, ...]:
@@ -237,6 +245,7 @@ def prepare(
     seed: int = 0,
     batch_size: int = 256,
     progress: ProgressFn | None = None,
+    maps: Sequence[MapSpec] = (),
 ) -> PrepareResult:
     """Read ``src`` and write dataset file(s) at ``out`` (``OUT_train.h5``... with ``split``).
 
@@ -253,6 +262,9 @@ def prepare(
         ``phase`` of complex data (:func:`from_complex`), which are refused without it.
     split, seed : train/val[/test] fractions and the seed of the split.
     batch_size, progress : samples written at a time; ``progress(items_done, items_total)``.
+    maps : maps beside the images (:class:`~radardiff.data.map_sources.MapSpec`), written as the
+        outputs' ``maps``; a map off the scene's grid, or without data where the scene has
+        some, is refused.
     """
     t0 = time.perf_counter()
     src, out = Path(src), check_dataset_path(out)
@@ -260,16 +272,23 @@ def prepare(
         tile, stride, max_nan_fraction, resize, crop, kind, batch_size, split, db, complex_mode
     )
     reader = open_reader(src, format, key=key, label_key=label_key, classes=classes, nodata=nodata)
+    map_set = None
     try:
         n = _item_count(reader, src)
         kind, units = _kind_and_units(reader, kind, units, db, complex_mode)
         names, fracs, paths = _split_outputs(out, split)
         assign = _assignment(src, n, fracs, seed, plan)
-        options = _options_record(reader, label_key, plan, split, seed, nodata)
+        map_set = MapSet(maps, reader) if maps else None
+        options = _options_record(reader, label_key, plan, split, seed, nodata, map_set)
         sink = _Sink(paths, names, reader, kind, units, plan.size, options, batch_size)
-        outputs, counts = _write_all(src, reader, sink, plan, assign, fracs, seed, progress)
+        sink.map_channels = map_set.channels if map_set is not None else ()
+        outputs, counts = _write_all(
+            src, reader, sink, plan, assign, fracs, seed, progress, map_set
+        )
     finally:
         reader.close()
+        if map_set is not None:
+            map_set.close()
     _warn_skipped(src, counts, plan.max_nan)
     return _result(reader, n, sink, outputs, counts, time.perf_counter() - t0)
 
@@ -289,6 +308,7 @@ def _result(reader: Reader, n: int, sink: _Sink, outputs, counts: _Counts, secon
         skipped_nan_fraction=counts.nan_fraction,
         skipped_too_small=counts.too_small,
         seconds=seconds,
+        maps=sink.map_channels,
     )
 
 
@@ -332,8 +352,14 @@ def _assignment(src: Path, n: int, fracs: list[float], seed: int, plan: _Plan):
     return None
 
 
-def _options_record(reader: Reader, label_key, plan: _Plan, split, seed: int, nodata) -> dict:
+def _options_record(
+    reader: Reader, label_key, plan: _Plan, split, seed: int, nodata, map_set: MapSet | None
+) -> dict:
     """The options as recorded in the output files (attribute ``prepare_options``)."""
+    maps = [
+        {"name": s.name, "path": str(s.path), "codes": list(s.codes) if s.codes else None}
+        for s in (map_set.specs if map_set is not None else ())
+    ]
     return {
         "format": reader.info.format,
         "key": getattr(reader, "key", None),
@@ -348,15 +374,16 @@ def _options_record(reader: Reader, label_key, plan: _Plan, split, seed: int, no
         "split": list(split) if split else None,
         "seed": seed,
         "nodata": nodata,
+        "maps": maps or None,
     }
 
 
-def _write_all(src, reader, sink, plan, assign, fracs, seed, progress):
+def _write_all(src, reader, sink, plan, assign, fracs, seed, progress, map_set=None):
     """Stream every item into ``sink`` and close it; on any failure what was written goes."""
     counts = _Counts()
     with ExitStack() as stack:
         stack.callback(sink.abort_unclosed)
-        _stream(reader, sink, plan, counts, assign, fracs, seed, progress)
+        _stream(reader, sink, plan, counts, assign, fracs, seed, progress, map_set)
         _check_written(src, sink, counts, plan.max_nan)
         outputs = sink.close()
     return outputs, counts
@@ -385,14 +412,14 @@ class _Plan:
     crop: tuple[int, int] | None = None
 
 
-def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) -> None:
+def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress, map_set) -> None:
     """Read every item once and hand its samples to ``sink`` in the split of the item.
 
     Without ``assign`` (a single source item) the samples of that one item are split
     themselves, which needs them all first; one scene's tiles are what memory holds then.
     """
     labels = reader.label_indices()
-    pending: list[tuple[np.ndarray, int | None]] = []
+    pending: list[tuple[tuple[np.ndarray, np.ndarray | None], int | None]] = []
     rows = 0
     if progress is not None:
         progress(0, len(reader))
@@ -411,9 +438,14 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
             img = to_db(img)
         lab = None if labels is None else int(labels[i])
         rows = plan.tile or img.shape[1]
+        maps = _item_maps(map_set, i, img, reader.name(i))
         if plan.crop is not None:
             img = crop_or_pad(img, plan.crop)
-        for sample in _samples(img, plan.tile, plan.stride, plan.max_nan, plan.size, counts):
+            maps = crop_or_pad(maps, plan.crop) if maps is not None else None
+        categorical = map_set.categorical if map_set is not None else ()
+        for sample in _samples(
+            img, plan.tile, plan.stride, plan.max_nan, plan.size, counts, maps, categorical
+        ):
             if assign is not None:
                 sink.add(int(assign[i]), sample, lab, reader.name(i), rows)
             else:
@@ -423,6 +455,16 @@ def _stream(reader, sink, plan: _Plan, counts, assign, fracs, seed, progress) ->
     order = split_assignment(len(pending), fracs, seed)
     for s, (sample, lab) in zip(order, pending, strict=True):
         sink.add(int(s), sample, lab, reader.name(0), rows)
+
+
+def _item_maps(map_set: MapSet | None, i: int, img: np.ndarray, name: str) -> np.ndarray | None:
+    """The maps of item ``i`` on its grid, checked against its no data (one line naming the
+    scene when a map has a hole where the scene has data)."""
+    if map_set is None:
+        return None
+    maps = map_set.read(i, img.shape[1:])
+    check_maps(maps[None], img[None], map_set.channels, name)
+    return maps
 
 
 def _size_option(value, option: str) -> tuple[int, int] | None:
@@ -475,16 +517,22 @@ def _checked_plan(
     return _Plan(tile, stride, max_nan, size, db, complex_mode, crop_size)
 
 
-def _samples(img, tile, stride, max_nan, size, counts: _Counts) -> Iterator[np.ndarray]:
+def _samples(
+    img, tile, stride, max_nan, size, counts: _Counts, maps=None, categorical=()
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """``(image, maps)`` of every kept sample; maps (or None) cut and sized as the image."""
+    c = img.shape[0]
+    both = img if maps is None else np.concatenate([img, maps], axis=0)
     if tile is None:
-        crops = [img]
+        crops = [both]
     else:
         if img.shape[1] < tile or img.shape[2] < tile:
             counts.too_small += 1
             return
-        crops = (c for _, _, c in tiles(img, tile, stride))
+        crops = (cr for _, _, cr in tiles(both, tile, stride))
     for crop in crops:
-        nan = np.isnan(crop)
+        image = crop[:c]
+        nan = np.isnan(image)
         frac = nan.mean() if nan.any() else 0.0
         if frac == 1.0:
             counts.all_nan += 1
@@ -492,7 +540,25 @@ def _samples(img, tile, stride, max_nan, size, counts: _Counts) -> Iterator[np.n
         if frac > max_nan:
             counts.nan_fraction += 1
             continue
-        yield resize_nan(crop, size) if size is not None else crop
+        if size is not None:
+            image = resize_nan(image, size)
+        yield image, (None if maps is None else _sized_maps(crop[c:], size, categorical))
+
+
+def _sized_maps(maps: np.ndarray, size, categorical: Sequence[bool]) -> np.ndarray:
+    """Maps resized like the image: label maps by nearest neighbour (a class is never
+    averaged into another), other maps as :func:`resize_nan` does images."""
+    if size is None:
+        return maps
+    from PIL import Image
+
+    out = resize_nan(maps, size)
+    h, w = size
+    for m, is_label in enumerate(categorical):
+        if is_label:
+            img = Image.fromarray(np.ascontiguousarray(maps[m], np.float32))
+            out[m] = np.asarray(img.resize((w, h), Image.Resampling.NEAREST))
+    return out
 
 
 def _check_written(src: Path, sink: _Sink, counts: _Counts, max_nan: float) -> None:
@@ -515,12 +581,14 @@ MAX_ITEMS_ATTR = 60_000  # characters of the JSON list of source items kept as a
 class _Sink:
     """Batched writers, one per split, opened at the first sample (its shape fixes the file's)."""
 
+    map_channels: tuple[MapChannel, ...] = ()
+
     def __init__(self, paths, names, reader: Reader, kind, units, size, options, batch) -> None:
         self.paths, self.names, self.reader = paths, names, reader
         self.kind, self.units, self.size = kind, units, size
         self.options, self.batch = options, batch
         self.writers: list[DatasetWriter] = []
-        self.buffers: list[list[tuple[np.ndarray, int | None, int]]] = [[] for _ in names]
+        self.buffers: list[list[tuple]] = [[] for _ in names]
         self.shape: tuple[int, int, int] = (0, 0, 0)
         self.first_name = ""
         self.total = 0
@@ -546,10 +614,13 @@ class _Sink:
                     source=str(self.reader.src),
                     attrs=attrs,
                     extras={SCENE_EXTRA: ((), "<i4")},
+                    maps=self.map_channels,
                 )
             )
 
-    def add(self, s: int, sample: np.ndarray, label: int | None, name: str, rows: int) -> None:
+    def add(self, s: int, sample, label: int | None, name: str, rows: int) -> None:
+        """Queue ``sample`` = ``(image, maps or None)`` for split ``s``."""
+        sample, maps = sample
         if not self.writers:
             self._open(sample.shape, name)
         elif sample.shape != self.shape:
@@ -566,7 +637,7 @@ class _Sink:
             # source pixels per output pixel, to rescale the pixel spacing
             self._scales.add(round(rows / self.size[0], 9))
         scene = self.items[s].setdefault(name, len(self.items[s]))
-        self.buffers[s].append((sample, label, scene))
+        self.buffers[s].append((sample, label, scene, maps))
         self.total += 1
         if label is not None:
             cname = (self.reader.class_names or [])[label]
@@ -581,7 +652,8 @@ class _Sink:
         images = np.stack([b[0] for b in buf])
         labels = None if buf[0][1] is None else np.array([b[1] for b in buf], np.int64)
         scenes = np.array([b[2] for b in buf], np.int32)
-        self.writers[s].append(images, labels, **{SCENE_EXTRA: scenes})
+        maps = np.stack([b[3] for b in buf]) if self.map_channels else None
+        self.writers[s].append(images, labels, maps, **{SCENE_EXTRA: scenes})
         buf.clear()
 
     def spacing(self) -> float | None:

@@ -114,7 +114,7 @@ def write_scene_subset(src, names, out) -> Path:
     info = f.info
     attrs = {k: v for k, v in f.attrs().items()
              if k not in ("kind", "units", "source", "radardiff_version", "class_names",
-                          "pixel_spacing_m")}  # fmt: skip
+                          "pixel_spacing_m", "map_channels")}  # fmt: skip
     attrs["items"] = json.dumps(chosen)
     attrs["subset_of"] = str(src)
     renum = {scenes.names.index(n): i for i, n in enumerate(chosen)}
@@ -122,11 +122,11 @@ def write_scene_subset(src, names, out) -> Path:
     with DatasetWriter(
         out, info.shape, kind=info.kind, units=info.units, class_names=info.class_names,
         with_labels=labels is not None, pixel_spacing_m=info.pixel_spacing_m,
-        source=info.source, extras={SCENE_EXTRA: ((), "<i4")}, attrs=attrs,
+        source=info.source, extras={SCENE_EXTRA: ((), "<i4")}, attrs=attrs, maps=info.maps,
     ) as w:  # fmt: skip
         for first in range(0, rows.size, 1024):
             part = rows[first : first + 1024]
-            w.append(f.images(part), None if labels is None else labels[part],
+            w.append(f.images(part), None if labels is None else labels[part], f.maps(part),
                      **{SCENE_EXTRA: np.array([renum[i] for i in scenes.index[part]], np.int32)})  # fmt: skip
     return w.path
 

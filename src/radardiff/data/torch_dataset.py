@@ -1,4 +1,5 @@
-"""The torch Dataset over a dataset file: image, mask, label and per-sample statistics."""
+"""The torch Dataset over a dataset file: image, mask, label, per-sample statistics and the
+encoded maps of a map-conditioned run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.maps import select_channels
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 
 
@@ -30,6 +32,10 @@ class RadarDataset(Dataset):
             if indices is None
             else np.asarray(indices, np.int64)
         )
+        enc = normalizer.maps
+        self._map_index = (
+            None if enc is None else select_channels(data.info.maps, enc.channels, str(data.path))
+        )
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -40,16 +46,24 @@ class RadarDataset(Dataset):
         batch = self.normalizer.transform(self.data.images(idx))
         labels = self.data.labels(idx)
         images, mask = batch.images, batch.mask
+        maps = None
+        if self._map_index is not None:
+            maps = self.normalizer.maps.encode(self.data.maps(idx)[:, self._map_index])
         if pairs[:, 1].any():
             images = np.stack([mirror(a, c) for a, c in zip(images, pairs[:, 1], strict=True)])
             mask = np.stack([mirror(a, c) for a, c in zip(mask, pairs[:, 1], strict=True)])
-        return {
+            if maps is not None:  # the map turns with its image
+                maps = np.stack([mirror(a, c) for a, c in zip(maps, pairs[:, 1], strict=True)])
+        out = {
             "image": torch.from_numpy(images),
             "mask": torch.from_numpy(mask),
             "label": torch.from_numpy(labels if labels is not None else np.full(idx.size, -1)),
             "stats": torch.from_numpy(batch.stats.astype(np.float32)),
             "index": torch.from_numpy(idx),
         }
+        if maps is not None:
+            out["maps"] = torch.from_numpy(maps)
+        return out
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([item]).items()}

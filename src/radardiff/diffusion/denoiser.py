@@ -117,16 +117,21 @@ class DenoiserOutput:
 class Conditioning:
     """The network's conditioning inputs for a batch: ``labels`` go to its ``class_labels``
     slot (class indices, or the scalar of range / super-resolution conditioning), ``extra``
-    channels are concatenated to ``x_t`` (the upsampled low-resolution image)."""
+    channels are concatenated to ``x_t`` (the upsampled low-resolution image), then ``maps``
+    (the encoded map planes, :class:`radardiff.data.maps.MapEncoder`; all 0 for no map)."""
 
     labels: torch.Tensor | None = None
     extra: torch.Tensor | None = None
+    maps: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Conditioning:
-        return Conditioning(
-            None if self.labels is None else self.labels.to(device),
-            None if self.extra is None else self.extra.to(device),
-        )
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Conditioning(move(self.labels), move(self.extra), move(self.maps))
+
+    def planes(self) -> torch.Tensor | None:
+        """What is concatenated to ``x_t``: the low-resolution image, then the maps."""
+        parts = [p for p in (self.extra, self.maps) if p is not None]
+        return None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 NONE = Conditioning()
@@ -221,14 +226,31 @@ class Denoiser:
         stats: torch.Tensor | None = None,
         low: torch.Tensor | None = None,
         level: torch.Tensor | None = None,
+        maps: torch.Tensor | None = None,
+        drop_maps: torch.Tensor | None = None,
     ) -> Conditioning:
         """The network's conditioning for a batch, from what it means.
 
         ``classes``: class indices; ``drop`` (bool, optional) replaces them by the null class of
         classifier-free guidance. ``stats``: per-sample min-max statistics (B, C, 2) of a
         range-conditioned run. ``low``: the super-resolution condition, upsampled and framed
-        (B, C, H, W), already noised to ``level`` (B,), the noise-augmentation step.
+        (B, C, H, W), already noised to ``level`` (B,), the noise-augmentation step. ``maps``:
+        the encoded map planes of a map-conditioned run; ``drop_maps`` (bool, optional) sets
+        those samples' planes to 0, the "no map" of classifier-free guidance.
         """
+        base = self._embedding_condition(classes, drop, stats, low, level)
+        if not self.cfg.model.maps:
+            return base
+        if maps is None:
+            raise ConfigError(
+                f"the run is conditioned on maps ({', '.join(self.cfg.model.maps)}): give each "
+                "sample's map"
+            )
+        if drop_maps is not None:
+            maps = torch.where(drop_maps.view(-1, 1, 1, 1), torch.zeros_like(maps), maps)
+        return Conditioning(base.labels, base.extra, maps)
+
+    def _embedding_condition(self, classes, drop, stats, low, level) -> Conditioning:
         m = self.cfg.model
         if m.num_classes:
             if classes is None:
@@ -268,7 +290,8 @@ class Denoiser:
             tt = tt.float()  # the timestep embedding works in float32
         if tt.ndim == 0:
             tt = tt.expand(x_t.shape[0])
-        inp = x_t if cond.extra is None else torch.cat([x_t, cond.extra.to(x_t.dtype)], dim=1)
+        planes = cond.planes()
+        inp = x_t if planes is None else torch.cat([x_t, planes.to(x_t.dtype)], dim=1)
         if self.channels_last and inp.ndim == 4:
             inp = inp.contiguous(memory_format=torch.channels_last)
         kwargs = {} if cond.labels is None else {"class_labels": cond.labels}
@@ -279,16 +302,21 @@ class Denoiser:
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning = NONE
     ) -> torch.Tensor:
         """:meth:`network_output` with classifier-free guidance on the mean channels (one
-        doubled batch: the conditional and the null-class call), in float32 at least."""
+        doubled batch: the conditional call and the null one, without class and without map),
+        in float32 at least."""
         dtype = torch.promote_types(x_t.dtype, torch.float32)
-        if self.guidance == 1.0 or not self.num_classes or cond.labels is None:
+        by_class = bool(self.num_classes) and cond.labels is not None
+        by_map = cond.maps is not None
+        if self.guidance == 1.0 or not (by_class or by_map):
             return self.network_output(x_t, t, cond).to(dtype)
         tt = torch.as_tensor(t, device=x_t.device)
         tt = tt.expand(x_t.shape[0]) if tt.ndim == 0 else tt
-        null = torch.full_like(cond.labels, self.num_classes)
+        twice = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
+        null_labels = torch.full_like(cond.labels, self.num_classes) if by_class else cond.labels
         both = Conditioning(
-            labels=torch.cat([cond.labels, null]),
-            extra=None if cond.extra is None else torch.cat([cond.extra, cond.extra]),
+            labels=twice(cond.labels, null_labels),
+            extra=twice(cond.extra, cond.extra),
+            maps=twice(cond.maps, torch.zeros_like(cond.maps) if by_map else None),
         )
         out = self.network_output(torch.cat([x_t, x_t]), torch.cat([tt, tt]), both).to(dtype)
         c = self.data_channels

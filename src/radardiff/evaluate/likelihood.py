@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from radardiff.data import DatasetFile
+from radardiff.data.maps import select_channels
 from radardiff.data.normalize import valid_sample_indices
 from radardiff.diffusion import Denoiser, GaussianDiffusion, dataset_bits_per_dim
 from radardiff.errors import DataError
@@ -81,14 +82,14 @@ def run_bits_per_dim(
         raise DataError(
             f"--likelihood-steps must be between 2 and {T} (the trained T), got {steps}"
         )
-    norm, labels = _read_samples(run, data_file, n, seed)
+    norm, labels, maps = _read_samples(run, data_file, n, seed)
     diffusion = GaussianDiffusion(run.cfg.diffusion).to(device)
     denoiser = Denoiser.from_run(run, schedule=diffusion.schedule)
 
     def model_fn(x, t, cond=None):
         return denoiser.network_output(x, t, cond or denoiser.condition()).float()
 
-    batches = _batches(run, denoiser, norm, labels, batch_size, device)
+    batches = _batches(run, denoiser, norm, labels, batch_size, device, maps)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     r = dataset_bits_per_dim(model_fn, diffusion, batches, steps=steps, generator=gen)
     return RunBitsPerDim(
@@ -99,7 +100,8 @@ def run_bits_per_dim(
 
 
 def _read_samples(run, data_file, n: int, seed: int):
-    """The normalised samples used and their labels (None for an unconditional run)."""
+    """The normalised samples used, their labels (None for an unconditional run) and their
+    encoded maps (None for a run without maps)."""
     with DatasetFile(data_file) as ds:
         _check_fits(run, ds)
         valid = valid_sample_indices(ds, to_db=run.normalizer.to_db)  # streamed
@@ -108,10 +110,15 @@ def _read_samples(run, data_file, n: int, seed: int):
         idx = np.sort(np.random.default_rng(seed).permutation(valid)[:n])
         norm = run.normalizer.transform(ds.images(idx))
         labels = ds.labels(idx) if run.num_classes else None
-    return norm, labels
+        maps = None
+        enc = run.normalizer.maps
+        if enc is not None:
+            pick = select_channels(ds.info.maps, enc.channels, str(ds.path))
+            maps = enc.encode(ds.maps(idx)[:, pick])
+    return norm, labels, maps
 
 
-def _batches(run, denoiser: Denoiser, norm, labels, batch_size: int, device):
+def _batches(run, denoiser: Denoiser, norm, labels, batch_size: int, device, maps=None):
     """``(x0, mask, {"cond": ...})`` per batch of the normalised samples, on ``device``."""
     for s in range(0, norm.images.shape[0], batch_size):
         sl = slice(s, s + batch_size)
@@ -119,7 +126,8 @@ def _batches(run, denoiser: Denoiser, norm, labels, batch_size: int, device):
         mask = torch.from_numpy(norm.mask[sl]).to(device)
         classes = None if labels is None else torch.from_numpy(labels[sl])
         stats = torch.from_numpy(norm.stats[sl]) if run.cfg.model.range_conditioning else None
-        cond = denoiser.condition(classes, stats=stats).to(device)
+        planes = None if maps is None else torch.from_numpy(maps[sl])
+        cond = denoiser.condition(classes, stats=stats, maps=planes).to(device)
         yield x0, mask, {"cond": cond}
 
 

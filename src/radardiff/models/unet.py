@@ -13,17 +13,21 @@ def channel_mult(cfg: ModelConfig) -> tuple[int, ...]:
     return DEFAULT_CHANNEL_MULT[cfg.image_size]  # the config refuses sizes without a default
 
 
-def model_in_channels(cfg: ModelConfig, data_channels: int) -> int:
-    """Input channels: the data, plus the upsampled low-resolution image for super-resolution."""
-    return data_channels * (2 if cfg.superres_low_size else 1)
+def model_in_channels(cfg: ModelConfig, data_channels: int, map_planes: int = 0) -> int:
+    """Input channels: the data, plus the upsampled low-resolution image for super-resolution,
+    plus the planes of the maps it is conditioned on (:class:`radardiff.data.maps.MapEncoder`)."""
+    return data_channels * (2 if cfg.superres_low_size else 1) + map_planes
 
 
-def build_unet(cfg: ModelConfig, data_channels: int, learned_variance: bool) -> UNet2DModel:
+def build_unet(
+    cfg: ModelConfig, data_channels: int, learned_variance: bool, map_planes: int = 0
+) -> UNet2DModel:
     """A ``UNet2DModel`` for ``data_channels`` channels in network space.
 
     The output has twice the channels when the variance is learned (the second half is the
     interpolation coefficient v of Nichol and Dhariwal 2021). Class conditioning reserves the
-    extra class index ``num_classes`` for the null label of classifier-free guidance.
+    extra class index ``num_classes`` for the null label of classifier-free guidance. Maps
+    (``map_planes`` input planes) combine with any of the embedding's conditions.
     """
     mult = channel_mult(cfg)
     channels = tuple(cfg.base_channels * m for m in mult)
@@ -43,7 +47,7 @@ def build_unet(cfg: ModelConfig, data_channels: int, learned_variance: bool) -> 
         kwargs = {"class_embed_type": "timestep"}  # a scalar, embedded like a timestep
     return UNet2DModel(
         sample_size=cfg.image_size,
-        in_channels=model_in_channels(cfg, data_channels),
+        in_channels=model_in_channels(cfg, data_channels, map_planes),
         out_channels=out_channels,
         block_out_channels=channels,
         down_block_types=tuple(down),

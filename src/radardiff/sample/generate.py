@@ -46,6 +46,12 @@ from radardiff.sample.device import (
     auto_batch_size,
     balanced,
 )
+from radardiff.sample.maps import (
+    RequestMaps,
+    check_request_maps,
+    load_request_maps,
+    map_digest,
+)
 from radardiff.sample.writers import output_format
 
 log = logging.getLogger(__name__)
@@ -88,6 +94,9 @@ class SampleOptions:
     condition_id: str = ""  # what made the condition file (a cascade's first-stage request)
     compile: bool = False
     conv_kernels: str = "auto"
+    maps: str | None = None  # the map file of a map-conditioned run (radardiff.sample.maps)
+    map_digest: str = ""  # its bytes' hash, filled in by generate()
+    map_scale: int = 1  # the factor by which a cascade's first stage reduces the final map
 
     def signature(self) -> str:
         """Identifies the request's options (see :func:`request_signature` for the whole)."""
@@ -161,8 +170,11 @@ def _validate(run: LoadedRun, opts: SampleOptions) -> None:
             raise ConfigError(f"--class {bad[0]} is out of range: the model has classes 0..{k - 1}")
     if not (math.isfinite(opts.guidance) and opts.guidance >= 0):
         raise ConfigError(f"--guidance must be a finite number >= 0, got {opts.guidance}")
-    if opts.guidance != 1.0 and not k:
-        raise ConfigError("--guidance needs a class-conditional model; this one is unconditional")
+    if opts.guidance != 1.0 and not k and run.normalizer.maps is None:
+        raise ConfigError(
+            "--guidance needs a class- or map-conditional model; this one is unconditional"
+        )
+    check_request_maps(run, opts.maps)
     if opts.mixed_precision not in PRECISIONS:
         raise ConfigError(
             f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.mixed_precision}'"
@@ -255,12 +267,16 @@ class BatchConditions:
     low: torch.Tensor | None = None  # the upsampled, framed, noised low-resolution condition
     level: torch.Tensor | None = None  # its noise-augmentation step
     frame: tuple[torch.Tensor, torch.Tensor] | None = None  # (c, h): output = c + h * y
+    maps: np.ndarray | None = None  # the raw maps of the batch (written with the samples)
+    map_planes: torch.Tensor | None = None  # the same encoded for the network
 
     def conditioning(self, denoiser: Denoiser, device: torch.device):
         """The network's conditioning of the batch (:meth:`Denoiser.condition`), on ``device``."""
         classes = None if self.labels is None else torch.from_numpy(self.labels)
         stats = torch.as_tensor(self.stats) if denoiser.cfg.model.range_conditioning else None
-        return denoiser.condition(classes, stats=stats, low=self.low, level=self.level).to(device)
+        return denoiser.condition(
+            classes, stats=stats, low=self.low, level=self.level, maps=self.map_planes
+        ).to(device)
 
 
 def _sample_rng(opts: SampleOptions, i: int, purpose: int) -> np.random.Generator:
@@ -268,17 +284,28 @@ def _sample_rng(opts: SampleOptions, i: int, purpose: int) -> np.random.Generato
 
 
 def batch_conditions(
-    run: LoadedRun, opts: SampleOptions, idx: np.ndarray, condition: DatasetFile | None = None
+    run: LoadedRun,
+    opts: SampleOptions,
+    idx: np.ndarray,
+    condition: DatasetFile | None = None,
+    maps: RequestMaps | None = None,
 ) -> BatchConditions:
-    """Labels, statistics and network conditioning of samples ``idx`` (each from its own seed)."""
+    """Labels, statistics and network conditioning of samples ``idx`` (each from its own seed),
+    with their maps (``maps``: the request's, read once by the caller, else here)."""
     m = run.cfg.model
     if m.superres_low_size:
-        return _superres_conditions(run, opts, idx, condition or open_condition(opts.condition))
-    labels = sample_classes(run, opts, idx)
-    stats = physical_stats(run, opts, idx, labels)
-    if m.range_conditioning and opts.amplitude is not None:
-        stats = with_range(stats, opts.amplitude)
-    return BatchConditions(labels=labels, stats=stats)
+        out = _superres_conditions(run, opts, idx, condition or open_condition(opts.condition))
+    else:
+        labels = sample_classes(run, opts, idx)
+        stats = physical_stats(run, opts, idx, labels)
+        if m.range_conditioning and opts.amplitude is not None:
+            stats = with_range(stats, opts.amplitude)
+        out = BatchConditions(labels=labels, stats=stats)
+    if run.normalizer.maps is not None:
+        maps = maps or load_request_maps(run, opts.maps, opts.n, opts.map_scale)
+        out.maps = maps.of(idx)
+        out.map_planes = torch.from_numpy(maps.encoder.encode(out.maps))
+    return out
 
 
 def with_range(stats: np.ndarray, amplitude: float) -> np.ndarray:
@@ -356,9 +383,11 @@ class Sampling:
         """``probe(rows)``: one eager network call on ``rows`` samples of the request, as a batch
         of it is called (guidance, conditioning), for measuring the memory a sample takes."""
 
+        maps = load_request_maps(run, opts.maps, opts.n, opts.map_scale)
+
         def call(rows: int) -> None:
             idx = np.arange(rows)
-            cond = batch_conditions(run, opts, idx, condition)
+            cond = batch_conditions(run, opts, idx, condition, maps)
             device = _device_of(run)
             size = run.cfg.model.image_size
             x = torch.zeros(rows, run.data_channels, size, size, device=device)
@@ -412,9 +441,11 @@ def generate_batch(
     idx: np.ndarray,
     condition: DatasetFile | None = None,
     sampling: Sampling | None = None,
+    maps: RequestMaps | None = None,
 ) -> dict[str, np.ndarray]:
-    """Samples ``idx`` of the request, in physical units, with their labels, seeds and statistics."""
-    cond = batch_conditions(run, opts, idx, condition)
+    """Samples ``idx`` of the request, in physical units, with their labels, seeds, statistics
+    and maps."""
+    cond = batch_conditions(run, opts, idx, condition, maps)
     y, _ = denoise_batch(run, opts, idx, cond, sampling)
     images = run.normalizer.inverse(y, cond.stats)
     _refuse_non_finite(y, images, idx)
@@ -426,6 +457,8 @@ def generate_batch(
     }
     if cond.labels is not None:
         out["labels"] = cond.labels
+    if cond.maps is not None:
+        out["maps"] = np.asarray(cond.maps, np.float32)
     return out
 
 
@@ -516,7 +549,7 @@ def generate(
     _validate(run, opts)
     # auto is resolved here, so that the file records (and a resume compares) what autocast ran
     precision = resolve_precision(opts.mixed_precision, _device_of(run), "--precision")
-    opts = replace(opts, mixed_precision=precision)
+    opts = replace(opts, mixed_precision=precision, map_digest=map_digest(opts.maps))
     output_format(Path(out))  # a bad extension fails now, not after the last batch
     sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
     log.info("torch CPU threads: %d (radardiff --threads N to change)", torch.get_num_threads())
@@ -574,6 +607,7 @@ def _generate_held(run, opts, out: Path, sampling, on_progress, rank, world, mer
 def _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, state, parts):
     t0 = time.perf_counter()
     condition = open_condition(opts.condition) if opts.condition else None
+    maps = load_request_maps(run, opts.maps, opts.n, opts.map_scale)
     batch = _batch_size(run, opts, sampling, condition, world)
     mine = range(rank * batch, opts.n, batch * world)  # this process's batches: every world-th
     total = sum(min(batch, opts.n - s) for s in mine)
@@ -585,7 +619,7 @@ def _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, s
         if parts.has(idx):
             reused += idx.size
         else:
-            parts.write(idx, generate_batch(run, opts, idx, condition, sampling))
+            parts.write(idx, generate_batch(run, opts, idx, condition, sampling, maps))
             pace.done(done + idx.size, reused)
         done += idx.size
         if on_progress is not None:
@@ -651,6 +685,7 @@ def generate_cascade(
             f"super-resolution run has {sr_run.normalizer.channels}"
         )
 
+    low_opts, sr_opts = _cascade_maps(low_run, low_opts, sr_run, sr_opts)
     _check_sr_noise(sr_run, sr_opts)  # the second stage's errors, before the first stage runs
     make_sampler(sr_opts.sampler, sr_run.cfg.diffusion, sr_opts.steps, sr_opts.sampler_options)
     output_format(Path(out))
@@ -673,6 +708,20 @@ def generate_cascade(
         condition_id=request_signature(low_run, low_opts),
     )
     return first, generate(sr_run, second_opts, out, stage(1))
+
+
+def _cascade_maps(low_run, low_opts, sr_run, sr_opts) -> tuple[SampleOptions, SampleOptions]:
+    """The map of each stage of a map-conditioned cascade: the final map to the stages trained
+    with maps, reduced to the first stage's size (one map followed at each resolution)."""
+    path = sr_opts.maps or low_opts.maps
+    if not path:
+        return low_opts, sr_opts
+    if low_run.normalizer.maps is None and sr_run.normalizer.maps is None:
+        check_request_maps(sr_run, path)  # refuses --map: neither stage takes maps
+    factor = sr_run.cfg.model.image_size // low_run.cfg.model.image_size
+    low_has = low_run.normalizer.maps is not None
+    low_opts = replace(low_opts, maps=path if low_has else None, map_scale=factor if low_has else 1)
+    return low_opts, replace(sr_opts, maps=path if sr_run.normalizer.maps is not None else None)
 
 
 def finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:

@@ -52,6 +52,9 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path, signature
         attrs.update(condition=str(opts.condition), sr_noise=opts.sr_noise)
     if opts.amplitude is not None:
         attrs["amplitude"] = opts.amplitude
+    maps = arrays.get("maps")
+    if maps is not None:
+        attrs["map_file"] = str(opts.maps)
     if fmt == "h5":
         return write_dataset(
             out,
@@ -64,6 +67,8 @@ def write_samples(run, opts, arrays: dict[str, np.ndarray], out: Path, signature
             source=f"radardiff sample {run.run.root}",
             extras=extras,
             attrs=attrs,
+            maps=maps,
+            map_channels=run.normalizer.maps.channels if maps is not None else (),
         )
     if fmt == "npz":
         return write_npz(out, images, labels, arrays["seeds"])

@@ -61,6 +61,7 @@ class Objective:
             trainer.cfg.model,
             norm.channels * (2 if norm.phase else 1),
             trainer.diffusion.learned_variance,
+            norm.maps.width if norm.maps is not None else 0,
         )
 
     def prepared(self, trainer) -> None:

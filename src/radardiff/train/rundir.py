@@ -11,6 +11,7 @@ import numpy as np
 
 from radardiff.config import RunConfig, RunDir, atomic_write_text, load_config, save_config
 from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.maps import MapEncoder, select_channels
 from radardiff.data.normalize import Normalizer, valid_sample_indices
 from radardiff.errors import ConfigError, RunDirError
 from radardiff.models.run import architecture
@@ -81,10 +82,29 @@ def normalizer_of(
                 f"{data.path}: has {data.info.channels} channel(s) but the run was trained on "
                 f"{norm.channels}"
             )
+        if norm.maps is not None:
+            select_channels(data.info.maps, norm.maps.channels, str(data.path))
         return norm, False
     if given is not None:
         return given, True
-    return Normalizer.fit(data, cfg.data.normalization, resolve_to_db(cfg.data.to_db, data)), True
+    norm = Normalizer.fit(data, cfg.data.normalization, resolve_to_db(cfg.data.to_db, data))
+    norm.maps = map_encoder_of(cfg, data)
+    return norm, True
+
+
+def map_encoder_of(cfg: RunConfig, data: DatasetFile) -> MapEncoder | None:
+    """The encoder of the maps ``model.maps`` names (None without), fitted on ``data``."""
+    names = cfg.model.maps
+    if not names:
+        return None
+    if not data.info.maps:
+        raise ConfigError(
+            f"{data.path}: model.maps = {list(names)} but the file holds no maps (data prepare "
+            "--map, or a map generator of data synth)"
+        )
+    enc = MapEncoder.fit(str(data.path), data.info.maps, data.maps, names, data.info.n)
+    log.info("%s: conditioned on maps %s", data.path, enc.describe())
+    return enc
 
 
 def resolve_to_db(to_db: bool | str, data: DatasetFile) -> bool:

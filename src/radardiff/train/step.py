@@ -49,26 +49,35 @@ def batch_conditioning(
     upsampled low-resolution condition from :func:`target_and_condition`, is noised to a random
     level s <= ``superres_aug_max`` (noise augmentation, Ho et al. 2022, cascaded diffusion); s is
     the network's conditioning scalar. Range conditioning: the batch's per-sample statistics.
+    Maps (any of the above may have them): the batch's encoded maps, each dropped to "no map"
+    with probability ``map_dropout`` (drawn after the labels' dropout).
     """
     m = denoiser.cfg.model
     device = diffusion.betas.device
     noise_gen = noise_gen or gen
+    kw: dict[str, torch.Tensor | None] = {}
     if m.num_classes:
         labels = to_device(batch["label"], device)
         drop = None
         if drop_labels:
             drop = to_device(torch.rand(labels.shape, generator=gen), device) < m.class_dropout
-        return denoiser.condition(labels, drop=drop)
-    if m.superres_low_size:
+        kw.update(classes=labels, drop=drop)
+    elif m.superres_low_size:
         s = to_device(
             torch.randint(0, m.superres_aug_max + 1, (low.shape[0],), generator=gen), device
         )
         noise = torch.randn(low.shape, generator=noise_gen, device=noise_gen.device).to(device)
         noised = torch.where((s > 0).view(-1, 1, 1, 1), diffusion.q_sample(low, s, noise), low)
-        return denoiser.condition(low=noised, level=s)
-    if m.range_conditioning:
-        return denoiser.condition(stats=to_device(batch["stats"], device))
-    return denoiser.condition()
+        kw.update(low=noised, level=s)
+    elif m.range_conditioning:
+        kw.update(stats=to_device(batch["stats"], device))
+    if m.maps:
+        maps = to_device(batch["maps"], device)
+        drop_maps = None
+        if drop_labels:
+            drop_maps = to_device(torch.rand(maps.shape[0], generator=gen), device) < m.map_dropout
+        kw.update(maps=maps, drop_maps=drop_maps)
+    return denoiser.condition(**kw)
 
 
 def loss_terms(

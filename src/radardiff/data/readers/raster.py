@@ -90,6 +90,27 @@ def _read_tiff(path: Path, nodata: float | None) -> Raster:
     return Raster(data, nd, spacing, units, data_type, arr.dtype.name)
 
 
+def read_grid(path: Path) -> tuple[float, float, float, float] | None:
+    """A GeoTIFF's grid from its tags alone (no pixels read): the model coordinates of the
+    upper-left corner and the pixel size, ``(x0, y0, dx, dy)``; None for a file without
+    georeferencing (any non-TIFF file)."""
+    if path.suffix.lower() not in TIFF_EXTS:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            scale, tie = tags.get(33550), tags.get(33922)
+            if scale is None or tie is None or len(tie.value) < 6:
+                return None
+            i, j, _, x, y, _ = (float(v) for v in tie.value[:6])
+            dx, dy = (float(v) for v in scale.value[:2])
+    except Exception:  # noqa: BLE001 - unreadable tags: no grid to compare
+        return None
+    return (x - i * dx, y + j * dy, dx, dy)
+
+
 def _parse_nodata(tag) -> float | None:
     if tag is None:
         return None
