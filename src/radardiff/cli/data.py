@@ -37,7 +37,7 @@ def data() -> None:
     type=FiniteFloat(),
     default=None,
     help="Metres per pixel: the scene's extent for deformation kinds, the recorded spacing of "
-    "the scale-free ones [insar_noise 100, sar 20000/size].",
+    "the scale-free ones [insar_noise(_dem) 100, sar 20000/size, sar_map 20].",
 )
 def synth(
     kind: str,
@@ -54,13 +54,17 @@ def synth(
     KIND: insar_noise (32x32 atmospheric noise, rad), insar_unwrapped (Mogi/Okada
     deformation + atmosphere, 128x128, rad), insar_wrapped (wrapped phase with coherence noise,
     unwrapped truth and coherence stored beside it), sar (ten TenGeoP-like backscatter analogues
-    with gamma speckle, 128x128).
+    with gamma speckle, 128x128), insar_noise_dem (insar_noise with a stratified delay over a
+    fractal DEM stored as map 'dem', 32x32), sar_map (water / land / ship label map stored as
+    map 'land_cover', Gamma water, K-distributed land, bright ships, 64x64).
     Each generator's parameters, their meaning and ranges are in its docstring
     (radardiff.data.synth); unknown or out-of-range parameters are refused.
     Examples:
       radardiff data synth insar_noise --n 2000 --size 32 --out data/noise_train.h5 --seed 0
       radardiff data synth sar --n 500 --size 64 --out data/sar.h5 --param looks=4 --param db=true
       radardiff data synth insar_noise --n 500 --out data/noise150.h5 --pixel-spacing 150
+      radardiff data synth insar_noise_dem --n 1000 --out data/noise_dem.h5 --param atmosphere.turb_std=0.2
+      radardiff data synth sar_map --n 500 --out data/sar_map.h5 --param looks=4
     """
     from radardiff.data.synth import GENERATORS, synthesize
 

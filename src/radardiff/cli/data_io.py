@@ -128,9 +128,7 @@ def _parse_split(ctx, param, value: str | None):
     metavar="NAME=A,B,..",
     help="Make a map a label map: class names for the values 0, 1, ... or VALUE:NAME pairs.",
 )
-@click.option(
-    "--map-nodata", multiple=True, metavar="NAME=VALUE", help="A map's no-data value."
-)
+@click.option("--map-nodata", multiple=True, metavar="NAME=VALUE", help="A map's no-data value.")
 def prepare_cmd(
     src,
     out,

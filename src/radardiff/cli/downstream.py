@@ -160,7 +160,11 @@ def _pair(value: str | None, option: str):
 
 @downstream.command("train")
 @click.argument("pairs", type=click.Path(dir_okay=False))
-@click.option("--task", type=click.Choice(["recovery", "detection", "unwrapping"]), required=True)
+@click.option(
+    "--task",
+    type=click.Choice(["recovery", "detection", "unwrapping", "segmentation"]),
+    required=True,
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Network directory.")
 @click.option("--steps", type=click.IntRange(min=1), default=1200, show_default=True)
 @click.option(
@@ -175,32 +179,45 @@ def _pair(value: str | None, option: str):
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @precision_option(("no", "bf16", "auto"), "the network's training")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option(
+    "--label-map",
+    default=None,
+    help="segmentation: the label map of PAIRS to learn [default: its only label map].",
+)
 def train_cmd(pairs, task, out, steps, batch_size, lr, width, val_fraction, seed, precision,
-              device) -> None:  # fmt: skip
+              device, label_map) -> None:  # fmt: skip
     """Train the reference network of TASK on a PAIRS file.
 
     recovery: a small U-Net, noisy unwrapped (or wrapped) phase -> deformation field;
     detection: a small CNN, input -> deformation present or not (its threshold chosen on the
     validation share); unwrapping: the U-Net, wrapped phase -> unwrapped phase (pairs made with
-    --wrap --label unwrapped), its error measured after removing each field's mean.
+    --wrap --label unwrapped), its error measured after removing each field's mean;
+    segmentation: the U-Net with a logit per class, images -> their label map (PAIRS: any
+    dataset file with a label map: data prepare --map, sample --map, data synth sar_map),
+    scored by intersection over union.
 
     \b
     Examples:
       radardiff downstream train rec.h5 --task recovery --out nets/rec
       radardiff downstream train det.h5 --task detection --out nets/det --precision auto
       radardiff downstream train unw.h5 --task unwrapping --out nets/unw
+      radardiff downstream train sar_map.h5 --task segmentation --out nets/seg
     """
     from radardiff.evaluate.downstream import default_training
-    from radardiff.evaluate.tasks import load_pairs, train_task
+    from radardiff.evaluate.tasks import load_pairs, load_segmented, train_task
 
     given = {"steps": steps, "lr": lr, "width": width, "val_fraction": val_fraction,
              "precision": precision, **({"batch_size": batch_size} if batch_size else {})}  # fmt: skip
     cfg = default_training(task, seed, **given)
-    data = load_pairs(pairs, task)
+    if label_map and task != "segmentation":
+        raise click.UsageError("--label-map: segmentation only")
+    data = load_segmented(pairs, map_name=label_map) if task == "segmentation" else (
+        load_pairs(pairs, task))  # fmt: skip
     with progress(cfg.steps, f"train {task}", unit="step") as bar:
         result = train_task(data, cfg, out, on_progress=bar.update, device=device)
+    score = {"detection": "AUC", "segmentation": "mean IoU"}.get(task, "-RMSE")
     click.echo(f"trained {task} network into {out} (best step {result.meta['best_step']}, "
-               f"validation {'AUC' if task == 'detection' else '-RMSE'} {result.meta['val_score']:.4g})")  # fmt: skip
+               f"validation {score} {result.meta['val_score']:.4g})")  # fmt: skip
 
 
 @downstream.command("test")

@@ -107,6 +107,12 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
     --no-masks are the InSAR tasks'. Training settings: --set classification.train.KEY=VALUE
     (steps, batch_size, lr, width, levels, augment=true for the eight flips and turns).
 
+    --tasks segmentation (on its own) is the same for images with a per-pixel label map
+    (data prepare --map NAME=... --map-classes, data synth sar_map): a small U-Net segmenter
+    trained on the real images, on samples of a map-conditioned --run over the real training
+    maps (or --generated), on both, and on --physics; scored on the held-out labelled images
+    by intersection over union (OUT/segmentation.json and .md).
+
     \b
     Examples:
       radardiff data prepare ifgs/ --nodata 0 --tile 32 --stride 2 --split 0.65,0.35 \\
@@ -116,6 +122,8 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
           --test-real scenes_val.h5 --wavelength 0.0562 --precision auto
       radardiff downstream experiment --tasks classification --run runs/sar \\
           --train-real sar_train.h5 --test-real sar_test.h5 --seeds 0,1,2
+      radardiff downstream experiment --tasks segmentation --run runs/sar_map \\
+          --train-real land_train.h5 --test-real land_test.h5 --physics sar_map_synth.h5
       radardiff downstream experiment --scene-counts 1,2,4,8,11 --train-real scenes_train.h5 \\
           --test-real scenes_val.h5 --wavelength 0.0562 --knobs ddpm,x4 --out curve/
     """
@@ -146,13 +154,14 @@ def experiment_cmd(train_real, test_real, run_dir, generated, physics, out, seed
             refuse_shipped(run_dir, "--run (without --out the experiment is written into it)")
     out = Path(out or Path(run_dir) / "downstream")
     task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
-    if "classification" in task_list:
+    labelled = [t for t in task_list if t in ("classification", "segmentation")]
+    if labelled:
         if len(task_list) > 1:
-            raise click.UsageError("--tasks: classification runs on its own")
+            raise click.UsageError(f"--tasks: {labelled[0]} runs on its own")
         sampling = {"sampler": sampler, "steps": sample_steps, "seed": None,
                     "mixed_precision": precision, "compile": compile_}  # fmt: skip
         _classification(train_real, test_real, run_dir, generated, physics, out, seeds,
-                        overrides, precision, sampling, checkpoint, device)  # fmt: skip
+                        overrides, precision, sampling, checkpoint, device, labelled[0])  # fmt: skip
         return
     pairs, training = experiment_inputs(task_list, parse_kv(overrides, "--set"), wavelength,
                                         precision)  # fmt: skip
@@ -188,29 +197,31 @@ def _noise(run_dir, generated, physics, train_real, out, n, sampling: dict):
 
 
 def _classification(train_real, test_real, run_dir, generated, physics, out, seeds, overrides,
-                    precision, sampling, checkpoint, device) -> None:  # fmt: skip
+                    precision, sampling, checkpoint, device, task) -> None:  # fmt: skip
     from radardiff.errors import ConfigError
     from radardiff.evaluate.classification import (
         ClassificationConfig,
         default_classification,
         labelled_samples,
+        map_samples,
         markdown,
         run_classification,
     )
 
     given = {"precision": precision}
     for key, value in parse_kv(overrides, "--set").items():
-        if not key.startswith("classification.train."):
-            raise ConfigError(f"--set {key}: expected classification.train.KEY")
-        given[key[len("classification.train.") :]] = value
+        if not key.startswith(f"{task}.train."):
+            raise ConfigError(f"--set {key}: expected {task}.train.KEY")
+        given[key[len(f"{task}.train.") :]] = value
     try:
-        training = default_classification(**given)
+        training = default_classification(task=task, **given)
     except TypeError as err:
         raise ConfigError(f"--set: {err}") from None
     if generated is None:
         out.mkdir(parents=True, exist_ok=True)
-        generated = labelled_samples(run_dir, train_real, out / "generated_classes.h5", sampling,
-                                     checkpoint, device)  # fmt: skip
+        make, name = ((labelled_samples, "generated_classes.h5") if task == "classification"
+                      else (map_samples, "generated_maps.h5"))  # fmt: skip
+        generated = make(run_dir, train_real, out / name, sampling, checkpoint, device)
     cfg = ClassificationConfig(
         train_real=train_real, test_real=test_real, generated=str(generated), physics=physics,
         seeds=parse_int_list(seeds, "--seeds") or (), training=training, run=run_dir,
@@ -218,7 +229,7 @@ def _classification(train_real, test_real, run_dir, generated, physics, out, see
     result = run_classification(cfg, out, on_progress=lambda t: click.echo(f"  {t}", err=True),
                                 device=device)  # fmt: skip
     click.echo(markdown(result), nl=False)
-    click.echo(f"wrote {out / 'classification.json'}")
+    click.echo(f"wrote {out / f'{task}.json'}")
 
 
 def _curve(train_real, test_real, out, counts, draws, seeds, gen_steps, recipe, gen_set, split,
@@ -228,8 +239,9 @@ def _curve(train_real, test_real, out, counts, draws, seeds, gen_steps, recipe, 
     from radardiff.evaluate.downstream import experiment_inputs
 
     task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
-    if "classification" in task_list:
-        raise click.UsageError("--scene-counts: the InSAR tasks only (no classification)")
+    if {"classification", "segmentation"} & set(task_list):
+        raise click.UsageError("--scene-counts: the InSAR tasks only (no classification or "
+                               "segmentation)")  # fmt: skip
     pairs, training = experiment_inputs(task_list, parse_kv(overrides, "--set"), wavelength,
                                         precision)  # fmt: skip
     cfg = CurveConfig(

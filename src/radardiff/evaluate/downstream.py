@@ -37,15 +37,18 @@ from radardiff.evaluate.measures.skill import (
     classification_score,
     detection_score,
     recovery_score,
+    segmentation_score,
     summarise_over_seeds,
     unwrapping_score,
 )
 from radardiff.evaluate.measures.spectra import fit_powerlaw_white
 from radardiff.evaluate.tasks import (
+    LABELLED_TASKS,
     Pairs,
     TaskConfig,
     load_labelled,
     load_pairs,
+    load_segmented,
     predict,
     train_task,
 )
@@ -60,10 +63,14 @@ def score_task(net, meta: dict, pairs: str | Path | Pairs) -> dict:
     """The network's skill on a pairs file (or pairs already read): recovery RMSE (the pairs'
     units), RMSE as a fraction of the signal's RMS and skill ``1 - fraction``; detection ROC AUC
     and accuracy at the network's validation threshold; classification (of a labelled image
-    set) accuracy and balanced accuracy (the skill), per-class recall and confusion matrix."""
-    classify = meta["task"] == "classification"
+    set) accuracy and balanced accuracy (the skill), per-class recall and confusion matrix;
+    segmentation (of images with a label map) the mean intersection over union (the skill), per
+    class, and pixel accuracy."""
+    classify = meta["task"] in LABELLED_TASKS
     if isinstance(pairs, Pairs):
         p = pairs
+    elif meta["task"] == "segmentation":
+        p = load_segmented(pairs, meta["classes"], meta["label_map"])
     else:
         p = load_labelled(pairs, meta["classes"]) if classify else load_pairs(pairs, meta["task"])
     if p.wrapped != meta["wrapped"]:
@@ -79,6 +86,11 @@ def score_task(net, meta: dict, pairs: str | Path | Pairs) -> dict:
             f"on {meta['kind']} of {meta['channels']}"
         )
     out = predict(net, meta, p.inputs)
+    if meta["task"] == "segmentation":
+        g = segmentation_score(out, p.targets)
+        return {"mean_iou": g.mean_iou, "pixel_accuracy": g.pixel_accuracy, "skill": g.mean_iou,
+                "iou": dict(zip(meta["classes"], g.iou, strict=True)), "confusion": g.confusion,
+                "n": g.n}  # fmt: skip
     if classify:
         c = classification_score(out, p.targets)
         return {"accuracy": c.accuracy, "balanced_accuracy": c.balanced_accuracy,
@@ -415,7 +427,8 @@ COLUMNS = {"recovery": [("skill", "skill"), ("rmse", "RMSE"), ("rmse_fraction", 
             "detection": [("auc", "ROC AUC"), ("accuracy", "accuracy")],
             "unwrapping": [("within_pi", "within pi"), ("rmse", "RMSE (rad)")],
             "classification": [("balanced_accuracy", "balanced accuracy"),
-                               ("accuracy", "accuracy")]}  # fmt: skip
+                               ("accuracy", "accuracy")],
+            "segmentation": [("mean_iou", "mean IoU"), ("pixel_accuracy", "pixel accuracy")]}  # fmt: skip
 
 
 def table_rows(result: dict) -> list[tuple[str, str, list[str]]]:
@@ -432,7 +445,7 @@ def markdown_table(result: dict) -> str:
     lines = []
     for task, s in result["summary"].items():
         head = [h for _, h in COLUMNS[task]]
-        lines += [f"### {task}", "", f"| training {'set' if task == 'classification' else 'noise'} | " + " | ".join(head) + " | seeds |",
+        lines += [f"### {task}", "", f"| training {'set' if task in LABELLED_TASKS else 'noise'} | " + " | ".join(head) + " | seeds |",
                   "|---" * (len(head) + 2) + "|"]  # fmt: skip
         lines += [f"| {name} | " + " | ".join(cells) + " |"
                   for t, name, cells in table_rows(result) if t == task]  # fmt: skip

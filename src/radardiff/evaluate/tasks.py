@@ -10,7 +10,11 @@
   up to a constant: the network is not asked for the field's absolute level);
 - ``classification``: the same network with one logit per class, on a labelled image set of any
   kind (:func:`load_labelled`: SAR in dB, one or two polarisations, phase, digits), cross-entropy;
-  each channel standardised with the training images' mean and standard deviation.
+  each channel standardised with the training images' mean and standard deviation;
+- ``segmentation``: the U-Net with one logit per class and pixel, on images with a label map
+  (:func:`load_segmented`: a prepared real set with ``--map``, generated samples of a
+  map-conditioned run, ``data synth sar_map``), per-pixel cross-entropy over the labelled valid
+  pixels, inputs standardised as for classification; scored by intersection over union.
 
 AdamW with a linear warm-up and cosine decay (bf16 autocast with ``precision='bf16'``); a validation share of the pairs (``val_fraction``,
 drawn with the seed) picks the best step (lowest validation RMSE, highest validation AUC) and,
@@ -41,6 +45,7 @@ from radardiff.evaluate.measures.skill import (
     classification_score,
     recovery_score,
     roc_auc,
+    segmentation_score,
     unwrapping_score,
 )
 from radardiff.models.downstream import build, encode, encode_channels, save_task
@@ -50,7 +55,9 @@ TASKS = {
     "detection": "cnn",
     "unwrapping": "unet",
     "classification": "classifier",
+    "segmentation": "segmenter",
 }
+LABELLED_TASKS = ("classification", "segmentation")  # trained on labelled image sets
 FIELD_TASKS = ("recovery", "unwrapping")  # per-pixel outputs, scaled by the network's 'scale'
 
 
@@ -103,6 +110,7 @@ class Pairs:
     record: str = ""  # identifies the pairs: a hash of their recipe and count
     classes: list[str] | None = None
     kind: str = ""
+    label_map: str | None = None  # segmentation: the map channel whose classes are the targets
 
     @property
     def valid(self) -> np.ndarray:
@@ -183,6 +191,66 @@ def load_labelled(paths, classes: list[str] | None = None) -> Pairs:
     )  # fmt: skip
 
 
+def label_map_of(path, info, name: str | None) -> str:
+    """The label map a segmentation uses: ``name``, else the file's only label map."""
+    labels = [c.name for c in info.maps if c.categorical]
+    if name is not None:
+        if name not in labels:
+            raise DataError(
+                f"{path}: no label map '{name}' (label maps: {', '.join(labels) or 'none'})"
+            )
+        return name
+    if len(labels) != 1:
+        raise DataError(
+            f"{path}: segmentation needs a label map; "
+            + (f"it holds {', '.join(labels)}: name one" if labels else "it holds none "
+               "(data prepare --map NAME=... --map-classes, or a map generator)")
+        )  # fmt: skip
+    return labels[0]
+
+
+def load_segmented(paths, classes: list[str] | None = None, map_name: str | None = None) -> Pairs:
+    """Images and their per-pixel labels (a label map of each file, matched by class name as
+    :func:`load_labelled` matches classes), targets (N, H, W) int64 with -1 where the map or the
+    image has no data."""
+    paths = [paths] if isinstance(paths, str | bytes | Path) else list(paths)
+    images, targets, digest, first = [], [], hashlib.sha256(), None
+    for path in paths:
+        f = DatasetFile(path)
+        info = f.info
+        name = label_map_of(path, info, map_name)
+        channel = next(c for c in info.maps if c.name == name)
+        if first is None:
+            first, map_name = info, name
+            classes = list(classes) if classes is not None else list(channel.classes or ())
+        elif (info.kind, info.units, info.shape) != (first.kind, first.units, first.shape):
+            raise DataError(
+                f"{path}: {info.kind} ({info.units}) of shape {info.shape}, but {paths[0]} "
+                f"holds {first.kind} ({first.units}) of shape {first.shape}"
+            )
+        m = f.maps()[:, [c.name for c in info.maps].index(name)]
+        mine = list(channel.classes or ())
+        used = [mine[int(i)] for i in np.unique(m[np.isfinite(m)])]
+        missing = [c for c in used if c not in classes]
+        if missing:
+            raise DataError(
+                f"{path}: class '{missing[0]}' of label map '{name}' is not among the classes it "
+                f"is compared with ({', '.join(classes)})"
+            )
+        to_ref = np.array([classes.index(c) if c in classes else -1 for c in mine], np.int64)
+        x = f.images().astype(np.float32)
+        y = np.where(np.isfinite(m), to_ref[np.nan_to_num(m).astype(np.int64)], -1)
+        y[~np.isfinite(x).all(axis=1)] = -1
+        images.append(x)
+        targets.append(y)
+        digest.update(f"{Path(path).resolve()}|{info.n}|{Path(path).stat().st_mtime_ns}".encode())
+    return Pairs(
+        ",".join(map(str, paths)), np.concatenate(images), np.concatenate(targets),
+        first.kind == "insar_wrapped", first.units, digest.hexdigest()[:16], classes, first.kind,
+        map_name,
+    )  # fmt: skip
+
+
 def split(
     n: int, fraction: float, seed: int, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +300,7 @@ def _channel_stats(p: Pairs, idx: np.ndarray) -> tuple[list[float], list[float]]
 
 
 def _encode(meta: dict, x: torch.Tensor) -> torch.Tensor:
-    if meta["task"] == "classification":
+    if meta["task"] in LABELLED_TASKS:
         return encode_channels(x, meta["wrapped"], torch.tensor(meta["mean"]),
                                torch.tensor(meta["std"]))  # fmt: skip
     return encode(x, meta["wrapped"], meta["scale"])
@@ -253,6 +321,10 @@ def _loss(task: str, out: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
         return torch.nn.functional.binary_cross_entropy_with_logits(out, target)
     if task == "classification":
         return torch.nn.functional.cross_entropy(out, target)
+    if task == "segmentation":
+        if not (target >= 0).any():
+            return out.sum() * 0.0  # a batch without labelled pixels teaches nothing
+        return torch.nn.functional.cross_entropy(out, target, ignore_index=-1)
     m = valid.to(out.dtype)
     if task == "unwrapping":
         m = m * torch.isfinite(target).to(out.dtype)
@@ -265,8 +337,8 @@ def _loss(task: str, out: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
 
 @torch.no_grad()
 def predict(net: torch.nn.Module, meta: dict, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Deformation fields (N, 1, H, W) in the pairs' units, detection logits (N,) or class
-    logits (N, K)."""
+    """Deformation fields (N, 1, H, W) in the pairs' units, detection logits (N,), class
+    logits (N, K) or per-pixel class logits (N, K, H, W)."""
     net.eval()
     dev = next(net.parameters()).device
     outs = []
@@ -284,6 +356,8 @@ def _validate(net, meta, p: Pairs, idx: np.ndarray) -> float:
         return roc_auc(out, p.targets[idx])
     if meta["task"] == "classification":
         return classification_score(out, p.targets[idx]).balanced_accuracy
+    if meta["task"] == "segmentation":
+        return segmentation_score(out, p.targets[idx]).mean_iou
     if meta["task"] == "unwrapping":
         return -unwrapping_score(out, p.targets[idx], p.valid[idx]).rmse
     return -recovery_score(out, p.targets[idx], p.valid[idx]).rmse
@@ -307,11 +381,13 @@ def train_task(
     when given. The network does not depend on the device beyond floating-point rounding."""
     dev = torch.device(device)
     bf16 = resolve_precision(cfg.precision, dev, "--precision") == "bf16"
-    classify = cfg.task == "classification"
-    if classify != (pairs.classes is not None):
+    classify = cfg.task in LABELLED_TASKS
+    if classify != (pairs.classes is not None) or (cfg.task == "segmentation") != (
+        pairs.label_map is not None
+    ):
         raise DataError(
-            f"{pairs.path}: " + ("not a labelled image set" if classify else "a labelled image "
-                                 f"set, not pairs for {cfg.task}")
+            f"{pairs.path}: " + (f"not a labelled image set for {cfg.task}" if classify else
+                                 f"a labelled image set, not pairs for {cfg.task}")
         )  # fmt: skip
     labels = pairs.targets if cfg.task in ("detection", "classification") else None
     tr, va = split(len(pairs.inputs), cfg.val_fraction, cfg.seed, labels)
@@ -332,7 +408,10 @@ def train_task(
         b = torch.from_numpy(rng.choice(tr, size=min(cfg.batch_size, tr.size), replace=False))
         x = x_all[b].to(dev)
         target = (t_all[b] / meta["scale"] if cfg.task in FIELD_TASKS else t_all[b]).to(dev)
-        if cfg.augment and cfg.task in FIELD_TASKS:
+        if cfg.augment and cfg.task == "segmentation":
+            x, target = _dihedral(rng, x, target[:, None])
+            target = target[:, 0]
+        elif cfg.augment and cfg.task in FIELD_TASKS:
             x, target = _dihedral(rng, x, target)
         elif cfg.augment:
             (x,) = _dihedral(rng, x)
@@ -371,6 +450,8 @@ def _describe_net(pairs: Pairs, cfg: TaskConfig, tr: np.ndarray) -> dict:
         mean, std = _channel_stats(pairs, tr)
         meta.update(channels=int(pairs.inputs.shape[1]), classes=list(pairs.classes),
                     mean=mean, std=std, kind=pairs.kind)  # fmt: skip
+    if pairs.label_map is not None:
+        meta["label_map"] = pairs.label_map
     return meta
 
 

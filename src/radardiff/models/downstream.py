@@ -2,14 +2,16 @@
 
 - :class:`SmallUNet`: a U-Net (Ronneberger et al. 2015) of ``levels`` resolutions, two 3x3
   convolutions with GroupNorm and SiLU per level, average-pool down, nearest up, skip
-  concatenation; per-pixel regression (deformation recovery).
+  concatenation; per-pixel regression (deformation recovery, unwrapping), or one logit per
+  class and pixel (``arch='segmenter'``, segmentation).
 - :class:`SmallCNN`: ``levels`` such blocks with 2x2 max-pooling, global average pooling and a
   linear layer to one logit (deformation detection) or one per class (``arch='classifier'``).
 
 Inputs are encoded by :func:`encode`: unwrapped phase as ``(value / scale, valid)``, wrapped
 phase as ``(cos, sin, valid)`` (phase is circular: the network never sees the 2 pi jump), with
 0 where there is no data and ``valid`` the 0/1 no-data mask. Images of several channels (the
-classifier's: SAR in dB, VV and VH, phase, any labelled set) by :func:`encode_channels`: each
+classifier's and the segmenter's: SAR in dB, VV and VH, phase, any labelled set) by
+:func:`encode_channels`: each
 channel standardised with its own mean and standard deviation (wrapped phase as its cos and
 sin), then the mask.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("unet", "cnn", "classifier")
+ARCHS = ("unet", "cnn", "classifier", "segmenter")
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -88,7 +90,8 @@ def input_channels(wrapped: bool, channels: int = 1) -> int:
 def build(
     arch: str, wrapped: bool, width: int = 16, levels: int = 3, channels: int = 1, outputs: int = 1
 ) -> nn.Module:
-    """The network ``arch`` (``unet``, ``cnn`` or ``classifier`` of ``outputs`` classes) for
+    """The network ``arch`` (``unet``, ``cnn``, ``classifier`` or ``segmenter`` of ``outputs``
+    classes) for
     wrapped or other inputs of ``channels`` channels."""
     cin = input_channels(wrapped, channels)
     if arch == "unet":
@@ -97,6 +100,8 @@ def build(
         return SmallCNN(cin, width, levels)
     if arch == "classifier":
         return SmallCNN(cin, width, levels, outputs)
+    if arch == "segmenter":  # one logit per class and pixel
+        return SmallUNet(cin, outputs, width, levels)
     raise ValueError(f"unknown downstream network '{arch}'; expected one of {', '.join(ARCHS)}")
 
 

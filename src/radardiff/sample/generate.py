@@ -110,6 +110,8 @@ def request_signature(run: LoadedRun, opts: SampleOptions) -> str:
     """Everything the samples depend on: the options (sampler and its options, seeds,
     conditioning, clipping, precision) and the run, checkpoint and weights' hash. Parts of an
     interrupted request are reused only under the same signature."""
+    if opts.maps and not opts.map_digest:
+        opts = replace(opts, map_digest=map_digest(opts.maps))
     text = f"{opts.signature()}|{run.identity}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -6,13 +6,23 @@ name               kind                units    what (see the module of each)
 insar_noise        insar_noise         rad      atmosphere + ramp + noise, 32 px (insar.py)
 insar_unwrapped    insar_unwrapped     rad      Mogi / Okada / no source + atmosphere, 128 px
 insar_wrapped      insar_wrapped       rad      the same wrapped with coherence noise, 128 px
+insar_noise_dem    insar_noise         rad      insar_noise with a stratified delay k h over a
+                                                fractal DEM; map ``dem`` (m), extra k, 32 px
 sar                sar_backscatter     linear   ten TenGeoP-like ocean classes + speckle (sar.py)
+sar_map            sar_backscatter     linear   water / land / ship label map and per-label
+                                                Gamma, K and point-target backscatter; map
+                                                ``land_cover``, 64 px (sar_map.py)
 =================  ==================  =======  ============================================
 
 Sample ``i`` of a seed depends only on ``(seed, i)``; files are written in chunks, so memory does
 not grow with ``n``. Generator parameters (the dataclasses of each module) can be overridden
 with ``params={"looks": 8, "atmosphere.beta": 2.0}``; the resolved parameters are stored in the
 file attribute ``synth_params`` (JSON).
+
+A generator may write per-pixel maps aligned with its images (:mod:`radardiff.data.maps`): the
+map-aware ones carry the truth that conditioning is checked against (the DEM a phase follows,
+the label map a backscatter follows). Extras are image-shaped ``(1, H, W)`` unless a generator
+gives their own shape (the per-scene coefficient of ``insar_noise_dem`` is one number each).
 """
 
 from __future__ import annotations
@@ -31,18 +41,22 @@ import numpy as np
 from radardiff._budget import Pace, check_space
 from radardiff.config.io import set_dotted
 from radardiff.data.dataset_file import DatasetWriter, check_dataset_path
+from radardiff.data.maps import MapChannel
 from radardiff.data.synth.elastic import los_phase, mogi, okada85
 from radardiff.data.synth.fields import BLOCK, powerlaw_field, spectral_slope
 from radardiff.data.synth.insar import (
     SOURCE_CLASSES,
     DeformationParams,
+    DemNoiseParams,
     InsarNoiseParams,
     WrappedParams,
     insar_noise,
+    insar_noise_dem,
     insar_unwrapped,
     insar_wrapped,
 )
 from radardiff.data.synth.sar import SAR_CLASSES, SarParams, sar_scenes
+from radardiff.data.synth.sar_map import LAND_COVER, SarMapParams, sar_map
 from radardiff.errors import ConfigError, DataError
 
 
@@ -58,11 +72,17 @@ class SynthResult:
     images: np.ndarray
     labels: np.ndarray | None = None
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    maps: np.ndarray | None = None  # (n, M, H, W), the channels of SynthKind.maps
 
 
 @dataclass(frozen=True)
 class SynthKind:
-    """A registered generator: dataset kind, units, default size, parameters, chunk function."""
+    """A registered generator: dataset kind, units, default size, parameters, chunk function.
+
+    ``extras``: the names of its extras, each image-shaped ``(1, size, size)``, or a pair
+    ``(name, shape)`` for another per-sample shape (``()``: one number per sample); float32.
+    ``maps``: its map channels (none by default).
+    """
 
     name: str
     kind: str
@@ -71,11 +91,12 @@ class SynthKind:
     generate: Callable[[int, int, int, Any, int], SynthResult]  # (n, size, seed, params, start)
     units: Callable[[Any], str]
     class_names: list[str] | None = None
-    extras: Callable[[Any], tuple[str, ...]] = lambda p: ()
+    extras: Callable[[Any], tuple[str | tuple[str, tuple[int, ...]], ...]] = lambda p: ()
     pixel_spacing_m: Callable[[Any, int], float | None] = lambda p, size: None
     # the parameter that a requested pixel spacing sets (the scene's extent, spacing * size);
     # None: the generator is scale free and the spacing is only recorded
     extent_param: str | None = None
+    maps: Callable[[Any], tuple[MapChannel, ...]] = lambda p: ()
 
 
 def _noise(n, size, seed, p, start) -> SynthResult:
@@ -95,6 +116,20 @@ def _wrapped(n, size, seed, p, start) -> SynthResult:
 def _sar(n, size, seed, p, start) -> SynthResult:
     s = sar_scenes(n, size, seed, p, start)
     return SynthResult(s.images, s.labels, {"clean": s.clean} if p.store_clean else {})
+
+
+def _noise_dem(n, size, seed, p, start) -> SynthResult:
+    s = insar_noise_dem(n, size, seed, p, start)
+    return SynthResult(s.images, extras={"strat_rad_per_m": s.strat_rad_per_m}, maps=s.dem)
+
+
+_SAR_MAP_TRUTHS = ("land_texture", "water_db", "land_db")
+
+
+def _sar_map(n, size, seed, p, start) -> SynthResult:
+    s = sar_map(n, size, seed, p, start)
+    extras = {k: getattr(s, k) for k in _SAR_MAP_TRUTHS}
+    return SynthResult(s.images, extras=extras, maps=s.land_cover)
 
 
 GENERATORS: dict[str, SynthKind] = {
@@ -142,7 +177,39 @@ GENERATORS: dict[str, SynthKind] = {
         lambda p: ("clean",) if p.store_clean else (),
         lambda p, size: 20_000.0 / size,
     ),
+    "insar_noise_dem": SynthKind(
+        "insar_noise_dem",
+        "insar_noise",
+        32,
+        DemNoiseParams,
+        _noise_dem,
+        lambda p: "rad",
+        extras=lambda p: (("strat_rad_per_m", ()),),
+        pixel_spacing_m=lambda p, size: 100.0,
+        maps=lambda p: (MapChannel("dem", "m"),),
+    ),
+    "sar_map": SynthKind(
+        "sar_map",
+        "sar_backscatter",
+        64,
+        SarMapParams,
+        _sar_map,
+        lambda p: "dB" if p.db else "linear",
+        extras=lambda p: tuple((k, ()) for k in _SAR_MAP_TRUTHS),
+        # ships of 1-3 px are 20-60 m long on a Sentinel-1 IW GRD-like 20 m grid
+        pixel_spacing_m=lambda p, size: 20.0,
+        maps=lambda p: (MapChannel("land_cover", classes=LAND_COVER),),
+    ),
 }
+
+
+def _extra_specs(gen: SynthKind, p: Any, size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The writer's extras ``{name: (per-sample shape, dtype)}`` of generator ``gen``."""
+    specs = {}
+    for e in gen.extras(p):
+        name, shape = (e, (1, size, size)) if isinstance(e, str) else e
+        specs[name] = (tuple(shape), "<f4")
+    return specs
 
 
 def _field_names(cls: type, prefix: str = "") -> Iterator[str]:
@@ -252,8 +319,9 @@ def synthesize(
     ``size`` None takes the generator's default. ``params`` overrides generator parameters
     (dotted keys, see :func:`build_params`). ``pixel_spacing_m`` sets the scene's extent of
     the generators with a physical one (deformation: the elastic sources are in metres), and is
-    recorded as the spacing of the scale-free ones (``insar_noise``, ``sar``; default 100 m and
-    20 km / size). The file appears only when complete.
+    recorded as the spacing of the scale-free ones (``insar_noise`` and ``insar_noise_dem``
+    100 m, ``sar`` 20 km / size, ``sar_map`` 20 m by default). Map-aware generators write their
+    maps beside the images. The file appears only when complete.
     """
     gen = _kind(name)
     if n < 1:
@@ -266,8 +334,10 @@ def synthesize(
         raise DataError(f"--seed must be >= 0, got {seed}")
     params, spacing = _with_spacing(gen, params, pixel_spacing_m, size)
     p = build_params(name, params)
-    extras = {k: ((1, size, size), "<f4") for k in gen.extras(p)}
-    check_space(out, 4.0 * n * (1 + len(extras)) * size * size, f"{n} scenes of {size} px")
+    extras = _extra_specs(gen, p, size)
+    maps = gen.maps(p)
+    per_sample = (1 + len(maps)) * size * size + sum(math.prod(s) for s, _ in extras.values())
+    check_space(out, 4.0 * n * per_sample, f"{n} scenes of {size} px")
     pace = Pace(str(out), n)
     with DatasetWriter(
         out,
@@ -280,33 +350,39 @@ def synthesize(
         source=f"radardiff synth {name} seed={seed}",
         extras=extras,
         attrs={"synth_params": json.dumps(dataclasses.asdict(p)), "seed": int(seed)},
+        maps=maps,
     ) as writer:
         chunk = _chunk(size)
         for start in range(0, n, chunk):
             res = gen.generate(min(chunk, n - start), size, seed, p, start)
-            writer.append(res.images, res.labels, **res.extras)
+            writer.append(res.images, res.labels, res.maps, **res.extras)
             pace.done(writer.n)
     return Path(out)
 
 
 __all__ = [
     "GENERATORS",
+    "LAND_COVER",
     "SAR_CLASSES",
     "SOURCE_CLASSES",
+    "DemNoiseParams",
     "DeformationParams",
     "InsarNoiseParams",
+    "SarMapParams",
     "SarParams",
     "SynthKind",
     "SynthResult",
     "WrappedParams",
     "build_params",
     "insar_noise",
+    "insar_noise_dem",
     "insar_unwrapped",
     "insar_wrapped",
     "los_phase",
     "mogi",
     "okada85",
     "powerlaw_field",
+    "sar_map",
     "sar_scenes",
     "spectral_slope",
     "synthesize",

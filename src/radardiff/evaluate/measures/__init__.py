@@ -11,6 +11,8 @@ checks the rule on the source.
 - :mod:`.radar_stats`: speckle (ENL, CV) and wrapped-phase statistics (gradients, residues);
 - :mod:`.sar`: SAR intensity: homogeneous-window ENL, log-cumulants, speckle correlation, bright
   targets, polarisation ratio;
+- :mod:`.maps`: how images follow their per-pixel maps: the slope of phase on elevation, and
+  backscatter level, ENL and log-cumulants per class of a label map;
 - :mod:`.memorisation`: nearest-training distances of generated against held-out images, and
   the mean pairwise distance of a set (its diversity);
 - :mod:`.bands`: bootstrap or normal confidence bands of a mean curve;

@@ -169,6 +169,48 @@ def classification_score(logits: np.ndarray, labels: np.ndarray) -> Classificati
     )
 
 
+@dataclass(frozen=True)
+class SegmentationScore:
+    """Per-pixel class predictions against a label map: intersection over union per class
+    (None for a class in neither), their mean over the classes of the truth (the skill), pixel
+    accuracy, the confusion matrix (truth rows, prediction columns) and the pixels scored."""
+
+    mean_iou: float
+    pixel_accuracy: float
+    iou: list[float | None]
+    confusion: list[list[int]]
+    n: int
+
+
+def segmentation_score(logits: np.ndarray, labels: np.ndarray) -> SegmentationScore:
+    r"""Scores of ``argmax(logits)`` (N, K, H, W) against ``labels`` (N, H, W) in 0..K-1, with
+    -1 where a pixel has no label (not scored).
+
+    :math:`\mathrm{IoU}_k = |P_k \cap T_k| / |P_k \cup T_k|` (Jaccard index, Everingham et al.
+    2010, PASCAL VOC); the mean runs over the classes present in the truth, so that a class the
+    test maps lack neither helps nor hurts.
+    """
+    logits = np.asarray(logits)
+    y = np.asarray(labels).astype(np.int64)
+    k = logits.shape[1]
+    keep = y >= 0
+    if not keep.any():
+        raise ValueError("no labelled pixels to score")
+    if y.max() >= k:
+        raise ValueError(f"labels outside 0..{k - 1}")
+    pred = np.argmax(logits, axis=1)[keep]
+    truth = y[keep]
+    conf = np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
+    inter = np.diag(conf).astype(np.float64)
+    union = conf.sum(axis=0) + conf.sum(axis=1) - inter
+    iou = [float(inter[c] / union[c]) if union[c] else None for c in range(k)]
+    present = [iou[c] for c in range(k) if conf[c].sum() > 0]
+    return SegmentationScore(
+        float(np.mean(present)), float(inter.sum() / truth.size), iou, conf.tolist(),
+        int(truth.size),
+    )  # fmt: skip
+
+
 # the skill of a network that learned nothing: no better than predicting no deformation, or a
 # coin for detection
 CHANCE = {"recovery": 0.0, "detection": 0.5}  # classification: 1 / the number of classes
