@@ -44,6 +44,7 @@ EVALUATE_DRIVERS = {
     "tasks",
     "classification",
     "curve",
+    "map_relations",
 }
 MEASURES = SRC / "evaluate" / "measures"
 # What a pure metric may not import: file formats, file systems, datasets, networks and weights,

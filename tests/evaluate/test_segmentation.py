@@ -103,6 +103,10 @@ def test_segmentation_experiment_and_cli(tmp_path, capsys):
     assert iou["real"] > 0.55 and iou["real"] > iou["generated"] + 0.2
     assert json.loads((tmp_path / "exp" / "segmentation.json").read_text())["results"]
     assert "intersection over union per class" in (tmp_path / "exp" / "segmentation.md").read_text()
+    from radardiff.report.html import write_downstream_report
+
+    page = write_downstream_report(tmp_path / "exp").read_text()
+    assert "<h3>segmentation</h3>" in page and "mean IoU" in page
     code, out, _ = run_cli(["downstream", "train", real, "--task", "segmentation", "--steps", 20,
                             "--out", tmp_path / "net"], capsys)  # fmt: skip
     assert code == 0 and "validation mean IoU" in out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DataKind = Literal["sar_backscatter", "insar_unwrapped", "insar_wrapped", "insar_noise", "generic"]
 Normalization = Literal[
@@ -31,7 +31,15 @@ ConvKernels = Literal["auto", "radardiff", "torch"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 Augment = Literal["none", "flips", "dihedral"]
 MetricName = Literal[
-    "semivariogram", "psd", "histogram", "ranges", "speckle", "phase", "sar", "memorisation"
+    "semivariogram",
+    "psd",
+    "histogram",
+    "ranges",
+    "speckle",
+    "phase",
+    "sar",
+    "memorisation",
+    "maps",
 ]
 
 
@@ -105,6 +113,14 @@ class ModelConfig(_Section):
     map_dropout: float = Field(
         0.1, ge=0.0, le=1.0, description="map dropout in training, for classifier-free guidance"
     )
+
+    @field_validator("maps", mode="before")
+    @classmethod
+    def _map_names(cls, value):
+        """``--set model.maps=dem,land`` (or ``[dem]``) as well as a TOML list of names."""
+        if isinstance(value, str):
+            return tuple(v.strip().strip("'\"") for v in value.strip("[] ").split(",") if v.strip())
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

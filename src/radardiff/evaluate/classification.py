@@ -44,6 +44,7 @@ from radardiff.evaluate.measures.skill import summarise_over_seeds
 from radardiff.evaluate.tasks import TaskConfig, label_map_of, load_labelled, load_segmented
 
 RESULTS = "classification.json"
+SEGMENTATION = "segmentation.json"
 TASK = "classification"
 
 
@@ -177,7 +178,8 @@ def run_classification(
     chance = 1.0 / len(classes) if task == TASK else 0.0
     result = {"config": {**dataclasses.asdict(cfg), "classes": classes, "test_counts": counts},
               "results": rows, "summary": summarise_over_seeds(rows, {task: chance})}  # fmt: skip
-    atomic_write_text(out / f"{task}.json", json.dumps(result, indent=1, default=_jsonable) + "\n")
+    name = RESULTS if task == TASK else SEGMENTATION
+    atomic_write_text(out / name, json.dumps(result, indent=1, default=_jsonable) + "\n")
     atomic_write_text(out / f"{task}.md", markdown(result))
     return result
 

@@ -76,7 +76,12 @@ numbers are written as ``null``.
                            real ones (held out: about 1; copies: near 0; metric "memorisation",
                            :mod:`.measures.memorisation`),
         "near_copy_fraction": share of fake samples nearer the training set than the real ones'
-                           5th percentile (about 0.05 without copying)
+                           5th percentile (about 0.05 without copying),
+        "map_slope_w1":    Wasserstein-1 between per-image slopes of channel 0 on a continuous map
+                           (a DEM: rad/m), mean over the maps both sets carry (metric "maps",
+                           :mod:`.map_relations`), with "map_slope_median_real" and "_fake",
+        "map_label_db_error": mean over label-map classes of |level fake - level real| (dB;
+                           SAR), "map_label_enl_ratio" (ENL fake / real), "map_label_k2_error"
       },
       "semivariogram": {
         "lags_px": [L floats], "lags_m": [L floats] | null (null when no pixel spacing),
@@ -105,7 +110,11 @@ numbers are written as ``null``.
              "pol_ratio_db_median" (two channels) | null,
       "memorisation": {"train": str, "n_train": int, "n_train_used": int, "n_fake": int,
                        "n_heldout": int, "fake_median": float, "heldout_median": float,
-                       "ratio": float, "near_copy_fraction": float} | null
+                       "ratio": float, "near_copy_fraction": float} | null,
+      "maps": {"shared": [names], "continuous": {name: {"units", "real": FIT, "fake": FIT,
+               "slope_w1"}}, "labels": {name: {"real": {class: LABEL}, "fake": {...}}}} | null
+             FIT: "n", "slope_median", "slope_q25", "slope_q75", "r2_median";
+             LABEL: "pixels", "samples", "mean_db", "db_mean", "enl", "k2", "k3", "reason"
     }
 
 The lag-1 semivariance of a sample is the mean of its directional semivariances at one pixel
@@ -143,6 +152,7 @@ from radardiff.config import EvalConfig
 from radardiff.config.io import atomic_write_text
 from radardiff.data import DatasetFile
 from radardiff.errors import ConfigError, DataError
+from radardiff.evaluate.map_relations import MAP_SCALARS, maps_section
 from radardiff.evaluate.measures.bands import Band, mean_band
 from radardiff.evaluate.measures.distributions import histograms, sample_spread, w1
 from radardiff.evaluate.measures.features import fid, kid, precision_recall
@@ -194,6 +204,7 @@ SCALAR_KEYS = (
     "sar_pol_ratio_w1",
     "memorisation_ratio",
     "near_copy_fraction",
+    *MAP_SCALARS,
 )
 # A sample is a "noise sample" when its lag-1 semivariance exceeds NOISE_FACTOR times the
 # NOISE_PERCENTILE-th percentile of the real set's; the report shows the WORST_SHOWN roughest.
@@ -205,7 +216,7 @@ WORST_SHOWN = 16
 # distribution is compared after removing each sample's mean
 CENTRED_KINDS = ("insar_unwrapped", "insar_noise")
 MIN_SAMPLES = {"semivariogram": 2, "psd": 2, "histogram": 1, "ranges": 2, "speckle": 1, "phase": 1,
-               "sar": 1, "memorisation": 2}  # fmt: skip
+               "sar": 1, "memorisation": 2, "maps": 2}  # fmt: skip
 # the largest share of its values below 0 a linear intensity may have (noise around 0 aside):
 # more, and the values are dB
 DB_NEGATIVE_SHARE = 0.5
@@ -486,6 +497,7 @@ def empty_metrics() -> dict[str, Any]:
         "noise_samples": None,
         "sar": None,
         "memorisation": None,
+        "maps": None,
     }
 
 
@@ -814,7 +826,7 @@ def _intensity_units(ds: DatasetFile, metrics: tuple[str, ...]) -> str:
     """How SAR metrics read ``ds``: its units, or dB where it says linear but most of its values
     are negative (which only dB can be), with one line saying so."""
     units = ds.info.units
-    if not {"sar", "speckle"} & set(metrics) or "db" in units.lower():
+    if not {"sar", "speckle", "maps"} & set(metrics) or "db" in units.lower():
         return units
     sample = ds.images(slice(0, min(len(ds), 64)))
     finite = sample[np.isfinite(sample)]
@@ -973,6 +985,8 @@ def evaluate_files(
             result["memorisation"] = _memorisation_section(
                 train, rset, fset, plan, arrays, result["scalars"]
             )
+        if "maps" in plan.metrics:
+            result["maps"] = maps_section(rset, fset, plan.idx, plan.units, result["scalars"])
         _feature_metrics(ext, (rset, fset), plan, given, k, result)
         if likelihood is not None:
             _likelihood_scalars(likelihood, result["settings"], result["scalars"])

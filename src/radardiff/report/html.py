@@ -307,11 +307,11 @@ def _study_table(study: dict) -> str:
 
 def _downstream(run: RunDir) -> str:
     """The train-on-generated / test-on-real tables of ``radardiff downstream experiment``: the
-    InSAR tasks' and the classification's."""
+    InSAR tasks', the classification's and the segmentation's."""
     from radardiff.evaluate import classification, downstream
 
     parts = []
-    for name in (downstream.RESULTS, classification.RESULTS):
+    for name in (downstream.RESULTS, classification.RESULTS, classification.SEGMENTATION):
         path = run.root / "downstream" / name
         if path.is_file():
             parts.append(_downstream_tables(json.loads(path.read_text(encoding="utf-8"))))
@@ -342,7 +342,8 @@ def write_downstream_report(folder: str | Path) -> Path:
     from radardiff.evaluate import classification, downstream
 
     folder = Path(folder)
-    found = [folder / n for n in (downstream.RESULTS, classification.RESULTS)]
+    names = (downstream.RESULTS, classification.RESULTS, classification.SEGMENTATION)
+    found = [folder / n for n in names]
     found = [p for p in found if p.is_file()]
     if not found:
         raise RunDirError(
@@ -388,7 +389,7 @@ def _downstream_tables(result: dict) -> str:
             else f"{k.replace('_', ' ')}: {v}"
             for k, v in summary.get("criteria", {}).items()
         )
-        what = "set" if task == "classification" else "noise"
+        what = "set" if task in ("classification", "segmentation") else "noise"
         parts.append(
             f"<h3>{html.escape(task)}</h3><table><tr><th>training {what}</th>{head}"
             f'<th>seeds</th></tr>{body}</table><p class="note">{html.escape(crit)}</p>'
