@@ -161,3 +161,24 @@ def test_cli_sample_with_a_map(runs, tmp_path, capsys):
                             "--out", tmp_path / "d.h5"], capsys)  # fmt: skip
     assert code != 0 and "trained without maps" in err.strip().splitlines()[-1]
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_a_cascade_follows_one_map_at_both_sizes(runs, tmp_path):
+    """The first stage (8 px) gets the final 16 px map reduced; the output carries the map."""
+    from radardiff.sample.generate import generate_cascade, lowres_path
+    from radardiff.train import train
+
+    small = tmp_path / "small.h5"
+    full = DatasetFile(runs["data"])
+    reduced = downsample_maps(full.maps(), (LAND, DEM), 2)
+    write_dataset(small, full.images()[:, :, ::2, ::2], kind="generic", units="x", maps=reduced,
+                  map_channels=[LAND, DEM])  # fmt: skip
+    low_cfg = {"image_size": 8, "attention_resolutions": [4], "maps": ["land", "dem"]}
+    train(tiny_run_config(str(small), model=low_cfg), tmp_path / "low")
+    sr_cfg = {"superres_low_size": 8, "superres_aug_max": 10, "maps": ["land", "dem"]}
+    train(tiny_run_config(str(runs["data"]), model=sr_cfg), tmp_path / "sr")
+    low, sr = load_run(tmp_path / "low"), load_run(tmp_path / "sr")
+    out = tmp_path / "c.h5"
+    generate_cascade(low, opts(maps=str(runs["data"])), sr, opts(maps=str(runs["data"])), out)
+    np.testing.assert_array_equal(DatasetFile(lowres_path(out)).maps(), reduced[:5])
+    np.testing.assert_array_equal(DatasetFile(out).maps(), full.maps(slice(0, 5)))
