@@ -73,3 +73,13 @@ def record(name: str, numbers: dict, note: str = "") -> Path:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row, sort_keys=True) + "\n")
     return path
+
+
+def run_cli(cli, args) -> None:
+    """Call radardiff's command line (``cli``, :func:`radardiff.cli.main.main`) in this
+    process with ``args`` (anything printable); a failing command raises."""
+    try:
+        cli([str(a) for a in args])
+    except SystemExit as exc:
+        if exc.code:
+            raise

@@ -25,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _results import run_cli as _run  # noqa: E402
+
 SHARED = HERE.parent.parent / "shared" / "realdata" / "pyrate_envisat_unw"
 
 
@@ -88,14 +90,6 @@ def main() -> None:
         from _results import record
 
         print(f"recorded in {record('curve', numbers)}")
-
-
-def _run(cli, args) -> None:
-    try:
-        cli([str(a) for a in args])
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _results import run_cli as _run  # noqa: E402
+
 ENVISAT = HERE.parent.parent / "shared" / "realdata" / "pyrate_envisat_unw"
 KEYS = ("map_slope_w1", "map_slope_median_real", "map_slope_median_fake", "map_label_db_error",
         "map_label_enl_ratio", "map_label_k2_error", "semivariogram_rel_error", "lag1_ratio",
@@ -184,14 +186,6 @@ def dem_real(run, w: Path, args) -> dict:
 
 
 CASES = {"dem_synth": dem_synth, "sar_synth": sar_synth, "dem_real": dem_real}
-
-
-def _run(cli, args) -> None:
-    try:
-        cli([str(a) for a in args])
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 if __name__ == "__main__":

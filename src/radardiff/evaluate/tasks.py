@@ -171,14 +171,7 @@ def load_labelled(paths, classes: list[str] | None = None) -> Pairs:
                 f"holds {first.kind} ({first.units}) of shape {first.shape}"
             )
         mine = list(info.class_names)
-        used = [mine[i] for i in np.unique(lab)]
-        missing = [c for c in used if c not in classes]
-        if missing:
-            raise DataError(
-                f"{path}: class '{missing[0]}' is not among the classes it is compared with "
-                f"({', '.join(classes)})"
-            )
-        to_ref = np.array([classes.index(c) if c in classes else -1 for c in mine], np.int64)
+        to_ref = _to_reference(path, mine, [mine[i] for i in np.unique(lab)], classes, "")
         x = f.images().astype(np.float32)
         if not np.isfinite(x).reshape(len(x), -1).any(axis=1).all():
             raise DataError(f"{path}: some images have no valid pixel")
@@ -189,6 +182,18 @@ def load_labelled(paths, classes: list[str] | None = None) -> Pairs:
         ",".join(map(str, paths)), np.concatenate(images), np.concatenate(labels),
         first.kind == "insar_wrapped", first.units, digest.hexdigest()[:16], classes, first.kind,
     )  # fmt: skip
+
+
+def _to_reference(path, mine: list[str], used: list[str], classes: list[str], what: str):
+    """Each of a file's classes (``mine``) as its index in ``classes`` (-1 for one it does not
+    use); a class it uses that ``classes`` lacks is refused."""
+    missing = [c for c in used if c not in classes]
+    if missing:
+        raise DataError(
+            f"{path}: class '{missing[0]}'{what} is not among the classes it is compared with "
+            f"({', '.join(classes)})"
+        )
+    return np.array([classes.index(c) if c in classes else -1 for c in mine], np.int64)
 
 
 def label_map_of(path, info, name: str | None) -> str:
@@ -231,13 +236,7 @@ def load_segmented(paths, classes: list[str] | None = None, map_name: str | None
         m = f.maps()[:, [c.name for c in info.maps].index(name)]
         mine = list(channel.classes or ())
         used = [mine[int(i)] for i in np.unique(m[np.isfinite(m)])]
-        missing = [c for c in used if c not in classes]
-        if missing:
-            raise DataError(
-                f"{path}: class '{missing[0]}' of label map '{name}' is not among the classes it "
-                f"is compared with ({', '.join(classes)})"
-            )
-        to_ref = np.array([classes.index(c) if c in classes else -1 for c in mine], np.int64)
+        to_ref = _to_reference(path, mine, used, classes, f" of label map '{name}'")
         x = f.images().astype(np.float32)
         y = np.where(np.isfinite(m), to_ref[np.nan_to_num(m).astype(np.int64)], -1)
         y[~np.isfinite(x).all(axis=1)] = -1
