@@ -182,3 +182,17 @@ def test_a_cascade_follows_one_map_at_both_sizes(runs, tmp_path):
     generate_cascade(low, opts(maps=str(runs["data"])), sr, opts(maps=str(runs["data"])), out)
     np.testing.assert_array_equal(DatasetFile(lowres_path(out)).maps(), reduced[:5])
     np.testing.assert_array_equal(DatasetFile(out).maps(), full.maps(slice(0, 5)))
+
+
+def test_training_refuses_maps_the_file_lacks(tmp_path):
+    from radardiff.data.synth import synthesize
+    from radardiff.errors import DataError
+    from radardiff.train import train
+
+    plain = synthesize("insar_noise", 8, 16, tmp_path / "plain.h5")
+    with pytest.raises(ConfigError, match=r"model.maps = \['dem'\] but the file holds no maps"):
+        train(tiny_run_config(str(plain), model={"maps": ["dem"]}), tmp_path / "a")
+    dem = synthesize("insar_noise_dem", 8, 16, tmp_path / "dem.h5")
+    with pytest.raises(DataError, match="no map 'coh' \\(it holds dem\\)"):
+        train(tiny_run_config(str(dem), model={"maps": "coh"}), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
