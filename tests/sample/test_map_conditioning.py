@@ -196,3 +196,11 @@ def test_training_refuses_maps_the_file_lacks(tmp_path):
     with pytest.raises(DataError, match="no map 'coh' \\(it holds dem\\)"):
         train(tiny_run_config(str(dem), model={"maps": "coh"}), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_requests_without_maps_keep_their_signature():
+    """Parts sampled before maps existed are still this request's (golden signatures of the
+    version without map fields); a map changes the signature."""
+    assert SampleOptions(n=5).signature() == "0229c23b60a6464f"
+    assert SampleOptions(n=7, sampler="ddim", steps=3, seed=2).signature() == "f7bcd1574f3395e7"
+    assert SampleOptions(n=5, maps="m.h5").signature() != "0229c23b60a6464f"

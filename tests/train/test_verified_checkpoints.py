@@ -88,3 +88,19 @@ def test_an_older_checkpoint_without_a_manifest_loads_with_a_warning(run, caplog
     (run / "config.toml").write_text(text.replace("image_size = 16", "image_size = 32"))
     with pytest.raises(RunDirError, match=r"model.image_size = 32 but the network"):
         load_run(run)  # without a record, the network's own size still decides
+
+
+def test_a_setting_newer_than_the_checkpoint_is_read_at_its_default(run):
+    """A checkpoint written before a setting existed (model.maps, say) does not record it: it
+    loads while the setting keeps its default, and is refused when the config changes it."""
+    path = _latest(run) / MANIFEST
+    doc = json.loads(path.read_text())
+    for key in ("maps", "map_dropout"):
+        doc["architecture"]["model"].pop(key)
+    path.write_text(json.dumps(doc))
+    load_run(run)
+    text = (run / "config.toml").read_text()
+    assert "maps = []" in text
+    (run / "config.toml").write_text(text.replace("maps = []", 'maps = ["dem"]', 1))
+    with pytest.raises(RunDirError, match=r"model.maps differ .* = \[\] there, \['dem'\] here"):
+        load_run(run)

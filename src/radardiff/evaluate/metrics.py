@@ -826,7 +826,10 @@ def _intensity_units(ds: DatasetFile, metrics: tuple[str, ...]) -> str:
     """How SAR metrics read ``ds``: its units, or dB where it says linear but most of its values
     are negative (which only dB can be), with one line saying so."""
     units = ds.info.units
-    if not {"sar", "speckle", "maps"} & set(metrics) or "db" in units.lower():
+    reads_intensity = {"sar", "speckle"} & set(metrics) or (
+        "maps" in metrics and ds.info.kind == "sar_backscatter"
+    )
+    if not reads_intensity or "db" in units.lower():
         return units
     sample = ds.images(slice(0, min(len(ds), 64)))
     finite = sample[np.isfinite(sample)]

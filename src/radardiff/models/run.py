@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
-from radardiff.config import RunConfig, RunDir, load_config
+from radardiff.config import RunConfig, RunDir, load_config, validate_config
 from radardiff.config.io import config_to_dict
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
@@ -196,18 +196,26 @@ def check_architecture(ckpt: Path, cfg: RunConfig, config_path: Path) -> None:
     if recorded is None:
         return
     now = architecture(cfg)
+    # a setting newer than the checkpoint is absent from its record: the weights were trained
+    # with what it does by default (model.maps: none), so its default is what it must still be
+    default = architecture(validate_config({}, "defaults"))
+
+    def was(section: str, key: str):
+        old = recorded.get(section, {})
+        return old[key] if key in old else default.get(section, {}).get(key)
+
     changed = [
         f"{section}.{key}"
         for section in sorted(set(recorded) | set(now))
         for key in sorted(set(recorded.get(section, {})) | set(now.get(section, {})))
-        if recorded.get(section, {}).get(key) != now.get(section, {}).get(key)
+        if was(section, key) != now.get(section, {}).get(key)
     ]
     if changed:
         first = changed[0]
         section, key = first.split(".", 1)
         raise RunDirError(
             f"{config_path}: {', '.join(changed)} differ from the settings {ckpt.name} was "
-            f"trained with ({first} = {recorded.get(section, {}).get(key)!r} there, "
+            f"trained with ({first} = {was(section, key)!r} there, "
             f"{now.get(section, {}).get(key)!r} here): the config was edited after training; "
             "restore it"
         )

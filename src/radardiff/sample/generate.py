@@ -103,6 +103,9 @@ class SampleOptions:
         d = asdict(self)
         for key in ("batch_size", "compile", "conv_kernels"):  # only floating-point rounding
             d.pop(key)
+        if not self.maps:  # a request without maps signs as before maps existed
+            for key in ("maps", "map_digest", "map_scale"):
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
