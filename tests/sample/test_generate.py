@@ -66,7 +66,7 @@ def one_line_error(exc_type, fn, *args, **kw) -> str:
         ({"sampler": "nope"}, "unknown sampler 'nope'"),
         ({"sampler_options": {"colour": 1}}, "unknown option(s) colour"),
         ({"steps": 51}, "trained with T=50"),
-        ({"guidance": 3.0}, "--guidance needs a class-conditional model"),
+        ({"guidance": 3.0}, "--guidance needs a class- or map-conditional model"),
         ({"classes": (0,)}, "--class given but the model is unconditional"),
         ({"n": 0}, "--n must be at least 1"),
         ({"batch_size": 0}, "--batch-size must be at least 1"),
