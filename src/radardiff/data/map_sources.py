@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radardiff.data.maps import MapChannel, check_channels
+from radardiff.data.maps import MapChannel, check_channels, stray_labels
 from radardiff.data.readers import open_reader
 from radardiff.data.readers.base import Reader
 from radardiff.data.readers.geotiff import is_elevation_map
@@ -170,7 +170,7 @@ class MapSet:
             MapChannel(s.name, self._units(s, src), s.classes)
             for s, src in zip(self.specs, self.sources, strict=True)
         )
-        self._cache: dict[int, np.ndarray] = {}
+        self._single: dict[int, np.ndarray] = {}  # channel -> the one map of a one-map source
 
     @property
     def categorical(self) -> tuple[bool, ...]:
@@ -222,13 +222,11 @@ class MapSet:
         out = np.empty((len(self.specs), *shape), np.float32)
         for m, (spec, src) in enumerate(zip(self.specs, self.sources, strict=True)):
             j = self._index[m][i]
-            key = m * 1_000_003 + j
-            if key not in self._cache:
+            value = self._single.get(m)
+            if value is None:
                 value = self._load(spec, src, j)
-                if len(src) == 1:
-                    self._cache[key] = value
-            else:
-                value = self._cache[key]
+                if len(src) == 1:  # read once, given to every scene
+                    self._single[m] = value
             self._check_grid(spec, src, j, i, value.shape, shape)
             out[m] = value
         return out
@@ -251,8 +249,7 @@ class MapSet:
             allowed = ", ".join(f"{c:g}" for c in spec.codes)
         else:
             idx = v
-            f = np.isfinite(v)
-            stray = f & ((v != np.round(v)) | (v < 0) | (v >= len(spec.classes)))
+            stray = stray_labels(v, spec.classes)
             allowed = f"0..{len(spec.classes) - 1}"
         if stray.any():
             raise DataError(

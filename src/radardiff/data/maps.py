@@ -88,6 +88,14 @@ def channels_from_attr(text: str | bytes, where: str) -> tuple[MapChannel, ...]:
         ) from None
 
 
+def stray_labels(values: np.ndarray, classes) -> np.ndarray:
+    """Where finite ``values`` are not a class index ``0 .. len(classes) - 1`` (bool, the
+    shape of ``values``; NaN, no data, is never stray)."""
+    with np.errstate(invalid="ignore"):
+        bad = (values != np.round(values)) | (values < 0) | (values >= len(classes or ()))
+    return bad & np.isfinite(values)
+
+
 def check_maps(
     maps: np.ndarray, images: np.ndarray, channels: Sequence[MapChannel], where: str
 ) -> np.ndarray:
@@ -113,11 +121,10 @@ def check_maps(
                 "the image has data"
             )
         if c.categorical:
-            f = v[np.isfinite(v)]
-            bad = (f != np.round(f)) | (f < 0) | (f >= len(c.classes or ()))
+            bad = stray_labels(v, c.classes)
             if bad.any():
                 raise DataError(
-                    f"{where}: label map '{c.name}' holds {f[bad][0]:g}, not a class index "
+                    f"{where}: label map '{c.name}' holds {v[bad][0]:g}, not a class index "
                     f"0..{len(c.classes or ()) - 1} ({', '.join(c.classes or ())})"
                 )
     return maps

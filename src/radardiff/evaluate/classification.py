@@ -39,6 +39,7 @@ import numpy as np
 from radardiff._files import holding
 from radardiff.config.io import atomic_write_text
 from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.maps import select_channels
 from radardiff.errors import DataError
 from radardiff.evaluate.measures.skill import summarise_over_seeds
 from radardiff.evaluate.tasks import TaskConfig, label_map_of, load_labelled, load_segmented
@@ -135,7 +136,7 @@ def _check_segmented(cfg: ClassificationConfig) -> list[str]:
 def _used_map_classes(path, name: str) -> list[str]:
     f = DatasetFile(path)
     channel = next(c for c in f.info.maps if c.name == name)
-    m = f.maps()[:, [c.name for c in f.info.maps].index(name)]
+    m = f.maps()[:, select_channels(f.info.maps, [name], str(path))[0]]
     return [(channel.classes or ())[int(i)] for i in np.unique(m[np.isfinite(m)])]
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from radardiff.data.dataset_file import DatasetFile
-from radardiff.data.maps import MapChannel
+from radardiff.data.maps import MapChannel, select_channels
 from radardiff.errors import DataError
 from radardiff.evaluate.measures.distributions import w1 as wasserstein1
 from radardiff.evaluate.measures.maps import elevation_regression, per_label_sar_stats
@@ -45,8 +45,8 @@ def shared_maps(rset: DatasetFile, fset: DatasetFile) -> list[MapChannel]:
 
 
 def _read(ds: DatasetFile, idx: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    order = [c.name for c in ds.info.maps]
-    return ds.images(idx)[:, 0].astype(np.float64), ds.maps(idx)[:, [order.index(n) for n in names]]
+    pick = select_channels(ds.info.maps, names, str(ds.path))
+    return ds.images(idx)[:, 0].astype(np.float64), ds.maps(idx)[:, pick]
 
 
 def _slopes(x: np.ndarray, m: np.ndarray) -> tuple[dict, np.ndarray]:

@@ -39,6 +39,7 @@ from radardiff import _stop
 from radardiff._files import holding
 from radardiff._hardware import resolve_precision
 from radardiff.data.dataset_file import DatasetFile
+from radardiff.data.maps import select_channels
 from radardiff.errors import ConfigError, DataError
 from radardiff.evaluate.measures.skill import (
     best_threshold,
@@ -233,7 +234,7 @@ def load_segmented(paths, classes: list[str] | None = None, map_name: str | None
                 f"{path}: {info.kind} ({info.units}) of shape {info.shape}, but {paths[0]} "
                 f"holds {first.kind} ({first.units}) of shape {first.shape}"
             )
-        m = f.maps()[:, [c.name for c in info.maps].index(name)]
+        m = f.maps()[:, select_channels(info.maps, [name], str(path))[0]]
         mine = list(channel.classes or ())
         used = [mine[int(i)] for i in np.unique(m[np.isfinite(m)])]
         to_ref = _to_reference(path, mine, used, classes, f" of label map '{name}'")

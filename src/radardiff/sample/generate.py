@@ -384,11 +384,18 @@ class Sampling:
         network = net.compiled(cache=run.compiled)
         return cls(prepared, eager.with_options(network=network), eager, net.line)
 
-    def probe(self, run: LoadedRun, opts: SampleOptions, condition: DatasetFile | None):
+    def probe(
+        self,
+        run: LoadedRun,
+        opts: SampleOptions,
+        condition: DatasetFile | None,
+        maps: RequestMaps | None = None,
+    ):
         """``probe(rows)``: one eager network call on ``rows`` samples of the request, as a batch
-        of it is called (guidance, conditioning), for measuring the memory a sample takes."""
-
-        maps = load_request_maps(run, opts.maps, opts.n, opts.map_scale)
+        of it is called (guidance, conditioning), for measuring the memory a sample takes
+        (``maps``: the request's, read once by the caller, else here)."""
+        if maps is None:
+            maps = load_request_maps(run, opts.maps, opts.n, opts.map_scale)
 
         def call(rows: int) -> None:
             idx = np.arange(rows)
@@ -613,7 +620,7 @@ def _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, s
     t0 = time.perf_counter()
     condition = open_condition(opts.condition) if opts.condition else None
     maps = load_request_maps(run, opts.maps, opts.n, opts.map_scale)
-    batch = _batch_size(run, opts, sampling, condition, world)
+    batch = _batch_size(run, opts, sampling, condition, world, maps)
     mine = range(rank * batch, opts.n, batch * world)  # this process's batches: every world-th
     total = sum(min(batch, opts.n - s) for s in mine)
     done = reused = 0
@@ -638,13 +645,14 @@ def _generate_parts(run, opts, out, sampling, on_progress, rank, world, merge, s
     return SampleResult(path=out, n=opts.n, seconds=time.perf_counter() - t0, reused=reused)
 
 
-def _batch_size(run, opts, sampling: Sampling, condition, world: int) -> int:
+def _batch_size(run, opts, sampling: Sampling, condition, world: int, maps=None) -> int:
     """``opts.batch_size``, or the device's choice for ``auto``, agreed by all processes."""
     if opts.batch_size != AUTO_BATCH:
         log.info("batch size: %d", opts.batch_size)
         return int(opts.batch_size)
     device = _device_of(run)
-    batch, why = auto_batch_size(device, sampling.probe(run, opts, condition), -(-opts.n // world))
+    batch, why = auto_batch_size(device, sampling.probe(run, opts, condition, maps),
+                                  -(-opts.n // world))  # fmt: skip
     agreed = agree_batch_size(batch, device)
     even = balanced(agreed, opts.n)
     if agreed != batch:

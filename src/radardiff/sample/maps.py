@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from radardiff.data.dataset_file import SUFFIXES, DatasetFile
-from radardiff.data.maps import MapChannel, MapEncoder, select_channels
+from radardiff.data.maps import MapChannel, MapEncoder, select_channels, stray_labels
 from radardiff.errors import ConfigError, RadarDiffError
 
 
@@ -122,7 +122,7 @@ def _check_values(raw: np.ndarray, channels, path) -> None:
                 "pixel(s); generated images hold data everywhere, so their map must too"
             )
         if c.categorical:
-            bad = (v != np.round(v)) | (v < 0) | (v >= len(c.classes or ()))
+            bad = stray_labels(v, c.classes)
             if bad.any():
                 raise ConfigError(
                     f"--map {path}: label map '{c.name}' holds {v[bad][0]:g}, not a class the "
