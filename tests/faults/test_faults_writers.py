@@ -124,7 +124,7 @@ def _writers(w: Path, o: Path) -> list[tuple[str, list, Path, object]]:
     ]  # fmt: skip
 
 
-def test_the_first_signal_stops_every_write_loop(work, tmp_path, capsys):
+def test_the_first_signal_stops_every_write_loop(work, tmp_path, faults_say):
     """SIGINT and SIGTERM, each in every write loop: exit 130 / 143 within about a second, one
     line, nothing under the final name (a run keeps its complete checkpoints)."""
     stopped, tried, slowest = 0, 0, 0.0
@@ -155,15 +155,14 @@ def test_the_first_signal_stops_every_write_loop(work, tmp_path, capsys):
         run = out / "r"
         latest = (run / "checkpoints" / "latest").read_text().strip()
         assert (run / "checkpoints" / latest / "state.json").is_file()
-    with capsys.disabled():
-        print(
-            f"\nFAULTS signals: {stopped}/{tried} write loops stopped by the first signal "
-            f"(SIGINT 130, SIGTERM 143), one line each, nothing under a final name; slowest "
-            f"{slowest:.2f} s"
-        )
+    faults_say(
+        f"\nFAULTS signals: {stopped}/{tried} write loops stopped by the first signal "
+        f"(SIGINT 130, SIGTERM 143), one line each, nothing under a final name; slowest "
+        f"{slowest:.2f} s"
+    )
 
 
-def test_a_second_writer_of_one_output_is_refused(work, tmp_path, capsys):
+def test_a_second_writer_of_one_output_is_refused(work, tmp_path, faults_say):
     """Two processes, one output: the second is refused naming the first's pid; the first
     finishes with its own output alone (seed 1's samples, not a mix)."""
     refused = tried = 0
@@ -226,9 +225,8 @@ def test_a_second_writer_of_one_output_is_refused(work, tmp_path, capsys):
         assert f"being written by process {os.getpid()}" in line, (args[0], line)
         assert not out.exists() or out == work / "run" / "report"
         refused += 1
-    with capsys.disabled():
-        print(f"\nFAULTS concurrent writers: {refused}/{tried} second writers refused naming the "
-              "holder, no mixed output")  # fmt: skip
+    faults_say(f"\nFAULTS concurrent writers: {refused}/{tried} second writers refused naming the "
+          "holder, no mixed output")  # fmt: skip
 
 
 def _overwrite_middle(path: Path) -> None:
@@ -238,7 +236,7 @@ def _overwrite_middle(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_damaged_weights_and_edited_configs_are_refused(work, tmp_path, capsys):
+def test_damaged_weights_and_edited_configs_are_refused(work, tmp_path, faults_say):
     cases = 0
     for which in ("ema", "model"):
         run = tmp_path / f"run_{which}"
@@ -265,11 +263,10 @@ def test_damaged_weights_and_edited_configs_are_refused(work, tmp_path, capsys):
     assert "model.image_size differ" in one_clean_line(res.returncode, res.stderr, 1)
     cases += 1
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
-    with capsys.disabled():
-        print(f"\nFAULTS damaged weights: {cases}/{cases} refused in one line naming the file")
+    faults_say(f"\nFAULTS damaged weights: {cases}/{cases} refused in one line naming the file")
 
 
-def test_a_damaged_kernel_cache_never_breaks_a_run(work, tmp_path, capsys):
+def test_a_damaged_kernel_cache_never_breaks_a_run(work, tmp_path, faults_say):
     """Truncated, garbage and empty cached libraries, and a compiler that writes nothing: the
     default run rebuilds or falls back to torch's path, never dies (SIGBUS was exit 135)."""
     env = {**os.environ, "RADARDIFF_CACHE": str(tmp_path / "cache")}
@@ -293,12 +290,11 @@ def test_a_damaged_kernel_cache_never_breaks_a_run(work, tmp_path, capsys):
         assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
         assert not list((tmp_path / "cache2").glob("conv-*.so"))
         runs += 1
-    with capsys.disabled():
-        print(f"\nFAULTS kernel cache: {runs}/{runs} runs on damaged caches or an empty compiler "
-              "finished (rebuilt or torch's path), the rebuilt ones bit-identical")  # fmt: skip
+    faults_say(f"\nFAULTS kernel cache: {runs}/{runs} runs on damaged caches or an empty compiler "
+          "finished (rebuilt or torch's path), the rebuilt ones bit-identical")  # fmt: skip
 
 
-def test_requests_that_cannot_fit_are_refused_before_writing(work, tmp_path, capsys):
+def test_requests_that_cannot_fit_are_refused_before_writing(work, tmp_path, faults_say):
     o = tmp_path
     cases = [
         (["downstream", "pairs", work / "t.h5", "--n", 10**9, "--out", o / "p.h5"], o / "p.h5"),
@@ -313,6 +309,5 @@ def test_requests_that_cannot_fit_are_refused_before_writing(work, tmp_path, cap
         assert "free; ask for less" in line and str(out) in line, line
         assert time.monotonic() - t0 < 60
         assert not out.exists() and not list(o.glob(".*partial")) and not list(o.glob("*.parts"))
-    with capsys.disabled():
-        print(f"\nFAULTS oversize: {len(cases)}/{len(cases)} requests larger than the free disk "
-              "refused before writing")  # fmt: skip
+    faults_say(f"\nFAULTS oversize: {len(cases)}/{len(cases)} requests larger than the free disk "
+          "refused before writing")  # fmt: skip

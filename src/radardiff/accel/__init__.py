@@ -15,14 +15,25 @@ the package is missing: deleting this folder leaves a working project.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from radardiff.accel import compiled, modules, policy
 from radardiff.accel.library import available
 from radardiff.accel.malloc import tune_malloc
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def __getattr__(name: str):
+    # the layers and compile wrappers import diffusers and torch's compiler stack (seconds):
+    # loaded when a network is first prepared, not when the package is imported
+    if name in ("compiled", "modules", "policy"):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Acceleration",
@@ -63,6 +74,8 @@ def prepare(
     ``option`` in messages) and the device allow, or take it off them; decide torch.compile's
     mode when ``compile`` is asked (the compiling itself is :func:`compile_for_training` or
     :func:`compile_for_sampling`, once the caller has wrapped the network)."""
+    from radardiff.accel import compiled, modules, policy
+
     use, why = policy.choose(kernels, device, precision == "no", compile, option)
     if use:
         modules.install(network)
@@ -83,6 +96,8 @@ def prepare(
 def follow(network: nn.Module, leader: Acceleration) -> None:
     """Put another network that runs beside a prepared one (its EMA copies, a distillation
     teacher) on the kernels where the prepared one is; such networks run without gradients."""
+    from radardiff.accel import modules
+
     if leader.kernels:
         modules.install(network)
 
@@ -90,17 +105,23 @@ def follow(network: nn.Module, leader: Acceleration) -> None:
 def release(network: nn.Module) -> None:
     """Drop what the kernels keep for a network between calls (its transformed weights), when
     the network's weights are about to change."""
+    from radardiff.accel import modules
+
     modules.forget(network)
 
 
 def compile_for_training(module: nn.Module, device: torch.device, mode: str) -> nn.Module:
     """``module`` (the network, or its DDP wrapper) compiled by torch.compile for training."""
+    from radardiff.accel import compiled
+
     return compiled.compiled_for_training(module, device, mode)
 
 
 def compile_for_sampling(network: nn.Module, cache: dict) -> nn.Module:
     """``network`` compiled for a sampling loop's fixed batch, made once per network and kept in
     ``cache`` (a loaded run's)."""
+    from radardiff.accel import compiled
+
     return compiled.compiled_network(network, cache)
 
 

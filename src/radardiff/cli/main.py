@@ -110,9 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors exit 2, input and run errors exit 1, each as one line; Ctrl-C
     exits 130 and SIGTERM 143 after the write in progress is finished or abandoned cleanly,
     even where a callback swallowed the signal's exception (:mod:`radardiff._stop`)."""
-    from radardiff.models.network import tune_process
-
-    tune_process()
     _stop.install()
     args = sys.argv[1:] if argv is None else argv
     try:

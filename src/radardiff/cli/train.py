@@ -44,7 +44,6 @@ def train(
     """
     from radardiff.config import RunDir, dumps_config, load_config
     from radardiff.models.shipped import refuse_shipped
-    from radardiff.train import train as run_training
 
     refuse_shipped(out, "--out")
     if config is None:
@@ -60,6 +59,8 @@ def train(
         raise click.UsageError(
             "no training data: set data.train in the config or --set data.train=FILE"
         )
+    from radardiff.train import train as run_training  # the network's stack: seconds to import
+
     with progress(cfg.train.steps, "train", unit="step") as bar:
         result = run_training(cfg, out, resume=resume, on_progress=bar_callback(bar))
     if is_main_process():

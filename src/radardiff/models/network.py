@@ -88,6 +88,7 @@ def prepare_network(
     """Apply ``policy`` to ``network`` (in place: memory format, kernels) and say what was done.
     A policy the machine cannot serve is refused in one line before any work."""
     device = torch.device(device)
+    tune_process()  # before the loop that will run the network, not at every command's start
     if policy.kernels not in CONV_KERNELS:
         raise ConfigError(
             f"{policy.option}: one of {', '.join(CONV_KERNELS)}, got '{policy.kernels}'"
