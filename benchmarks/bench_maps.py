@@ -1,10 +1,10 @@
 """Map conditioning against its floor: do generated images follow their maps as real ones do?
 
-Three cases, each a model trained with ``model.maps`` (the built-in tiny recipe's network,
-``global_standardize`` normalisation so that levels and amplitudes are the network's to learn,
-not drawn at random), sampled with the recipe's default sampler over held-out maps, and
-evaluated with the metric ``maps`` and the map-free metrics next to their floor (other real
-images against the same held-out ones):
+Three cases, each a model trained with ``model.maps`` (the built-in tiny recipe's network, a
+global normalisation, ``--normalization``, ``global_standardize`` by default, so that levels and
+amplitudes are the network's to learn, not drawn at random), sampled with the recipe's default
+sampler over held-out maps, and evaluated with the metric ``maps`` and the map-free metrics next
+to their floor (other real images against the same held-out ones):
 
 - ``dem_synth``: ``data synth insar_noise_dem`` (stratified delay over a fractal DEM, the
   coefficient known): the regression of phase on elevation;
@@ -49,6 +49,11 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--seg-steps", type=int, default=300)
+    ap.add_argument(
+        "--normalization",
+        default="global_standardize",
+        help="data.normalization of the map models (a global one: levels follow the map)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default="/tmp/bench_maps")
     ap.add_argument("--no-record", action="store_true")
@@ -59,7 +64,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     pre = ["--threads", str(args.threads)] if args.threads else []
     run = lambda *a: _run(cli, [*pre, *a])  # noqa: E731
-    numbers = {"steps": args.steps, "n_train": args.n_train, "n_eval": args.n_eval, "cases": {}}
+    numbers = {"steps": args.steps, "n_train": args.n_train, "n_eval": args.n_eval,
+               "normalization": args.normalization, "cases": {}}  # fmt: skip
     for case in args.cases.split(","):
         t0 = time.perf_counter()
         numbers["cases"][case] = CASES[case](run, work / case, args)
@@ -90,12 +96,12 @@ def _model(run, w: Path, train: Path, maps: str, args) -> tuple[Path, float]:
     if not (out / "checkpoints" / "latest").is_file():
         run("train", HERE.parent / "configs" / "tiny.toml", "--out", out,
             "--set", f"data.train={train}", "--set", f"model.maps=[{maps}]",
-            "--set", "data.normalization=global_standardize", "--set", f"train.steps={args.steps}",
+            "--set", f"data.normalization={args.normalization}", "--set", f"train.steps={args.steps}",
             "--set", f"train.checkpoint_every={args.steps}", "--set", "train.val_every=100000")  # fmt: skip
     return out, round((time.perf_counter() - t0) / 60, 1)
 
 
-def _judge(run, w: Path, model: Path, val: Path, floor: Path, metrics: str) -> dict:
+def _judge(run, w: Path, model: Path, val: Path, floor: Path, metrics: str, train: Path) -> dict:
     """Samples over ``val``'s maps (with the map, and without: guidance 0) and the metrics of
     each, and of ``floor``, against ``val``."""
     rows = {}
@@ -105,8 +111,20 @@ def _judge(run, w: Path, model: Path, val: Path, floor: Path, metrics: str) -> d
         if not out.is_file():
             run("sample", model, "--map", val, "--n", n, "--out", out, "--seed", 7, *extra)
         rows[name] = _evaluate(run, w / f"eval_{name}", val, out, metrics)
+    # memorisation: the samples' nearest-training distance against the held-out images'
+    rows["memorisation"] = _memorisation(
+        run, w / "eval_memorisation", val, w / "generated.h5", train
+    )
     rows["floor"] = _evaluate(run, w / "eval_floor", val, floor, metrics)
     return rows
+
+
+def _memorisation(run, out: Path, real: Path, fake: Path, train: Path) -> dict:
+    if not (out / "metrics.json").is_file():
+        run("evaluate", "--real", real, "--fake", fake, "--train", train, "--out", out,
+            "--metrics", "memorisation")  # fmt: skip
+    d = json.loads((out / "metrics.json").read_text())["scalars"]
+    return {k: d[k] for k in ("memorisation_ratio", "near_copy_fraction")}
 
 
 def _evaluate(run, out: Path, real: Path, fake: Path, metrics: str) -> dict:
@@ -135,7 +153,7 @@ def dem_synth(run, w: Path, args) -> dict:
     f = _synth(run, w, "insar_noise_dem", args, [])
     model, minutes = _model(run, w, f["train"], "dem", args)
     return {"train_minutes": minutes, **_judge(run, w, model, f["val"], f["floor"],
-                                               "maps,semivariogram,psd,histogram")}  # fmt: skip
+                                               "maps,semivariogram,psd,histogram", f["train"])}  # fmt: skip
 
 
 def sar_synth(run, w: Path, args) -> dict:
@@ -143,7 +161,7 @@ def sar_synth(run, w: Path, args) -> dict:
     f = _synth(run, w, "sar_map", args, ["--param", "db=true"])
     model, minutes = _model(run, w, f["train"], "land_cover", args)
     rows = {"train_minutes": minutes, **_judge(run, w, model, f["val"], f["floor"],
-                                               "maps,sar,psd,histogram")}  # fmt: skip
+                                               "maps,sar,psd,histogram", f["train"])}  # fmt: skip
     rows["segmentation"] = _segmentation(run, w, model, f, args)
     return rows
 
@@ -181,7 +199,7 @@ def dem_real(run, w: Path, args) -> dict:
             "0.65,0.35", "--seed", 0, "--map", f"dem={ENVISAT / 'dem.tif'}", "--out", base)  # fmt: skip
     model, minutes = _model(run, w, train, "dem", args)
     # the floor: the training scenes' tiles against the held-out ones (other real scenes)
-    rows = _judge(run, w, model, val, train, "maps,semivariogram,psd,histogram")
+    rows = _judge(run, w, model, val, train, "maps,semivariogram,psd,histogram", train)
     return {"train_minutes": minutes, "n_train": _count(train), "n_val": _count(val), **rows}
 
 

@@ -12,9 +12,9 @@ scenes only. Each metric is measured three ways, with the same number of tiles:
 
 Usage::
 
-    python benchmarks/bench_sar_real.py --recipe configs/sar_grd_32.toml           # VV+VH 32 px
-    python benchmarks/bench_sar_real.py --recipe configs/sar_grd_64.toml --tile 64
-    python benchmarks/bench_sar_real.py --recipe configs/sar_grd_32.toml --channels VV --ddpm
+    python benchmarks/bench_sar_real.py --recipe configs/sar_32.toml           # VV+VH 32 px
+    python benchmarks/bench_sar_real.py --recipe configs/sar_64.toml --tile 64
+    python benchmarks/bench_sar_real.py --recipe configs/sar_32.toml --channels VV --ddpm
     python benchmarks/bench_sar_real.py --run runs/sar_grd --tile 32         # a trained run
 """
 
@@ -143,7 +143,7 @@ def score(train: Path, val: Path, fake: Path, work: Path, name: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default=str(HERE.parent / "configs" / "sar_grd_32.toml"))
+    ap.add_argument("--recipe", default=str(HERE.parent / "configs" / "sar_32.toml"))
     ap.add_argument("--run", default=None, help="a trained run instead of training the recipe")
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--stride", type=int, default=8)
