@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="training steps of each model")
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-eval", type=int, default=500)
-    ap.add_argument("--seg-steps", type=int, default=300)
+    ap.add_argument("--seg-steps", type=int, default=300, help="0: no segmentation experiment")
     ap.add_argument(
         "--normalization",
         default="global_standardize",
@@ -162,7 +162,8 @@ def sar_synth(run, w: Path, args) -> dict:
     model, minutes = _model(run, w, f["train"], "land_cover", args)
     rows = {"train_minutes": minutes, **_judge(run, w, model, f["val"], f["floor"],
                                                "maps,sar,psd,histogram", f["train"])}  # fmt: skip
-    rows["segmentation"] = _segmentation(run, w, model, f, args)
+    if args.seg_steps:  # 0: no segmentation experiment
+        rows["segmentation"] = _segmentation(run, w, model, f, args)
     return rows
 
 

@@ -155,7 +155,17 @@ def main() -> None:
     ap.add_argument("--work", default="bench_sar_real_work")
     ap.add_argument("--realdata", default=str(REALDATA))
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (fewer than the cores when other jobs share them)",
+    )
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from radardiff.data.dataset_file import DatasetFile
