@@ -39,7 +39,8 @@ from _results import run_cli as _run  # noqa: E402
 ENVISAT = HERE.parent.parent / "shared" / "realdata" / "pyrate_envisat_unw"
 KEYS = ("map_slope_w1", "map_slope_median_real", "map_slope_median_fake", "map_label_db_error",
         "map_label_enl_ratio", "map_label_k2_error", "semivariogram_rel_error", "lag1_ratio",
-        "psd_log_rmse", "histogram_w1", "sar_enl_ratio", "sar_k2_w1", "sar_db_w1")  # fmt: skip
+        "psd_log_rmse", "histogram_w1", "sar_enl_ratio", "sar_k2_w1", "sar_db_w1",
+        "memorisation_ratio", "near_copy_fraction")  # fmt: skip
 
 
 def main() -> None:
@@ -112,24 +113,15 @@ def _judge(run, w: Path, model: Path, val: Path, floor: Path, metrics: str, trai
             run("sample", model, "--map", val, "--n", n, "--out", out, "--seed", 7, *extra)
         rows[name] = _evaluate(run, w / f"eval_{name}", val, out, metrics)
     # memorisation: the samples' nearest-training distance against the held-out images'
-    rows["memorisation"] = _memorisation(
-        run, w / "eval_memorisation", val, w / "generated.h5", train
-    )
+    rows["memorisation"] = _evaluate(run, w / "eval_memorisation", val, w / "generated.h5",
+                                     "memorisation", ["--train", train])  # fmt: skip
     rows["floor"] = _evaluate(run, w / "eval_floor", val, floor, metrics)
     return rows
 
 
-def _memorisation(run, out: Path, real: Path, fake: Path, train: Path) -> dict:
+def _evaluate(run, out: Path, real: Path, fake: Path, metrics: str, extra: list = ()) -> dict:
     if not (out / "metrics.json").is_file():
-        run("evaluate", "--real", real, "--fake", fake, "--train", train, "--out", out,
-            "--metrics", "memorisation")  # fmt: skip
-    d = json.loads((out / "metrics.json").read_text())["scalars"]
-    return {k: d[k] for k in ("memorisation_ratio", "near_copy_fraction")}
-
-
-def _evaluate(run, out: Path, real: Path, fake: Path, metrics: str) -> dict:
-    if not (out / "metrics.json").is_file():
-        run("evaluate", "--real", real, "--fake", fake, "--out", out, "--metrics", metrics)
+        run("evaluate", "--real", real, "--fake", fake, "--out", out, "--metrics", metrics, *extra)
     d = json.loads((out / "metrics.json").read_text())
     row = {k: d["scalars"].get(k) for k in KEYS if d["scalars"].get(k) is not None}
     labels = (d.get("maps") or {}).get("labels") or {}
