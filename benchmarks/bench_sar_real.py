@@ -83,13 +83,19 @@ def real_tiles(realdata: Path, tile: int, stride: int, channels: str, holdout: s
 
 
 def train_recipe(
-    recipe: Path, train: Path, val: Path, steps: int | None, work: Path, augment: str | None = None
+    recipe: Path,
+    train: Path,
+    val: Path,
+    steps: int | None,
+    work: Path,
+    augment: str | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[Path, float]:
     from radardiff.config import load_config, validate_config
     from radardiff.data.dataset_file import DatasetFile
     from radardiff.train import train as train_run
 
-    cfg = load_config(recipe).model_dump()
+    cfg = load_config(recipe, overrides or None).model_dump()
     cfg["data"].update(train=str(train), val=str(val))
     cfg["model"]["in_channels"] = DatasetFile(train).info.channels
     cfg["model"]["num_classes"] = 0
@@ -104,16 +110,52 @@ def train_recipe(
 
 
 def sample(
-    run: Path, n: int, out: Path, sampler: str | None = None, steps: int | None = None
+    run: Path,
+    n: int,
+    out: Path,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    checkpoint: str | None = None,
 ) -> tuple[Path, float]:
     from radardiff.sample import generate, load_run
     from radardiff.sample.generate import request
 
-    loaded = load_run(run)
-    opts = request(loaded.cfg.sample, n, sampler=sampler, steps=steps, mixed_precision="auto")
+    loaded = load_run(run, checkpoint=checkpoint)
+    opts = request(loaded.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
+                   mixed_precision="auto")  # fmt: skip
     t0 = time.perf_counter()
     generate(loaded, opts, out)
     return out, (time.perf_counter() - t0) / 60
+
+
+def repeated(
+    run: Path, n: int, repeats: int, train: Path, val: Path, work: Path, name: str, **how
+) -> dict:
+    """``repeats`` sample sets of ``n`` (seeds 0, 1, ...), each scored like the floor's one set
+    of held-out tiles (the same size, so the same small-sample bias of every W1): the mean of
+    each figure, and its range over the sets."""
+    sets, minutes = [], 0.0
+    for seed in range(repeats):
+        fake, smin = sample(run, n, work / f"{name}_s{seed}.h5", seed=seed, **how)
+        sets.append(score(train, val, fake, work, f"{name}_s{seed}"))
+        minutes += smin
+    row: dict = {"sample_minutes": round(minutes / repeats, 2), "sample_sets": repeats}
+    for key, value in sets[0].items():
+        if isinstance(value, float):
+            vals = [r[key] for r in sets if isinstance(r.get(key), float)]
+            row[key] = float(np.mean(vals))
+            if repeats > 1:
+                row[f"{key}_range"] = [min(vals), max(vals)]
+        else:
+            row[key] = value if repeats == 1 else [r[key] for r in sets]
+    return row
+
+
+def load_run_checkpoint(run: Path, which: str) -> str:
+    from radardiff.config import RunDir
+
+    return RunDir(run).named_checkpoint(which).name
 
 
 def sar_metrics(train: Path, fake: Path, work: Path, name: str) -> dict:
@@ -152,6 +194,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps [the recipe's]")
     ap.add_argument("--n", type=int, default=None, help="samples [as many as held-out tiles]")
     ap.add_argument("--ddpm", action="store_true", help="also DDPM with every step")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="sample sets of --n, each scored; their mean is reported")  # fmt: skip
+    ap.add_argument("--checkpoint", default=None,
+                    help="latest, best or a step [the recipe's sample.checkpoint]")  # fmt: skip
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override, as radardiff train --set (repeatable)")  # fmt: skip
     ap.add_argument("--work", default="bench_sar_real_work")
     ap.add_argument("--realdata", default=str(REALDATA))
     ap.add_argument("--no-record", action="store_true")
@@ -175,33 +223,28 @@ def main() -> None:
     minutes = None
     run = Path(args.run) if args.run else None
     if run is None:
-        run, minutes = train_recipe(Path(args.recipe), train, val, args.steps, work)
+        run, minutes = train_recipe(Path(args.recipe), train, val, args.steps, work,
+                                    overrides=args.set)  # fmt: skip
     n = args.n or DatasetFile(val).info.n
     rows = {"floor": score(train, val, val, work, "floor")}
     from radardiff.config import load_config
 
-    sc = load_config(run / "config.toml").sample
-    fake, smin = sample(run, n, work / "generated.h5")
-    rows[f"generated ({sc.sampler} {sc.steps})"] = {**score(train, val, fake, work, "generated"),
-                                                    "sample_minutes": round(smin, 2)}  # fmt: skip
+    cfg = load_config(run / "config.toml")
+    which = args.checkpoint or cfg.sample.checkpoint
+    rows[f"generated ({cfg.sample.sampler} {cfg.sample.steps}, {which} checkpoint)"] = repeated(
+        run, n, args.repeats, train, val, work, "generated", checkpoint=which
+    )
     if args.ddpm:
-        fake, smin = sample(
-            run,
-            n,
-            work / "generated_ddpm.h5",
-            "ddpm",
-            load_config(run / "config.toml").diffusion.timesteps,
-        )
-        rows["generated (ddpm, every step)"] = {
-            **score(train, val, fake, work, "ddpm"),
-            "sample_minutes": round(smin, 2),
-        }
+        rows[f"generated (ddpm, every step, {which} checkpoint)"] = repeated(
+            run, n, args.repeats, train, val, work, "ddpm", checkpoint=which,
+            sampler="ddpm", steps=cfg.diffusion.timesteps,
+        )  # fmt: skip
     for name, r in rows.items():
-        print(f"{name:32s} " + "  ".join(f"{k.replace('sar_', '')} {v:.3g}" for k, v in r.items()
+        print(f"{name:48s} " + "  ".join(f"{k.replace('sar_', '')} {v:.3g}" for k, v in r.items()
                                            if isinstance(v, float)))  # fmt: skip
     numbers = {"channels": args.channels, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
-               "recipe": args.recipe if not args.run else str(run), "train_minutes": minutes and round(minutes, 1),
-               "training_steps": load_config(run / "config.toml").train.steps,
+               "recipe": args.recipe if not args.run else str(run), "overrides": args.set, "train_minutes": minutes and round(minutes, 1),
+               "training_steps": cfg.train.steps, "checkpoint": str(load_run_checkpoint(run, which)),
                "n_train": DatasetFile(train).info.n, "n_heldout": DatasetFile(val).info.n, "n_samples": n,
                "rows": rows, "load_average_end": list(os.getloadavg())}  # fmt: skip
     if not args.no_record:

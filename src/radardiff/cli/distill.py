@@ -35,7 +35,11 @@ from radardiff.cli._common import bar_callback, is_main_process, progress
     default=None,
     help="Training steps per halving (consistency: in all) [2000].",
 )
-@click.option("--checkpoint", default=None, help="The teacher's checkpoint step [default: latest].")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="The teacher's checkpoint: a step, latest or best [default: the teacher recipe's sample.checkpoint].",
+)
 @click.option(
     "--set",
     "overrides",

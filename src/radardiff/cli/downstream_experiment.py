@@ -51,7 +51,11 @@ from radardiff.cli._common import FiniteFloat, parse_int_list, parse_kv, precisi
 )
 @click.option("--sampler", default=None, help="Sampler of --run [the run's].")
 @click.option("--steps", "sample_steps", type=int, default=None, help="Its steps [the run's].")
-@click.option("--checkpoint", default=None, help="Checkpoint of --run [latest].")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="Checkpoint of --run: a step, latest or best [the recipe's sample.checkpoint].",
+)
 @precision_option(("no", "bf16", "auto"), "sampling and of the task networks' training")
 @click.option("--no-masks", is_flag=True, help="Do not give the real tiles' no-data patterns to "
               "physics and generated noise.")  # fmt: skip

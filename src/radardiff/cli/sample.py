@@ -73,9 +73,17 @@ from radardiff.cli._common import (
     help="Sampler option, e.g. --option solver_order=3 (repeatable).",
 )
 @precision_option()
-@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option(
-    "--checkpoint", default=None, help="Step number of the checkpoint to sample [default: latest]."
+    "--weights",
+    default="ema",
+    show_default=True,
+    help="ema (the first EMA), model (raw weights) or a further EMA of the run, e.g. ema_16kimg.",
+)
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="Checkpoint to sample: latest, best (lowest validation loss) or a step number "
+    "[default: the recipe's sample.checkpoint, latest unless it says otherwise].",
 )
 @click.option(
     "--clip",

@@ -42,7 +42,11 @@ def study() -> None:
 @click.option(
     "--out", type=click.Path(file_okay=False), default=None, help="Default: RUN_DIR/study."
 )
-@click.option("--checkpoint", default=None, help="Step number of the checkpoint [default: latest].")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="Checkpoint: a step number, latest or best [default: the recipe's sample.checkpoint].",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @precision_option()

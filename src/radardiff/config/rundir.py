@@ -2,13 +2,14 @@
 
 ```
 RUN/config.toml  normalizer.json  data_info.json  stats.jsonl
-RUN/checkpoints/step_0001000/{model,ema,optimizer.pt,state.json}   RUN/checkpoints/latest
+RUN/checkpoints/step_0001000/{model,ema,optimizer.pt,state.json}   RUN/checkpoints/{latest,best}
 RUN/samples/*.h5  RUN/eval/metrics.json  RUN/report/index.html
 ```
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -24,6 +25,8 @@ except ImportError:  # Windows: no advisory locks; runs are not protected there
     fcntl = None
 
 _CHECKPOINT_NAME = re.compile(r"step_\d{7,}")
+CHECKPOINT_POINTERS = ("latest", "best")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,29 +57,48 @@ class RunDir:
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint, or None when the run has none yet."""
-        if not self.latest_file.is_file():
+        return self._pointed("latest")
+
+    def best_checkpoint(self) -> Path | None:
+        """The checkpoint of lowest validation loss, or None when the run never validated."""
+        return self._pointed("best")
+
+    def _pointed(self, pointer: str) -> Path | None:
+        file = self.checkpoints / pointer
+        if not file.is_file():
             return None
-        name = self.latest_file.read_text(encoding="utf-8").strip()
+        name = file.read_text(encoding="utf-8").strip()
         if not _CHECKPOINT_NAME.fullmatch(name):  # never a path out of the run
-            raise RunDirError(
-                f"{self.latest_file}: holds '{name}', not a checkpoint name (step_NNNNNNN)"
-            )
+            raise RunDirError(f"{file}: holds '{name}', not a checkpoint name (step_NNNNNNN)")
         path = self.checkpoints / name
         if not (path / "state.json").is_file():
-            raise RunDirError(
-                f"{self.latest_file}: points to '{name}', which is not a complete checkpoint"
-            )
+            raise RunDirError(f"{file}: points to '{name}', which is not a complete checkpoint")
         return path
 
     def named_checkpoint(self, which: int | str) -> Path:
-        """A complete checkpoint of this run by step number or name (``step_0004000``)."""
+        """A complete checkpoint of this run: a step number, a name (``step_0004000``),
+        ``latest`` or ``best`` (lowest validation loss; the latest, with a warning, when the run
+        has no validation set)."""
         self.require()
+        if which in CHECKPOINT_POINTERS:
+            if which == "best":
+                best = self.best_checkpoint()
+                if best is not None:
+                    return best
+                log.warning(
+                    "%s: no validation loss was recorded (no data.val), so there is no best "
+                    "checkpoint; sampling the latest",
+                    self.root,
+                )
+            return self.require_checkpoint()
         if isinstance(which, int) or str(which).isdigit():
             name = self.checkpoint_name(int(which))
         else:
             name = str(which)
         if not _CHECKPOINT_NAME.fullmatch(name):
-            raise RunDirError(f"checkpoint '{which}': give a step number or a name step_NNNNNNN")
+            raise RunDirError(
+                f"checkpoint '{which}': give latest, best, a step number or a name step_NNNNNNN"
+            )
         path = self.checkpoints / name
         if not (path / "state.json").is_file():
             have = sorted(p.name for p in self.checkpoints.glob("step_*") if p.is_dir())

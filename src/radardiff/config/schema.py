@@ -309,6 +309,12 @@ class SampleConfig(_Section):
     )
     guidance: float = Field(1.0, ge=0.0)
     seed: int = Field(0, ge=0)
+    checkpoint: str = Field(
+        "latest",
+        pattern=r"^(latest|best|\d+|step_\d{7,})$",
+        description="the checkpoint sampled when none is named: latest, best (lowest validation "
+        "loss; the latest when the run has no data.val) or a step number",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,14 @@ from diffusers import UNet2DModel
 
 from radardiff.config import RunConfig, RunDir, load_config, validate_config
 from radardiff.config.io import config_to_dict
+from radardiff.config.rundir import CHECKPOINT_POINTERS
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
 from radardiff.models.shipped import is_exported, resolve_run
 
 WEIGHTS = ("ema", "model")
+# the further EMAs of a run with several half-lives (train.ema_halflife_kimg), e.g. ema_16kimg
+_MORE_EMA = re.compile(r"ema_\d+(\.\d+)?kimg")
 log = logging.getLogger(__name__)
 
 
@@ -257,7 +261,7 @@ def _check_exported_choice(root: Path, given, weights: str, checkpoint) -> None:
     """An exported model holds one network: its EMA weights at the step it was exported."""
     if weights != "ema":
         raise RunDirError(f"{given}: an exported model holds only its EMA weights (--weights ema)")
-    if checkpoint is None:
+    if checkpoint is None or checkpoint in CHECKPOINT_POINTERS:
         return
     step = _exported_step(root)
     wanted = str(checkpoint)
@@ -277,21 +281,31 @@ def load_run(
     """Everything sampling needs, read from the run directory alone.
 
     ``run_dir``: a run directory, an exported model folder or the name of a shipped model
-    (:mod:`radardiff.models.shipped`). ``checkpoint``: a step number or a checkpoint name
-    (``step_0004000``) of the run; default the newest complete one (``checkpoints/latest``).
+    (:mod:`radardiff.models.shipped`). ``checkpoint``: a step number, a checkpoint name
+    (``step_0004000``), ``latest`` or ``best`` (lowest validation loss); default the recipe's
+    ``sample.checkpoint`` (``latest`` unless the recipe says otherwise).
     """
     run = RunDir(resolve_run(run_dir))
-    if weights not in WEIGHTS:
-        raise RunDirError(f"weights must be 'ema' or 'model', got '{weights}'")
+    if weights not in WEIGHTS and not _MORE_EMA.fullmatch(weights):
+        raise RunDirError(
+            f"weights must be 'ema', 'model' or a further EMA such as 'ema_16kimg', got '{weights}'"
+        )
     weights_id = None
     if is_exported(run.root):
         weights_id = weights_hash(run.root)  # every file of the folder, before any is read
         _check_exported_choice(run.root, run_dir, weights, checkpoint)
         ckpt = model_dir = run.root
+        cfg = load_config(run.config)
     else:
-        ckpt = run.require_checkpoint() if checkpoint is None else run.named_checkpoint(checkpoint)
+        run.require()
+        cfg = load_config(run.config)
+        ckpt = run.named_checkpoint(cfg.sample.checkpoint if checkpoint is None else checkpoint)
         model_dir = ckpt / weights
-    cfg = load_config(run.config)
+        if not model_dir.is_dir():
+            have = sorted(
+                p.name for p in ckpt.iterdir() if p.name.startswith("ema") or p.name == "model"
+            )
+            raise RunDirError(f"{ckpt}: holds no weights '{weights}' (has: {', '.join(have)})")
     norm = Normalizer.load(run.normalizer)
     try:
         info = json.loads(run.data_info.read_text(encoding="utf-8"))
