@@ -137,8 +137,9 @@ def repeated(
     each figure, and its range over the sets."""
     sets, minutes = [], 0.0
     for seed in range(repeats):
-        fake, smin = sample(run, n, work / f"{name}_s{seed}.h5", seed=seed, **how)
-        sets.append(score(train, val, fake, work, f"{name}_s{seed}"))
+        tag = f"{name}_{how.get('checkpoint') or 'default'}_s{seed}"
+        fake, smin = sample(run, n, work / f"{tag}.h5", seed=seed, **how)
+        sets.append(score(train, val, fake, work, tag))
         minutes += smin
     row: dict = {"sample_minutes": round(minutes / repeats, 2), "sample_sets": repeats}
     for key, value in sets[0].items():

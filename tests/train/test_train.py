@@ -135,6 +135,16 @@ def test_checkpoints_keep_last_k_and_best(tmp_path, noise_files):
     assert len(val) == 6 and best == f"step_{min(val, key=lambda r: r['val_loss'])['step']:07d}"
 
 
+def test_half_lives_the_warm_up_caps_to_the_end_are_named(tmp_path, noise_files, caplog):
+    ema = EMA(torch.nn.Linear(1, 1), (2.0, 6.0, 16.0), warmup_ratio=0.05)
+    assert ema.capped(96_000) == [6.0, 16.0]  # 0.05 x 96 kimg = 4.8 kimg
+    assert ema.capped(400_000) == [] and EMA(torch.nn.Linear(1, 1), (16.0,), 0.0).capped(1) == []
+    cfg = _cfg(noise_files, steps=2, ema_halflife_kimg=[0.01, 0.05], ema_warmup_ratio=0.05)
+    with caplog.at_level("WARNING"):
+        train(cfg, tmp_path / "run")  # 8 images: every half-life is over 0.4 images
+    assert "train.ema_halflife_kimg 0.01, 0.05: longer than train.ema_warmup_ratio" in caplog.text
+
+
 def test_ema_half_life_in_images():
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)

@@ -28,6 +28,15 @@ class EMA:
         ema.requires_grad_(False)
         return ema
 
+    def capped(self, images_total: float) -> list[float]:
+        """The half-lives (kimg) that the warm-up still shortens when ``images_total`` images
+        have been seen: they end at ``warmup_ratio * images_total``, and any two of them are
+        then the same average."""
+        if self.warmup_ratio <= 0:
+            return []
+        cap = self.warmup_ratio * images_total
+        return [h / 1000.0 for h in self.halflives if h > cap]
+
     def beta(self, halflife: float, images_seen: float, batch_images: int) -> float:
         if self.warmup_ratio > 0:
             halflife = min(halflife, self.warmup_ratio * images_seen)

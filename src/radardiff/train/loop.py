@@ -230,6 +230,15 @@ class Trainer:
         self.net = prepare_network(self._network, self.acc.device, self._network_policy())
         log.info("%s", self.net.line)
         self.ema = EMA(self._network, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
+        images = tc.steps * tc.batch_size * tc.grad_accum * self.acc.num_processes
+        if capped := self.ema.capped(images):
+            log.warning(
+                "train.ema_halflife_kimg %s: longer than train.ema_warmup_ratio x the run's "
+                "images (%g x %g kimg = %g kimg), so shortened to that until the end (several "
+                "such averages are one and the same); lower ema_warmup_ratio or train longer",
+                ", ".join(f"{h:g}" for h in capped), tc.ema_warmup_ratio, images / 1000,
+                tc.ema_warmup_ratio * images / 1000,
+            )  # fmt: skip
         for network in self.ema.models:
             self.net.follow(network)
 
