@@ -119,11 +119,13 @@ def sample(
     checkpoint: str | None = None,
 ) -> tuple[Path, float]:
     from radardiff.sample import generate, load_run
-    from radardiff.sample.generate import request
+    from radardiff.sample.generate import finished, request
 
     loaded = load_run(run, checkpoint=checkpoint)
     opts = request(loaded.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
                    mixed_precision="auto")  # fmt: skip
+    if finished(out, loaded, opts):  # this very request of this checkpoint: scored again only
+        return out, float("nan")
     t0 = time.perf_counter()
     generate(loaded, opts, out)
     return out, (time.perf_counter() - t0) / 60
@@ -137,11 +139,13 @@ def repeated(
     each figure, and its range over the sets."""
     sets, minutes = [], 0.0
     for seed in range(repeats):
-        tag = f"{name}_{how.get('checkpoint') or 'default'}_s{seed}"
+        steps = f"_{how['steps']}" if how.get("steps") else ""
+        tag = f"{name}_{how.get('checkpoint') or 'default'}{steps}_s{seed}"
         fake, smin = sample(run, n, work / f"{tag}.h5", seed=seed, **how)
         sets.append(score(train, val, fake, work, tag))
         minutes += smin
-    row: dict = {"sample_minutes": round(minutes / repeats, 2), "sample_sets": repeats}
+    row: dict = {"sample_minutes": round(minutes / repeats, 2) if minutes == minutes else None,
+                 "sample_sets": repeats}  # fmt: skip
     for key, value in sets[0].items():
         if isinstance(value, float):
             vals = [r[key] for r in sets if isinstance(r.get(key), float)]
@@ -199,6 +203,8 @@ def main() -> None:
                     help="sample sets of --n, each scored; their mean is reported")  # fmt: skip
     ap.add_argument("--checkpoint", default=None,
                     help="latest, best or a step [the recipe's sample.checkpoint]")  # fmt: skip
+    ap.add_argument("--sample-steps", type=int, default=None,
+                    help="steps of the recipe's sampler [the recipe's]")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override, as radardiff train --set (repeatable)")  # fmt: skip
     ap.add_argument("--work", default="bench_sar_real_work")
@@ -232,9 +238,11 @@ def main() -> None:
 
     cfg = load_config(run / "config.toml")
     which = args.checkpoint or cfg.sample.checkpoint
-    rows[f"generated ({cfg.sample.sampler} {cfg.sample.steps}, {which} checkpoint)"] = repeated(
-        run, n, args.repeats, train, val, work, "generated", checkpoint=which
-    )
+    steps = args.sample_steps or cfg.sample.steps
+    rows[f"generated ({cfg.sample.sampler} {steps}, {which} checkpoint)"] = repeated(
+        run, n, args.repeats, train, val, work, "generated", checkpoint=which,
+        steps=args.sample_steps,
+    )  # fmt: skip
     if args.ddpm:
         rows[f"generated (ddpm, every step, {which} checkpoint)"] = repeated(
             run, n, args.repeats, train, val, work, "ddpm", checkpoint=which,
@@ -245,7 +253,7 @@ def main() -> None:
                                            if isinstance(v, float)))  # fmt: skip
     numbers = {"channels": args.channels, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
                "recipe": args.recipe if not args.run else str(run), "overrides": args.set, "train_minutes": minutes and round(minutes, 1),
-               "training_steps": cfg.train.steps, "checkpoint": str(load_run_checkpoint(run, which)),
+               "training_steps": cfg.train.steps, "checkpoint": str(load_run_checkpoint(run, which)), "sample_steps": steps,
                "n_train": DatasetFile(train).info.n, "n_heldout": DatasetFile(val).info.n, "n_samples": n,
                "rows": rows, "load_average_end": list(os.getloadavg())}  # fmt: skip
     if not args.no_record:

@@ -179,6 +179,16 @@ def test_cascade_conditions_sample_i_on_low_sample_i_and_reuses_stage_one(runs, 
         np.testing.assert_array_equal(f.images(), images)
 
 
+def test_cascade_reuses_stage_one_under_auto_precision(runs, tmp_path):
+    """``auto`` is signed as the precision it resolves to, so the finished first stage is
+    recognised as this very request."""
+    out = tmp_path / "cascade.h5"
+    low_opts = opts(n=4, seed=3, mixed_precision="auto")
+    generate_cascade(runs["low"], low_opts, runs["sr"], opts(seed=3), out)
+    again_first, _ = generate_cascade(runs["low"], low_opts, runs["sr"], opts(seed=3), out)
+    assert again_first.reused == 4 and again_first.seconds == 0.0
+
+
 def test_cascade_parts_of_another_first_stage_are_not_reused(runs, tmp_path):
     """An interrupted second stage's parts belong to the first stage that made its condition."""
     out = tmp_path / "c.h5"

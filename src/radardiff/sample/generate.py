@@ -559,9 +559,8 @@ def generate(
     merges all parts once every process is done. ``rank`` / ``world`` may be given explicitly.
     """
     _validate(run, opts)
-    # auto is resolved here, so that the file records (and a resume compares) what autocast ran
-    precision = resolve_precision(opts.mixed_precision, _device_of(run), "--precision")
-    opts = replace(opts, mixed_precision=precision, map_digest=map_digest(opts.maps))
+    opts = _resolved(run, opts)
+    precision = opts.mixed_precision
     output_format(Path(out))  # a bad extension fails now, not after the last batch
     sampling = Sampling.of(run, opts)  # a bad sampler or option fails now too
     log.info("torch CPU threads: %d (radardiff --threads N to change)", torch.get_num_threads())
@@ -737,6 +736,13 @@ def _cascade_maps(low_run, low_opts, sr_run, sr_opts) -> tuple[SampleOptions, Sa
     return low_opts, replace(sr_opts, maps=path if sr_run.normalizer.maps is not None else None)
 
 
+def _resolved(run: LoadedRun, opts: SampleOptions) -> SampleOptions:
+    """The request as it is signed: ``auto`` precision resolved (so that the file records, and a
+    resume compares, what autocast ran) and the map file's digest filled in."""
+    precision = resolve_precision(opts.mixed_precision, _device_of(run), "--precision")
+    return replace(opts, mixed_precision=precision, map_digest=map_digest(opts.maps))
+
+
 def finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
     """Whether ``path`` is a complete output of this very request and checkpoint."""
     if not path.is_file():
@@ -746,7 +752,8 @@ def finished(path: Path, run: LoadedRun, opts: SampleOptions) -> bool:
         attrs = f.attrs()
     except (RadarDiffError, OSError):
         return False
-    return attrs.get("request") == request_signature(run, opts) and len(f) == opts.n
+    signature = request_signature(run, _resolved(run, opts))
+    return attrs.get("request") == signature and len(f) == opts.n
 
 
 def bytes_needed(run: LoadedRun, opts: SampleOptions, out: Path) -> int:
