@@ -143,6 +143,10 @@ def test_half_lives_the_warm_up_caps_to_the_end_are_named(tmp_path, noise_files,
     with caplog.at_level("WARNING"):
         train(cfg, tmp_path / "run")  # 8 images: every half-life is over 0.4 images
     assert "train.ema_halflife_kimg 0.01, 0.05: longer than train.ema_warmup_ratio" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # one average shortened by the warm-up is what it is for
+        train(_cfg(noise_files, steps=2, ema_halflife_kimg=[0.01]), tmp_path / "one")
+    assert "ema_halflife_kimg" not in caplog.text
 
 
 def test_ema_half_life_in_images():

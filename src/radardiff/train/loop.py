@@ -231,7 +231,7 @@ class Trainer:
         log.info("%s", self.net.line)
         self.ema = EMA(self._network, tc.ema_halflife_kimg, tc.ema_warmup_ratio)
         images = tc.steps * tc.batch_size * tc.grad_accum * self.acc.num_processes
-        if capped := self.ema.capped(images):
+        if len(capped := self.ema.capped(images)) > 1:  # averages that end as one and the same
             log.warning(
                 "train.ema_halflife_kimg %s: longer than train.ema_warmup_ratio x the run's "
                 "images (%g x %g kimg = %g kimg), so shortened to that until the end (several "
