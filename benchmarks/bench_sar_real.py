@@ -110,21 +110,21 @@ def train_recipe(
 
 
 def sample(
-    run: Path,
+    loaded,
     n: int,
     out: Path,
     sampler: str | None = None,
     steps: int | None = None,
     seed: int | None = None,
-    checkpoint: str | None = None,
 ) -> tuple[Path, float]:
-    from radardiff.sample import generate, load_run
+    """``n`` samples of the loaded run (:func:`radardiff.sample.load_run`) into ``out``; minutes
+    (NaN when ``out`` already holds this very request, which is then scored again only)."""
+    from radardiff.sample import generate
     from radardiff.sample.generate import finished, request
 
-    loaded = load_run(run, checkpoint=checkpoint)
     opts = request(loaded.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
                    mixed_precision="auto")  # fmt: skip
-    if finished(out, loaded, opts):  # this very request of this checkpoint: scored again only
+    if finished(out, loaded, opts):
         return out, float("nan")
     t0 = time.perf_counter()
     generate(loaded, opts, out)
@@ -132,16 +132,27 @@ def sample(
 
 
 def repeated(
-    run: Path, n: int, repeats: int, train: Path, val: Path, work: Path, name: str, **how
+    run: Path,
+    n: int,
+    repeats: int,
+    train: Path,
+    val: Path,
+    work: Path,
+    name: str,
+    checkpoint: str,
+    **how,
 ) -> dict:
     """``repeats`` sample sets of ``n`` (seeds 0, 1, ...), each scored like the floor's one set
     of held-out tiles (the same size, so the same small-sample bias of every W1): the mean of
     each figure, and its range over the sets."""
+    from radardiff.sample import load_run
+
+    loaded = load_run(run, checkpoint=checkpoint)  # once for every set
+    steps = f"_{how['steps']}" if how.get("steps") else ""
     sets, minutes = [], 0.0
     for seed in range(repeats):
-        steps = f"_{how['steps']}" if how.get("steps") else ""
-        tag = f"{name}_{how.get('checkpoint') or 'default'}{steps}_s{seed}"
-        fake, smin = sample(run, n, work / f"{tag}.h5", seed=seed, **how)
+        tag = f"{name}_{checkpoint}{steps}_s{seed}"
+        fake, smin = sample(loaded, n, work / f"{tag}.h5", seed=seed, **how)
         sets.append(score(train, val, fake, work, tag))
         minutes += smin
     row: dict = {"sample_minutes": round(minutes / repeats, 2) if minutes == minutes else None,
@@ -253,7 +264,7 @@ def main() -> None:
                                            if isinstance(v, float)))  # fmt: skip
     numbers = {"channels": args.channels, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
                "recipe": args.recipe if not args.run else str(run), "overrides": args.set, "train_minutes": minutes and round(minutes, 1),
-               "training_steps": cfg.train.steps, "checkpoint": str(load_run_checkpoint(run, which)), "sample_steps": steps,
+               "training_steps": cfg.train.steps, "checkpoint": load_run_checkpoint(run, which), "sample_steps": steps,
                "n_train": DatasetFile(train).info.n, "n_heldout": DatasetFile(val).info.n, "n_samples": n,
                "rows": rows, "load_average_end": list(os.getloadavg())}  # fmt: skip
     if not args.no_record:
