@@ -15,6 +15,7 @@ Usage::
     python benchmarks/bench_sar_real.py --recipe configs/sar_32.toml           # VV+VH 32 px
     python benchmarks/bench_sar_real.py --recipe configs/sar_64.toml --tile 64
     python benchmarks/bench_sar_real.py --recipe configs/sar_32.toml --channels VV --ddpm
+    python benchmarks/bench_sar_real.py --classes scene --set model.range_conditioning=true
     python benchmarks/bench_sar_real.py --run runs/sar_grd --tile 32         # a trained run
 """
 
@@ -43,8 +44,9 @@ def _tiles(img: np.ndarray, tile: int, stride: int, rows: tuple[int, int]) -> li
 
 
 def real_tiles(realdata: Path, tile: int, stride: int, channels: str, holdout: str,
-               work: Path) -> tuple[Path, Path]:  # fmt: skip
-    """Training and held-out real tiles in dB.
+               work: Path, classes: str = "none") -> tuple[Path, Path]:  # fmt: skip
+    """Training and held-out real tiles in dB (``classes='scene'``: labelled by their scene, a
+    class-conditional set of several scenes, as ship or land-cover chips are).
 
     ``holdout='strip'``: every scene gives training tiles from its top and held-out tiles from its
     bottom ``tile`` rows, ``tile // 4`` rows apart (other tiles of the same scenes: the
@@ -65,20 +67,30 @@ def real_tiles(realdata: Path, tile: int, stride: int, channels: str, holdout: s
         x = DatasetFile(res.outputs[0].path).images()
         pick = {"VV+VH": slice(0, 2), "VV": slice(0, 1), "VH": slice(1, 2)}[channels]
         scenes = list(x[:, pick])
+    if classes == "scene" and (channels == "SLC" or holdout != "strip"):
+        raise SystemExit("--classes scene needs Sentinel-1 GRD scenes and --holdout strip")
     sets: dict[str, list] = {"train": [], "val": []}
+    labels: dict[str, list] = {"train": [], "val": []}
     for k, img in enumerate(scenes):
         h = img.shape[-2]
         if holdout == "strip":
             cut = h - tile
-            sets["train"] += _tiles(img, tile, stride, (0, cut - tile // 4))
-            sets["val"] += _tiles(img, tile, max(1, stride // 2), (cut, h))
+            parts = {"train": _tiles(img, tile, stride, (0, cut - tile // 4)),
+                     "val": _tiles(img, tile, max(1, stride // 2), (cut, h))}  # fmt: skip
         else:
-            sets["train" if k % 3 != 2 else "val"] += _tiles(img, tile, stride, (0, h))
+            parts = {"train" if k % 3 != 2 else "val": _tiles(img, tile, stride, (0, h))}
+        for name, tiles in parts.items():
+            sets[name] += tiles
+            labels[name] += [k] * len(tiles)
     out = []
+    tag = "" if classes == "none" else f"_{classes}"
     for name, tiles in sets.items():
         arr = np.stack(tiles).astype(np.float32)
-        out.append(write_dataset(work / f"real_{channels.replace('+', '')}_{tile}_{holdout}_{name}.h5",
-                                 arr, kind="sar_backscatter", units="dB", source=str(realdata)))  # fmt: skip
+        lab = None if classes == "none" else np.asarray(labels[name])
+        names = None if lab is None else [f"scene{k}" for k in range(len(scenes))]
+        out.append(write_dataset(work / f"real_{channels.replace('+', '')}_{tile}_{holdout}{tag}_{name}.h5",
+                                 arr, lab, kind="sar_backscatter", units="dB", source=str(realdata),
+                                 class_names=names))  # fmt: skip
     return out[0], out[1]
 
 
@@ -98,7 +110,8 @@ def train_recipe(
     cfg = load_config(recipe, overrides or None).model_dump()
     cfg["data"].update(train=str(train), val=str(val))
     cfg["model"]["in_channels"] = DatasetFile(train).info.channels
-    cfg["model"]["num_classes"] = 0
+    info = DatasetFile(train).info
+    cfg["model"]["num_classes"] = len(info.class_names or []) if info.has_labels else 0
     if steps:
         cfg["train"]["steps"] = steps
     if augment:
@@ -196,7 +209,25 @@ def score(train: Path, val: Path, fake: Path, work: Path, name: str) -> dict:
         out["near_copy_fraction"] = mem["scalars"].get("near_copy_fraction")
     sar = m.get("sar", {})
     out["enl_real_fake"] = [sar.get("real", {}).get("enl"), sar.get("fake", {}).get("enl")]
+    out.update(class_figures(train, fake, sar.get("by_class")))
     return out
+
+
+def class_figures(train: Path, fake: Path, by_class: dict | None) -> dict:
+    """For labelled sets: the mean over classes and channels of |mean dB of a class's tiles -
+    that of its training tiles| (does each class keep its own level?), and each class's median
+    ENL against its training tiles' (first channel)."""
+    from radardiff.data.dataset_file import DatasetFile
+
+    if not by_class:
+        return {}
+    with DatasetFile(train) as t, DatasetFile(fake) as f:
+        (xt, lt), (xf, lf) = ((d.images(), d.labels()) for d in (t, f))
+    errs = [np.abs(np.nanmean(xf[lf == k], axis=(0, 2, 3)) - np.nanmean(xt[lt == k], axis=(0, 2, 3)))
+            for k in np.unique(lt) if np.any(lf == k)]  # fmt: skip
+    enl = {name: (None if c["fake"] is None else float(c["fake"]["enl"][0] / c["real"]["enl"][0]))
+           for name, c in by_class.items()}  # fmt: skip
+    return {"class_db_error": float(np.mean(errs)), "class_enl_ratio": enl}
 
 
 def main() -> None:
@@ -207,6 +238,8 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--channels", choices=("VV+VH", "VV", "VH", "SLC"), default="VV+VH")
     ap.add_argument("--holdout", choices=("strip", "scene"), default="strip")
+    ap.add_argument("--classes", choices=("none", "scene"), default="none",
+                    help="scene: each GRD scene a class, a class-conditional model")  # fmt: skip
     ap.add_argument("--steps", type=int, default=None, help="training steps [the recipe's]")
     ap.add_argument("--n", type=int, default=None, help="samples [as many as held-out tiles]")
     ap.add_argument("--ddpm", action="store_true", help="also DDPM with every step")
@@ -237,7 +270,7 @@ def main() -> None:
     from radardiff.data.dataset_file import DatasetFile
 
     train, val = real_tiles(Path(args.realdata), args.tile, args.stride, args.channels,
-                            args.holdout, work)  # fmt: skip
+                            args.holdout, work, args.classes)  # fmt: skip
     minutes = None
     run = Path(args.run) if args.run else None
     if run is None:
@@ -262,7 +295,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:48s} " + "  ".join(f"{k.replace('sar_', '')} {v:.3g}" for k, v in r.items()
                                            if isinstance(v, float)))  # fmt: skip
-    numbers = {"channels": args.channels, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
+    numbers = {"channels": args.channels, "classes": args.classes, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
                "recipe": args.recipe if not args.run else str(run), "overrides": args.set, "train_minutes": minutes and round(minutes, 1),
                "training_steps": cfg.train.steps, "checkpoint": load_run_checkpoint(run, which), "sample_steps": steps,
                "n_train": DatasetFile(train).info.n, "n_heldout": DatasetFile(val).info.n, "n_samples": n,

@@ -1,5 +1,5 @@
-"""Conditioned sampling: super-resolution (from a file and as a cascade) and range conditioning
-at a drawn or requested amplitude."""
+"""Conditioned sampling: super-resolution (from a file and as a cascade), range conditioning
+at a drawn or requested amplitude, alone and beside class labels."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cond")
     hi = synthesize("insar_noise", 16, 16, d / "hi.h5", seed=0)
     lo = synthesize("insar_noise", 16, 8, d / "lo.h5", seed=1)
+    with DatasetFile(hi) as f:  # three classes, each with its own range (x1, x4, x16)
+        imgs = f.images().astype(np.float64)
+    labels = np.arange(len(imgs)) % 3
+    scaled = imgs * 4.0 ** labels[:, None, None, None]
+    write_dataset(d / "classes.h5", scaled, labels, kind="insar_noise", units="rad")
     small = {"image_size": 8, "attention_resolutions": [4]}
     return {
         "sr": _train(d, "sr", hi, model={"superres_low_size": 8, "superres_aug_max": 10}),
@@ -47,6 +52,9 @@ def runs(tmp_path_factory):
         ),
         "low": _train(d, "low", lo, model=small),
         "range": _train(d, "range", hi, model={"range_conditioning": True}),
+        "class_range": _train(
+            d, "class_range", d / "classes.h5", model={"range_conditioning": True, "num_classes": 3}
+        ),
         "low_file": lo,
         "dir": d,
     }
@@ -255,6 +263,91 @@ def test_range_conditioned_run_samples_at_a_requested_amplitude(runs, tmp_path):
     z = (np.log10(amp) - moments[0]) / moments[1]
     want = 500 + 100 * np.clip(z, -4, 4)
     np.testing.assert_allclose(run.model.calls[0][1].numpy(), want, rtol=1e-5)
+
+
+def test_class_and_range_share_the_embedding(runs, tmp_path):
+    """Beside class labels the network gets (class, range value) per sample, each range drawn
+    from its own class's training ranges, and both change its output."""
+    run = spied(runs["class_range"])
+    assert type(run.model.model.class_embedding).__name__ == "ConditionEmbedding"
+    out = generate(run, opts(n=6, batch_size=6, classes=[0, 1, 2]), tmp_path / "c.h5").path
+    with DatasetFile(out) as f:
+        stats, labels = f.extra("norm_stats"), f.labels()
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
+    packed = run.model.calls[0][1]
+    assert packed.shape == (6, 2)
+    assert packed[:, 0].tolist() == [0.0, 1.0, 2.0, 0.0, 1.0, 2.0]
+    moments = log_range_moments(torch.as_tensor(run.normalizer.sample_stats))
+    want = range_embedding_value(torch.as_tensor(stats).double(), *moments).float()
+    torch.testing.assert_close(packed[:, 1], want)
+    pool = run.normalizer.sample_stats
+    for k in range(3):  # each class's ranges come from that class's tiles
+        mine = pool[run.normalizer.sample_labels == k][:, 0]
+        for s in stats[labels == k][:, 0]:
+            assert np.isclose(mine, s).all(axis=1).any()
+    net, x, t = run.model.model, torch.zeros(2, 1, 16, 16), torch.tensor([10, 10])
+    with torch.no_grad():
+        base = net(x, t, class_labels=torch.tensor([[1.0, 500.0]] * 2)).sample
+        other_range = net(x, t, class_labels=torch.tensor([[1.0, 700.0]] * 2)).sample
+        other_class = net(x, t, class_labels=torch.tensor([[2.0, 500.0]] * 2)).sample
+    assert not torch.allclose(base, other_range) and not torch.allclose(base, other_class)
+
+
+def test_guidance_keeps_the_range_beside_the_null_class(runs):
+    from radardiff.diffusion.denoiser import Denoiser
+
+    run = spied(runs["class_range"])
+    den = Denoiser.from_run(run, guidance=2.0)
+    cond = den.condition(torch.tensor([0, 2]), stats=torch.tensor([[[0.0, 1.0]], [[0.0, 3.0]]]))
+    den.guided_output(torch.zeros(2, 1, 16, 16), torch.tensor([5, 5]), cond)
+    labels = run.model.calls[-1][1]
+    assert labels[:, 0].tolist() == [0.0, 2.0, 3.0, 3.0]  # conditional, then the null class
+    torch.testing.assert_close(labels[2:, 1], labels[:2, 1])  # the same range both times
+    assert labels[0, 1] != labels[1, 1]
+
+
+def test_joint_embedding_reloads_exactly_and_refuses_damage(runs, tmp_path):
+    """The checkpoint loads with its embedding's weights (diffusers' from_pretrained alone
+    drops them); a weight file without them is refused in one line."""
+    import shutil
+
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file, save_file
+
+    from radardiff.errors import RunDirError
+    from radardiff.models import load_model
+
+    ema = runs["class_range"].checkpoint / "ema"
+    state = load_file(next(ema.glob("*.safetensors")))
+    model = load_model(ema)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    plain = UNet2DModel.from_pretrained(ema)
+    assert not any(k.startswith("class_embedding.") for k in plain.state_dict())
+    broken = tmp_path / "broken"
+    shutil.copytree(ema, broken)
+    path = next(broken.glob("*.safetensors"))
+    save_file({k: v for k, v in state.items() if "scalars.range.linear_2" not in k}, path)
+    with pytest.raises(RunDirError, match="cannot load model"):
+        load_model(broken)
+
+
+def test_joint_embedding_survives_export(runs, tmp_path):
+    """An exported class + range model (half precision) samples like its run, and its card
+    says how to load it."""
+    from radardiff.models.export import export_run
+
+    run = runs["class_range"]
+    folder = export_run(run.run.root, tmp_path / "cr", "cr", half=True)
+    assert "load_model(" in (folder / "README.md").read_text()
+    again = load_run(folder)
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 20, 40])
+    labels = torch.tensor([[0.0, 450.0], [1.0, 500.0], [2.0, 620.0]])
+    with torch.no_grad():
+        a = run.model(x, t, class_labels=labels).sample
+        b = again.model(x, t, class_labels=labels).sample
+    assert float((a - b).abs().max()) < 0.02 * float(a.abs().max())
+    assert float((a - b).abs().max()) > 0  # the half-precision weights, not the run's
 
 
 def test_amplitude_bad_input(runs, tmp_path):

@@ -293,8 +293,10 @@ def test_conditioning_superres_input_is_the_degraded_image(noise_files):
 
 
 def test_conditioning_combinations_are_refused():
-    with pytest.raises(ConfigError, match="cannot be combined"):
-        tiny_run_config("x", model={"num_classes": 3, "range_conditioning": True})
+    tiny_run_config("x", model={"num_classes": 3, "range_conditioning": True})  # allowed
+    for other in ({"num_classes": 3}, {"range_conditioning": True}):
+        with pytest.raises(ConfigError, match="cannot be combined"):
+            tiny_run_config("x", model={"superres_low_size": 8, **other})
     with pytest.raises(ConfigError, match="must divide"):
         tiny_run_config("x", model={"superres_low_size": 5})
 

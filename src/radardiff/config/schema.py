@@ -99,7 +99,9 @@ class ModelConfig(_Section):
     num_classes: int = Field(0, ge=0, description="0: unconditional")
     class_dropout: float = Field(0.1, ge=0.0, le=1.0, description="label dropout for CFG")
     range_conditioning: bool = Field(
-        False, description="condition on the per-sample range kept by the normaliser"
+        False,
+        description="condition on the per-sample range kept by the normaliser (with or "
+        "without num_classes)",
     )
     superres_low_size: int = Field(0, ge=0, description="0: not a super-resolution model")
     superres_aug_max: int = Field(
@@ -133,19 +135,19 @@ class ModelConfig(_Section):
         mult = mult if mult is not None else DEFAULT_CHANNEL_MULT[self.image_size]
         if len(mult) == 0 or min(mult) < 1:
             raise ValueError("channel_mult must be a non-empty list of positive integers")
-        conditions = [
+        others = [
             n
             for n, on in (
                 ("num_classes", self.num_classes),
-                ("superres_low_size", self.superres_low_size),
                 ("range_conditioning", self.range_conditioning),
             )
             if on
         ]
-        if len(conditions) > 1:
+        if self.superres_low_size and others:
             raise ValueError(
-                f"{' and '.join(conditions)} cannot be combined: each uses the network's one "
-                "conditioning embedding"
+                f"superres_low_size and {' and '.join(others)} cannot be combined: a "
+                "super-resolution stage takes its range from its low-resolution image and has "
+                "no class embedding"
             )
         if len(set(self.maps)) != len(self.maps):
             raise ValueError(f"maps {list(self.maps)}: a map is named twice")

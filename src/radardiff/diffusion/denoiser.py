@@ -32,7 +32,7 @@ from radardiff import _stop
 from radardiff.config.schema import RunConfig
 from radardiff.diffusion.schedule import Schedule, signal_noise
 from radardiff.errors import ConfigError
-from radardiff.models import log_range_moments, range_embedding_value
+from radardiff.models import log_range_moments, pack_conditions, range_embedding_value
 
 if TYPE_CHECKING:
     from radardiff.models.run import LoadedRun
@@ -252,17 +252,22 @@ class Denoiser:
 
     def _embedding_condition(self, classes, drop, stats, low, level) -> Conditioning:
         m = self.cfg.model
+        value = None
+        if m.range_conditioning:
+            if stats is None:
+                raise ConfigError("the run is range-conditioned: give each sample's statistics")
+            value = range_embedding_value(stats, *self.range_moments).float()
         if m.num_classes:
             if classes is None:
                 raise ConfigError("the run is class-conditional: give the class of every sample")
             labels = classes.long()
             if drop is not None:
                 labels = torch.where(drop, torch.full_like(labels, m.num_classes), labels)
+            if value is not None:  # both share one embedding (models.conditioning)
+                return Conditioning(labels=pack_conditions(labels, value.to(labels.device)))
             return Conditioning(labels=labels)
-        if m.range_conditioning:
-            if stats is None:
-                raise ConfigError("the run is range-conditioned: give each sample's statistics")
-            return Conditioning(labels=range_embedding_value(stats, *self.range_moments).float())
+        if value is not None:
+            return Conditioning(labels=value)
         if m.superres_low_size:
             if low is None or level is None:
                 raise ConfigError("the run is a super-resolution run: give the low-res condition")
@@ -312,7 +317,7 @@ class Denoiser:
         tt = torch.as_tensor(t, device=x_t.device)
         tt = tt.expand(x_t.shape[0]) if tt.ndim == 0 else tt
         twice = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
-        null_labels = torch.full_like(cond.labels, self.num_classes) if by_class else cond.labels
+        null_labels = self._null_labels(cond.labels) if by_class else cond.labels
         both = Conditioning(
             labels=twice(cond.labels, null_labels),
             extra=twice(cond.extra, cond.extra),
@@ -323,6 +328,15 @@ class Denoiser:
         on, off = out.chunk(2)
         mean = off[:, :c] + self.guidance * (on[:, :c] - off[:, :c])
         return torch.cat([mean, on[:, c:]], dim=1)
+
+    def _null_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The null class in place of every class; a range packed beside it stays
+        (:func:`radardiff.models.pack_conditions`: the class is column 0)."""
+        if labels.ndim == 1:
+            return torch.full_like(labels, self.num_classes)
+        null = labels.clone()
+        null[:, 0] = self.num_classes
+        return null
 
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning = NONE

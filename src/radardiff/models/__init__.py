@@ -12,9 +12,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 _WHERE = {
+    "ConditionEmbedding": "conditioning",
     "condition_frame": "conditioning",
     "degrade": "conditioning",
     "log_range_moments": "conditioning",
+    "pack_conditions": "conditioning",
     "range_embedding_value": "conditioning",
     "superres_pair": "conditioning",
     "upsample": "conditioning",
@@ -45,9 +47,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and editors: the names as if imported eagerly
     from radardiff.models.conditioning import (  # noqa: F401
+        ConditionEmbedding,
         condition_frame,
         degrade,
         log_range_moments,
+        pack_conditions,
         range_embedding_value,
         superres_pair,
         upsample,

@@ -1,9 +1,14 @@
-"""Conditioning inputs: the low-resolution image of super-resolution, the per-sample range.
+"""Conditioning inputs: the low-resolution image of super-resolution, the per-sample range, and
+the embedding that joins a class label with the range.
 
-Both scalars (the noise level put on the low-resolution condition, the range) reach the network
-through diffusers' ``class_embed_type="timestep"``: the scalar gets the sinusoidal timestep
-embedding and an MLP, and is added to the time embedding. That is why the two cannot be combined
-with each other or with class labels in one model.
+One condition alone uses diffusers' own class embedding: class labels a table
+(``num_class_embeds``), a scalar (the noise level put on the low-resolution condition, or the
+range) ``class_embed_type="timestep"``: the sinusoidal timestep embedding and an MLP, added to the
+time embedding. Class labels together with the range use :class:`ConditionEmbedding` in the
+network's ``class_embedding`` slot (diffusers ``class_embed_type="identity"``): the sum of the
+class's row and the range's MLP, so each resnet block sees both. Such a network is loaded by
+:func:`radardiff.models.run.load_model` (diffusers' ``from_pretrained`` alone would drop the
+embedding's weights).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 RANGE_EPS = 1e-12
 
@@ -71,3 +77,77 @@ def log_range_moments(stats: torch.Tensor) -> tuple[float, float]:
     mean = float(lr.mean())
     std = float(lr.std()) if lr.numel() > 1 else 1.0
     return mean, std if math.isfinite(std) and std > 0 else 1.0
+
+
+# the scalars a joint embedding can hold, in the order of their columns after the class
+SCALARS = ("range",)
+
+
+class ConditionEmbedding(nn.Module):
+    """The sum of a class label's embedding and the embeddings of scalars, for one network.
+
+    Its input packs one row per sample: the class index (the null class ``num_classes`` for
+    classifier-free guidance) when there are classes, then each scalar of ``scalars`` (as a
+    "timestep" value, see :func:`range_embedding_value`). Each scalar gets the sinusoidal
+    projection of the network's own time embedding (``proj_dim`` channels, diffusers' defaults
+    ``flip_sin_to_cos=True``, ``freq_shift=0``) and its own two-layer MLP, as diffusers'
+    ``class_embed_type="timestep"`` does for one scalar.
+    """
+
+    def __init__(
+        self, dim: int, proj_dim: int, num_classes: int = 0, scalars: tuple[str, ...] = ()
+    ) -> None:
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+        super().__init__()
+        unknown = set(scalars) - set(SCALARS)
+        if unknown:
+            raise ValueError(f"condition scalars {sorted(unknown)} unknown")
+        self.num_classes = int(num_classes)
+        self.names = tuple(n for n in SCALARS if n in scalars)
+        self.classes = nn.Embedding(self.num_classes + 1, dim) if self.num_classes else None
+        self.proj = Timesteps(proj_dim, True, 0)
+        self.scalars = nn.ModuleDict({n: TimestepEmbedding(proj_dim, dim) for n in self.names})
+
+    @property
+    def columns(self) -> int:
+        return (1 if self.num_classes else 0) + len(self.names)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        if packed.ndim != 2 or packed.shape[1] != self.columns:
+            raise ValueError(
+                f"joint condition: expected (B, {self.columns}) packed values, got "
+                f"{tuple(packed.shape)}"
+            )
+        packed = packed.float()
+        out = None
+        col = 0
+        if self.classes is not None:
+            out = self.classes(packed[:, 0].round().long())
+            col = 1
+        for name in self.names:
+            emb = self.scalars[name](self.proj(packed[:, col]).to(packed.dtype))
+            out = emb if out is None else out + emb
+            col += 1
+        return out
+
+    @classmethod
+    def from_state(
+        cls, state: dict, proj_dim: int, prefix: str = "class_embedding."
+    ) -> ConditionEmbedding:
+        """The embedding whose weights ``state`` holds (its parts read from the keys)."""
+        table = state.get(f"{prefix}classes.weight")
+        names = tuple(n for n in SCALARS if f"{prefix}scalars.{n}.linear_1.weight" in state)
+        if table is None and not names:
+            raise ValueError("no joint condition embedding in these weights")
+        if table is not None:
+            dim = table.shape[1]
+        else:
+            dim = state[f"{prefix}scalars.{names[0]}.linear_2.weight"].shape[0]
+        return cls(dim, proj_dim, 0 if table is None else table.shape[0] - 1, names)
+
+
+def pack_conditions(labels: torch.Tensor | None, *scalars: torch.Tensor) -> torch.Tensor:
+    """The input of :class:`ConditionEmbedding`: (B, columns) float32, the class index first."""
+    cols = ([] if labels is None else [labels.float()]) + [s.float() for s in scalars]
+    return torch.stack(cols, dim=1)

@@ -47,6 +47,7 @@ def model_facts(run, name: str, half: bool) -> dict:
         "channels": run.data_channels,
         "num_classes": cfg.model.num_classes,
         "class_names": list(classes),
+        "range_conditioning": cfg.model.range_conditioning,
         "sampler": cfg.sample.sampler,
         "sampler_steps": cfg.sample.steps,
         "sampler_options": dict(cfg.sample.options),
@@ -178,11 +179,24 @@ def model_card(doc: dict) -> str:
         "```",
         "",
         "```python",
-        "from diffusers import UNet2DModel",
-        "from radardiff.models import load_run",
-        "",
-        f'run = load_run("{doc["name"]}")  # network, normaliser, sampler settings',
-        'unet = UNet2DModel.from_pretrained("path/to/this/folder")',
+        *(
+            [
+                "from radardiff.models import load_model, load_run",
+                "",
+                f'run = load_run("{doc["name"]}")  # network, normaliser, sampler settings',
+                "# class and range share one embedding: diffusers' from_pretrained alone would",
+                "# drop its weights; load_model builds it (a diffusers UNet2DModel)",
+                'unet = load_model("path/to/this/folder")',
+            ]
+            if doc.get("num_classes") and doc.get("range_conditioning")
+            else [
+                "from diffusers import UNet2DModel",
+                "from radardiff.models import load_run",
+                "",
+                f'run = load_run("{doc["name"]}")  # network, normaliser, sampler settings',
+                'unet = UNet2DModel.from_pretrained("path/to/this/folder")',
+            ]
+        ),
         "```",
         "",
         f"Default sampler: `{doc['sampler']}`, {doc['sampler_steps']} network calls"

@@ -21,6 +21,7 @@ from radardiff.config.io import config_to_dict
 from radardiff.config.rundir import CHECKPOINT_POINTERS
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
+from radardiff.models.conditioning import ConditionEmbedding
 from radardiff.models.shipped import is_exported, resolve_run
 
 WEIGHTS = ("ema", "model")
@@ -236,11 +237,33 @@ def _check_network(model: UNet2DModel, cfg: RunConfig, model_dir: Path, config_p
 
 
 def load_model(model_dir: Path) -> UNet2DModel:
-    """A diffusers model directory (safetensors), with one clear line when it cannot be read."""
+    """A diffusers model directory (safetensors), with one clear line when it cannot be read.
+
+    A network whose class labels share the embedding with the range (diffusers
+    ``class_embed_type="identity"``, :class:`~radardiff.models.conditioning.ConditionEmbedding`)
+    is built here and loaded strictly: diffusers' ``from_pretrained`` would drop that
+    embedding's weights with a warning."""
     try:
-        return UNet2DModel.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:
+        config = UNet2DModel.load_config(model_dir)
+        if config.get("class_embed_type") != "identity":
+            return UNet2DModel.from_pretrained(model_dir)
+        return _load_joint(Path(model_dir), config)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise RunDirError(f"{model_dir}: cannot load model ({err})") from None
+
+
+def _load_joint(model_dir: Path, config: dict) -> UNet2DModel:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if len(files) != 1:
+        raise ValueError(f"expected one .safetensors weight file, found {len(files)}")
+    state = load_file(files[0])
+    model = UNet2DModel.from_config(config)
+    proj = model.time_proj.num_channels
+    model.class_embedding = ConditionEmbedding.from_state(state, proj)
+    model.load_state_dict(state, strict=True)  # float32, as load_run uses every network
+    return model
 
 
 def load_verified(model_dir: Path) -> UNet2DModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffusers import UNet2DModel
 
 from radardiff.config.schema import DEFAULT_CHANNEL_MULT, ModelConfig
+from radardiff.models.conditioning import ConditionEmbedding
 
 
 def channel_mult(cfg: ModelConfig) -> tuple[int, ...]:
@@ -26,8 +27,9 @@ def build_unet(
 
     The output has twice the channels when the variance is learned (the second half is the
     interpolation coefficient v of Nichol and Dhariwal 2021). Class conditioning reserves the
-    extra class index ``num_classes`` for the null label of classifier-free guidance. Maps
-    (``map_planes`` input planes) combine with any of the embedding's conditions.
+    extra class index ``num_classes`` for the null label of classifier-free guidance; class labels
+    with range conditioning share a :class:`ConditionEmbedding`. Maps (``map_planes`` input planes)
+    combine with any of the embedding's conditions.
     """
     mult = channel_mult(cfg)
     channels = tuple(cfg.base_channels * m for m in mult)
@@ -41,11 +43,14 @@ def build_unet(
         up.append("AttnUpBlock2D" if r in cfg.attention_resolutions else "UpBlock2D")
     out_channels = data_channels * (2 if learned_variance else 1)
     kwargs = {}
-    if cfg.num_classes:
+    joint = joint_condition(cfg)
+    if joint:
+        kwargs = {"class_embed_type": "identity", "num_class_embeds": cfg.num_classes + 1}
+    elif cfg.num_classes:
         kwargs = {"class_embed_type": None, "num_class_embeds": cfg.num_classes + 1}
     elif cfg.superres_low_size or cfg.range_conditioning:
         kwargs = {"class_embed_type": "timestep"}  # a scalar, embedded like a timestep
-    return UNet2DModel(
+    unet = UNet2DModel(
         sample_size=cfg.image_size,
         in_channels=model_in_channels(cfg, data_channels, map_planes),
         out_channels=out_channels,
@@ -59,3 +64,12 @@ def build_unet(
         resnet_time_scale_shift="scale_shift" if cfg.scale_shift_norm else "default",
         **kwargs,
     )
+    if joint:
+        width = unet.time_embedding.linear_2.out_features
+        unet.class_embedding = ConditionEmbedding(width, channels[0], cfg.num_classes, joint)
+    return unet
+
+
+def joint_condition(cfg: ModelConfig) -> tuple[str, ...]:
+    """The scalars that share the embedding with class labels (none: diffusers' own slot)."""
+    return ("range",) if cfg.num_classes and cfg.range_conditioning else ()

@@ -48,7 +48,8 @@ def batch_conditioning(
     guidance; not when ``drop_labels`` is false, as in validation). Super-resolution: ``low``, the
     upsampled low-resolution condition from :func:`target_and_condition`, is noised to a random
     level s <= ``superres_aug_max`` (noise augmentation, Ho et al. 2022, cascaded diffusion); s is
-    the network's conditioning scalar. Range conditioning: the batch's per-sample statistics.
+    the network's conditioning scalar. Range conditioning (with or without classes): the batch's
+    per-sample statistics.
     Maps (any of the above may have them): the batch's encoded maps, each dropped to "no map"
     with probability ``map_dropout`` (drawn after the labels' dropout).
     """
@@ -69,7 +70,7 @@ def batch_conditioning(
         noise = torch.randn(low.shape, generator=noise_gen, device=noise_gen.device).to(device)
         noised = torch.where((s > 0).view(-1, 1, 1, 1), diffusion.q_sample(low, s, noise), low)
         kw.update(low=noised, level=s)
-    elif m.range_conditioning:
+    if m.range_conditioning:  # alone or beside class labels
         kw.update(stats=to_device(batch["stats"], device))
     if m.maps:
         maps = to_device(batch["maps"], device)
