@@ -148,7 +148,8 @@ def check_data_fits(cfg: RunConfig, data: DatasetFile, norm_channels: int) -> No
     if cfg.model.range_conditioning and cfg.data.normalization not in ("minmax_pm1", "minmax_01"):
         raise ConfigError(
             "model.range_conditioning needs a per-sample min-max data.normalization "
-            f"(minmax_pm1 or minmax_01), not {cfg.data.normalization}"
+            f"(minmax_pm1 or minmax_01), not {cfg.data.normalization}; with another "
+            "normalisation set model.range_conditioning=false"
         )
     check_labels(cfg, data)
 
