@@ -126,7 +126,7 @@ class ConditionEmbedding(nn.Module):
             out = self.classes(packed[:, 0].round().long())
             col = 1
         for name in self.names:
-            emb = self.scalars[name](self.proj(packed[:, col]).to(packed.dtype))
+            emb = self.scalars[name](self.proj(packed[:, col]))
             out = emb if out is None else out + emb
             col += 1
         return out

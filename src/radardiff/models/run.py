@@ -22,7 +22,7 @@ from radardiff.config.rundir import CHECKPOINT_POINTERS
 from radardiff.data.normalize import Normalizer
 from radardiff.errors import RunDirError
 from radardiff.models.conditioning import ConditionEmbedding
-from radardiff.models.shipped import is_exported, resolve_run
+from radardiff.models.shipped import WEIGHTS_FILE, is_exported, resolve_run
 
 WEIGHTS = ("ema", "model")
 # the further EMAs of a run with several half-lives (train.ema_halflife_kimg), e.g. ema_16kimg
@@ -255,10 +255,7 @@ def load_model(model_dir: Path) -> UNet2DModel:
 def _load_joint(model_dir: Path, config: dict) -> UNet2DModel:
     from safetensors.torch import load_file
 
-    files = sorted(model_dir.glob("*.safetensors"))
-    if len(files) != 1:
-        raise ValueError(f"expected one .safetensors weight file, found {len(files)}")
-    state = load_file(files[0])
+    state = load_file(model_dir / WEIGHTS_FILE)  # the file save_pretrained writes
     model = UNet2DModel.from_config(config)
     proj = model.time_proj.num_channels
     model.class_embedding = ConditionEmbedding.from_state(state, proj)
