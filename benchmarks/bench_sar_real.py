@@ -17,11 +17,15 @@ Usage::
     python benchmarks/bench_sar_real.py --recipe configs/sar_32.toml --channels VV --ddpm
     python benchmarks/bench_sar_real.py --classes scene --set model.range_conditioning=true
     python benchmarks/bench_sar_real.py --run runs/sar_grd --tile 32         # a trained run
+    python benchmarks/bench_sar_real.py --run runs/sar_grd --sampler default \
+        --sampler dpmsolver++:use_karras_sigmas=true:clip=static:steps=25     # samplers side by side
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
@@ -129,6 +133,8 @@ def sample(
     sampler: str | None = None,
     steps: int | None = None,
     seed: int | None = None,
+    sampler_options: dict | None = None,
+    clip: str | None = None,
 ) -> tuple[Path, float]:
     """``n`` samples of the loaded run (:func:`radardiff.sample.load_run`) into ``out``; minutes
     (NaN when ``out`` already holds this very request, which is then scored again only)."""
@@ -136,7 +142,7 @@ def sample(
     from radardiff.sample.generate import finished, request
 
     opts = request(loaded.cfg.sample, n, sampler=sampler, steps=steps, seed=seed,
-                   mixed_precision="auto")  # fmt: skip
+                   sampler_options=sampler_options, clip=clip, mixed_precision="auto")  # fmt: skip
     if finished(out, loaded, opts):
         return out, float("nan")
     t0 = time.perf_counter()
@@ -162,6 +168,9 @@ def repeated(
 
     loaded = load_run(run, checkpoint=checkpoint)  # once for every set
     steps = f"_{how['steps']}" if how.get("steps") else ""
+    given = {k: v for k, v in how.items() if k != "steps" and v}  # another sampler than the run's
+    if given:
+        steps += "_" + hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()[:8]
     sets, minutes = [], 0.0
     for seed in range(repeats):
         tag = f"{name}_{checkpoint}{steps}_s{seed}"
@@ -179,6 +188,26 @@ def repeated(
         else:
             row[key] = value if repeats == 1 else [r[key] for r in sets]
     return row
+
+
+def sampler_request(spec: str, sc, steps: int) -> tuple[str, dict]:
+    """A row's name and its sampling request (sampler, steps, options, clip) from ``spec``:
+    ``default`` (the run's ``[sample]``, ``steps``) or the study's ``NAME:key=value:clip=MODE``
+    with ``steps=K``; the name spells out what the row samples with, as
+    :func:`radardiff.sample.generate.request` merges it with the run's ``[sample]``."""
+    from radardiff.evaluate.study import parse_sampler
+
+    if spec == "default":
+        name, options, clip = sc.sampler, {}, None
+    else:
+        v = parse_sampler(spec)
+        name, options, clip = v.name, dict(v.options), v.clip
+        steps = int(options.pop("steps", steps))
+    merged = {**(sc.options if name == sc.sampler else {}), **options}
+    clip = clip or (sc.clip if sc.clip != "auto" else None)
+    text = "".join(f", {k}={v}" for k, v in merged.items()) + (f", clip {clip}" if clip else "")
+    how = {"steps": steps, "sampler": name, "sampler_options": options, "clip": clip}
+    return f"{name} {steps}{text}", how
 
 
 def load_run_checkpoint(run: Path, which: str) -> str:
@@ -249,6 +278,10 @@ def main() -> None:
                     help="latest, best or a step [the recipe's sample.checkpoint]")  # fmt: skip
     ap.add_argument("--sample-steps", type=int, default=None,
                     help="steps of the recipe's sampler [the recipe's]")  # fmt: skip
+    ap.add_argument("--sampler", action="append", default=[], metavar="SPEC",
+                    help="a generated row's sampler, as radardiff study samplers takes it "
+                         "(NAME:key=value:clip=none), plus steps=K [the run's sample.steps]; "
+                         "'default': the run's own [sample] (repeatable; default: the run's)")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override, as radardiff train --set (repeatable)")  # fmt: skip
     ap.add_argument("--work", default="bench_sar_real_work")
@@ -283,10 +316,13 @@ def main() -> None:
     cfg = load_config(run / "config.toml")
     which = args.checkpoint or cfg.sample.checkpoint
     steps = args.sample_steps or cfg.sample.steps
-    rows[f"generated ({cfg.sample.sampler} {steps}, {which} checkpoint)"] = repeated(
-        run, n, args.repeats, train, val, work, "generated", checkpoint=which,
-        steps=args.sample_steps,
-    )  # fmt: skip
+    samplers = {}
+    for spec in args.sampler or ["default"]:
+        name, how = sampler_request(spec, cfg.sample, steps)
+        samplers[name] = how
+        rows[f"generated ({name}, {which} checkpoint)"] = repeated(
+            run, n, args.repeats, train, val, work, "generated", checkpoint=which, **how
+        )  # fmt: skip
     if args.ddpm:
         rows[f"generated (ddpm, every step, {which} checkpoint)"] = repeated(
             run, n, args.repeats, train, val, work, "ddpm", checkpoint=which,
@@ -298,6 +334,7 @@ def main() -> None:
     numbers = {"channels": args.channels, "classes": args.classes, "tile": args.tile, "stride": args.stride, "holdout": args.holdout,
                "recipe": args.recipe if not args.run else str(run), "overrides": args.set, "train_minutes": minutes and round(minutes, 1),
                "training_steps": cfg.train.steps, "checkpoint": load_run_checkpoint(run, which), "sample_steps": steps,
+               "samplers": samplers,
                "n_train": DatasetFile(train).info.n, "n_heldout": DatasetFile(val).info.n, "n_samples": n,
                "rows": rows, "load_average_end": list(os.getloadavg())}  # fmt: skip
     if not args.no_record:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from radardiff.config import (
@@ -102,11 +103,30 @@ def test_the_default_sampler_gets_its_default_options_and_no_other_does():
     assert SampleConfig(options={"use_lu_lambdas": True}).options == {"use_lu_lambdas": True}
     assert SampleConfig(sampler="ddim").options == {}
     assert DiffusionConfig().prediction == "v"
+    # speckle is judged at the pixel scale: the SAR recipes sample half stochastic, unclipped
+    sar = {"sar_32.toml", "sar_64.toml"}
     for path in sorted(CONFIGS.glob("*.toml")):
         cfg = load_config(path)
         assert cfg.diffusion.prediction == "v", path.name
-        assert cfg.sample.sampler == "dpmsolver++", path.name
-        assert cfg.sample.options == {"use_karras_sigmas": True}, path.name
+        if path.name in sar:
+            assert cfg.sample.sampler == "dpmsolver++-hybrid", path.name
+            assert cfg.sample.options == {"use_karras_sigmas": True, "eta": 0.5}, path.name
+            assert (cfg.sample.steps, cfg.sample.clip) == (50, "none"), path.name
+        else:
+            assert cfg.sample.sampler == "dpmsolver++", path.name
+            assert cfg.sample.options == {"use_karras_sigmas": True}, path.name
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_recipe_samples_with_a_sampler_that_serves_it(path):
+    """A recipe's [sample] prepares as it is written: its sampler, options and steps on its own
+    trained schedule (a typo in an option would otherwise wait for the first sample)."""
+    from radardiff.diffusion.samplers import make_sampler
+
+    cfg = load_config(path)
+    prepared = make_sampler(cfg.sample.sampler, cfg.diffusion, cfg.sample.steps, cfg.sample.options)
+    assert len(prepared.sigmas) == cfg.sample.steps + 1
+    assert prepared.sigmas[-1] == 0.0 and np.all(np.diff(prepared.sigmas) < 0)
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
