@@ -193,9 +193,10 @@ def repeated(
 def sampler_request(spec: str, sc, steps: int) -> tuple[str, dict]:
     """A row's name and its sampling request (sampler, steps, options, clip) from ``spec``:
     ``default`` (the run's ``[sample]``, ``steps``) or the study's ``NAME:key=value:clip=MODE``
-    with ``steps=K``; the name spells out what the row samples with, as
-    :func:`radardiff.sample.generate.request` merges it with the run's ``[sample]``."""
+    with ``steps=K``; the name spells out what the row samples with, the request merged with
+    the run's ``[sample]`` by :func:`radardiff.sample.generate.request` itself."""
     from radardiff.evaluate.study import parse_sampler
+    from radardiff.sample.generate import request
 
     if spec == "default":
         name, options, clip = sc.sampler, {}, None
@@ -203,10 +204,10 @@ def sampler_request(spec: str, sc, steps: int) -> tuple[str, dict]:
         v = parse_sampler(spec)
         name, options, clip = v.name, dict(v.options), v.clip
         steps = int(options.pop("steps", steps))
-    merged = {**(sc.options if name == sc.sampler else {}), **options}
-    clip = clip or (sc.clip if sc.clip != "auto" else None)
-    text = "".join(f", {k}={v}" for k, v in merged.items()) + (f", clip {clip}" if clip else "")
     how = {"steps": steps, "sampler": name, "sampler_options": options, "clip": clip}
+    used = request(sc, 1, **dict(how))
+    text = "".join(f", {k}={v}" for k, v in used.sampler_options.items())
+    text += f", clip {used.clip}" if used.clip else ""
     return f"{name} {steps}{text}", how
 
 
