@@ -6,21 +6,25 @@ the 64 px floor, and beside plain upsampling of the same 32 px samples.
   for a held-out strip in a 120 px patch, so the 2 other scenes are the floor's tiles);
 * the first stage learns those tiles area-averaged to 32 px (what the super-resolution stage is
   conditioned on), the second the 64 px tiles given their 32 px average;
-* rows: ``floor`` (held-out scenes against the training tiles), ``cascade`` (``radardiff sample
-  SR --cascade BASE``), ``upsampled`` (the cascade's own 32 px first stage, bilinear in dB to 64
-  px), each against the training tiles with as many tiles as the floor.
+* rows: ``floor`` (held-out scenes against the training tiles), ``cascade`` (what ``radardiff
+  sample SR --cascade BASE`` does: the first stage with its recipe's sampler, the second with
+  the super-resolution recipe's, or each ``--sr-sampler`` in a row of its own), ``upsampled``
+  (the cascade's own 32 px first stage, bilinear in dB to 64 px), each against the training
+  tiles with as many tiles as the floor; a generated row is the mean of ``--repeats`` sample
+  sets (seeds 0, 1, ...; one set is a noisy judge), with each figure's range over the sets.
 
 Usage::
 
     python benchmarks/bench_sar_cascade.py                 # first stage 1,000 steps with flips
     python benchmarks/bench_sar_cascade.py --base-steps 3000 --base-augment none   # it copies
+    python benchmarks/bench_sar_cascade.py --base-run W/base/run --sr-run W/sr/run \
+        --sr-sampler default --sr-sampler dpmsolver++-hybrid:use_karras_sigmas=true:eta=0.5:clip=none:steps=50
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +34,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sar_real import REALDATA, SCALARS, real_tiles, sar_metrics, train_recipe  # noqa: E402
+from bench_sar_real import (  # noqa: E402
+    REALDATA,
+    SCALARS,
+    mean_of_sets,
+    real_tiles,
+    sampler_request,
+    sar_metrics,
+    train_recipe,
+)
 
 
 def averaged(src: Path, out: Path, size: int) -> Path:
@@ -75,6 +87,21 @@ def copying(train: Path, heldout: Path, fake: Path, stride_px: int) -> dict:
             "nearer_than_shifted_neighbour": float(np.mean(d_fake < np.median(shifted)))}  # fmt: skip
 
 
+def cascade(base: Path, sr: Path, n: int, seed: int, out: Path, how: dict):
+    """``n`` cascade samples (seed ``seed``): the first stage with its recipe's sampler, the
+    second with the request ``how``; the output, the first stage's file and the minutes (0 when
+    both files already hold this very request)."""
+    from radardiff.sample import load_run
+    from radardiff.sample.generate import generate_cascade, request
+
+    low_run, sr_run = load_run(base), load_run(sr)
+    low_opts = request(low_run.cfg.sample, n, seed=seed, mixed_precision="auto")
+    sr_opts = request(sr_run.cfg.sample, n, seed=seed, mixed_precision="auto", **how)
+    t0 = time.perf_counter()
+    first, second = generate_cascade(low_run, low_opts, sr_run, sr_opts, out)
+    return second.path, first.path, (time.perf_counter() - t0) / 60
+
+
 def score(train: Path, fake: Path, work: Path, name: str) -> dict:
     m = sar_metrics(train, fake, work, name)
     return {k: m["scalars"].get(k) for k in SCALARS}
@@ -91,6 +118,10 @@ def main() -> None:
     ap.add_argument("--base-augment", default="flips", help="train.augment of the first stage")
     ap.add_argument("--base-run", default=None, help="a trained first stage instead")
     ap.add_argument("--sr-run", default=None, help="a trained super-resolution stage instead")
+    ap.add_argument("--sr-sampler", action="append", default=[], metavar="SPEC",
+                    help="the second stage's sampler, as bench_sar_real.py --sampler takes it "
+                         "(repeatable; default: the super-resolution recipe's)")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="sample sets per generated row")
     ap.add_argument("--work", default="bench_sar_cascade_work")
     ap.add_argument("--realdata", default=str(REALDATA))
     ap.add_argument("--no-record", action="store_true")
@@ -115,21 +146,31 @@ def main() -> None:
     sr, sr_min = (Path(args.sr_run), None) if args.sr_run else train_recipe(
         Path(args.sr), train64, val64, args.sr_steps, work / "sr")  # fmt: skip
     n = DatasetFile(val64).info.n
-    t0 = time.perf_counter()
-    out = work / "cascade.h5"
-    subprocess.run([sys.executable, "-m", "radardiff", "sample", str(sr), "--cascade", str(base),
-                    "--n", str(n), "--out", str(out), "--precision", "auto"], check=True)  # fmt: skip
-    sample_min = (time.perf_counter() - t0) / 60
-    low = work / "cascade.lowres.h5"  # the first stage, kept beside the output
-    up = upsampled(low, work / "upsampled.h5", 64)
-    rows = {"floor": score(train64, val64, work, "floor"), "cascade": score(train64, out, work, "cascade"),
-            "upsampled (bilinear)": score(train64, up, work, "upsampled")}  # fmt: skip
-    copies = {"first stage (32 px)": copying(train32, val32, low, 4),
-              "cascade (64 px)": copying(train64, val64, out, 8)}  # fmt: skip
+    sr_sample = load_config(sr / "config.toml").sample
+    rows = {"floor": score(train64, val64, work, "floor")}
+    samplers, lows, sample_min = {}, [], 0.0
+    for spec in args.sr_sampler or ["default"]:
+        name, how = sampler_request(spec, sr_sample, sr_sample.steps)
+        samplers[name] = how
+        sets = []
+        for seed in range(args.repeats):
+            tag = f"cascade_{len(samplers) - 1}_s{seed}"
+            out, low, minutes = cascade(base, sr, n, seed, work / f"{tag}.h5", how)
+            sets.append(score(train64, out, work, tag))
+            sample_min += minutes
+            if len(samplers) == 1:
+                lows.append(low)
+        rows[f"cascade (second stage {name})"] = mean_of_sets(sets)
+    rows["upsampled (bilinear)"] = mean_of_sets(
+        [score(train64, upsampled(low, work / f"upsampled_s{k}.h5", 64), work, f"upsampled_s{k}")
+         for k, low in enumerate(lows)]
+    )  # fmt: skip
+    copies = {"first stage (32 px)": copying(train32, val32, lows[0], 4),
+              "cascade (64 px)": copying(train64, val64, work / "cascade_0_s0.h5", 8)}  # fmt: skip
     for name, c in copies.items():
         print(f"{name:22s} " + "  ".join(f"{k} {v:.3g}" for k, v in c.items()))
     for name, r in rows.items():
-        print(f"{name:22s} " + "  ".join(f"{k.replace('sar_', '')} {v:.3g}" for k, v in r.items()
+        print(f"{name:40s} " + "  ".join(f"{k.replace('sar_', '')} {v:.3g}" for k, v in r.items()
                                          if isinstance(v, float)))  # fmt: skip
     numbers = {"tile": 64, "low": 32, "channels": "VV+VH", "holdout": "scene",
                "n_train": DatasetFile(train64).info.n, "n_samples": n,
@@ -139,7 +180,8 @@ def main() -> None:
                "sr_steps": load_config(sr / "config.toml").train.steps,
                "base_train_minutes": base_min and round(base_min, 1),
                "sr_train_minutes": sr_min and round(sr_min, 1),
-               "sample_minutes": round(sample_min, 1), "rows": rows,
+               "sample_minutes": round(sample_min, 1), "sr_samplers": samplers,
+               "repeats": args.repeats, "rows": rows,
                "load_average_end": list(os.getloadavg())}  # fmt: skip
     if not args.no_record:
         from _results import record

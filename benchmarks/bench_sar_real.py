@@ -177,16 +177,22 @@ def repeated(
         fake, smin = sample(loaded, n, work / f"{tag}.h5", seed=seed, **how)
         sets.append(score(train, val, fake, work, tag))
         minutes += smin
-    row: dict = {"sample_minutes": round(minutes / repeats, 2) if minutes == minutes else None,
-                 "sample_sets": repeats}  # fmt: skip
+    row: dict = {"sample_minutes": round(minutes / repeats, 2) if minutes == minutes else None}
+    return {**row, **mean_of_sets(sets)}
+
+
+def mean_of_sets(sets: list[dict]) -> dict:
+    """The scores of several sample sets as one row: each figure's mean over the sets and, for
+    more than one, its range (``KEY_range``); other values as a list, one per set."""
+    row: dict = {"sample_sets": len(sets)}
     for key, value in sets[0].items():
         if isinstance(value, float):
             vals = [r[key] for r in sets if isinstance(r.get(key), float)]
             row[key] = float(np.mean(vals))
-            if repeats > 1:
+            if len(sets) > 1:
                 row[f"{key}_range"] = [min(vals), max(vals)]
         else:
-            row[key] = value if repeats == 1 else [r[key] for r in sets]
+            row[key] = value if len(sets) == 1 else [r[key] for r in sets]
     return row
 
 
