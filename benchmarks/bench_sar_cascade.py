@@ -89,8 +89,8 @@ def copying(train: Path, heldout: Path, fake: Path, stride_px: int) -> dict:
 
 def cascade(base: Path, sr: Path, n: int, seed: int, out: Path, how: dict):
     """``n`` cascade samples (seed ``seed``): the first stage with its recipe's sampler, the
-    second with the request ``how``; the output, the first stage's file and the minutes (0 when
-    both files already hold this very request)."""
+    second with the request ``how``; the output, the first stage's file and the minutes (a
+    finished stage of this very request is reused, not sampled again)."""
     from radardiff.sample import load_run
     from radardiff.sample.generate import generate_cascade, request
 
