@@ -87,14 +87,12 @@ def copying(train: Path, heldout: Path, fake: Path, stride_px: int) -> dict:
             "nearer_than_shifted_neighbour": float(np.mean(d_fake < np.median(shifted)))}  # fmt: skip
 
 
-def cascade(base: Path, sr: Path, n: int, seed: int, out: Path, how: dict):
-    """``n`` cascade samples (seed ``seed``): the first stage with its recipe's sampler, the
-    second with the request ``how``; the output, the first stage's file and the minutes (a
-    finished stage of this very request is reused, not sampled again)."""
-    from radardiff.sample import load_run
+def cascade(low_run, sr_run, n: int, seed: int, out: Path, how: dict):
+    """``n`` cascade samples (seed ``seed``) of the loaded runs: the first stage with its
+    recipe's sampler, the second with the request ``how``; the output, the first stage's file
+    and the minutes (a finished stage of this very request is reused, not sampled again)."""
     from radardiff.sample.generate import generate_cascade, request
 
-    low_run, sr_run = load_run(base), load_run(sr)
     low_opts = request(low_run.cfg.sample, n, seed=seed, mixed_precision="auto")
     sr_opts = request(sr_run.cfg.sample, n, seed=seed, mixed_precision="auto", **how)
     t0 = time.perf_counter()
@@ -146,19 +144,22 @@ def main() -> None:
     sr, sr_min = (Path(args.sr_run), None) if args.sr_run else train_recipe(
         Path(args.sr), train64, val64, args.sr_steps, work / "sr")  # fmt: skip
     n = DatasetFile(val64).info.n
-    sr_sample = load_config(sr / "config.toml").sample
+    from radardiff.sample import load_run
+
+    low_run, sr_run = load_run(base), load_run(sr)  # once for every set
+    sr_sample = sr_run.cfg.sample
     rows = {"floor": score(train64, val64, work, "floor")}
     samplers, lows, sample_min = {}, [], 0.0
-    for spec in args.sr_sampler or ["default"]:
+    for k, spec in enumerate(args.sr_sampler or ["default"]):
         name, how = sampler_request(spec, sr_sample, sr_sample.steps)
         samplers[name] = how
         sets = []
         for seed in range(args.repeats):
-            tag = f"cascade_{len(samplers) - 1}_s{seed}"
-            out, low, minutes = cascade(base, sr, n, seed, work / f"{tag}.h5", how)
+            tag = f"cascade_{k}_s{seed}"
+            out, low, minutes = cascade(low_run, sr_run, n, seed, work / f"{tag}.h5", how)
             sets.append(score(train64, out, work, tag))
             sample_min += minutes
-            if len(samplers) == 1:
+            if k == 0:
                 lows.append(low)
         rows[f"cascade (second stage {name})"] = mean_of_sets(sets)
     rows["upsampled (bilinear)"] = mean_of_sets(
